@@ -1,0 +1,150 @@
+"""Building blocks of EfficientNet: conv-BN-activation, squeeze-and-excitation, stochastic
+depth and the MBConv block. Blocks receive final integer sizes from `scaling`."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from effnet_lightning.scaling import BlockConfig
+
+PADDINGS = ("symmetric", "same")
+ACTIVATIONS = {"swish": nn.SiLU, "silu": nn.SiLU, "relu6": nn.ReLU6, "relu": nn.ReLU}
+
+
+def make_activation(name: str) -> nn.Module:
+    try:
+        return ACTIVATIONS[name]()
+    except KeyError:
+        raise ValueError(f"unknown activation {name!r}: choose one of {', '.join(ACTIVATIONS)}") from None
+
+
+class Conv2dSame(nn.Conv2d):
+    """Convolution with TensorFlow's SAME padding: the odd extra pixel goes bottom/right.
+
+    Needed only where it differs from symmetric padding, i.e. strided convolutions; weights
+    ported from TensorFlow reproduce only with it.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pad_h = same_padding(x.shape[-2], self.kernel_size[0], self.stride[0])
+        pad_w = same_padding(x.shape[-1], self.kernel_size[1], self.stride[1])
+        x = F.pad(x, [pad_w // 2, pad_w - pad_w // 2, pad_h // 2, pad_h - pad_h // 2])
+        return F.conv2d(x, self.weight, self.bias, self.stride, 0, self.dilation, self.groups)
+
+
+def same_padding(size: int, kernel_size: int, stride: int) -> int:
+    """Total padding TensorFlow's SAME adds along one axis."""
+    return max((math.ceil(size / stride) - 1) * stride + kernel_size - size, 0)
+
+
+def make_conv(
+    in_channels: int,
+    out_channels: int,
+    kernel_size: int,
+    stride: int = 1,
+    groups: int = 1,
+    bias: bool = False,
+    padding: str = "symmetric",
+) -> nn.Conv2d:
+    if padding not in PADDINGS:
+        raise ValueError(f"unknown padding {padding!r}: choose one of {', '.join(PADDINGS)}")
+    if padding == "same" and stride > 1:
+        return Conv2dSame(in_channels, out_channels, kernel_size, stride, padding=0, groups=groups, bias=bias)
+    # For stride 1 and an odd kernel, SAME and symmetric padding are the same thing.
+    return nn.Conv2d(in_channels, out_channels, kernel_size, stride, (kernel_size - 1) // 2, groups=groups, bias=bias)
+
+
+class ConvBNAct(nn.Sequential):
+    """Conv (no bias) -> BatchNorm -> activation (Identity for none)."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int,
+        stride: int = 1,
+        groups: int = 1,
+        activation: str | None = "swish",
+        padding: str = "symmetric",
+        bn_eps: float = 1e-5,
+        bn_momentum: float = 0.1,
+    ):
+        super().__init__()
+        self.conv = make_conv(in_channels, out_channels, kernel_size, stride, groups, padding=padding)
+        self.bn = nn.BatchNorm2d(out_channels, eps=bn_eps, momentum=bn_momentum)
+        self.act = make_activation(activation) if activation else nn.Identity()
+
+
+class SqueezeExcite(nn.Module):
+    """Channel gating: global pool -> 1x1 reduce -> activation -> 1x1 expand -> sigmoid."""
+
+    def __init__(self, channels: int, se_channels: int, activation: str = "swish"):
+        super().__init__()
+        self.reduce = nn.Conv2d(channels, se_channels, 1)
+        self.act = make_activation(activation)
+        self.expand = nn.Conv2d(se_channels, channels, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        scale = self.expand(self.act(self.reduce(x.mean((2, 3), keepdim=True))))
+        return x * scale.sigmoid()
+
+
+class DropPath(nn.Module):
+    """Stochastic depth: in training, drop the whole residual branch per sample with
+    probability `rate` and scale survivors by 1 / (1 - rate); identity in eval."""
+
+    def __init__(self, rate: float = 0.0):
+        super().__init__()
+        if not 0.0 <= rate < 1.0:
+            raise ValueError(f"drop path rate must be in [0, 1), got {rate}")
+        self.rate = rate
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.rate == 0.0:
+            return x
+        keep = 1.0 - self.rate
+        mask = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(keep)
+        return x * mask.div_(keep)
+
+    def extra_repr(self) -> str:
+        return f"rate={self.rate:.4f}"
+
+
+class MBConv(nn.Module):
+    """Mobile inverted bottleneck: [1x1 expand] -> kxk depthwise -> [SE] -> 1x1 project,
+    with a residual (and stochastic depth) when the shape is kept."""
+
+    def __init__(
+        self,
+        cfg: BlockConfig,
+        drop_path_rate: float = 0.0,
+        activation: str = "swish",
+        padding: str = "symmetric",
+        bn_eps: float = 1e-5,
+        bn_momentum: float = 0.1,
+    ):
+        super().__init__()
+        self.cfg = cfg
+        bn = dict(bn_eps=bn_eps, bn_momentum=bn_momentum)
+        hidden = cfg.hidden_channels
+        self.expand = (
+            ConvBNAct(cfg.in_channels, hidden, 1, activation=activation, **bn) if cfg.expand_ratio != 1 else nn.Identity()
+        )
+        self.dw = ConvBNAct(
+            hidden, hidden, cfg.kernel_size, cfg.stride, groups=hidden, activation=activation, padding=padding, **bn
+        )
+        self.se = SqueezeExcite(hidden, cfg.se_channels, activation) if cfg.se_channels else nn.Identity()
+        self.project = ConvBNAct(hidden, cfg.out_channels, 1, activation=None, **bn)
+        self.has_residual = cfg.has_residual
+        # Blocks without a residual have no stochastic depth (there is no branch to drop).
+        self.drop_path = DropPath(drop_path_rate) if self.has_residual and drop_path_rate > 0 else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.project(self.se(self.dw(self.expand(x))))
+        if self.has_residual:
+            out = self.drop_path(out) + x
+        return out

@@ -1,0 +1,145 @@
+"""The EfficientNet network: stem, MBConv blocks, head, dropout, classifier.
+
+    model = EfficientNet("b3", num_classes=10)
+    feats = model.forward_features(x)      # (N, head_channels, H/32, W/32)
+    logits = model.forward_head(feats)
+
+Plain PyTorch: nothing here knows about Lightning.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from effnet_lightning.layers import ConvBNAct, MBConv
+from effnet_lightning.scaling import DROP_PATH_RATE, Variant, build_architecture, drop_path_rates, get_variant
+
+
+class EfficientNet(nn.Module):
+    """EfficientNet / EfficientNet-Lite built from a variant's scaling coefficients.
+
+    Args:
+        variant: name (b0-b7, lite0-lite4, phi<x>) or a `scaling.Variant`.
+        num_classes: classifier outputs; 0 leaves the pooled features (no classifier).
+        in_channels: input image channels (1 for grayscale).
+        padding: "symmetric" (PyTorch) or "same" (TensorFlow, for TF-ported weights).
+        bn_eps, bn_momentum: BatchNorm settings (PyTorch's momentum convention).
+        activation: "swish" (default) or "relu6" (default for Lite), "relu".
+        se: keep squeeze-and-excitation (Lite never has it).
+        dropout: before the classifier; default the variant's.
+        drop_path_rate: stochastic depth at the last block, ramped linearly from 0.
+    """
+
+    def __init__(
+        self,
+        variant: str | Variant = "b0",
+        num_classes: int = 1000,
+        in_channels: int = 3,
+        padding: str = "symmetric",
+        bn_eps: float = 1e-5,
+        bn_momentum: float = 0.1,
+        activation: str | None = None,
+        se: bool = True,
+        dropout: float | None = None,
+        drop_path_rate: float = DROP_PATH_RATE,
+    ):
+        super().__init__()
+        self.variant = get_variant(variant)
+        if num_classes < 0 or in_channels < 1:
+            raise ValueError(f"num_classes must be >= 0 and in_channels >= 1, got {num_classes}, {in_channels}")
+        arch = build_architecture(self.variant, se=se)
+        activation = activation or ("relu6" if self.variant.lite else "swish")
+        self.dropout_rate = self.variant.dropout if dropout is None else dropout
+        conv = dict(activation=activation, padding=padding, bn_eps=bn_eps, bn_momentum=bn_momentum)
+
+        self.stem = ConvBNAct(in_channels, arch.stem_channels, 3, stride=2, **conv)
+        rates = drop_path_rates(len(arch.blocks), drop_path_rate)
+        self.blocks = nn.Sequential(
+            *[
+                MBConv(cfg, drop_path_rate=rate, **conv)
+                for cfg, rate in zip(arch.blocks, rates)
+            ]
+        )
+        self.head = ConvBNAct(arch.blocks[-1].out_channels, arch.head_channels, 1, **conv)
+        self.num_features = arch.head_channels
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.dropout = nn.Dropout(self.dropout_rate)
+        self.num_classes = num_classes
+        self.classifier = nn.Linear(self.num_features, num_classes) if num_classes else nn.Identity()
+        self.grad_checkpointing = False
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """The paper's initialisation: conv kaiming-normal fan_out, BN 1/0, linear U(+-1/sqrt(out))."""
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out")
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.Linear):
+                _init_linear(m)
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute each block's activations in backward instead of storing them."""
+        self.grad_checkpointing = enable
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x)
+        if self.grad_checkpointing and self.training and not torch.jit.is_scripting():
+            for block in self.blocks:
+                x = checkpoint(block, x, use_reentrant=False)
+        else:
+            x = self.blocks(x)
+        return self.head(x)
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        x = self.dropout(self.pool(x).flatten(1))
+        return x if pre_logits else self.classifier(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+    def get_classifier(self) -> nn.Module:
+        return self.classifier
+
+    def reset_classifier(self, num_classes: int) -> None:
+        """A freshly initialised classifier with `num_classes` outputs (0: none)."""
+        self.num_classes = num_classes
+        device = next(self.parameters()).device
+        self.classifier = nn.Linear(self.num_features, num_classes, device=device) if num_classes else nn.Identity()
+        if num_classes:
+            _init_linear(self.classifier)
+
+
+def _init_linear(m: nn.Linear) -> None:
+    bound = 1.0 / math.sqrt(m.out_features)
+    nn.init.uniform_(m.weight, -bound, bound)
+    nn.init.zeros_(m.bias)
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def count_gmacs(model: nn.Module, resolution: int, in_channels: int | None = None) -> float:
+    """Multiply-adds (the paper's "FLOPs") of one image at `resolution`, counted by running
+    the model under `torch.utils.flop_counter`."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    if in_channels is None:
+        in_channels = next(m for m in model.modules() if isinstance(m, nn.Conv2d)).in_channels
+    param = next(model.parameters())
+    x = torch.zeros(1, in_channels, resolution, resolution, dtype=param.dtype, device=param.device)
+    was_training = model.training
+    model.eval()
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model(x)
+    model.train(was_training)
+    return counter.get_total_flops() / 2 / 1e9

@@ -1,0 +1,67 @@
+"""The input a set of weights expects: resolution, eval resize/crop, normalisation.
+
+Pure Python, so the data side can read it from a model or a checkpoint's hyperparameters.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+# TF-trained Lite weights expect (pixel - 127) / 128 on 0-255 pixels.
+TF_LITE_MEAN = (127.0 / 255.0,) * 3
+TF_LITE_STD = (128.0 / 255.0,) * 3
+DEFAULT_CROP_PCT = 0.875
+INTERPOLATIONS = ("bicubic", "bilinear", "nearest")
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """Eval: resize the short side to `resize_size`, centre-crop `crop_size`, normalise.
+    Training uses `crop_size` for the random-resized crop."""
+
+    crop_size: int
+    resize_size: int
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    interpolation: str = "bicubic"
+
+    def __post_init__(self):
+        if self.crop_size <= 0 or self.resize_size < self.crop_size:
+            raise ValueError(f"need 0 < crop_size <= resize_size, got {self.crop_size}, {self.resize_size}")
+        if self.interpolation not in INTERPOLATIONS:
+            raise ValueError(f"interpolation must be one of {', '.join(INTERPOLATIONS)}, got {self.interpolation!r}")
+        # Plain tuples of floats, so the object round-trips through YAML / checkpoints.
+        object.__setattr__(self, "mean", tuple(float(m) for m in self.mean))
+        object.__setattr__(self, "std", tuple(float(s) for s in self.std))
+
+    @property
+    def crop_pct(self) -> float:
+        return self.crop_size / self.resize_size
+
+    @classmethod
+    def for_resolution(
+        cls,
+        resolution: int,
+        crop_pct: float = DEFAULT_CROP_PCT,
+        mean: tuple[float, ...] = IMAGENET_MEAN,
+        std: tuple[float, ...] = IMAGENET_STD,
+        interpolation: str = "bicubic",
+    ) -> "Preprocessing":
+        """Resize to resolution / crop_pct, crop resolution (the TF convention, crop_pct 0.875)."""
+        return cls(int(resolution), int(math.floor(resolution / crop_pct)), tuple(mean), tuple(std), interpolation)
+
+    def resized(self, crop_size: int) -> "Preprocessing":
+        """The same recipe at another resolution, keeping the crop fraction."""
+        return Preprocessing.for_resolution(crop_size, self.crop_pct, self.mean, self.std, self.interpolation)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["mean"], d["std"] = list(self.mean), list(self.std)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Preprocessing":
+        return cls(**d)

