@@ -128,6 +128,14 @@ def _lite_package_source(variant: Variant) -> PretrainedSource:
     )
 
 
+def preprocessing_for(variant: str | Variant, weights=None) -> Preprocessing:
+    """The input the model will expect: the ImageNet source's, else the variant's default."""
+    v = get_variant(variant)
+    if isinstance(weights, str) and weights.lower() == "imagenet":
+        return imagenet_source(v).preprocessing
+    return Preprocessing.for_resolution(v.resolution)
+
+
 def create_model(
     variant: str | Variant = "b0",
     num_classes: int = 1000,
@@ -149,7 +157,7 @@ def create_model(
             an override wins.
     """
     v = get_variant(variant)
-    preprocessing = Preprocessing.for_resolution(v.resolution)
+    preprocessing = preprocessing_for(v, weights)
     settings: dict | None = None  # None: take them from the weights' layout
     state_dict = None
     source = "random init"
@@ -157,7 +165,7 @@ def create_model(
     if isinstance(weights, str) and weights.lower() == "imagenet":
         pretrained = imagenet_source(v)
         state_dict, source = pretrained.load(), pretrained.name
-        settings, preprocessing, categories = pretrained.settings, pretrained.preprocessing, pretrained.categories
+        settings, categories = pretrained.settings, pretrained.categories
     elif isinstance(weights, Mapping):
         state_dict, source = weights, "state dict"
     elif isinstance(weights, (str, os.PathLike)):

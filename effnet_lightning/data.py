@@ -1,0 +1,210 @@
+"""The LightningDataModule for image folders, with resolution-aware transforms.
+
+    root/train/<class>/*.jpg, root/val/<class>/*.jpg [, root/test/<class>/*.jpg]
+or  root/<class>/*.jpg                      (split into train/val: seeded, stratified)
+
+With no root, the built-in demo dataset (`demo_data`) is generated on first use.
+The crop size follows the model variant (b3 -> 300) unless `image_size` overrides it; the
+resize, interpolation and normalisation follow the weights in use.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from pathlib import Path
+from typing import Literal
+
+import lightning as L
+import torch
+import torch.distributed as dist
+from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+from torchvision.transforms import v2
+
+from effnet_lightning import demo_data
+from effnet_lightning.preprocessing import Preprocessing
+
+log = logging.getLogger(__name__)
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
+DEMO_ROOT = "data/demo"
+Augment = Literal["none", "randaugment", "trivialaugment"]
+
+
+def find_classes(folder: Path) -> list[str]:
+    """Class folders, sorted; hidden folders are not classes."""
+    return sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def list_images(folder: Path, classes: list[str]) -> list[tuple[str, int]]:
+    """(path, class index) for every image under folder/<class>/, in a fixed order."""
+    samples = []
+    for index, name in enumerate(classes):
+        class_dir = folder / name
+        if not class_dir.is_dir():
+            continue
+        files = sorted(
+            p for p in class_dir.rglob("*")
+            if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()
+            and not any(part.startswith(".") for part in p.relative_to(class_dir).parts)
+        )  # fmt: skip
+        samples += [(str(p), index) for p in files]
+    return samples
+
+
+def stratified_split(samples: list[tuple[str, int]], val_fraction: float, seed: int):
+    """Deterministic per-class split: the same seed gives the same split on every rank."""
+    by_class: dict[int, list[tuple[str, int]]] = {}
+    for s in samples:
+        by_class.setdefault(s[1], []).append(s)
+    train, val = [], []
+    for label in sorted(by_class):
+        items = by_class[label][:]
+        random.Random(seed + label).shuffle(items)
+        n_val = max(1, round(len(items) * val_fraction)) if len(items) > 1 else 0
+        val += items[:n_val]
+        train += items[n_val:]
+    return sorted(train), sorted(val)
+
+
+class ImageFileDataset(Dataset):
+    def __init__(self, samples: list[tuple[str, int]], transform):
+        self.samples = samples
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int):
+        path, label = self.samples[index]
+        with Image.open(path) as img:
+            image = img.convert("RGB")
+        return self.transform(image), label
+
+
+def train_transform(pre: Preprocessing, augment: str = "none") -> v2.Compose:
+    interpolation = v2.InterpolationMode(pre.interpolation)
+    ops = [v2.ToImage(), v2.RandomResizedCrop(pre.crop_size, interpolation=interpolation, antialias=True),
+           v2.RandomHorizontalFlip()]  # fmt: skip
+    if augment == "randaugment":
+        ops.append(v2.RandAugment(interpolation=interpolation))
+    elif augment == "trivialaugment":
+        ops.append(v2.TrivialAugmentWide(interpolation=interpolation))
+    elif augment != "none":
+        raise ValueError(f"unknown augment {augment!r}: choose none, randaugment or trivialaugment")
+    return v2.Compose(ops + [v2.ToDtype(torch.float32, scale=True), v2.Normalize(pre.mean, pre.std)])
+
+
+def eval_transform(pre: Preprocessing) -> v2.Compose:
+    """Resize the short side to resize_size, centre-crop crop_size, normalise."""
+    return v2.Compose([
+        v2.ToImage(),
+        v2.Resize(pre.resize_size, interpolation=v2.InterpolationMode(pre.interpolation), antialias=True),
+        v2.CenterCrop(pre.crop_size),
+        v2.ToDtype(torch.float32, scale=True),
+        v2.Normalize(pre.mean, pre.std),
+    ])  # fmt: skip
+
+
+class ImageFolderDataModule(L.LightningDataModule):
+    """Image folders in, normalised batches out.
+
+    Args:
+        root: folder with train/ and val/ (optional test/), or one folder of class folders.
+            None: the built-in demo dataset, generated into data/demo on first use.
+        image_size: crop size; None follows the model (b0 224, b3 300, ...).
+        batch_size: per device: the global batch is batch_size x devices x nodes.
+        num_workers: loader processes per device.
+        val_fraction: share of each class held out for validation when root has no val/.
+        seed: for that split.
+        augment: extra training augmentation: none, randaugment or trivialaugment.
+        preprocessing: resize / crop / normalisation of the weights in use; the CLI fills it
+            in from the model's variant and weights.
+    """
+
+    def __init__(
+        self,
+        root: str | None = None,
+        image_size: int | None = None,
+        batch_size: int = 32,
+        num_workers: int = 2,
+        val_fraction: float = 0.2,
+        seed: int = 42,
+        augment: Augment = "none",
+        preprocessing: dict | None = None,
+    ):
+        super().__init__()
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be positive, got {batch_size}")
+        if image_size is not None and image_size < 1:
+            raise ValueError(f"image_size must be positive, got {image_size}")
+        # The resolved preprocessing is logged once, by the model (the CLI fills this one in).
+        self.save_hyperparameters(ignore=["preprocessing"])
+        self.root = Path(root).expanduser() if root else demo_data.generate(DEMO_ROOT)
+        if not self.root.is_dir():
+            raise FileNotFoundError(f"--data.root {self.root} is not a folder: give a folder of class folders")
+        pre = Preprocessing(**preprocessing) if preprocessing else Preprocessing.for_resolution(224)
+        self.preprocessing = pre.resized(image_size) if image_size else pre
+        train_dir = self.root / "train"
+        self.class_names = find_classes(train_dir if train_dir.is_dir() else self.root)
+        if not self.class_names:
+            raise FileNotFoundError(f"no class folders in {self.root}: expected {self.root}/<class>/<images>")
+        self.num_classes = len(self.class_names)
+        self.splits: dict[str, list[tuple[str, int]]] = {}
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.splits:
+            return
+        hp = self.hparams
+        train_dir = self.root / "train"
+        if train_dir.is_dir():
+            self.splits["train"] = list_images(train_dir, self.class_names)
+            val_dir = self.root / "val"
+            if not val_dir.is_dir():
+                raise FileNotFoundError(f"{self.root} has train/ but no val/: add {val_dir} with the same classes")
+            self.splits["val"] = list_images(val_dir, self.class_names)
+        else:
+            self.splits["train"], self.splits["val"] = stratified_split(
+                list_images(self.root, self.class_names), hp.val_fraction, hp.seed
+            )
+        test_dir = self.root / "test"
+        self.splits["test"] = list_images(test_dir, self.class_names) if test_dir.is_dir() else self.splits["val"]
+        for split in ("train", "val"):
+            if not self.splits[split]:
+                raise FileNotFoundError(f"no images for {split} under {self.root}")
+        counts = ", ".join(f"{k} {len(v)}" for k, v in self.splits.items())
+        log.info("data: %s, %d classes, images: %s, crop %d", self.root, self.num_classes, counts,
+                 self.preprocessing.crop_size)  # fmt: skip
+
+    def _loader(self, split: str, train: bool) -> DataLoader:
+        transform = train_transform(self.preprocessing, self.hparams.augment) if train else eval_transform(
+            self.preprocessing
+        )
+        dataset = ImageFileDataset(self.splits[split], transform)
+        sampler = None
+        if not train and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            # Every image exactly once across ranks (no padding duplicates), so metrics equal a
+            # single-process run.
+            sampler = UnrepeatedDistributedSampler(dataset, shuffle=False)
+        workers = self.hparams.num_workers
+        return DataLoader(
+            dataset,
+            batch_size=self.hparams.batch_size,
+            shuffle=train,
+            sampler=sampler,
+            num_workers=workers,
+            persistent_workers=workers > 0,
+            pin_memory=torch.cuda.is_available(),
+            drop_last=train and len(dataset) > self.hparams.batch_size,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", train=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", train=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", train=False)
