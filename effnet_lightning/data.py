@@ -84,10 +84,10 @@ class ImageFileDataset(Dataset):
         return self.transform(image), label
 
 
-def train_transform(pre: Preprocessing, augment: str = "none") -> v2.Compose:
+def train_transform(pre: Preprocessing, augment: str = "none", crop_scale=(0.08, 1.0)) -> v2.Compose:
     interpolation = v2.InterpolationMode(pre.interpolation)
-    ops = [v2.ToImage(), v2.RandomResizedCrop(pre.crop_size, interpolation=interpolation, antialias=True),
-           v2.RandomHorizontalFlip()]  # fmt: skip
+    crop = v2.RandomResizedCrop(pre.crop_size, scale=tuple(crop_scale), interpolation=interpolation, antialias=True)
+    ops = [v2.ToImage(), crop, v2.RandomHorizontalFlip()]
     if augment == "randaugment":
         ops.append(v2.RandAugment(interpolation=interpolation))
     elif augment == "trivialaugment":
@@ -120,6 +120,8 @@ class ImageFolderDataModule(L.LightningDataModule):
         val_fraction: share of each class held out for validation when root has no val/.
         seed: for that split.
         augment: extra training augmentation: none, randaugment or trivialaugment.
+        crop_scale: area range of the training random-resized crop (ImageNet: 0.08-1; raise
+            the lower end when objects are small or the data set is tiny).
         preprocessing: resize / crop / normalisation of the weights in use; the CLI fills it
             in from the model's variant and weights.
     """
@@ -133,6 +135,7 @@ class ImageFolderDataModule(L.LightningDataModule):
         val_fraction: float = 0.2,
         seed: int = 42,
         augment: Augment = "none",
+        crop_scale: tuple[float, float] = (0.08, 1.0),
         preprocessing: dict | None = None,
     ):
         super().__init__()
@@ -140,6 +143,8 @@ class ImageFolderDataModule(L.LightningDataModule):
             raise ValueError(f"batch_size must be positive, got {batch_size}")
         if image_size is not None and image_size < 1:
             raise ValueError(f"image_size must be positive, got {image_size}")
+        if not 0 < crop_scale[0] <= crop_scale[1] <= 1:
+            raise ValueError(f"crop_scale must satisfy 0 < min <= max <= 1, got {tuple(crop_scale)}")
         # The resolved preprocessing is logged once, by the model (the CLI fills this one in).
         self.save_hyperparameters(ignore=["preprocessing"])
         self.root = Path(root).expanduser() if root else demo_data.generate(DEMO_ROOT)
@@ -179,7 +184,8 @@ class ImageFolderDataModule(L.LightningDataModule):
                  self.preprocessing.crop_size)  # fmt: skip
 
     def _loader(self, split: str, train: bool) -> DataLoader:
-        transform = train_transform(self.preprocessing, self.hparams.augment) if train else eval_transform(
+        hp = self.hparams
+        transform = train_transform(self.preprocessing, hp.augment, hp.crop_scale) if train else eval_transform(
             self.preprocessing
         )
         dataset = ImageFileDataset(self.splits[split], transform)
@@ -188,16 +194,16 @@ class ImageFolderDataModule(L.LightningDataModule):
             # Every image exactly once across ranks (no padding duplicates), so metrics equal a
             # single-process run.
             sampler = UnrepeatedDistributedSampler(dataset, shuffle=False)
-        workers = self.hparams.num_workers
+        workers = hp.num_workers
         return DataLoader(
             dataset,
-            batch_size=self.hparams.batch_size,
+            batch_size=hp.batch_size,
             shuffle=train,
             sampler=sampler,
             num_workers=workers,
             persistent_workers=workers > 0,
             pin_memory=torch.cuda.is_available(),
-            drop_last=train and len(dataset) > self.hparams.batch_size,
+            drop_last=train and len(dataset) > hp.batch_size,
         )
 
     def train_dataloader(self) -> DataLoader:

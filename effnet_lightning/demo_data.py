@@ -21,8 +21,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-CLASSES = ("circle", "cross", "crescent", "hexagon", "pentagon", "ring", "semicircle", "square", "star", "triangle")
-SPLITS = {"train": 60, "val": 20, "test": 20}  # images per class
+CLASSES = ("bar", "circle", "crescent", "cross", "frame", "ring", "semicircle", "square", "star", "triangle")
+SPLITS = {"train": 100, "val": 30, "test": 30}  # images per class
 IMAGE_SIZE = 96
 SEED = 1234
 DONE_MARKER = ".complete"
@@ -47,8 +47,8 @@ def _background(rng: random.Random, size: int) -> Image.Image:
     img = c0 + (c1 - c0) * ramp[..., None]
     period = rng.uniform(6, 20)
     stripes = np.sin((t[None, :] * math.cos(angle + 1) + t[:, None] * math.sin(angle + 1)) * size / period)
-    img += stripes[..., None] * rng.uniform(0, 30)
-    img += np.random.default_rng(rng.randrange(2**32)).normal(0, rng.uniform(3, 15), img.shape)
+    img += stripes[..., None] * rng.uniform(0, 15)
+    img += np.random.default_rng(rng.randrange(2**32)).normal(0, rng.uniform(2, 8), img.shape)
     return Image.fromarray(np.clip(img, 0, 255).astype(np.uint8))
 
 
@@ -67,7 +67,7 @@ def draw_shape(label: str, rng: random.Random, size: int = IMAGE_SIZE) -> Image.
     background = img.copy()
     fill = _contrasting_colour(rng, img)
     draw = ImageDraw.Draw(img)
-    r = rng.uniform(0.18, 0.34) * size
+    r = rng.uniform(0.25, 0.42) * size
     cx, cy = rng.uniform(r + 2, size - r - 2), rng.uniform(r + 2, size - r - 2)
     angle = rng.uniform(0, 2 * math.pi)
     box = (cx - r, cy - r, cx + r, cy + r)
@@ -75,9 +75,14 @@ def draw_shape(label: str, rng: random.Random, size: int = IMAGE_SIZE) -> Image.
         draw.ellipse(box, fill=fill)
     elif label == "ring":
         draw.ellipse(box, outline=fill, width=max(2, int(r * 0.3)))
-    elif label in ("triangle", "square", "pentagon", "hexagon"):
-        sides = {"triangle": 3, "square": 4, "pentagon": 5, "hexagon": 6}[label]
-        draw.polygon(_polygon(cx, cy, r, sides, angle), fill=fill)
+    elif label in ("triangle", "square"):
+        draw.polygon(_polygon(cx, cy, r, 3 if label == "triangle" else 4, angle), fill=fill)
+    elif label == "frame":
+        draw.polygon(_polygon(cx, cy, r, 4, angle), outline=fill, width=max(2, int(r * 0.25)))
+    elif label == "bar":
+        c, s = math.cos(angle), math.sin(angle)
+        w = r * 0.3
+        draw.polygon([(cx + x * c - y * s, cy + x * s + y * c) for x, y in [(-r, -w), (r, -w), (r, w), (-r, w)]], fill=fill)
     elif label == "star":
         draw.polygon(_polygon(cx, cy, r, 5, angle, inner=0.45), fill=fill)
     elif label == "cross":

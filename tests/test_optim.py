@@ -1,0 +1,54 @@
+import math
+
+import pytest
+import torch
+
+from effnet_lightning.model import EfficientNet
+from effnet_lightning.optim import RMSpropTF, lr_lambda, make_optimizer, param_groups
+
+
+def test_no_weight_decay_on_batchnorm_and_bias():
+    model = EfficientNet("b0", num_classes=10)
+    decay, no_decay = param_groups(model, 1e-5)
+    assert decay["weight_decay"] == 1e-5 and no_decay["weight_decay"] == 0.0
+    no_decay_ids = {id(p) for p in no_decay["params"]}
+    for name, p in model.named_parameters():
+        is_bn_or_bias = name.endswith("bias") or ".bn." in name
+        assert (id(p) in no_decay_ids) == is_bn_or_bias, name
+    assert len(decay["params"]) + len(no_decay["params"]) == len(list(model.parameters()))
+
+
+def test_warmup_then_cosine():
+    f = lr_lambda("cosine", total_steps=110, steps_per_epoch=10, warmup_epochs=1, min_lr_ratio=0.0)
+    assert [f(s) for s in (0, 4, 9)] == pytest.approx([0.1, 0.5, 1.0])
+    assert f(10) == pytest.approx(1.0) and f(60) == pytest.approx(0.5) and f(110) == pytest.approx(0.0, abs=1e-12)
+
+
+def test_warmup_then_paper_step_decay():
+    f = lr_lambda("step", total_steps=1000, steps_per_epoch=10, warmup_epochs=5, decay_rate=0.97, decay_epochs=2.4)
+    assert f(49) == pytest.approx(1.0)
+    assert f(50) == pytest.approx(0.97 ** math.floor(50 / 24))  # decay counted from step 0, as TF does
+    assert f(71) == pytest.approx(0.97**2) and f(72) == pytest.approx(0.97**3)
+    with pytest.raises(ValueError, match="unknown lr schedule 'linear'"):
+        lr_lambda("linear", 10, 1)
+
+
+def test_rmsprop_tf_follows_tensorflows_update():
+    w = torch.nn.Parameter(torch.tensor([1.0]))
+    opt = RMSpropTF([w], lr=0.1, alpha=0.9, eps=1e-3, momentum=0.9)
+    ms, mom, value = 1.0, 0.0, 1.0
+    for g in (0.5, -0.2, 0.3):
+        w.grad = torch.tensor([g])
+        opt.step()
+        ms = 0.9 * ms + 0.1 * g * g
+        mom = 0.9 * mom + 0.1 * g / math.sqrt(ms + 1e-3)
+        value -= mom
+        assert w.item() == pytest.approx(value, rel=1e-6)
+
+
+def test_make_optimizer_choices():
+    groups = [{"params": [torch.nn.Parameter(torch.zeros(2))]}]
+    assert isinstance(make_optimizer("sgd", groups, 0.1, 0.9), torch.optim.SGD)
+    assert isinstance(make_optimizer("rmsprop_tf", groups, 0.1, 0.9), RMSpropTF)
+    with pytest.raises(ValueError, match="unknown optimizer 'lamb': choose one of sgd, adamw, rmsprop_tf"):
+        make_optimizer("lamb", groups, 0.1, 0.9)
