@@ -50,7 +50,7 @@ class EfficientNetModule(L.LightningModule):
         weights: str | None = None,
         class_names: list[str] | None = None,
         optimizer: Optimizer = "adamw",
-        lr: float = 2e-3,
+        lr: float = 1e-3,
         weight_decay: float = 0.05,
         momentum: float = 0.9,
         schedule: Schedule = "cosine",

@@ -1,0 +1,186 @@
+"""The real command line, as a user runs it: `python cli.py ...` in a subprocess, on generated
+images, writing real checkpoints and W&B offline files into a temporary folder."""
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+import wandb_offline
+from effnet_lightning import demo_data
+from effnet_lightning.cli import main
+from effnet_lightning.scaling import get_variant
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ["--data.image_size", "64", "--data.batch_size", "8", "--data.num_workers", "0",
+        "--trainer.enable_progress_bar", "false"]  # fmt: skip
+CSV = ["--trainer.logger", "CSVLogger", "--trainer.logger.save_dir", "runs"]
+
+
+def run_cli(args, cwd, check=True, env=None, timeout=900):
+    env = {**(env if env is not None else os.environ), "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'tests'}"}
+    out = subprocess.run([sys.executable, str(ROOT / "cli.py"), *map(str, args)], cwd=cwd, env=env,
+                         capture_output=True, text=True, timeout=timeout)  # fmt: skip
+    if check and out.returncode != 0:
+        raise AssertionError(f"cli.py {' '.join(map(str, args))} failed ({out.returncode}):\n{out.stdout[-3000:]}\n{out.stderr[-5000:]}")
+    return out
+
+
+@pytest.fixture(scope="session")
+def demo_root(tmp_path_factory):
+    return demo_data.generate(tmp_path_factory.mktemp("data") / "demo")
+
+
+@pytest.fixture(scope="session")
+def small_root(demo_root, tmp_path_factory):
+    """10 train images per class; 71 validation images, an odd count that no even split pads."""
+    root = tmp_path_factory.mktemp("small")
+    for split, per_class in (("train", 10), ("val", 7)):
+        for i, name in enumerate(demo_data.CLASSES):
+            (root / split / name).mkdir(parents=True)
+            for src in sorted((demo_root / split / name).glob("*.png"))[: per_class + (split == "val" and i == 0)]:
+                shutil.copy(src, root / split / name / src.name)
+    return root
+
+
+def probe(tmp_path, args, cwd):
+    probe_file = tmp_path / "probe.json"
+    run_cli(["fit", *args, "--trainer.callbacks+=probes.TrainStartProbe"], cwd,
+            env={**os.environ, "PROBE_FILE": str(probe_file)})  # fmt: skip
+    return json.loads(probe_file.read_text())
+
+
+def printed_metric(output: str, name: str) -> float:
+    match = re.search(rf"{re.escape(name)}\s*│\s*([0-9.]+)", output)
+    assert match, f"{name} not in output:\n{output[-2000:]}"
+    return float(match.group(1))
+
+
+@pytest.mark.slow
+def test_default_fit_learns_checkpoints_and_logs_to_wandb_offline(tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
+    env["HOME"] = str(tmp_path)  # no ~/.netrc: no W&B credentials, so it must go offline by itself
+    out = run_cli(["fit", "--config", ROOT / "configs" / "default.yaml", "--trainer.max_epochs", "8",
+                   "--trainer.log_every_n_steps", "5", "--trainer.enable_progress_bar", "false"], tmp_path, env=env)  # fmt: skip
+    assert (tmp_path / "data" / "demo" / demo_data.DONE_MARKER).exists()
+    record = json.loads((tmp_path / "runs" / "latest_fit.json").read_text())
+    best, last = tmp_path / record["best_model_path"], tmp_path / record["last_model_path"]
+    assert best.is_file() and last.name == "last.ckpt" and last.is_file()
+    summary = re.search(r"fit done: best val/acc ([0-9.]+) at (\S+), wall time \S+, training ([0-9.]+) img/s", out.stdout)
+    assert summary and float(summary.group(3)) > 0 and summary.group(2) == record["best_model_path"]
+
+    ckpt = torch.load(best, weights_only=True)
+    hp = ckpt["hyper_parameters"]
+    assert hp["class_names"] == sorted(demo_data.CLASSES) and hp["num_classes"] == 10
+    assert hp["preprocessing"]["crop_size"] == 96 and hp["preprocessing"]["interpolation"] == "bicubic"
+
+    runs = list((tmp_path / "runs" / "wandb").glob("offline-run-*/run-*.wandb"))
+    assert len(runs) == 1
+    history = wandb_offline.history(runs[0])
+    val_acc = [h["val/acc"] for h in history if "val/acc" in h]
+    assert len(val_acc) == 8 and max(val_acc) == pytest.approx(float(summary.group(1)), abs=1e-4)
+    assert any("lr-AdamW/pg1" in h for h in history) and any("train/loss_step" in h for h in history)
+    assert any(h.get("val/predictions/_type") == "images/separated" for h in history)
+    assert any("val/confusion_matrix_table/_type" in h for h in history)
+    config = wandb_offline.config(runs[0])
+    assert config["variant"] == "b0" and config["batch_size"] == 32
+    print(f"default fit on the demo (96 px, 8 epochs): val/acc per epoch {[round(a, 3) for a in val_acc]}")
+    assert max(val_acc) >= 0.3  # chance is 0.1
+
+
+@pytest.mark.slow
+def test_image_size_follows_the_variant_and_can_be_overridden(tmp_path, demo_root):
+    common = ["--data.root", demo_root, "--data.batch_size", "2", "--data.num_workers", "0", "--trainer.max_epochs", "1",
+              "--trainer.limit_train_batches", "1", "--trainer.limit_val_batches", "1", *CSV]  # fmt: skip
+    assert probe(tmp_path, ["--model.variant", "b3", *common], tmp_path)["input_shape"] == [2, 3, 300, 300]
+    assert probe(tmp_path, ["--model.variant", "b3", "--data.image_size", "128", *common], tmp_path)["input_shape"] == [2, 3, 128, 128]
+
+
+@pytest.mark.slow
+def test_resume_from_last_continues_at_the_same_step_with_the_same_optimizer_state(tmp_path, small_root):
+    args = ["--data.root", small_root, *TINY, *CSV, "--trainer.limit_val_batches", "2"]
+    run_cli(["fit", *args, "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "3"], tmp_path)
+    record = json.loads((tmp_path / "runs" / "latest_fit.json").read_text())
+    saved = torch.load(tmp_path / record["last_model_path"], weights_only=True)
+    assert saved["global_step"] == 3
+    resumed = probe(tmp_path, ["--ckpt_path", "last", *args, "--trainer.max_epochs", "2", "--trainer.limit_train_batches", "3"], tmp_path)
+    assert resumed["global_step"] == 3
+    expected = {str(k): [float(t.double().sum()) for t in v.values() if torch.is_tensor(t)]
+                for k, v in saved["optimizer_states"][0]["state"].items()}  # fmt: skip
+    assert resumed["optimizer_state"] == expected and len(expected) > 100
+    assert resumed["lr"] == pytest.approx(saved["optimizer_states"][0]["param_groups"][0]["lr"])
+
+
+@pytest.mark.slow
+def test_test_without_ckpt_path_uses_the_best_checkpoint_of_the_latest_fit(tmp_path, small_root):
+    args = ["--data.root", small_root, *TINY, *CSV]
+    out = run_cli(["test", *args], tmp_path, check=False)
+    assert out.returncode == 2
+    assert out.stderr.strip().splitlines()[-1] == (
+        "error: nothing to test: no trained checkpoint recorded in runs/latest_fit.json; "
+        "run `python cli.py fit` first or pass --ckpt_path"
+    )
+    run_cli(["fit", *args, "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "2"], tmp_path)
+    run_cli(["fit", *args, "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "2"], tmp_path)  # again, same folder
+    best = json.loads((tmp_path / "runs" / "latest_fit.json").read_text())["best_model_path"]
+    out = run_cli(["test", *args], tmp_path)
+    assert f"test: using the best checkpoint of the most recent fit: {best}" in out.stdout
+    assert 0.0 <= printed_metric(out.stdout, "test/acc") <= 1.0
+
+
+@pytest.mark.slow
+def test_two_process_ddp_on_cpu_fits_and_validates_like_one_process(tmp_path, small_root):
+    args = ["--data.root", small_root, *TINY, *CSV]
+    ddp = ["--trainer.accelerator", "cpu", "--trainer.strategy", "ddp", "--trainer.devices", "2"]
+    run_cli(["fit", *args, *ddp, "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "2"], tmp_path)
+    ckpt = json.loads((tmp_path / "runs" / "latest_fit.json").read_text())["last_model_path"]
+    single = printed_metric(run_cli(["validate", *args, "--ckpt_path", ckpt], tmp_path).stdout, "val/acc")
+    double = printed_metric(run_cli(["validate", *args, *ddp, "--ckpt_path", ckpt], tmp_path).stdout, "val/acc")
+    print(f"val/acc on 71 images: 1 process {single}, 2 processes {double}")
+    assert double == single
+
+
+def print_config(args, capsys, monkeypatch, cwd) -> str:
+    """`cli.py ... --print_config`, in-process (parsing only: no training)."""
+    monkeypatch.chdir(cwd)
+    with pytest.raises(SystemExit) as exit_info:
+        main([*map(str, args), "--print_config"])
+    assert exit_info.value.code in (0, None)
+    return capsys.readouterr().out
+
+
+def test_print_config_round_trips(tmp_path, capsys, monkeypatch):
+    first = print_config(["fit", "--model.variant", "b2", "--data.batch_size", "12"], capsys, monkeypatch, tmp_path)
+    (tmp_path / "config.yaml").write_text(first)
+    assert print_config(["fit", "--config", "config.yaml"], capsys, monkeypatch, tmp_path) == first
+    config = yaml.safe_load(first)
+    assert config["model"]["variant"] == "b2" and config["data"]["batch_size"] == 12
+    assert config["data"]["preprocessing"]["crop_size"] == 260  # linked from the variant
+    assert config["trainer"]["logger"]["class_path"] == "effnet_lightning.loggers.WandbLogger"
+
+
+def test_shipped_configs_parse(tmp_path, capsys, monkeypatch, demo_root):
+    defaults = yaml.safe_load(print_config(["fit"], capsys, monkeypatch, tmp_path))
+    for path in sorted((ROOT / "configs").glob("*.yaml")):
+        config = yaml.safe_load(print_config(["fit", "--config", path], capsys, monkeypatch, tmp_path))
+        if path.stem.startswith("b"):
+            assert config["model"]["variant"] == path.stem
+            assert config["data"]["preprocessing"]["crop_size"] == get_variant(path.stem).resolution
+        if path.stem == "ddp":
+            assert config["trainer"]["strategy"] == "ddp" and config["trainer"]["sync_batchnorm"] is True
+        if path.stem == "default":  # spells out the code defaults, except the smaller demo images
+            assert config["model"] == defaults["model"]
+            assert config["data"]["image_size"] == 96 and config["data"]["crop_scale"] == [0.35, 1.0]
+
+
+def test_bad_variant_is_a_clear_error(tmp_path):
+    out = run_cli(["fit", "--model.variant", "b9"], tmp_path, check=False)
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert "unknown EfficientNet variant 'b9': choose one of b0, b1" in out.stderr.strip().splitlines()[-1]
