@@ -71,6 +71,7 @@ class EfficientNet(nn.Module):
         self.num_classes = num_classes
         self.classifier = nn.Linear(self.num_features, num_classes) if num_classes else nn.Identity()
         self.grad_checkpointing = False
+        self.head_loaded = False  # set when pretrained weights fill the classifier
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -112,6 +113,7 @@ class EfficientNet(nn.Module):
     def reset_classifier(self, num_classes: int) -> None:
         """A freshly initialised classifier with `num_classes` outputs (0: none)."""
         self.num_classes = num_classes
+        self.head_loaded = False
         device = next(self.parameters()).device
         self.classifier = nn.Linear(self.num_features, num_classes, device=device) if num_classes else nn.Identity()
         if num_classes:

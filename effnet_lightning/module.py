@@ -38,6 +38,9 @@ class EfficientNetModule(L.LightningModule):
         drop_path_rate, dropout: stochastic depth at the last block; dropout before the
             classifier (None: the variant's).
         channels_last: run the network in NHWC memory format (faster on CPU and GPU).
+        zero_init_head: start a classifier that the weights did not provide at zero. The
+            paper's U(+-1/sqrt(classes)) is sized for 1000 classes; with few classes it gives
+            large initial logits that stall training on small data sets.
         model_options: further `EfficientNet` options (padding, bn_eps, in_channels, ...).
         preprocessing: the input the network expects (resize, crop, mean/std); None: what the
             weights need. Set from checkpoints, so a trained model keeps its preprocessing.
@@ -62,6 +65,7 @@ class EfficientNetModule(L.LightningModule):
         drop_path_rate: float = 0.2,
         dropout: float | None = None,
         channels_last: bool = True,
+        zero_init_head: bool = True,
         model_options: dict | None = None,
         preprocessing: dict | None = None,
     ):
@@ -73,6 +77,8 @@ class EfficientNetModule(L.LightningModule):
             variant, num_classes=num_classes, weights=weights, drop_path_rate=drop_path_rate, dropout=dropout,
             **(model_options or {}),
         )  # fmt: skip
+        if zero_init_head and num_classes and not self.model.head_loaded:
+            nn.init.zeros_(self.model.classifier.weight)
         if channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         if preprocessing:

@@ -226,6 +226,7 @@ def load_weights(model: EfficientNet, state_dict: Mapping[str, torch.Tensor], so
             f"for, first {unused[0]!r}: are these weights for a larger variant?"
         )
     model.load_state_dict(new_state, strict=True)
+    model.head_loaded = keep_head
     return layout
 
 
