@@ -100,7 +100,10 @@ class EffNetCLI(LightningCLI):
         except Exception as e:
             raise ValueError(f"--ckpt_path {ckpt_path} is not a readable checkpoint ({type(e).__name__}): "
                              f"pick another file, e.g. the run's last.ckpt") from None  # fmt: skip
-        hparams = {k: v for k, v in checkpoint.get("hyper_parameters", {}).items() if k not in LINKED_MODEL_ARGS}
+        hparams = {
+            k: v for k, v in checkpoint.get("hyper_parameters", {}).items()
+            if k not in LINKED_MODEL_ARGS and not k.startswith("_")  # "_instantiator" is Lightning's
+        }  # fmt: skip
         if not hparams:
             return
         hparams["weights"] = None  # the checkpoint carries the trained weights
