@@ -22,7 +22,7 @@ from effnet_lightning.scaling import get_variant
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--data.image_size", "64", "--data.batch_size", "8", "--data.num_workers", "0",
         "--trainer.enable_progress_bar", "false"]  # fmt: skip
-CSV = ["--trainer.logger", "CSVLogger", "--trainer.logger.save_dir", "runs"]
+CSV = ["--trainer.logger", "CSVLogger"]  # the one flag that turns W&B off
 
 
 def run_cli(args, cwd, check=True, env=None, timeout=900):
@@ -91,15 +91,16 @@ def test_default_fit_learns_checkpoints_and_logs_to_wandb_offline(tmp_path):
     assert any(h.get("val/predictions/count") == 16 for h in history)
     assert any("val/confusion_matrix_table/_type" in h for h in history)
     config = wandb_offline.config(runs[0])
-    assert config["variant"] == "b0" and config["batch_size"] == 32
+    assert config["variant"] == "b0" and config["batch_size"] == 32 and config["preprocessing"]["crop_size"] == 96
     print(f"default fit on the demo (96 px, 10 epochs): val/acc per epoch {[round(a, 3) for a in val_acc]}")
     assert max(val_acc) >= 0.3  # chance is 0.1
 
 
 @pytest.mark.slow
 def test_image_size_follows_the_variant_and_can_be_overridden(tmp_path, demo_root):
+    # ("1" would parse as 1.0, a whole epoch: limits here are batch counts of 2)
     common = ["--data.root", demo_root, "--data.batch_size", "2", "--data.num_workers", "0", "--trainer.max_epochs", "1",
-              "--trainer.limit_train_batches", "1", "--trainer.limit_val_batches", "1", *CSV]  # fmt: skip
+              "--trainer.limit_train_batches", "2", "--trainer.limit_val_batches", "2", *CSV]  # fmt: skip
     assert probe(tmp_path, ["--model.variant", "b3", *common], tmp_path)["input_shape"] == [2, 3, 300, 300]
     assert probe(tmp_path, ["--model.variant", "b3", "--data.image_size", "128", *common], tmp_path)["input_shape"] == [2, 3, 128, 128]
 

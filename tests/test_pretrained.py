@@ -6,24 +6,14 @@ import pytest
 import skimage.data
 import torch
 import torchvision
-from torchvision.transforms import v2
 
 from conftest import randomise_batchnorm
 from effnet_lightning import create_model
+from effnet_lightning.data import eval_transform
 from effnet_lightning.preprocessing import IMAGENET_MEAN, Preprocessing
 from effnet_lightning.pretrained import imagenet_categories, imagenet_source
 from effnet_lightning.scaling import get_variant
 from effnet_lightning.state_dicts import WeightsError
-
-
-def eval_transform(p: Preprocessing):
-    return v2.Compose([
-        v2.ToImage(),
-        v2.Resize(p.resize_size, interpolation=v2.InterpolationMode(p.interpolation), antialias=True),
-        v2.CenterCrop(p.crop_size),
-        v2.ToDtype(torch.float32, scale=True),
-        v2.Normalize(p.mean, p.std),
-    ])  # fmt: skip
 
 
 @pytest.mark.slow
