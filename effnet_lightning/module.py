@@ -133,8 +133,12 @@ class EfficientNetModule(L.LightningModule):
         if datamodule is not None and hasattr(datamodule, "preprocessing"):
             self.model.preprocessing = datamodule.preprocessing
             self.hparams["preprocessing"] = datamodule.preprocessing.to_dict()
-            for logger in self.loggers:
-                logger.log_hyperparams({"preprocessing": self.hparams["preprocessing"]})
+
+    def on_train_start(self) -> None:
+        # Lightning logs the hyperparameters given at construction (after on_fit_start); add
+        # the resolved input.
+        for logger in self.loggers:
+            logger.log_hyperparams({"preprocessing": self.hparams["preprocessing"]})
 
     def on_validation_epoch_end(self):
         # Callbacks (the W&B report) have read the matrix by now; start the next epoch clean.

@@ -65,11 +65,13 @@ def printed_metric(output: str, name: str) -> float:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(2400)
 def test_default_fit_learns_checkpoints_and_logs_to_wandb_offline(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
     env["HOME"] = str(tmp_path)  # no ~/.netrc: no W&B credentials, so it must go offline by itself
     out = run_cli(["fit", "--config", ROOT / "configs" / "default.yaml", "--trainer.max_epochs", "10",
-                   "--trainer.log_every_n_steps", "5", "--trainer.enable_progress_bar", "false"], tmp_path, env=env)  # fmt: skip
+                   "--trainer.log_every_n_steps", "5", "--trainer.enable_progress_bar", "false"], tmp_path, env=env,
+                  timeout=2300)  # fmt: skip
     assert (tmp_path / "data" / "demo" / demo_data.DONE_MARKER).exists()
     record = json.loads((tmp_path / "runs" / "latest_fit.json").read_text())
     best, last = tmp_path / record["best_model_path"], tmp_path / record["last_model_path"]
