@@ -64,7 +64,6 @@ class FitSummary(L.Callback):
         wall = time.perf_counter() - self.start
         # Images on this rank x ranks: every rank trains on its own share of each step.
         rate = self.train_images * trainer.world_size / self.train_time if self.train_time else 0.0
-        self.last_summary = dict(record, wall_time_s=round(wall, 1), train_images_per_s=round(rate, 2))
         score = record["best_score"]
         best = f"{score:.4f}" if score is not None else "n/a"
         self._print(
@@ -77,14 +76,14 @@ class FitSummary(L.Callback):
         print(line, flush=True)
 
     def _record(self, trainer, finished: bool) -> dict:
-        ckpt = trainer.checkpoint_callback
-        score = ckpt.best_model_score if isinstance(ckpt, ModelCheckpoint) else None
+        ckpt = trainer.checkpoint_callback if isinstance(trainer.checkpoint_callback, ModelCheckpoint) else None
+        score = ckpt.best_model_score if ckpt else None
         record = {
             "finished": finished,
-            "checkpoint_dir": str(ckpt.dirpath) if isinstance(ckpt, ModelCheckpoint) and ckpt.dirpath else None,
-            "best_model_path": ckpt.best_model_path if isinstance(ckpt, ModelCheckpoint) else "",
+            "checkpoint_dir": str(ckpt.dirpath) if ckpt and ckpt.dirpath else None,
+            "best_model_path": ckpt.best_model_path if ckpt else "",
             "best_score": float(score) if score is not None else None,
-            "last_model_path": ckpt.last_model_path if isinstance(ckpt, ModelCheckpoint) else "",
+            "last_model_path": ckpt.last_model_path if ckpt else "",
         }
         if trainer.is_global_zero:
             _write_json_atomically(run_record_path(trainer.default_root_dir), record)

@@ -17,7 +17,6 @@ import wandb_offline
 from effnet_lightning import demo_data
 from effnet_lightning.cli import main
 from effnet_lightning.module import EfficientNetModule
-from effnet_lightning.scaling import get_variant
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--data.image_size", "64", "--data.batch_size", "8", "--data.num_workers", "0",
@@ -186,7 +185,7 @@ def test_print_config_round_trips(tmp_path, capsys, monkeypatch):
     assert print_config(["fit", "--config", "config.yaml"], capsys, monkeypatch, tmp_path) == first
     config = yaml.safe_load(first)
     assert config["model"]["variant"] == "b2" and config["data"]["batch_size"] == 12
-    assert config["data"]["preprocessing"]["crop_size"] == 260  # linked from the variant
+    assert "preprocessing" not in config["data"]  # a link target: derived from the model, never typed
     assert config["trainer"]["logger"]["class_path"] == "effnet_lightning.loggers.WandbLogger"
 
 
@@ -195,8 +194,7 @@ def test_shipped_configs_parse(tmp_path, capsys, monkeypatch, demo_root):
     for path in sorted((ROOT / "configs").glob("*.yaml")):
         config = yaml.safe_load(print_config(["fit", "--config", path], capsys, monkeypatch, tmp_path))
         if path.stem.startswith("b"):
-            assert config["model"]["variant"] == path.stem
-            assert config["data"]["preprocessing"]["crop_size"] == get_variant(path.stem).resolution
+            assert config["model"]["variant"] == path.stem and config["data"]["image_size"] is None  # follows it
         if path.stem == "ddp":
             assert config["trainer"]["strategy"] == "ddp" and config["trainer"]["sync_batchnorm"] is True
         if path.stem == "default":
