@@ -157,7 +157,7 @@ def create_model(
             an override wins.
     """
     v = get_variant(variant)
-    preprocessing = preprocessing_for(v, weights)
+    preprocessing = Preprocessing.for_resolution(v.resolution)
     settings: dict | None = None  # None: take them from the weights' layout
     state_dict = None
     source = "random init"
@@ -165,7 +165,7 @@ def create_model(
     if isinstance(weights, str) and weights.lower() == "imagenet":
         pretrained = imagenet_source(v)
         state_dict, source = pretrained.load(), pretrained.name
-        settings, categories = pretrained.settings, pretrained.categories
+        settings, preprocessing, categories = pretrained.settings, pretrained.preprocessing, pretrained.categories
     elif isinstance(weights, Mapping):
         state_dict, source = weights, "state dict"
     elif isinstance(weights, (str, os.PathLike)):
