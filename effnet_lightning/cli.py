@@ -5,9 +5,12 @@
     python cli.py fit --ckpt_path last                 # resume the most recent fit
     python cli.py test                                 # best checkpoint of the most recent fit
     python cli.py fit --config configs/b3.yaml --data.root ~/my_images
+    python cli.py fit --config configs/finetune.yaml --data.root ~/my_images --model.weights imagenet
+    python cli.py predict --data.predict_root ~/new_images     # CSV + JSON of top-5 classes
+    python cli.py export                                       # ONNX, TorchScript, safetensors
 
 Links: the crop size and normalisation follow the model's variant and weights; the class
-count and names follow the data.
+count and names follow the data, or the checkpoint when one is given.
 """
 
 from __future__ import annotations
@@ -18,17 +21,56 @@ import warnings
 
 import torch
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch import Trainer
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.utilities import rank_zero_warn
 
 from effnet_lightning.callbacks import FitSummary, WandbValidationReport, read_run_record, run_record_path
 from effnet_lightning.data import ImageFolderDataModule
+from effnet_lightning.export import FORMATS, Format, export_model
 from effnet_lightning.module import EfficientNetModule
-from effnet_lightning.pretrained import preprocessing_for
+from effnet_lightning.pretrained import imagenet_categories, preprocessing_for
+from effnet_lightning.reports import EvaluationReport, PredictionWriter
 
 RUNS_DIR = "runs"
 # Set from the data or the weights when a checkpoint's hyperparameters are applied.
 LINKED_MODEL_ARGS = ("num_classes", "class_names")
+# Chosen per evaluation, not by the checkpoint.
+EVAL_MODEL_ARGS = ("test_time_flip",)
+# Subcommands that run a trained model: without --ckpt_path, the latest fit's best checkpoint.
+EVAL_SUBCOMMANDS = ("validate", "test", "predict", "export")
+
+
+class EffNetTrainer(Trainer):
+    def export(
+        self,
+        model: EfficientNetModule,
+        datamodule=None,
+        ckpt_path: str | None = None,
+        output_dir: str | None = None,
+        formats: list[Format] = list(FORMATS),
+        tolerance: float = 1e-4,
+    ) -> dict:
+        """Export the network to ONNX, TorchScript and safetensors, each checked against PyTorch.
+
+        Args:
+            ckpt_path: the checkpoint to export; None: the best of the latest fit.
+            output_dir: None: <default_root_dir>/export/<checkpoint name>.
+            formats: any of onnx, torchscript, safetensors.
+            tolerance: largest allowed |logit difference| of a reloaded export.
+        """
+        if ckpt_path:
+            state = torch.load(ckpt_path, weights_only=True, map_location="cpu")["state_dict"]
+            model.load_state_dict(state)
+        elif not model.model.head_loaded:
+            raise ValueError("nothing trained to export: pass --ckpt_path CKPT, or --model.weights with a classifier")
+        name = os.path.splitext(os.path.basename(ckpt_path))[0] if ckpt_path else f"{model.hparams.variant}-pretrained"
+        hp = model.hparams
+        return export_model(
+            model.model, output_dir or os.path.join(self.default_root_dir, "export", name), variant=hp.variant,
+            class_names=model.class_names, preprocessing=hp.preprocessing, model_options=hp.model_options,
+            formats=formats, tolerance=tolerance, source=ckpt_path or hp.weights,
+        )  # fmt: skip
 
 
 def _data_preprocessing(variant: str, weights: str | None, preprocessing: dict | None) -> dict:
@@ -52,12 +94,32 @@ class EffNetCLI(LightningCLI):
         parser.set_defaults({"lr_monitor.logging_interval": "step"})
         parser.add_lightning_class_args(FitSummary, "summary")
         parser.add_lightning_class_args(WandbValidationReport, "wandb_report")
+        parser.add_lightning_class_args(EvaluationReport, "report")
+        parser.add_lightning_class_args(PredictionWriter, "predictions")
         parser.link_arguments(
             ("model.variant", "model.weights", "model.preprocessing"), "data.preprocessing",
             compute_fn=_data_preprocessing,
         )  # fmt: skip
         parser.link_arguments("data.num_classes", "model.num_classes", apply_on="instantiate")
         parser.link_arguments("data.class_names", "model.class_names", apply_on="instantiate")
+
+    def before_instantiate_classes(self) -> None:
+        # Logs and checkpoints follow --trainer.default_root_dir unless the logger names its own folder.
+        config = self.config[self.config.subcommand] if self.config.get("subcommand") else self.config
+        root, logger = config.trainer.default_root_dir, config.trainer.get("logger")
+        init_args = logger.get("init_args") if hasattr(logger, "get") else None
+        if root and init_args is not None and init_args.get("save_dir") == RUNS_DIR:
+            init_args.save_dir = root
+
+    @staticmethod
+    def subcommands() -> dict[str, set[str]]:
+        return {**LightningCLI.subcommands(), "export": {"model", "datamodule"}}
+
+    def _prepare_subcommand_parser(self, klass, subcommand: str, **kwargs):
+        parser = super()._prepare_subcommand_parser(klass, subcommand, **kwargs)
+        if subcommand == "predict":
+            parser.set_defaults(return_predictions=False)  # the writer keeps what it needs
+        return parser
 
     def _parse_ckpt_path(self) -> None:
         """Resolve `--ckpt_path last|best` (and test/validate without one) through the record of
@@ -80,19 +142,36 @@ class EffNetCLI(LightningCLI):
             else:
                 raise FileNotFoundError(f"--ckpt_path {ckpt_path}: no checkpoint recorded in {run_record_path(root)}; "
                                         f"run `python cli.py fit` first or pass a checkpoint file")  # fmt: skip
-        elif ckpt_path is None and subcommand in ("test", "validate"):
+        elif ckpt_path is None and subcommand in EVAL_SUBCOMMANDS and not config.model.weights:
             best = record.get("best_model_path") if record else None
-            if best and os.path.isfile(best):
-                ckpt_path = best
-                print(f"{subcommand}: using the best checkpoint of the most recent fit: {best}", flush=True)
-            elif not config.model.weights:
+            if not (best and os.path.isfile(best)):
                 raise FileNotFoundError(f"nothing to {subcommand}: no trained checkpoint recorded in "
-                                        f"{run_record_path(root)}; run `python cli.py fit` first or pass --ckpt_path")  # fmt: skip
+                                        f"{run_record_path(root)}; run `python cli.py fit` first, pass --ckpt_path, "
+                                        f"or --model.weights imagenet")  # fmt: skip
+            ckpt_path = best
+            print(f"{subcommand}: using the best checkpoint of the most recent fit: {best}", flush=True)
         if ckpt_path is not None and not os.path.isfile(ckpt_path):
             raise FileNotFoundError(f"--ckpt_path {ckpt_path}: no such checkpoint file")
         config.ckpt_path = ckpt_path
         if ckpt_path:
             self._apply_checkpoint_hparams(subcommand, ckpt_path)
+        elif subcommand in ("predict", "export") and not config.data.class_names:
+            config.data.class_names = self._pretrained_class_names(subcommand, config)
+
+    @staticmethod
+    def _pretrained_class_names(subcommand: str, config) -> list[str] | None:
+        """The classes of pretrained weights used without a checkpoint."""
+        weights = config.model.weights
+        if weights == "imagenet":
+            return list(imagenet_categories())
+        if isinstance(weights, str) and weights.endswith(".ckpt") and os.path.isfile(weights):
+            names = torch.load(weights, weights_only=True, map_location="cpu").get("hyper_parameters", {}).get("class_names")
+            if names:
+                return list(names)
+        if config.data.root:
+            return None  # the folder's class folders name the classes
+        raise ValueError(f"{subcommand}: the class names of {weights} are unknown: pass --ckpt_path of a trained "
+                         f"checkpoint, --data.class_names [...], or --data.root with one folder per class")  # fmt: skip
 
     def _apply_checkpoint_hparams(self, subcommand: str, ckpt_path: str) -> None:
         try:
@@ -100,10 +179,15 @@ class EffNetCLI(LightningCLI):
         except Exception as e:
             raise ValueError(f"--ckpt_path {ckpt_path} is not a readable checkpoint ({type(e).__name__}): "
                              f"pick another file, e.g. the run's last.ckpt") from None  # fmt: skip
+        saved = checkpoint.get("hyper_parameters", {})
         hparams = {
-            k: v for k, v in checkpoint.get("hyper_parameters", {}).items()
-            if k not in LINKED_MODEL_ARGS and not k.startswith("_")  # "_instantiator" is Lightning's
+            k: v for k, v in saved.items()
+            if k not in LINKED_MODEL_ARGS + EVAL_MODEL_ARGS and not k.startswith("_")  # "_instantiator" is Lightning's
         }  # fmt: skip
+        if saved.get("class_names"):
+            # The data must have the checkpoint's classes (checked by the data module), and
+            # predict / export label with them.
+            self.config[subcommand].data.class_names = list(saved["class_names"])
         if not hparams:
             return
         hparams["weights"] = None  # the checkpoint carries the trained weights
@@ -114,10 +198,14 @@ def main(args: list[str] | None = None) -> EffNetCLI | None:
     """Run the CLI; `args` lets tests drive it in-process. Known errors print one line and
     exit with status 2 (EFFNET_DEBUG=1 shows the traceback)."""
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+    # Evaluating a checkpoint from another run; the message is about the callback's own state.
+    warnings.filterwarnings("ignore", message="The dirpath has changed from.*")
+    warnings.filterwarnings("ignore", message=".*isinstance\\(treespec, LeafSpec\\)` is deprecated.*")
     try:
         return EffNetCLI(
             EfficientNetModule,
             ImageFolderDataModule,
+            trainer_class=EffNetTrainer,
             trainer_defaults={
                 "default_root_dir": RUNS_DIR,
                 "max_epochs": 5,

@@ -2,8 +2,10 @@
 
     root/train/<class>/*.jpg, root/val/<class>/*.jpg [, root/test/<class>/*.jpg]
 or  root/<class>/*.jpg                      (split into train/val: seeded, stratified)
+and predict_root/**/*.jpg                   (any layout: every image once, for `predict`)
 
 With no root, the built-in demo dataset (`demo_data`) is generated on first use.
+Grayscale, palette, RGBA (composited on white) and 16-bit images load as RGB.
 The crop size follows the model variant (b3 -> 300) unless `image_size` overrides it; the
 resize, interpolation and normalisation follow the weights in use.
 """
@@ -16,11 +18,12 @@ from pathlib import Path
 from typing import Literal
 
 import lightning as L
+import numpy as np
 import torch
 import torch.distributed as dist
 from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from PIL import Image
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
 from torchvision.transforms import v2
 
 from effnet_lightning import demo_data
@@ -69,7 +72,39 @@ def stratified_split(samples: list[tuple[str, int]], val_fraction: float, seed: 
     return sorted(train), sorted(val)
 
 
+def list_all_images(folder: Path) -> list[str]:
+    """Every image under folder, at any depth, sorted; hidden files and folders are skipped."""
+    return sorted(
+        str(p) for p in folder.rglob("*")
+        if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()
+        and not any(part.startswith(".") for part in p.relative_to(folder).parts)
+    )  # fmt: skip
+
+
+def load_rgb(path: str) -> Image.Image:
+    """An 8-bit RGB image from any file PIL reads: transparency is composited on white, 16-bit
+    and 32-bit grayscale is scaled to 8 bits, CMYK / palette / grayscale are converted."""
+    with Image.open(path) as img:
+        img.load()
+        if img.mode == "P" and "transparency" in img.info:
+            img = img.convert("RGBA")
+        if img.mode in ("RGBA", "LA", "PA", "La", "RGBa"):
+            rgba = img.convert("RGBA")
+            canvas = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+            return Image.alpha_composite(canvas, rgba).convert("RGB")
+        if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+            array = np.asarray(img.convert("I"), dtype=np.float64)
+            peak = 65535.0 if img.mode.startswith("I;16") or array.max() > 255 else 255.0
+            return Image.fromarray(np.clip(array / peak * 255.0 + 0.5, 0, 255).astype(np.uint8)).convert("RGB")
+        if img.mode == "F":
+            array = np.asarray(img, dtype=np.float64)
+            return Image.fromarray(np.clip(array * (255.0 if array.max() <= 1 else 1.0), 0, 255).astype(np.uint8)).convert("RGB")
+        return img.convert("RGB")
+
+
 class ImageFileDataset(Dataset):
+    """(path, label) samples -> (transformed image, label)."""
+
     def __init__(self, samples: list[tuple[str, int]], transform):
         self.samples = samples
         self.transform = transform
@@ -79,9 +114,7 @@ class ImageFileDataset(Dataset):
 
     def __getitem__(self, index: int):
         path, label = self.samples[index]
-        with Image.open(path) as img:
-            image = img.convert("RGB")
-        return self.transform(image), label
+        return self.transform(load_rgb(path)), label
 
 
 def train_transform(pre: Preprocessing, augment: str = "none", crop_scale=(0.08, 1.0)) -> v2.Compose:
@@ -113,7 +146,8 @@ class ImageFolderDataModule(L.LightningDataModule):
 
     Args:
         root: folder with train/ and val/ (optional test/), or one folder of class folders.
-            None: the built-in demo dataset, generated into data/demo on first use.
+            None: the built-in demo dataset, generated into data/demo on first use (predict
+            and export with a checkpoint need no labelled folder).
         image_size: crop size; None follows the model (b0 224, b3 300, ...).
         batch_size: per device: the global batch is batch_size x devices x nodes.
         num_workers: loader processes per device.
@@ -122,6 +156,12 @@ class ImageFolderDataModule(L.LightningDataModule):
         augment: extra training augmentation: none, randaugment or trivialaugment.
         crop_scale: area range of the training random-resized crop (ImageNet: 0.08-1; raise
             the lower end when objects are small or the data set is tiny).
+        weighted_sampler: draw training images with probability 1 / (images in their class),
+            so every class is seen equally often (for imbalanced data).
+        predict_root: folder of images for `predict`, read at any depth.
+        class_names: the classes, in order. None: the class folders under root. The CLI sets
+            them from a checkpoint, so a folder with other classes is refused rather than
+            mislabelled.
         preprocessing: resize / crop / normalisation of the weights in use; the CLI fills it
             in from the model's variant and weights.
     """
@@ -136,6 +176,9 @@ class ImageFolderDataModule(L.LightningDataModule):
         seed: int = 42,
         augment: Augment = "none",
         crop_scale: tuple[float, float] = (0.08, 1.0),
+        weighted_sampler: bool = False,
+        predict_root: str | None = None,
+        class_names: list[str] | None = None,
         preprocessing: dict | None = None,
     ):
         super().__init__()
@@ -145,23 +188,58 @@ class ImageFolderDataModule(L.LightningDataModule):
             raise ValueError(f"image_size must be positive, got {image_size}")
         if not 0 < crop_scale[0] <= crop_scale[1] <= 1:
             raise ValueError(f"crop_scale must satisfy 0 < min <= max <= 1, got {tuple(crop_scale)}")
-        # The resolved preprocessing is logged once, by the model (the CLI fills this one in).
-        self.save_hyperparameters(ignore=["preprocessing"])
-        self.root = Path(root).expanduser() if root else demo_data.generate(DEMO_ROOT)
-        if not self.root.is_dir():
-            raise FileNotFoundError(f"--data.root {self.root} is not a folder: give a folder of class folders")
+        # The preprocessing and class names are logged once, by the model.
+        self.save_hyperparameters(ignore=["preprocessing", "class_names"])
         pre = Preprocessing(**preprocessing) if preprocessing else Preprocessing.for_resolution(224)
         self.preprocessing = pre.resized(image_size) if image_size else pre
-        train_dir = self.root / "train"
-        self.class_names = find_classes(train_dir if train_dir.is_dir() else self.root)
-        if not self.class_names:
-            raise FileNotFoundError(f"no class folders in {self.root}: expected {self.root}/<class>/<images>")
-        self.num_classes = len(self.class_names)
+        self.predict_root = Path(predict_root).expanduser() if predict_root else None
+        if self.predict_root is not None and not self.predict_root.is_dir():
+            raise FileNotFoundError(f"--data.predict_root {self.predict_root} is not a folder: give a folder of images")
         self.splits: dict[str, list[tuple[str, int]]] = {}
+        self.root: Path | None = Path(root).expanduser() if root else None
+        if class_names:
+            # From a checkpoint: the folder is checked when it is needed (predict and export
+            # need none, so the demo data is not generated for them).
+            self.class_names = list(class_names)
+            if self.root is not None:
+                self._check_root()
+        else:
+            self._check_root()
+        self.num_classes = len(self.class_names)
+
+    def _check_root(self) -> None:
+        """Resolve the labelled folder (the demo data by default) and its classes."""
+        if self.root is None:
+            self.root = demo_data.generate(DEMO_ROOT)
+        if not self.root.is_dir():
+            raise FileNotFoundError(f"--data.root {self.root} is not a folder: give a folder of class folders")
+        train_dir = self.root / "train"
+        found = find_classes(train_dir if train_dir.is_dir() else self.root)
+        if not found:
+            raise FileNotFoundError(f"no class folders in {self.root}: expected {self.root}/<class>/<images>")
+        expected = getattr(self, "class_names", None)
+        if expected is not None and expected != found:
+            raise ValueError(
+                f"{self.root} has classes {_preview(found)} but the model was trained on {_preview(expected)}: use "
+                f"a folder with the model's classes, or fine-tune with --model.weights CKPT to learn new classes"
+            )
+        self.class_names = found
 
     def setup(self, stage: str | None = None) -> None:
-        if self.splits:
+        if stage == "predict":
+            if self.predict_root is None:
+                raise ValueError("predict needs images: pass --data.predict_root DIR")
+            if "predict" not in self.splits:
+                paths = list_all_images(self.predict_root)
+                if not paths:
+                    raise FileNotFoundError(f"no images under --data.predict_root {self.predict_root}")
+                self.splits["predict"] = [(p, i) for i, p in enumerate(paths)]  # label = position
+                log.info("predict: %d images under %s", len(paths), self.predict_root)
             return
+        if "train" in self.splits:
+            return
+        if self.root is None:
+            self._check_root()
         hp = self.hparams
         train_dir = self.root / "train"
         if train_dir.is_dir():
@@ -183,6 +261,16 @@ class ImageFolderDataModule(L.LightningDataModule):
         log.info("data: %s, %d classes, images: %s, crop %d", self.root, self.num_classes, counts,
                  self.preprocessing.crop_size)  # fmt: skip
 
+    def class_counts(self) -> list[int]:
+        """Training images per class (after setup)."""
+        counts = [0] * self.num_classes
+        for _, label in self.splits["train"]:
+            counts[label] += 1
+        return counts
+
+    def predict_paths(self) -> list[str]:
+        return [path for path, _ in self.splits["predict"]]
+
     def _loader(self, split: str, train: bool) -> DataLoader:
         hp = self.hparams
         transform = train_transform(self.preprocessing, hp.augment, hp.crop_scale) if train else eval_transform(
@@ -190,15 +278,20 @@ class ImageFolderDataModule(L.LightningDataModule):
         )
         dataset = ImageFileDataset(self.splits[split], transform)
         sampler = None
-        if not train and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        if train and hp.weighted_sampler:
+            # Lightning wraps it in a distributed sampler under DDP.
+            counts = self.class_counts()
+            weights = [1.0 / counts[label] for _, label in dataset.samples]
+            sampler = WeightedRandomSampler(weights, num_samples=len(weights), replacement=True)
+        elif split in ("val", "test") and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
             # Every image exactly once across ranks (no padding duplicates), so metrics equal a
-            # single-process run.
+            # single-process run. (Lightning does the same for predict.)
             sampler = UnrepeatedDistributedSampler(dataset, shuffle=False)
         workers = hp.num_workers
         return DataLoader(
             dataset,
             batch_size=hp.batch_size,
-            shuffle=train,
+            shuffle=train and sampler is None,
             sampler=sampler,
             num_workers=workers,
             persistent_workers=workers > 0,
@@ -214,3 +307,11 @@ class ImageFolderDataModule(L.LightningDataModule):
 
     def test_dataloader(self) -> DataLoader:
         return self._loader("test", train=False)
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader("predict", train=False)
+
+
+def _preview(names, n: int = 5) -> str:
+    names = list(names)
+    return str(names[:n])[:-1] + (f", ... ({len(names)} in all)]" if len(names) > n else "]")

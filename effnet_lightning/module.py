@@ -1,7 +1,7 @@
 """The LightningModule: an EfficientNet from `create_model`, its loss, metrics and optimizer.
 
 Metrics are logged under `train/`, `val/`, `test/`: `loss`, `acc` (top-1) and `acc_top5`,
-micro-averaged over samples.
+micro-averaged over samples. `predict` returns class probabilities per image.
 """
 
 from __future__ import annotations
@@ -9,6 +9,7 @@ from __future__ import annotations
 import lightning as L
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.strategies import DDPStrategy
 from torch import nn
 from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
@@ -41,6 +42,17 @@ class EfficientNetModule(L.LightningModule):
         zero_init_head: start a classifier that the weights did not provide at zero. The
             paper's U(+-1/sqrt(classes)) is sized for 1000 classes; with few classes it gives
             large initial logits that stall training on small data sets.
+        freeze_backbone_epochs: fine-tuning in two stages: for this many epochs only the
+            classifier trains (the backbone runs without gradients, its BatchNorm on the stored
+            statistics), then everything trains.
+        backbone_lr_ratio: the backbone's learning rate as a fraction of `lr` (the classifier
+            gets `lr`); below 1 for fine-tuning.
+        freeze_bn: keep every BatchNorm layer on its stored statistics and its scale and shift
+            fixed for the whole run (small batches, or data close to the weights' own).
+        class_weighted_loss: weight the loss by total / (classes x images of the class), so
+            rare classes count as much as common ones.
+        test_time_flip: in validate, test and predict, average the logits of each image and
+            its mirror image.
         model_options: further `EfficientNet` options (padding, bn_eps, in_channels, ...).
         preprocessing: the input the network expects (resize, crop, mean/std); None: what the
             weights need. Set from checkpoints, so a trained model keeps its preprocessing.
@@ -66,12 +78,20 @@ class EfficientNetModule(L.LightningModule):
         dropout: float | None = None,
         channels_last: bool = True,
         zero_init_head: bool = True,
+        freeze_backbone_epochs: int = 0,
+        backbone_lr_ratio: float = 1.0,
+        freeze_bn: bool = False,
+        class_weighted_loss: bool = False,
+        test_time_flip: bool = False,
         model_options: dict | None = None,
         preprocessing: dict | None = None,
     ):
         super().__init__()
         if class_names is not None and len(class_names) != num_classes:
             raise ValueError(f"{len(class_names)} class names for {num_classes} classes")
+        if freeze_backbone_epochs < 0 or not 0 < backbone_lr_ratio <= 1:
+            raise ValueError(f"need freeze_backbone_epochs >= 0 and 0 < backbone_lr_ratio <= 1, got "
+                             f"{freeze_backbone_epochs} and {backbone_lr_ratio}")  # fmt: skip
         self.save_hyperparameters()
         self.model = create_model(
             variant, num_classes=num_classes, weights=weights, drop_path_rate=drop_path_rate, dropout=dropout,
@@ -83,11 +103,17 @@ class EfficientNetModule(L.LightningModule):
             self.model = self.model.to(memory_format=torch.channels_last)
         if preprocessing:
             self.model.preprocessing = Preprocessing(**preprocessing)
+        self.batchnorms = [m for m in self.model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+        if freeze_bn:
+            for bn in self.batchnorms:
+                bn.requires_grad_(False)
+        self.loss_weights: torch.Tensor | None = None
         self.class_names = list(class_names) if class_names else [str(i) for i in range(num_classes)]
         # Plain types, so the checkpoint loads with torch.load(weights_only=True).
         self.hparams["preprocessing"] = self.model.preprocessing.to_dict()
         self.metrics = nn.ModuleDict({f"{stage}_metrics": self._make_metrics(num_classes, stage) for stage in STAGES})
         self.val_confusion = MulticlassConfusionMatrix(num_classes)
+        self.test_confusion = MulticlassConfusionMatrix(num_classes)
 
     @staticmethod
     def _make_metrics(num_classes: int, stage: str) -> MetricCollection:
@@ -102,12 +128,23 @@ class EfficientNetModule(L.LightningModule):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.hparams.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
+        if self.training and self.backbone_frozen:
+            with torch.no_grad():
+                features = self.model.forward_features(x)
+            return self.model.forward_head(features)
+        if not self.training and self.hparams.test_time_flip:
+            return (self.model(x) + self.model(x.flip(3))) / 2
         return self.model(x)
+
+    @property
+    def backbone_frozen(self) -> bool:
+        return self._trainer is not None and self.current_epoch < self.hparams.freeze_backbone_epochs
 
     def model_step(self, batch, stage: str) -> dict:
         images, targets = batch
         logits = self(images)
-        loss = F.cross_entropy(logits, targets, label_smoothing=self.hparams.label_smoothing)
+        weight = self.loss_weights.to(logits.device) if self.loss_weights is not None and stage == "train" else None
+        loss = F.cross_entropy(logits, targets, weight=weight, label_smoothing=self.hparams.label_smoothing)
         metrics = self.metrics[f"{stage}_metrics"]
         metrics(logits, targets)
         on_step = stage == "train"
@@ -125,7 +162,35 @@ class EfficientNetModule(L.LightningModule):
         return out
 
     def test_step(self, batch, batch_idx):
-        return self.model_step(batch, "test")
+        out = self.model_step(batch, "test")
+        self.test_confusion.update(out["preds"], batch[1])
+        return out
+
+    def predict_step(self, batch, batch_idx):
+        """Class probabilities, and the images' positions in the predict list."""
+        images, indices = batch
+        return {"index": indices, "probs": self(images).float().softmax(1)}
+
+    def on_train_epoch_start(self) -> None:
+        frozen = self.backbone_frozen
+        if self.hparams.freeze_backbone_epochs and self.current_epoch == self.hparams.freeze_backbone_epochs:
+            print(f"epoch {self.current_epoch}: the backbone trains from now on", flush=True)
+        fixed = {id(p) for bn in self.batchnorms for p in bn.parameters()} if self.hparams.freeze_bn else set()
+        head = {id(p) for p in self.model.classifier.parameters()}
+        for p in self.model.parameters():
+            if id(p) not in head and id(p) not in fixed:
+                p.requires_grad_(not frozen)
+
+    def on_train_batch_start(self, batch, batch_idx) -> None:
+        # Lightning switches the module to train mode around validation; frozen BatchNorm
+        # layers go back to their stored statistics every step.
+        if self.hparams.freeze_bn:
+            for bn in self.batchnorms:
+                bn.eval()
+        if self.backbone_frozen:
+            for m in self.model.modules():
+                if m is not self.model.classifier and m is not self.model.dropout:
+                    m.eval()
 
     def setup(self, stage: str) -> None:
         # The data may crop at another size (--data.image_size): checkpoints record what it used.
@@ -133,6 +198,14 @@ class EfficientNetModule(L.LightningModule):
         if datamodule is not None and hasattr(datamodule, "preprocessing"):
             self.model.preprocessing = datamodule.preprocessing
             self.hparams["preprocessing"] = datamodule.preprocessing.to_dict()
+        if stage == "fit" and self.hparams.class_weighted_loss:
+            if not hasattr(datamodule, "class_counts"):
+                raise ValueError("class_weighted_loss needs a data module with class_counts()")
+            counts = torch.tensor(datamodule.class_counts(), dtype=torch.float32).clamp(min=1)
+            self.loss_weights = counts.sum() / (len(counts) * counts)
+        if stage == "fit" and self.hparams.freeze_backbone_epochs and isinstance(self.trainer.strategy, DDPStrategy):
+            # The frozen backbone gets no gradients in the first epochs; DDP must not wait for them.
+            self.trainer.strategy._ddp_kwargs["find_unused_parameters"] = True
 
     def on_train_start(self) -> None:
         # Lightning logs the hyperparameters given at construction (after on_fit_start); add
@@ -144,9 +217,13 @@ class EfficientNetModule(L.LightningModule):
         # Callbacks (the W&B report) have read the matrix by now; start the next epoch clean.
         self.val_confusion.reset()
 
+    def on_test_epoch_end(self):
+        self.test_confusion.reset()
+
     def configure_optimizers(self):
         hp = self.hparams
-        optimizer = make_optimizer(hp.optimizer, param_groups(self.model, hp.weight_decay), hp.lr, hp.momentum)
+        groups = param_groups(self.model, hp.weight_decay, hp.backbone_lr_ratio)
+        optimizer = make_optimizer(hp.optimizer, groups, hp.lr, hp.momentum)
         total_steps = max(1, int(self.trainer.estimated_stepping_batches))
         epochs = self.trainer.max_epochs if self.trainer.max_epochs and self.trainer.max_epochs > 0 else 1
         factor = lr_lambda(hp.schedule, total_steps, total_steps / epochs, hp.warmup_epochs, hp.decay_rate,

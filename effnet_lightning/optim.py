@@ -19,13 +19,27 @@ Optimizer = Literal["sgd", "adamw", "rmsprop_tf"]
 Schedule = Literal["cosine", "step", "constant"]
 
 
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """Two groups: conv / linear weights with weight decay; BN and bias parameters without."""
-    decay, no_decay = [], []
+def param_groups(model: nn.Module, weight_decay: float, backbone_lr_scale: float = 1.0) -> list[dict]:
+    """Conv / linear weights with weight decay; BN and bias parameters without. With a
+    `backbone_lr_scale` other than 1, the classifier gets groups of its own, and the rest's
+    groups carry `lr_scale` (their learning rate is lr x scale). Frozen parameters are left out."""
+    head = model.get_classifier() if backbone_lr_scale != 1 else None
+    head_ids = {id(p) for p in head.parameters()} if head is not None else set()
+    groups = {}
     for p in model.parameters():
         if p.requires_grad:
-            (no_decay if p.ndim <= 1 else decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+            key = (id(p) not in head_ids and head is not None, p.ndim > 1)
+            groups.setdefault(key, []).append(p)
+    result = []
+    for is_backbone in (False, True):
+        for decays in (True, False):
+            params = groups.get((is_backbone, decays))
+            if params or (not is_backbone and head is None):  # the plain two groups always exist
+                group = {"params": params or [], "weight_decay": weight_decay if decays else 0.0}
+                if is_backbone:
+                    group["lr_scale"] = backbone_lr_scale
+                result.append(group)
+    return result
 
 
 class RMSpropTF(torch.optim.Optimizer):
@@ -68,6 +82,8 @@ class RMSpropTF(torch.optim.Optimizer):
 
 
 def make_optimizer(name: str, groups: list[dict], lr: float, momentum: float) -> torch.optim.Optimizer:
+    """`lr` for every group, times the group's `lr_scale` where it has one."""
+    groups = [{**g, "lr": lr * g["lr_scale"]} if "lr_scale" in g else g for g in groups]
     if name == "sgd":
         return torch.optim.SGD(groups, lr=lr, momentum=momentum, nesterov=momentum > 0)
     if name == "adamw":

@@ -1,0 +1,121 @@
+"""Export a trained network for deployment: ONNX, TorchScript and safetensors, plus a JSON file
+with the class names and preprocessing. Every file is loaded back and its logits compared with
+the PyTorch model's before the export counts as done.
+
+    python cli.py export                                  # best checkpoint of the latest fit
+    python cli.py export --ckpt_path runs/.../last.ckpt --output_dir deploy/ --formats [onnx]
+
+The exported networks take float32 NCHW images, already resized, cropped and normalised as
+`preprocessing` in the JSON says, and return logits (any batch size).
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+from typing import Literal
+
+import torch
+
+from effnet_lightning.pretrained import create_model
+
+Format = Literal["onnx", "torchscript", "safetensors"]
+FORMATS: tuple[str, ...] = ("onnx", "torchscript", "safetensors")
+
+
+def _reference_input(size: int, batch: int, seed: int) -> torch.Tensor:
+    return torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(seed))
+
+
+def _export_onnx(model, example: torch.Tensor, path: Path, opset: int | None):
+    try:
+        import onnxruntime
+    except ImportError:
+        raise ValueError("ONNX export needs onnx, onnxscript and onnxruntime: pip install onnx onnxscript onnxruntime") from None
+    batch = torch.export.Dim("batch", min=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, (example,), str(path), dynamo=True, input_names=["images"], output_names=["logits"],
+                          dynamic_shapes={"x": {0: batch}}, external_data=False, opset_version=opset, verbose=False)  # fmt: skip
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return lambda x: torch.from_numpy(session.run(None, {"images": x.numpy()})[0])
+
+
+def _export_torchscript(model, example: torch.Tensor, path: Path):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch.jit is deprecated upstream, still what many servers load
+        traced = torch.jit.trace(model, example)
+        torch.jit.save(traced, str(path))
+        loaded = torch.jit.load(str(path), map_location="cpu")
+    return loaded
+
+
+def _export_safetensors(model, path: Path, variant: str, num_classes: int, model_options: dict):
+    from safetensors.torch import save_file
+
+    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    save_file(state, str(path), metadata={"variant": variant, "num_classes": str(num_classes)})
+    # Load it back the way a user would.
+    return create_model(variant, num_classes=num_classes, weights=str(path), **model_options).eval()
+
+
+def export_model(
+    model: torch.nn.Module,
+    output_dir: str | Path,
+    *,
+    variant: str,
+    class_names: list[str],
+    preprocessing: dict,
+    model_options: dict | None = None,
+    formats: list[str] | tuple[str, ...] = FORMATS,
+    tolerance: float = 1e-4,
+    opset: int | None = None,
+    source: str | None = None,
+) -> dict:
+    """Write the chosen formats and model.json into output_dir; returns the JSON's content.
+    Raises ValueError when a reloaded export's logits differ by more than `tolerance`."""
+    unknown = set(formats) - set(FORMATS)
+    if unknown or not formats:
+        raise ValueError(f"unknown export formats {sorted(unknown)}: choose from {', '.join(FORMATS)}")
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    model = model.float().eval().to(device="cpu", memory_format=torch.contiguous_format)
+    size = preprocessing["crop_size"]
+    example, check = _reference_input(size, 2, 0), _reference_input(size, 3, 1)  # another batch size than traced
+    with torch.no_grad():
+        expected = model(check)
+    files, diffs = {}, {}
+    for fmt in formats:
+        if fmt == "onnx":
+            path = out / "model.onnx"
+            run = _export_onnx(model, example, path, opset)
+        elif fmt == "torchscript":
+            path = out / "model.torchscript.pt"
+            run = _export_torchscript(model, example, path)
+        else:
+            path = out / "model.safetensors"
+            run = _export_safetensors(model, path, variant, len(class_names), model_options or {})
+        with torch.no_grad():
+            diff = (run(check) - expected).abs().max().item()
+        files[fmt], diffs[fmt] = path.name, diff
+        print(f"export: {fmt:<11} {path}  max |logit difference| vs PyTorch {diff:.2e}", flush=True)
+        if not diff <= tolerance:
+            raise ValueError(f"the {fmt} export at {path} gives logits {diff:.2e} away from PyTorch's (tolerance "
+                             f"{tolerance:g}): do not deploy it; re-run with EFFNET_DEBUG=1 and report it")  # fmt: skip
+    info = {
+        "variant": variant,
+        "num_classes": len(class_names),
+        "class_names": list(class_names),
+        "preprocessing": preprocessing,
+        "model_options": model_options or {},
+        "input": {"name": "images", "shape": ["batch", 3, size, size], "dtype": "float32",
+                  "note": "RGB, resized, centre-cropped and normalised as in preprocessing"},  # fmt: skip
+        "output": {"name": "logits", "shape": ["batch", len(class_names)]},
+        "files": files,
+        "max_abs_logit_difference": diffs,
+        "source": source,
+    }
+    (out / "model.json").write_text(json.dumps(info, indent=2) + "\n")
+    print(f"export: done, {len(files)} formats in {out} (class names and preprocessing in {out / 'model.json'})")
+    return info

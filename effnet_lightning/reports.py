@@ -1,0 +1,192 @@
+"""What `predict`, `validate` and `test` leave on disk: the predictions of every image (CSV and
+JSON) and the per-class evaluation report (table and confusion-matrix image)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from pathlib import Path
+
+import lightning as L
+import torch
+import torch.distributed as dist
+from lightning.pytorch.loggers import WandbLogger
+from lightning.pytorch.trainer.states import TrainerFn
+
+
+def _gather_to_rank_zero(rows: list) -> list:
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        gathered = [None] * dist.get_world_size()
+        dist.all_gather_object(gathered, rows)
+        return [row for part in gathered for row in part]
+    return rows
+
+
+def _replace_atomically(path: Path, write) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w", newline="") as f:
+        write(f)
+    os.replace(tmp, path)
+
+
+class PredictionWriter(L.Callback):
+    """Writes `predictions.csv` and `predictions.json` into `output_dir` at the end of predict:
+    one row per image (each exactly once, also under DDP), its top-k classes and probabilities.
+
+    Args:
+        output_dir: None: <default_root_dir>/predictions.
+        top_k: classes per image (at most the number of classes).
+    """
+
+    def __init__(self, output_dir: str | None = None, top_k: int = 5):
+        if top_k < 1:
+            raise ValueError(f"top_k must be positive, got {top_k}")
+        self.output_dir = output_dir
+        self.top_k = top_k
+        self.rows: list[tuple[int, list[int], list[float]]] = []
+
+    def on_predict_start(self, trainer, pl_module):
+        self.rows = []
+
+    def on_predict_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
+        probs, classes = outputs["probs"].topk(min(self.top_k, outputs["probs"].shape[1]), dim=1)
+        for index, c, p in zip(outputs["index"].tolist(), classes.tolist(), probs.tolist()):
+            self.rows.append((index, c, p))
+
+    def on_predict_epoch_end(self, trainer, pl_module):
+        rows = sorted(_gather_to_rank_zero(self.rows))
+        if not trainer.is_global_zero:
+            return
+        paths = trainer.datamodule.predict_paths()
+        if [r[0] for r in rows] != list(range(len(paths))):
+            raise RuntimeError(f"predict produced {len(rows)} rows for {len(paths)} images")
+        names = pl_module.class_names
+        out = Path(self.output_dir or Path(trainer.default_root_dir) / "predictions")
+        out.mkdir(parents=True, exist_ok=True)
+        k = len(rows[0][1]) if rows else 0
+
+        def write_csv(f):
+            writer = csv.writer(f)
+            writer.writerow(["path"] + [f"{col}_{i}" for i in range(1, k + 1) for col in ("class", "prob")])
+            for index, classes, probs in rows:
+                writer.writerow([paths[index]] + [v for c, p in zip(classes, probs) for v in (names[c], f"{p:.6f}")])
+
+        def write_json(f):
+            json.dump({
+                "checkpoint": trainer.ckpt_path,
+                "weights": pl_module.hparams.get("weights"),
+                "top_k": k,
+                "images": len(rows),
+                "predictions": [
+                    {"path": paths[index], "top_k": [{"class": names[c], "prob": p} for c, p in zip(classes, probs)]}
+                    for index, classes, probs in rows
+                ],
+            }, f, indent=1)  # fmt: skip
+            f.write("\n")
+
+        _replace_atomically(out / "predictions.csv", write_csv)
+        _replace_atomically(out / "predictions.json", write_json)
+        print(f"predict: {len(rows)} images, top-{k} classes written to {out / 'predictions.csv'} and .json", flush=True)
+
+
+def per_class_rows(matrix: torch.Tensor, names: list[str]) -> list[dict]:
+    """From a confusion matrix (rows: true class, columns: predicted): per class the number of
+    images, correct predictions, accuracy (= recall), precision and F1."""
+    matrix = matrix.double()
+    correct, images, predicted = matrix.diag(), matrix.sum(1), matrix.sum(0)
+    rows = []
+    for i, name in enumerate(names):
+        acc = correct[i] / images[i] if images[i] else float("nan")
+        prec = correct[i] / predicted[i] if predicted[i] else float("nan")
+        f1 = 2 * prec * acc / (prec + acc) if images[i] and predicted[i] and prec + acc > 0 else 0.0
+        rows.append({"class": name, "images": int(images[i]), "correct": int(correct[i]), "accuracy": float(acc),
+                     "precision": float(prec), "f1": float(f1)})  # fmt: skip
+    return rows
+
+
+def confusion_figure(matrix: torch.Tensor, names: list[str], title: str):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n = len(names)
+    size = min(4 + 0.45 * n, 40)
+    fig, ax = plt.subplots(figsize=(size, size * 0.9), dpi=100)
+    shown = matrix.double() / matrix.sum(1, keepdim=True).clamp(min=1)  # share of each true class
+    ax.imshow(shown.numpy(), cmap="Blues", vmin=0, vmax=1)
+    if n <= 50:
+        ax.set_xticks(range(n), names, rotation=90)
+        ax.set_yticks(range(n), names)
+    if n <= 30:
+        for i in range(n):
+            for j in range(n):
+                if matrix[i, j]:
+                    ax.text(j, i, int(matrix[i, j]), ha="center", va="center",
+                            color="white" if shown[i, j] > 0.5 else "black", fontsize=8)  # fmt: skip
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title)
+    fig.tight_layout()
+    return fig
+
+
+class EvaluationReport(L.Callback):
+    """After `validate` and `test` (not the validations inside fit): a per-class table
+    (`<checkpoint>.<stage>-per-class.csv` and `.md`) and the confusion matrix
+    (`<checkpoint>.<stage>-confusion.png`) next to the checkpoint evaluated (without one: in
+    <default_root_dir>/reports), and both to W&B when it is on."""
+
+    def on_validation_epoch_end(self, trainer, pl_module):
+        if trainer.state.fn == TrainerFn.VALIDATING and not trainer.sanity_checking:
+            self._report(trainer, pl_module, "val", pl_module.val_confusion)
+
+    def on_test_epoch_end(self, trainer, pl_module):
+        self._report(trainer, pl_module, "test", pl_module.test_confusion)
+
+    def _report(self, trainer, pl_module, stage: str, confusion) -> None:
+        matrix = confusion.compute().cpu()  # a collective: every rank calls it
+        if not trainer.is_global_zero:
+            return
+        names = pl_module.class_names
+        rows = per_class_rows(matrix, names)
+        if trainer.ckpt_path:
+            base = Path(trainer.ckpt_path).with_suffix("")
+        else:
+            base = Path(trainer.default_root_dir) / "reports" / "pretrained"
+        base.parent.mkdir(parents=True, exist_ok=True)
+        prefix = f"{base}.{stage}"
+        total = int(matrix.sum())
+        overall = float(matrix.diag().sum() / max(total, 1))
+        fmt = lambda v: f"{v:.4f}" if v == v else "n/a"  # noqa: E731 (nan: no images / no predictions)
+
+        def write_csv(f):
+            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
+
+        def write_md(f):
+            f.write(f"# {stage} report: {trainer.ckpt_path or 'pretrained weights'}\n\n")
+            f.write(f"{total} images, accuracy {overall:.4f}. Accuracy of a class = correct / its images (recall).\n\n")
+            f.write("| class | images | correct | accuracy | precision | F1 |\n|---|---:|---:|---:|---:|---:|\n")
+            for r in rows:
+                f.write(f"| {r['class']} | {r['images']} | {r['correct']} | {fmt(r['accuracy'])} | "
+                        f"{fmt(r['precision'])} | {fmt(r['f1'])} |\n")  # fmt: skip
+            f.write(f"\n![confusion matrix]({Path(prefix).name}-confusion.png)\n")
+
+        _replace_atomically(Path(f"{prefix}-per-class.csv"), write_csv)
+        _replace_atomically(Path(f"{prefix}-report.md"), write_md)
+        fig = confusion_figure(matrix, names, f"{stage}: accuracy {overall:.4f} on {total} images")
+        fig.savefig(f"{prefix}-confusion.png")
+        import matplotlib.pyplot as plt
+
+        plt.close(fig)
+        print(f"{stage} report: {prefix}-report.md, {prefix}-per-class.csv, {prefix}-confusion.png", flush=True)
+        loggers = [lg for lg in trainer.loggers if isinstance(lg, WandbLogger)]
+        if loggers:
+            import wandb
+
+            table = wandb.Table(columns=list(rows[0]), data=[list(r.values()) for r in rows])
+            for lg in loggers:
+                lg.experiment.log({f"{stage}/per_class": table, f"{stage}/confusion": wandb.Image(f"{prefix}-confusion.png")})
