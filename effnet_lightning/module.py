@@ -180,6 +180,7 @@ class EfficientNetModule(L.LightningModule):
         for p in self.model.parameters():
             if id(p) not in head and id(p) not in fixed:
                 p.requires_grad_(not frozen)
+        self.model.train()  # undo the frozen stage's eval mode; on_train_batch_start sets it again where due
 
     def on_train_batch_start(self, batch, batch_idx) -> None:
         # Lightning switches the module to train mode around validation; frozen BatchNorm

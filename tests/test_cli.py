@@ -4,63 +4,22 @@ images, writing real checkpoints and W&B offline files into a temporary folder."
 import json
 import os
 import re
-import shutil
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 import yaml
 
 import wandb_offline
+from cli_helpers import CSV, ROOT, TINY, printed_metric, run_cli
 from effnet_lightning import demo_data
 from effnet_lightning.cli import main
 from effnet_lightning.module import EfficientNetModule
-
-ROOT = Path(__file__).resolve().parents[1]
-TINY = ["--data.image_size", "64", "--data.batch_size", "8", "--data.num_workers", "0",
-        "--trainer.enable_progress_bar", "false"]  # fmt: skip
-CSV = ["--trainer.logger", "CSVLogger"]  # the one flag that turns W&B off
-
-
-def run_cli(args, cwd, check=True, env=None, timeout=900):
-    env = {**(env if env is not None else os.environ), "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'tests'}"}
-    out = subprocess.run([sys.executable, str(ROOT / "cli.py"), *map(str, args)], cwd=cwd, env=env,
-                         capture_output=True, text=True, timeout=timeout)  # fmt: skip
-    if check and out.returncode != 0:
-        raise AssertionError(f"cli.py {' '.join(map(str, args))} failed ({out.returncode}):\n{out.stdout[-3000:]}\n{out.stderr[-5000:]}")
-    return out
-
-
-@pytest.fixture(scope="session")
-def demo_root(tmp_path_factory):
-    return demo_data.generate(tmp_path_factory.mktemp("data") / "demo")
-
-
-@pytest.fixture(scope="session")
-def small_root(demo_root, tmp_path_factory):
-    """10 train images per class; 71 validation images, an odd count that no even split pads."""
-    root = tmp_path_factory.mktemp("small")
-    for split, per_class in (("train", 10), ("val", 7)):
-        for i, name in enumerate(demo_data.CLASSES):
-            (root / split / name).mkdir(parents=True)
-            for src in sorted((demo_root / split / name).glob("*.png"))[: per_class + (split == "val" and i == 0)]:
-                shutil.copy(src, root / split / name / src.name)
-    return root
-
 
 def probe(tmp_path, args, cwd):
     probe_file = tmp_path / "probe.json"
     run_cli(["fit", *args, "--trainer.callbacks+=probes.TrainStartProbe"], cwd,
             env={**os.environ, "PROBE_FILE": str(probe_file)})  # fmt: skip
     return json.loads(probe_file.read_text())
-
-
-def printed_metric(output: str, name: str) -> float:
-    match = re.search(rf"^\s*│?\s*{re.escape(name)}\s+│?\s*([0-9.]+)", output, re.MULTILINE)
-    assert match, f"{name} not in output:\n{output[-2000:]}"
-    return float(match.group(1))
 
 
 @pytest.mark.slow
@@ -128,7 +87,7 @@ def test_test_without_ckpt_path_uses_the_best_checkpoint_of_the_latest_fit(tmp_p
     assert out.returncode == 2
     assert out.stderr.strip().splitlines()[-1] == (
         "error: nothing to test: no trained checkpoint recorded in runs/latest_fit.json; "
-        "run `python cli.py fit` first or pass --ckpt_path"
+        "run `python cli.py fit` first, pass --ckpt_path, or --model.weights imagenet"
     )
     run_cli(["fit", *args, "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "2"], tmp_path)
     run_cli(["fit", *args, "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "2"], tmp_path)  # again, same folder

@@ -1,0 +1,128 @@
+"""Fine-tuning: pretrained weights beat training from scratch, the staged schedule freezes and
+then trains the backbone, BatchNorm freezing, and the class-imbalance options."""
+
+import shutil
+from collections import Counter
+
+import lightning as L
+import pytest
+import torch
+from cli_helpers import CSV, ROOT, fit_summary, run_cli
+
+from effnet_lightning import demo_data
+from effnet_lightning.data import ImageFolderDataModule
+from effnet_lightning.module import EfficientNetModule
+
+
+@pytest.fixture(scope="module")
+def class_folder(demo_root, tmp_path_factory):
+    """One folder of class folders (split by the data module): 30 images per class."""
+    root = tmp_path_factory.mktemp("folder")
+    for name in demo_data.CLASSES:
+        (root / name).mkdir()
+        for src in sorted((demo_root / "train" / name).glob("*.png"))[:30]:
+            shutil.copy(src, root / name / src.name)
+    return root
+
+
+@pytest.mark.slow
+def test_finetuning_packaged_lite0_imagenet_weights_beats_training_from_scratch(tmp_path, class_folder):
+    budget = ["fit", "--config", ROOT / "configs" / "finetune.yaml", "--data.root", class_folder, "--model.variant",
+              "lite0", "--data.image_size", "112", "--data.batch_size", "16", "--data.num_workers", "0",
+              "--data.val_fraction", "0.34", "--trainer.max_epochs", "2", "--trainer.enable_progress_bar", "false", *CSV]  # fmt: skip
+    finetuned = run_cli([*budget, "--model.weights", "imagenet", "--trainer.default_root_dir", "pretrained"], tmp_path)
+    scratch = run_cli([*budget, "--model.weights", "null", "--model.freeze_backbone_epochs", "0",
+                       "--model.backbone_lr_ratio", "1", "--trainer.default_root_dir", "scratch"], tmp_path)  # fmt: skip
+    assert "epoch 1: the backbone trains from now on" in finetuned.stdout
+    (acc_finetuned, ckpt), (acc_scratch, _) = fit_summary(finetuned.stdout), fit_summary(scratch.stdout)
+    print(f"2 epochs, 200 training images at 112 px: val/acc fine-tuned lite0 {acc_finetuned:.3f}, "
+          f"from scratch {acc_scratch:.3f}")  # fmt: skip
+    assert acc_finetuned >= acc_scratch + 0.3
+    assert ckpt.startswith("pretrained/")  # checkpoints follow --trainer.default_root_dir
+    hp = torch.load(tmp_path / ckpt, weights_only=True)["hyper_parameters"]
+    assert hp["weights"] == "imagenet" and hp["preprocessing"]["mean"] == pytest.approx([127 / 255] * 3)  # (x - 127) / 128
+
+
+def _tiny_trainer(epochs: int, callbacks=()) -> L.Trainer:
+    return L.Trainer(max_epochs=epochs, limit_train_batches=3, limit_val_batches=1, logger=False,
+                     enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                     num_sanity_val_steps=0, callbacks=list(callbacks))  # fmt: skip
+
+
+class Snapshots(L.Callback):
+    """Copies of a backbone conv weight, a BN weight and running mean, and the classifier
+    weight at the start and the end of every training epoch; the learning rate per group."""
+
+    def __init__(self):
+        self.snaps, self.lrs = [], []
+
+    def _take(self, pl_module):
+        model = pl_module.model
+        return {"conv": model.stem.conv.weight.detach().clone(), "bn_weight": model.stem.bn.weight.detach().clone(),
+                "bn_mean": model.blocks[3].project.bn.running_mean.clone(),
+                "head": model.classifier.weight.detach().clone()}  # fmt: skip
+
+    def on_train_epoch_start(self, trainer, pl_module):
+        self.start = self._take(pl_module)
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        end = self._take(pl_module)
+        self.snaps.append({k: not torch.equal(self.start[k], end[k]) for k in end})
+        self.lrs.append([(g["lr"], g.get("lr_scale", 1.0)) for g in trainer.optimizers[0].param_groups])
+
+
+def _datamodule(small_root):
+    return ImageFolderDataModule(root=str(small_root), image_size=32, batch_size=8, num_workers=0)
+
+
+@pytest.mark.slow
+def test_staged_finetuning_trains_the_head_first_then_everything_at_a_lower_backbone_lr(small_root):
+    torch.manual_seed(0)
+    data = _datamodule(small_root)
+    module = EfficientNetModule("lite0", weights="imagenet", num_classes=10, class_names=data.class_names,
+                                freeze_backbone_epochs=1, backbone_lr_ratio=0.1, warmup_epochs=0, schedule="constant",
+                                lr=1e-2)  # fmt: skip
+    snaps = Snapshots()
+    _tiny_trainer(2, [snaps]).fit(module, datamodule=data)
+    changed_epoch0, changed_epoch1 = snaps.snaps
+    # epoch 0: only the classifier moves; BN statistics stay those of the weights
+    assert changed_epoch0 == {"conv": False, "bn_weight": False, "bn_mean": False, "head": True}
+    assert changed_epoch1 == {"conv": True, "bn_weight": True, "bn_mean": True, "head": True}
+    lrs = snaps.lrs[1]
+    assert [lr for lr, scale in lrs if scale == 1.0] == pytest.approx([1e-2, 1e-2])  # the classifier's
+    assert [lr for lr, scale in lrs if scale != 1.0] == pytest.approx([1e-3, 1e-3])  # the backbone's: lr x 0.1
+    assert len(lrs) == 4  # backbone / head, each with and without weight decay
+
+
+@pytest.mark.slow
+def test_freeze_bn_keeps_batchnorm_statistics_and_affine_fixed(small_root):
+    torch.manual_seed(0)
+    data = _datamodule(small_root)
+    module = EfficientNetModule("lite0", weights="imagenet", num_classes=10, class_names=data.class_names,
+                                freeze_bn=True, lr=1e-2, warmup_epochs=0)  # fmt: skip
+    snaps = Snapshots()
+    _tiny_trainer(1, [snaps]).fit(module, datamodule=data)
+    assert snaps.snaps[0] == {"conv": True, "bn_weight": False, "bn_mean": False, "head": True}
+
+
+def test_class_weighted_loss_and_weighted_sampler_balance_an_imbalanced_folder(demo_root, tmp_path):
+    counts = {"circle": 40, "square": 10, "star": 5}
+    for name, n in counts.items():
+        (tmp_path / name).mkdir()
+        for src in sorted((demo_root / "train" / name).glob("*.png"))[:n]:
+            shutil.copy(src, tmp_path / name / src.name)
+    data = ImageFolderDataModule(root=str(tmp_path), image_size=32, batch_size=8, num_workers=0, val_fraction=0.2,
+                                 weighted_sampler=True)  # fmt: skip
+    data.setup("fit")
+    assert data.class_counts() == [32, 8, 4]  # 20% of each class held out for validation
+    module = EfficientNetModule("b0", num_classes=3, class_names=data.class_names, class_weighted_loss=True)
+    module.trainer = L.Trainer(logger=False)
+    module.trainer.datamodule = data
+    module.setup("fit")
+    assert module.loss_weights.tolist() == pytest.approx([44 / (3 * 32), 44 / (3 * 8), 44 / (3 * 4)])
+    sampler = data.train_dataloader().sampler
+    torch.manual_seed(0)
+    drawn = Counter(data.splits["train"][i][1] for _ in range(50) for i in sampler)
+    shares = [drawn[c] / sum(drawn.values()) for c in range(3)]
+    print(f"weighted sampler: class shares {[round(s, 3) for s in shares]} from 32/8/4 images")
+    assert all(abs(s - 1 / 3) < 0.03 for s in shares)
