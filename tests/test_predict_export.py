@@ -1,0 +1,230 @@
+"""predict, export and the evaluation report through the real CLI, on a checkpoint trained in
+the test, on the packaged real Lite0 ImageNet weights, and with a folder of the wrong classes."""
+
+import csv
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import onnxruntime
+import pytest
+import torch
+from cli_helpers import CSV, TINY, last_error_line, printed_metric, run_cli
+from conftest import randomise_batchnorm
+from PIL import Image
+
+import wandb_offline
+from effnet_lightning import create_model, demo_data
+from effnet_lightning.data import eval_transform, load_rgb
+from effnet_lightning.export import export_model
+from effnet_lightning.module import EfficientNetModule
+from effnet_lightning.preprocessing import Preprocessing
+
+CLASSES = sorted(demo_data.CLASSES)
+
+
+@pytest.fixture(scope="module")
+def trained(small_root, tmp_path_factory):
+    """A fit of two short epochs; returns (working folder, best checkpoint)."""
+    cwd = tmp_path_factory.mktemp("trained")
+    run_cli(["fit", "--data.root", small_root, *TINY, *CSV, "--trainer.max_epochs", "2",
+             "--trainer.limit_train_batches", "4", "--model.warmup_epochs", "0"], cwd)  # fmt: skip
+    best = json.loads((cwd / "runs" / "latest_fit.json").read_text())["best_model_path"]
+    return cwd, cwd / best
+
+
+@pytest.fixture(scope="module")
+def images_to_predict(demo_root, tmp_path_factory):
+    """7 images, some in a subfolder; a hidden file, a hidden folder and a text file to skip."""
+    root = tmp_path_factory.mktemp("unlabelled")
+    (root / "more").mkdir()
+    (root / ".cache").mkdir()
+    sources = [sorted((demo_root / "test" / name).glob("*.png"))[0] for name in CLASSES[:7]]
+    for i, src in enumerate(sources):
+        shutil.copy(src, root / ("more" if i % 2 else "") / f"img{i}.png")
+    shutil.copy(sources[0], root / ".hidden.png")
+    shutil.copy(sources[0], root / ".cache" / "thumb.png")
+    (root / "notes.txt").write_text("not an image")
+    return root
+
+
+def read_predictions(folder: Path) -> tuple[list[dict], dict]:
+    with open(folder / "predictions.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    return rows, json.loads((folder / "predictions.json").read_text())
+
+
+@pytest.mark.slow
+def test_predict_writes_one_row_per_image_with_valid_classes(trained, images_to_predict):
+    cwd, ckpt = trained
+    out = run_cli(["predict", "--ckpt_path", ckpt, "--data.predict_root", images_to_predict, *TINY, *CSV,
+                   "--predictions.top_k", "3"], cwd)  # fmt: skip
+    rows, data = read_predictions(cwd / "runs" / "predictions")
+    expected = sorted(str(p) for p in images_to_predict.rglob("img*.png"))
+    assert [r["path"] for r in rows] == expected and len(expected) == 7
+    assert f"predict: 7 images, top-3 classes written to runs/predictions/predictions.csv" in out.stdout
+    for row, entry in zip(rows, data["predictions"]):
+        classes = [row[f"class_{i}"] for i in (1, 2, 3)]
+        probs = [float(row[f"prob_{i}"]) for i in (1, 2, 3)]
+        assert set(classes) <= set(CLASSES) and len(set(classes)) == 3
+        assert probs == sorted(probs, reverse=True) and 0 < sum(probs) <= 1 + 1e-5
+        assert entry["path"] == row["path"] and [e["class"] for e in entry["top_k"]] == classes
+        assert [e["prob"] for e in entry["top_k"]] == pytest.approx(probs, abs=1e-6)
+    assert data["images"] == 7 and data["checkpoint"] == str(ckpt)
+    # the same probabilities as the checkpoint's network on the same preprocessing
+    module = EfficientNetModule.load_from_checkpoint(ckpt, map_location="cpu").eval()
+    pre = Preprocessing(**module.hparams.preprocessing)
+    with torch.no_grad():
+        probs = module(eval_transform(pre)(load_rgb(rows[0]["path"]))[None]).softmax(1)[0]
+    assert float(probs.max()) == pytest.approx(float(rows[0]["prob_1"]), abs=1e-5)
+    assert CLASSES[int(probs.argmax())] == rows[0]["class_1"]
+
+
+@pytest.mark.slow
+def test_predict_under_two_process_ddp_writes_each_image_once(trained, images_to_predict, tmp_path):
+    cwd, ckpt = trained
+    args = ["predict", "--ckpt_path", ckpt, "--data.predict_root", images_to_predict, *TINY, *CSV]
+    run_cli([*args, "--predictions.output_dir", tmp_path / "one"], cwd)
+    run_cli([*args, "--predictions.output_dir", tmp_path / "two", "--trainer.accelerator", "cpu",
+             "--trainer.strategy", "ddp", "--trainer.devices", "2"], cwd)  # fmt: skip
+    single, _ = read_predictions(tmp_path / "one")
+    double, _ = read_predictions(tmp_path / "two")
+    assert len(double) == 7 and len({r["path"] for r in double}) == 7  # 7 images on 2 ranks: none twice
+    assert [r["path"] for r in double] == [r["path"] for r in single]
+    assert [r["class_1"] for r in double] == [r["class_1"] for r in single]
+    assert [float(r["prob_1"]) for r in double] == pytest.approx([float(r["prob_1"]) for r in single], abs=1e-5)
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory):
+    skimage_data = pytest.importorskip("skimage.data")
+    root = tmp_path_factory.mktemp("photos")
+    Image.fromarray(skimage_data.coffee()).save(root / "coffee.jpg", quality=95)
+    Image.fromarray(skimage_data.chelsea()).convert("RGBA").save(root / "chelsea.png")
+    return root
+
+
+@pytest.mark.slow
+def test_pretrained_lite0_labels_real_photos_through_predict_without_a_checkpoint(photos, tmp_path):
+    run_cli(["predict", "--model.variant", "lite0", "--model.weights", "imagenet", "--data.predict_root", photos,
+             "--trainer.enable_progress_bar", "false", *CSV], tmp_path)  # fmt: skip
+    rows, data = read_predictions(tmp_path / "runs" / "predictions")
+    top1 = {Path(r["path"]).name: r["class_1"] for r in rows}
+    print(f"lite0 ImageNet predict: {[(r['path'][-11:], r['class_1'], r['prob_1']) for r in rows]}")
+    assert top1 == {"chelsea.png": top1["chelsea.png"], "coffee.jpg": "espresso"}
+    assert top1["chelsea.png"] in ("tiger cat", "tabby", "Egyptian cat")
+    assert data["weights"] == "imagenet" and data["checkpoint"] is None
+
+
+def _reload_and_compare(folder: Path, model: torch.nn.Module, x: torch.Tensor) -> dict:
+    with torch.no_grad():
+        expected = model(x)
+    session = onnxruntime.InferenceSession(str(folder / "model.onnx"), providers=["CPUExecutionProvider"])
+    onnx_logits = torch.from_numpy(session.run(None, {"images": x.numpy()})[0])
+    scripted = torch.jit.load(str(folder / "model.torchscript.pt"))
+    with torch.no_grad():
+        script_logits = scripted(x)
+    return {"onnx": (onnx_logits - expected).abs().max().item(),
+            "torchscript": (script_logits - expected).abs().max().item()}  # fmt: skip
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("variant", ["b0", "lite0"])
+def test_onnx_and_torchscript_exports_match_pytorch(variant, tmp_path):
+    torch.manual_seed(0)
+    model = randomise_batchnorm(create_model(variant, num_classes=10)).eval()
+    pre = model.preprocessing.to_dict()
+    info = export_model(model, tmp_path, variant=variant, class_names=CLASSES, preprocessing=pre)
+    assert info["files"] == {"onnx": "model.onnx", "torchscript": "model.torchscript.pt", "safetensors": "model.safetensors"}
+    x = torch.randn(5, 3, pre["crop_size"], pre["crop_size"], generator=torch.Generator().manual_seed(7))
+    diffs = _reload_and_compare(tmp_path, model, x)
+    print(f"{variant} at {pre['crop_size']} px, batch 5: max |logit difference| {diffs}")
+    assert diffs["onnx"] < 1e-4 and diffs["torchscript"] < 1e-4
+    reloaded = create_model(variant, num_classes=10, weights=str(tmp_path / "model.safetensors")).eval()
+    with torch.no_grad():
+        assert torch.equal(reloaded(x), model(x))
+    saved = json.loads((tmp_path / "model.json").read_text())
+    assert saved["class_names"] == CLASSES and saved["preprocessing"] == pre and saved["variant"] == variant
+
+
+@pytest.mark.slow
+def test_export_cli_from_a_checkpoint_and_from_imagenet_weights(trained, photos, tmp_path):
+    cwd, ckpt = trained
+    out = run_cli(["export", "--ckpt_path", ckpt, "--output_dir", tmp_path / "trained", *CSV], cwd)
+    for fmt in ("onnx", "torchscript", "safetensors"):
+        assert f"export: {fmt:<11} {tmp_path / 'trained'}" in out.stdout
+    info = json.loads((tmp_path / "trained" / "model.json").read_text())
+    module = EfficientNetModule.load_from_checkpoint(ckpt, map_location="cpu").eval()
+    assert info["class_names"] == CLASSES and info["preprocessing"] == module.hparams.preprocessing
+    assert info["source"] == str(ckpt) and max(info["max_abs_logit_difference"].values()) < 1e-4
+    pre = Preprocessing(**info["preprocessing"])
+    x = torch.stack([eval_transform(pre)(load_rgb(str(p))) for p in sorted((photos).iterdir())])
+    assert max(_reload_and_compare(tmp_path / "trained", module.model, x).values()) < 1e-4
+
+    # the real ImageNet Lite0, exported and run with onnxruntime on a photo, preprocessed as model.json says
+    run_cli(["export", "--model.variant", "lite0", "--model.weights", "imagenet", "--output_dir", tmp_path / "lite0",
+             "--formats", "[onnx]", *CSV], tmp_path)  # fmt: skip
+    info = json.loads((tmp_path / "lite0" / "model.json").read_text())
+    assert info["files"] == {"onnx": "model.onnx"} and len(info["class_names"]) == 1000
+    image = eval_transform(Preprocessing(**info["preprocessing"]))(load_rgb(str(photos / "coffee.jpg")))[None]
+    session = onnxruntime.InferenceSession(str(tmp_path / "lite0" / "model.onnx"), providers=["CPUExecutionProvider"])
+    logits = session.run(None, {"images": image.numpy()})[0][0]
+    assert info["class_names"][int(np.argmax(logits))] == "espresso"
+
+
+@pytest.mark.slow
+def test_test_writes_a_per_class_report_and_confusion_matrix_next_to_the_checkpoint(trained, small_root, tmp_path):
+    cwd, ckpt = trained
+    work = tmp_path / "work"
+    shutil.copytree(cwd / "runs", work / "runs")  # a W&B run of its own, in a folder of its own
+    ckpt = work / ckpt.relative_to(cwd)
+    out = run_cli(["test", "--ckpt_path", ckpt, "--data.root", small_root, *TINY], work)
+    base = str(ckpt.with_suffix(""))
+    with open(f"{base}.test-per-class.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["class"] for r in rows] == CLASSES
+    assert [int(r["images"]) for r in rows] == [8] + [7] * 9  # the 71 validation images (no test/ folder)
+    accuracy = sum(int(r["correct"]) for r in rows) / 71
+    assert printed_metric(out.stdout, "test/acc") == pytest.approx(accuracy, abs=1e-6)
+    for r in rows:
+        assert float(r["accuracy"]) == pytest.approx(int(r["correct"]) / int(r["images"]))
+    report = Path(f"{base}.test-report.md").read_text()
+    assert f"71 images, accuracy {accuracy:.4f}" in report and report.count("\n| ") == 11
+    with Image.open(f"{base}.test-confusion.png") as img:
+        assert img.size[0] > 300 and img.size[1] > 300
+    runs = list((work / "runs" / "wandb").glob("offline-run-*/run-*.wandb"))
+    history = [h for run in runs for h in wandb_offline.history(run)]
+    assert any("test/per_class/_type" in h for h in history) and any("test/confusion/_type" in h for h in history)
+
+
+@pytest.mark.slow
+def test_a_folder_with_other_classes_is_refused_on_predict_test_and_resume(trained, demo_root, images_to_predict, tmp_path):
+    cwd, ckpt = trained
+    other = tmp_path / "other"
+    for name in ("apple", "pear"):
+        (other / name).mkdir(parents=True)
+        for src in sorted((demo_root / "val" / "star").glob("*.png"))[:3]:
+            shutil.copy(src, other / name / src.name)
+    expected = f"{other} has classes ['apple', 'pear'] but the model was trained on ['bar', 'circle', 'crescent'"
+    for args in (
+        ["predict", "--ckpt_path", ckpt, "--data.predict_root", images_to_predict],
+        ["test", "--ckpt_path", ckpt],
+        ["fit", "--ckpt_path", "last", "--trainer.max_epochs", "3"],
+    ):
+        line = last_error_line(run_cli([*args, "--data.root", other, *TINY, *CSV], cwd, check=False))
+        assert line.startswith(f"error: {expected}") and "fine-tune with --model.weights CKPT" in line, line
+
+
+@pytest.mark.slow
+def test_predict_needs_images_and_known_class_names(trained, tmp_path):
+    cwd, ckpt = trained
+    line = last_error_line(run_cli(["predict", "--ckpt_path", ckpt, *TINY, *CSV], cwd, check=False))
+    assert line == "error: predict needs images: pass --data.predict_root DIR"
+    weights = tmp_path / "weights.safetensors"
+    from safetensors.torch import save_file
+
+    save_file(create_model("b0", num_classes=3).state_dict(), str(weights))
+    line = last_error_line(run_cli(["predict", "--model.weights", weights, "--data.predict_root", tmp_path, *CSV],
+                                   tmp_path, check=False))  # fmt: skip
+    assert line.startswith(f"error: predict: the class names of {weights} are unknown: pass --ckpt_path")
