@@ -2,7 +2,7 @@ import pytest
 import torch
 from PIL import Image
 
-from effnet_lightning.data import ImageFolderDataModule, eval_transform, list_images, stratified_split
+from effnet_lightning.data import ImageFolderDataModule, eval_transform, list_images, load_rgb, stratified_split
 from effnet_lightning.preprocessing import Preprocessing
 
 
@@ -92,3 +92,46 @@ def test_folder_without_classes(tmp_path):
     (tmp_path / "img.png").write_bytes(b"")
     with pytest.raises(FileNotFoundError, match="no class folders in"):
         ImageFolderDataModule(root=str(tmp_path))
+
+
+def test_odd_image_modes_load_as_8_bit_rgb(tmp_path):
+    rgba = Image.new("RGBA", (4, 2), (200, 10, 10, 255))
+    rgba.putpixel((0, 0), (0, 0, 0, 0))  # fully transparent: shows the white background
+    rgba.putpixel((1, 0), (0, 0, 0, 128))  # half transparent black on white
+    rgba.save(tmp_path / "rgba.png")
+    palette = Image.new("P", (2, 2), 1)
+    palette.putpalette([0, 0, 0, 10, 200, 30] + [0] * 762)
+    palette.putpixel((0, 0), 0)
+    palette.info["transparency"] = 0
+    palette.save(tmp_path / "palette.png", transparency=0)
+    Image.new("L", (2, 2), 77).save(tmp_path / "gray.png")
+    Image.new("LA", (2, 2), (77, 0)).save(tmp_path / "gray_alpha.png")
+    Image.new("I;16", (2, 2), 65535 // 2).save(tmp_path / "deep.png")  # 16-bit grayscale
+    Image.new("CMYK", (2, 2), (0, 255, 255, 0)).save(tmp_path / "cmyk.jpg", quality=100)
+    loaded = {p.stem: load_rgb(str(p)) for p in tmp_path.iterdir()}
+    assert {name: img.mode for name, img in loaded.items()} == dict.fromkeys(loaded, "RGB")
+    assert loaded["rgba"].getpixel((0, 0)) == (255, 255, 255)
+    assert loaded["rgba"].getpixel((1, 0)) == pytest.approx((127, 127, 127), abs=1)
+    assert loaded["rgba"].getpixel((2, 0)) == (200, 10, 10)
+    assert loaded["palette"].getpixel((0, 0)) == (255, 255, 255) and loaded["palette"].getpixel((1, 1)) == (10, 200, 30)
+    assert loaded["gray"].getpixel((0, 0)) == (77, 77, 77) and loaded["gray_alpha"].getpixel((0, 0)) == (255, 255, 255)
+    assert loaded["deep"].getpixel((0, 0)) == (127, 127, 127)  # 32767 of 65535, not clipped to 255
+    assert loaded["cmyk"].getpixel((0, 0)) == pytest.approx((255, 0, 0), abs=3)
+
+
+def test_predict_images_at_any_depth_and_classes_given_by_a_checkpoint(tmp_path):
+    make_folder(tmp_path / "labelled")
+    unlabelled = tmp_path / "new"
+    make_folder(unlabelled, classes=("x", "x/deeper"), per_class=2)
+    (unlabelled / ".thumbs").mkdir()
+    Image.new("RGB", (8, 8)).save(unlabelled / ".thumbs" / "t.png")
+    dm = ImageFolderDataModule(predict_root=str(unlabelled), class_names=["ant", "bee", "cat"], image_size=16)
+    assert dm.root is None and dm.num_classes == 3  # no labelled folder needed, none generated
+    dm.setup("predict")
+    assert [p.removeprefix(str(unlabelled)) for p in dm.predict_paths()] == [
+        "/x/0.png", "/x/1.png", "/x/deeper/0.png", "/x/deeper/1.png"]  # fmt: skip
+    images, positions = next(iter(dm.predict_dataloader()))
+    assert images.shape == (4, 3, 16, 16) and positions.tolist() == [0, 1, 2, 3]
+    with pytest.raises(ValueError, match=r"has classes \['ant', 'bee', 'cat'\] but the model was trained on \['a', 'b'\]"):
+        ImageFolderDataModule(root=str(tmp_path / "labelled"), class_names=["a", "b"])
+    assert ImageFolderDataModule(root=str(tmp_path / "labelled"), class_names=["ant", "bee", "cat"]).num_classes == 3

@@ -52,3 +52,16 @@ def test_make_optimizer_choices():
     assert isinstance(make_optimizer("rmsprop_tf", groups, 0.1, 0.9), RMSpropTF)
     with pytest.raises(ValueError, match="unknown optimizer 'lamb': choose one of sgd, adamw, rmsprop_tf"):
         make_optimizer("lamb", groups, 0.1, 0.9)
+
+
+def test_backbone_groups_get_a_scaled_learning_rate():
+    model = EfficientNet("b0", num_classes=10)
+    groups = param_groups(model, 1e-5, backbone_lr_scale=0.1)
+    optimizer = make_optimizer("sgd", groups, lr=0.5, momentum=0.9)
+    head = {id(p) for p in model.classifier.parameters()}
+    for group in optimizer.param_groups:
+        in_head = [id(p) in head for p in group["params"]]
+        assert all(in_head) or not any(in_head)
+        assert group["lr"] == pytest.approx(0.5 if all(in_head) else 0.05)
+    assert sum(len(g["params"]) for g in optimizer.param_groups) == len(list(model.parameters()))
+    assert [len(g["params"]) for g in optimizer.param_groups][:2] == [1, 1]  # classifier weight, bias
