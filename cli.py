@@ -1,4 +1,4 @@
-"""effnet-lightning command line: `python cli.py fit|validate|test --help`."""
+"""effnet-lightning command line: `python cli.py fit|validate|test|predict|export --help`."""
 
 from effnet_lightning.cli import main
 

@@ -11,18 +11,29 @@ os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
 
 
-def randomise_batchnorm(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
-    """Non-trivial BN statistics and affine weights, so a wrong mapping cannot hide."""
+def randomise_batchnorm(model: torch.nn.Module, seed: int = 0, in_channels: int = 3) -> torch.nn.Module:
+    """Random BN scales and shifts, and running statistics measured on random images then
+    perturbed: non-trivial values, so a wrong mapping cannot hide, under which the logits still
+    depend on the input (with unit statistics, random weights wash the input out by the head)."""
     g = torch.Generator().manual_seed(seed)
+    bns = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    momenta = [bn.momentum for bn in bns]
+    was_training = model.training
     with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                n = m.num_features
-                m.running_mean.copy_(torch.rand(n, generator=g) - 0.5)
-                m.running_var.copy_(torch.rand(n, generator=g) + 0.5)
-                m.weight.copy_(torch.rand(n, generator=g) + 0.5)
-                m.bias.copy_(torch.rand(n, generator=g) * 0.4 - 0.2)
-    return model
+        for bn in bns:
+            n = bn.num_features
+            bn.weight.copy_(torch.rand(n, generator=g) + 0.5)
+            bn.bias.copy_(torch.rand(n, generator=g) * 0.4 - 0.2)
+            bn.reset_running_stats()
+            bn.momentum = None  # cumulative average: the statistics of the batch below
+        torch.manual_seed(seed)  # stochastic depth and dropout in the calibration pass
+        model.train()(torch.randn(8, in_channels, 64, 64, generator=g))
+        for bn, momentum in zip(bns, momenta):
+            bn.momentum = momentum
+            n = bn.num_features
+            bn.running_mean.add_((torch.rand(n, generator=g) - 0.5) * 0.2 * bn.running_var.sqrt())
+            bn.running_var.mul_(torch.rand(n, generator=g) * 0.5 + 0.75)
+    return model.train(was_training)
 
 
 @pytest.fixture

@@ -1,5 +1,6 @@
 import pytest
 import torch
+from conftest import randomise_batchnorm
 
 from effnet_lightning.module import EfficientNetModule
 
@@ -41,3 +42,14 @@ def test_hyperparameters_are_plain_types():
                                    "std": [0.229, 0.224, 0.225], "interpolation": "bicubic"}  # fmt: skip
     allowed = (str, int, float, bool, list, dict, type(None))
     assert all(isinstance(v, allowed) for v in hp.values())
+
+
+def test_test_time_flip_averages_an_image_and_its_mirror_in_eval_only():
+    torch.manual_seed(0)
+    module = EfficientNetModule("b0", num_classes=4, test_time_flip=True, zero_init_head=False).eval()
+    randomise_batchnorm(module.model)
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        expected = (module.model(x) + module.model(x.flip(3))) / 2
+        assert torch.allclose(module(x), expected, atol=1e-6)
+        assert not torch.allclose(module.model(x), expected, atol=1e-4)  # the mirror image changes the logits

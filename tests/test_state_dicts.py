@@ -19,7 +19,8 @@ def max_logit_difference(reference, ours, x):
     reference.eval(), ours.eval()
     with torch.no_grad():
         ref = reference(x)
-        assert ref.std() > 1e-3  # logits carry signal, so equality means something
+        # the logits depend on the input, so equality means something
+        assert (ref[0] - ref[1]).abs().max() > 1e-2
         return (ref - ours(x)).abs().max().item()
 
 
