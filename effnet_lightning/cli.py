@@ -20,12 +20,12 @@ import sys
 import warnings
 
 import torch
-from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch import Trainer
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.utilities import rank_zero_warn
 
-from effnet_lightning.callbacks import FitSummary, WandbValidationReport, read_run_record, run_record_path
+from effnet_lightning.callbacks import EMA, Checkpoint, FitSummary, WandbValidationReport, read_run_record, run_record_path
 from effnet_lightning.data import ImageFolderDataModule
 from effnet_lightning.export import FORMATS, Format, export_model
 from effnet_lightning.module import EfficientNetModule
@@ -79,7 +79,7 @@ def _data_preprocessing(variant: str, weights: str | None, preprocessing: dict |
 
 class EffNetCLI(LightningCLI):
     def add_arguments_to_parser(self, parser):
-        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.add_lightning_class_args(Checkpoint, "checkpoint")
         parser.set_defaults(
             {
                 "checkpoint.monitor": "val/acc",
@@ -94,6 +94,7 @@ class EffNetCLI(LightningCLI):
         parser.set_defaults({"lr_monitor.logging_interval": "step"})
         parser.add_lightning_class_args(FitSummary, "summary")
         parser.add_lightning_class_args(WandbValidationReport, "wandb_report")
+        parser.add_lightning_class_args(EMA, "ema")
         parser.add_lightning_class_args(EvaluationReport, "report")
         parser.add_lightning_class_args(PredictionWriter, "predictions")
         parser.link_arguments(

@@ -23,7 +23,7 @@ import torch
 import torch.distributed as dist
 from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from PIL import Image
-from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
+from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler, default_collate
 from torchvision.transforms import v2
 
 from effnet_lightning import demo_data
@@ -33,7 +33,7 @@ log = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 DEMO_ROOT = "data/demo"
-Augment = Literal["none", "randaugment", "trivialaugment"]
+Augment = Literal["none", "autoaugment", "randaugment", "trivialaugment"]
 
 
 def find_classes(folder: Path) -> list[str]:
@@ -117,17 +117,45 @@ class ImageFileDataset(Dataset):
         return self.transform(load_rgb(path)), label
 
 
-def train_transform(pre: Preprocessing, augment: str = "none", crop_scale=(0.08, 1.0)) -> v2.Compose:
+def train_transform(
+    pre: Preprocessing, augment: str = "none", crop_scale=(0.08, 1.0), random_erasing: float = 0.0
+) -> v2.Compose:
+    """Random-resized crop and flip, then `augment` (autoaugment: the ImageNet policy,
+    randaugment: 2 ops at magnitude 9, trivialaugment: TrivialAugment Wide) on uint8 images,
+    normalisation, and random erasing with probability `random_erasing`."""
     interpolation = v2.InterpolationMode(pre.interpolation)
     crop = v2.RandomResizedCrop(pre.crop_size, scale=tuple(crop_scale), interpolation=interpolation, antialias=True)
     ops = [v2.ToImage(), crop, v2.RandomHorizontalFlip()]
-    if augment == "randaugment":
-        ops.append(v2.RandAugment(interpolation=interpolation))
+    geometric = v2.InterpolationMode.BILINEAR  # the policies' rotate / shear / translate (no bicubic on tensors)
+    if augment == "autoaugment":
+        ops.append(v2.AutoAugment(v2.AutoAugmentPolicy.IMAGENET, interpolation=geometric))
+    elif augment == "randaugment":
+        ops.append(v2.RandAugment(interpolation=geometric))
     elif augment == "trivialaugment":
-        ops.append(v2.TrivialAugmentWide(interpolation=interpolation))
+        ops.append(v2.TrivialAugmentWide(interpolation=geometric))
     elif augment != "none":
-        raise ValueError(f"unknown augment {augment!r}: choose none, randaugment or trivialaugment")
-    return v2.Compose(ops + [v2.ToDtype(torch.float32, scale=True), v2.Normalize(pre.mean, pre.std)])
+        raise ValueError(f"unknown augment {augment!r}: choose none, autoaugment, randaugment or trivialaugment")
+    ops += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(pre.mean, pre.std)]
+    if random_erasing:
+        ops.append(v2.RandomErasing(p=random_erasing, value=0))  # 0: the mean, after normalisation
+    return v2.Compose(ops)
+
+
+class MixCollate:
+    """Collates a batch, then applies MixUp or CutMix (one of them, chosen per batch, when both
+    are on): targets become class probabilities that sum to 1 per sample."""
+
+    def __init__(self, num_classes: int, mixup_alpha: float, cutmix_alpha: float):
+        mixers = []
+        if mixup_alpha > 0:
+            mixers.append(v2.MixUp(alpha=mixup_alpha, num_classes=num_classes))
+        if cutmix_alpha > 0:
+            mixers.append(v2.CutMix(alpha=cutmix_alpha, num_classes=num_classes))
+        self.mix = mixers[0] if len(mixers) == 1 else v2.RandomChoice(mixers)
+
+    def __call__(self, samples):
+        images, targets = default_collate(samples)
+        return self.mix(images, targets)
 
 
 def eval_transform(pre: Preprocessing) -> v2.Compose:
@@ -153,7 +181,11 @@ class ImageFolderDataModule(L.LightningDataModule):
         num_workers: loader processes per device.
         val_fraction: share of each class held out for validation when root has no val/.
         seed: for that split.
-        augment: extra training augmentation: none, randaugment or trivialaugment.
+        augment: extra training augmentation: none, autoaugment, randaugment or
+            trivialaugment.
+        random_erasing: probability of erasing a random rectangle of a training image.
+        mixup_alpha, cutmix_alpha: MixUp / CutMix of training batches (0: off; both on: one
+            of the two per batch). Targets become class probabilities; the loss takes them.
         crop_scale: area range of the training random-resized crop (ImageNet: 0.08-1; raise
             the lower end when objects are small or the data set is tiny).
         weighted_sampler: draw training images with probability 1 / (images in their class),
@@ -176,6 +208,9 @@ class ImageFolderDataModule(L.LightningDataModule):
         seed: int = 42,
         augment: Augment = "none",
         crop_scale: tuple[float, float] = (0.08, 1.0),
+        random_erasing: float = 0.0,
+        mixup_alpha: float = 0.0,
+        cutmix_alpha: float = 0.0,
         weighted_sampler: bool = False,
         predict_root: str | None = None,
         class_names: list[str] | None = None,
@@ -188,6 +223,9 @@ class ImageFolderDataModule(L.LightningDataModule):
             raise ValueError(f"image_size must be positive, got {image_size}")
         if not 0 < crop_scale[0] <= crop_scale[1] <= 1:
             raise ValueError(f"crop_scale must satisfy 0 < min <= max <= 1, got {tuple(crop_scale)}")
+        if not 0 <= random_erasing <= 1 or mixup_alpha < 0 or cutmix_alpha < 0:
+            raise ValueError(f"need 0 <= random_erasing <= 1 and mixup_alpha, cutmix_alpha >= 0, got "
+                             f"{random_erasing}, {mixup_alpha}, {cutmix_alpha}")  # fmt: skip
         # The preprocessing and class names are logged once, by the model.
         self.save_hyperparameters(ignore=["preprocessing", "class_names"])
         pre = Preprocessing(**preprocessing) if preprocessing else Preprocessing.for_resolution(224)
@@ -273,9 +311,11 @@ class ImageFolderDataModule(L.LightningDataModule):
 
     def _loader(self, split: str, train: bool) -> DataLoader:
         hp = self.hparams
-        transform = train_transform(self.preprocessing, hp.augment, hp.crop_scale) if train else eval_transform(
-            self.preprocessing
-        )
+        if train:
+            transform = train_transform(self.preprocessing, hp.augment, hp.crop_scale, hp.random_erasing)
+        else:
+            transform = eval_transform(self.preprocessing)
+        mixing = train and (hp.mixup_alpha > 0 or hp.cutmix_alpha > 0)
         dataset = ImageFileDataset(self.splits[split], transform)
         sampler = None
         if train and hp.weighted_sampler:
@@ -297,6 +337,7 @@ class ImageFolderDataModule(L.LightningDataModule):
             persistent_workers=workers > 0,
             pin_memory=torch.cuda.is_available(),
             drop_last=train and len(dataset) > hp.batch_size,
+            collate_fn=MixCollate(self.num_classes, hp.mixup_alpha, hp.cutmix_alpha) if mixing else None,
         )
 
     def train_dataloader(self) -> DataLoader:

@@ -10,11 +10,12 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 from lightning.pytorch.strategies import DDPStrategy
+from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
 
-from effnet_lightning.optim import Optimizer, Schedule, lr_lambda, make_optimizer, param_groups
+from effnet_lightning.optim import Optimizer, Schedule, lr_lambda, make_optimizer, param_groups, scale_lr
 from effnet_lightning.preprocessing import Preprocessing
 from effnet_lightning.pretrained import create_model
 
@@ -30,9 +31,13 @@ class EfficientNetModule(L.LightningModule):
         weights: None (from scratch), "imagenet", or a weights file (see `create_model`).
         class_names: set from the data by the CLI; saved in checkpoints.
         optimizer: "sgd" (Nesterov), "adamw" or "rmsprop_tf" (the paper's).
-        lr: peak learning rate, reached after warm-up.
+        lr: peak learning rate, reached after warm-up; with `lr_base_batch`, the rate for a
+            global batch of that many images.
+        lr_base_batch: scale `lr` linearly with the global batch (per-device batch x devices x
+            nodes x accumulate_grad_batches): lr x global / lr_base_batch. None: lr as given.
         weight_decay: on conv and linear weights only, never on BatchNorm or biases.
         momentum: for sgd and rmsprop_tf.
+        nesterov: Nesterov momentum for sgd.
         schedule: "cosine", "step" (x decay_rate every decay_epochs, the paper's) or "constant".
         warmup_epochs: linear warm-up length (fractions allowed).
         label_smoothing: for the cross-entropy loss.
@@ -66,8 +71,10 @@ class EfficientNetModule(L.LightningModule):
         class_names: list[str] | None = None,
         optimizer: Optimizer = "adamw",
         lr: float = 1e-3,
+        lr_base_batch: int | None = None,
         weight_decay: float = 0.05,
         momentum: float = 0.9,
+        nesterov: bool = True,
         schedule: Schedule = "cosine",
         warmup_epochs: float = 1.0,
         decay_rate: float = 0.97,
@@ -141,16 +148,19 @@ class EfficientNetModule(L.LightningModule):
         return self._trainer is not None and self.current_epoch < self.hparams.freeze_backbone_epochs
 
     def model_step(self, batch, stage: str) -> dict:
+        """Targets are class indices, or class probabilities (MixUp / CutMix; the metrics then
+        count the largest share as the label)."""
         images, targets = batch
         logits = self(images)
         weight = self.loss_weights.to(logits.device) if self.loss_weights is not None and stage == "train" else None
         loss = F.cross_entropy(logits, targets, weight=weight, label_smoothing=self.hparams.label_smoothing)
+        labels = targets.argmax(1) if targets.ndim == 2 else targets
         metrics = self.metrics[f"{stage}_metrics"]
-        metrics(logits, targets)
+        metrics(logits, labels)
         on_step = stage == "train"
-        self.log(f"{stage}/loss", loss, on_step=on_step, on_epoch=True, prog_bar=True, batch_size=len(targets),
+        self.log(f"{stage}/loss", loss, on_step=on_step, on_epoch=True, prog_bar=True, batch_size=len(labels),
                  sync_dist=stage != "train")  # fmt: skip
-        self.log_dict(metrics, on_step=False, on_epoch=True, prog_bar=stage != "train", batch_size=len(targets))
+        self.log_dict(metrics, on_step=False, on_epoch=True, prog_bar=stage != "train", batch_size=len(labels))
         return {"loss": loss, "preds": logits.argmax(1)}
 
     def training_step(self, batch, batch_idx):
@@ -224,13 +234,29 @@ class EfficientNetModule(L.LightningModule):
     def configure_optimizers(self):
         hp = self.hparams
         groups = param_groups(self.model, hp.weight_decay, hp.backbone_lr_ratio)
-        optimizer = make_optimizer(hp.optimizer, groups, hp.lr, hp.momentum)
+        optimizer = make_optimizer(hp.optimizer, groups, self.scaled_lr(), hp.momentum, hp.nesterov)
         total_steps = max(1, int(self.trainer.estimated_stepping_batches))
         epochs = self.trainer.max_epochs if self.trainer.max_epochs and self.trainer.max_epochs > 0 else 1
         factor = lr_lambda(hp.schedule, total_steps, total_steps / epochs, hp.warmup_epochs, hp.decay_rate,
                            hp.decay_epochs, hp.min_lr_ratio)  # fmt: skip
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def scaled_lr(self) -> float:
+        """`lr`, scaled to the global batch when `lr_base_batch` is set."""
+        hp = self.hparams
+        if not hp.lr_base_batch:
+            return hp.lr
+        batch = getattr(getattr(self.trainer, "datamodule", None), "hparams", {}).get("batch_size")
+        if not batch:
+            raise ValueError("lr_base_batch needs the data module's batch_size")
+        trainer = self.trainer
+        lr, global_batch = scale_lr(hp.lr, hp.lr_base_batch, batch, trainer.world_size, trainer.accumulate_grad_batches)
+        rank_zero_info(
+            f"learning rate {hp.lr:g} per {hp.lr_base_batch} images, global batch {global_batch} (batch {batch} x "
+            f"{trainer.world_size} devices x {trainer.accumulate_grad_batches} accumulated): {lr:g}"
+        )
+        return lr
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         saved = checkpoint.get("hyper_parameters", {}).get("class_names")

@@ -2,6 +2,7 @@
 
 - `param_groups`: no weight decay on BatchNorm and bias parameters.
 - `RMSpropTF`: RMSProp as TensorFlow computes it (the paper's optimizer).
+- `scale_lr`: the linear scaling rule for the global batch.
 - `lr_lambda`: linear warm-up, then cosine or the paper's step-exponential decay.
 """
 
@@ -81,16 +82,25 @@ class RMSpropTF(torch.optim.Optimizer):
         return loss
 
 
-def make_optimizer(name: str, groups: list[dict], lr: float, momentum: float) -> torch.optim.Optimizer:
+def make_optimizer(
+    name: str, groups: list[dict], lr: float, momentum: float, nesterov: bool = True
+) -> torch.optim.Optimizer:
     """`lr` for every group, times the group's `lr_scale` where it has one."""
     groups = [{**g, "lr": lr * g["lr_scale"]} if "lr_scale" in g else g for g in groups]
     if name == "sgd":
-        return torch.optim.SGD(groups, lr=lr, momentum=momentum, nesterov=momentum > 0)
+        return torch.optim.SGD(groups, lr=lr, momentum=momentum, nesterov=nesterov and momentum > 0)
     if name == "adamw":
         return torch.optim.AdamW(groups, lr=lr)
     if name == "rmsprop_tf":
         return RMSpropTF(groups, lr=lr, momentum=momentum)
     raise ValueError(f"unknown optimizer {name!r}: choose one of {', '.join(OPTIMIZERS)}")
+
+
+def scale_lr(lr: float, base_batch: int, batch: int, world_size: int = 1, accumulate: int = 1) -> tuple[float, int]:
+    """The linear scaling rule: (lr x global batch / base_batch, global batch), where the global
+    batch is the per-device batch x devices (all nodes) x gradient-accumulation steps."""
+    global_batch = batch * world_size * accumulate
+    return lr * global_batch / base_batch, global_batch
 
 
 def lr_lambda(

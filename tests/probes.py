@@ -25,3 +25,30 @@ class TrainStartProbe(L.Callback):
         }
         with open(os.environ["PROBE_FILE"], "w") as f:
             json.dump(record, f)
+
+
+class RecipeProbe(L.Callback):
+    """Writes to $PROBE_FILE: the optimizer's class and settings, the learning rate of the first
+    group before every optimizer step, which parameters each group decays, and the targets of
+    the first training batch."""
+
+    def __init__(self):
+        self.lrs = []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if not hasattr(self, "targets"):
+            self.targets = batch[1].tolist()
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer):
+        self.lrs.append(optimizer.param_groups[0]["lr"])
+
+    def on_fit_end(self, trainer, pl_module):
+        optimizer = trainer.optimizers[0]
+        names = {id(p): n for n, p in pl_module.named_parameters()}
+        groups = [{"weight_decay": g["weight_decay"], "params": [names[id(p)] for p in g["params"]]}
+                  for g in optimizer.param_groups]  # fmt: skip
+        settings = {k: v for k, v in optimizer.defaults.items() if isinstance(v, (int, float, bool))}
+        record = {"optimizer": type(optimizer).__name__, "defaults": settings, "lrs": self.lrs, "groups": groups,
+                  "first_targets": self.targets, "accumulate": trainer.accumulate_grad_batches}  # fmt: skip
+        with open(os.environ["PROBE_FILE"], "w") as f:
+            json.dump(record, f)

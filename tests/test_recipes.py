@@ -1,0 +1,122 @@
+"""The recipe configs, run for a few real steps through the CLI on the demo images: optimizer,
+learning rate at chosen steps, weight decay per parameter, EMA in validation and checkpoints;
+MixUp / CutMix targets; the learning-rate scaling rule."""
+
+import csv
+import json
+import math
+import os
+
+import pytest
+import torch
+from cli_helpers import CSV, ROOT, TINY, printed_metric, run_cli
+
+from effnet_lightning.data import MixCollate
+from effnet_lightning.module import EfficientNetModule
+from effnet_lightning.optim import scale_lr
+
+# 4 batches of 8 per epoch, 2 accumulated per optimizer step: 2 steps per epoch, 14 in all,
+# a global batch of 16.
+SHORT = ["--trainer.max_epochs", "7", "--trainer.limit_train_batches", "4", "--trainer.accumulate_grad_batches", "2",
+         "--trainer.limit_val_batches", "2", "--trainer.log_every_n_steps", "1"]  # fmt: skip
+
+
+def paper_lr(step: int) -> float:
+    peak = 0.016 * 16 / 256  # 0.016 per 256 images, scaled to the global batch
+    warmup = 5 * 2  # 5 epochs of 2 steps
+    return peak * ((step + 1) / warmup if step < warmup else 0.97 ** math.floor(step / (2.4 * 2)))
+
+
+def modern_lr(step: int) -> float:
+    peak = 0.5 * 16 / 1024
+    warmup, total = 10, 14
+    return peak * ((step + 1) / warmup if step < warmup else 0.5 * (1 + math.cos(math.pi * (step - warmup) / (total - warmup))))
+
+
+RECIPES = {
+    "paper": {"optimizer": "RMSpropTF", "defaults": {"alpha": 0.9, "eps": 1e-3, "momentum": 0.9}, "lr": paper_lr,
+              "weight_decay": 1e-5, "ema_updates": 14},
+    "modern": {"optimizer": "SGD", "defaults": {"momentum": 0.9, "nesterov": False}, "lr": modern_lr,
+               "weight_decay": 2e-5, "ema_updates": 1},  # every 32 steps: step 0 only
+}  # fmt: skip
+
+
+def last_logged(metrics_csv, key: str) -> float:
+    with open(metrics_csv, newline="") as f:
+        values = [float(row[key]) for row in csv.DictReader(f) if row.get(key)]
+    assert values, key
+    return values[-1]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("recipe", sorted(RECIPES))
+def test_recipe_optimizer_schedule_weight_decay_and_ema(recipe, small_root, tmp_path):
+    spec = RECIPES[recipe]
+    probe_file = tmp_path / "probe.json"
+    out = run_cli(["fit", "--config", ROOT / "configs" / "recipes" / f"{recipe}.yaml", "--data.root", small_root, *TINY,
+                   *CSV, *SHORT, "--trainer.callbacks+=probes.RecipeProbe"], tmp_path,
+                  env={**os.environ, "PROBE_FILE": str(probe_file)})  # fmt: skip
+    probe = json.loads(probe_file.read_text())
+    assert probe["optimizer"] == spec["optimizer"] and probe["accumulate"] == 2
+    assert {k: probe["defaults"][k] for k in spec["defaults"]} == spec["defaults"]
+    expected = [spec["lr"](s) for s in range(14)]
+    print(f"{recipe}: lr at steps 0, 9 (end of warm-up), 10, 13: {[round(probe['lrs'][s], 7) for s in (0, 9, 10, 13)]}")
+    assert probe["lrs"] == pytest.approx(expected, rel=1e-6)
+    assert "global batch 16 (batch 8 x 1 devices x 2 accumulated)" in out.stdout + out.stderr
+    for group in probe["groups"]:
+        for name in group["params"]:
+            no_decay = name.endswith(".bias") or ".bn." in name
+            assert group["weight_decay"] == (0.0 if no_decay else spec["weight_decay"]), name
+    assert sum(len(g["params"]) for g in probe["groups"]) > 200
+
+    # EMA: the checkpoint's weights are the average, the raw ones are kept for resuming
+    record = json.loads((tmp_path / "runs" / "latest_fit.json").read_text())
+    last = tmp_path / record["last_model_path"]
+    checkpoint = torch.load(last, weights_only=True)
+    assert checkpoint["global_step"] == 14  # "last" is the final state, whether or not val/acc improved
+    ema, raw = checkpoint["state_dict"], checkpoint["current_model_state"]
+    assert int(checkpoint["averaging_state"]["n_averaged"]) == spec["ema_updates"]
+    assert any(not torch.equal(ema[k], raw[k]) for k in ema if ema[k].is_floating_point())
+    # ... and validation ran on the average: validating each set of weights again reproduces
+    # val/loss (EMA) and val/loss_raw as logged during fit
+    metrics_csv = next((tmp_path / "runs").glob("version_*/metrics.csv"))
+    logged_ema, logged_raw = last_logged(metrics_csv, "val/loss"), last_logged(metrics_csv, "val/loss_raw")
+    assert logged_ema != pytest.approx(logged_raw, abs=1e-6)
+    checkpoint["state_dict"] = raw
+    torch.save(checkpoint, tmp_path / "raw.ckpt")
+    again = ["--data.root", small_root, *TINY, *CSV, "--trainer.limit_val_batches", "2"]
+    assert printed_metric(run_cli(["validate", "--ckpt_path", last, *again], tmp_path).stdout, "val/loss") == pytest.approx(logged_ema, abs=1e-5)
+    assert printed_metric(run_cli(["validate", "--ckpt_path", tmp_path / "raw.ckpt", *again], tmp_path).stdout, "val/loss") == pytest.approx(logged_raw, abs=1e-5)
+    assert json.loads((tmp_path / "runs" / "latest_fit.json").read_text()) == record  # validate leaves it alone
+    if recipe == "modern":  # MixUp / CutMix: soft targets reached the network
+        targets = torch.tensor(probe["first_targets"])
+        assert targets.shape == (8, 10) and torch.allclose(targets.sum(1), torch.ones(8))
+        assert (targets.max(1).values < 1).any()
+
+
+@pytest.mark.parametrize("mixup, cutmix", [(0.2, 0.0), (0.0, 1.0), (0.2, 1.0)])
+def test_mixup_and_cutmix_targets_sum_to_one_and_the_loss_takes_them(mixup, cutmix):
+    torch.manual_seed(0)
+    collate = MixCollate(num_classes=5, mixup_alpha=mixup, cutmix_alpha=cutmix)
+    samples = [(torch.rand(3, 32, 32), label) for label in [0, 1, 2, 3, 4, 0, 1, 2]]
+    images, targets = collate(samples)
+    assert images.shape == (8, 3, 32, 32) and targets.shape == (8, 5)
+    assert torch.allclose(targets.sum(1), torch.ones(8)) and (targets >= 0).all()
+    assert not torch.equal(targets, torch.nn.functional.one_hot(torch.tensor([0, 1, 2, 3, 4, 0, 1, 2]), 5).float())
+    module = EfficientNetModule("b0", num_classes=5, label_smoothing=0.1).train()
+    out = module.model_step((images, targets), "train")
+    logits = module(images)  # zero head: uniform predictions, so the loss is log(5) whatever the targets
+    assert torch.allclose(logits, torch.zeros_like(logits)) and out["loss"].item() == pytest.approx(math.log(5), abs=1e-5)
+    module.model.classifier.weight.data.normal_()
+    module.eval()  # no dropout: the same logits twice
+    with torch.no_grad():
+        logp = module(images).log_softmax(1)
+        loss = module.model_step((images, targets), "train")["loss"].item()
+    smoothed = targets * 0.9 + 0.1 / 5  # label smoothing on top of the mixed targets
+    assert loss == pytest.approx(float(-(smoothed * logp).sum(1).mean()), abs=1e-5)
+
+
+def test_learning_rate_scales_linearly_with_the_global_batch():
+    assert scale_lr(0.016, 256, batch=128, world_size=8, accumulate=1) == (pytest.approx(0.064), 1024)
+    assert scale_lr(0.016, 256, batch=128, world_size=8, accumulate=4) == (pytest.approx(0.256), 4096)
+    assert scale_lr(0.5, 1024, batch=32, world_size=2, accumulate=2) == (pytest.approx(0.0625), 128)
