@@ -63,7 +63,7 @@ def test_predict_writes_one_row_per_image_with_valid_classes(trained, images_to_
     rows, data = read_predictions(cwd / "runs" / "predictions")
     expected = sorted(str(p) for p in images_to_predict.rglob("img*.png"))
     assert [r["path"] for r in rows] == expected and len(expected) == 7
-    assert f"predict: 7 images, top-3 classes written to runs/predictions/predictions.csv" in out.stdout
+    assert "predict: 7 images, top-3 classes written to runs/predictions/predictions.csv" in out.stdout
     for row, entry in zip(rows, data["predictions"]):
         classes = [row[f"class_{i}"] for i in (1, 2, 3)]
         probs = [float(row[f"prob_{i}"]) for i in (1, 2, 3)]
