@@ -54,12 +54,9 @@ class Checkpoint(ModelCheckpoint):
         if self.save_last and due and not self._should_skip_saving_checkpoint(trainer):
             self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
 
-    def on_validation_end(self, trainer, pl_module):
-        super().on_validation_end(trainer, pl_module)
-        if trainer.state.fn == TrainerFn.FITTING:
-            self._keep_last_current(trainer)
-
     def on_train_epoch_end(self, trainer, pl_module):
+        # After the epoch's validation and top-k choice: saving earlier would make Lightning
+        # skip the top-k checkpoint of this step.
         super().on_train_epoch_end(trainer, pl_module)
         self._keep_last_current(trainer)
 

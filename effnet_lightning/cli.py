@@ -8,6 +8,7 @@
     python cli.py fit --config configs/finetune.yaml --data.root ~/my_images --model.weights imagenet
     python cli.py predict --data.predict_root ~/new_images     # CSV + JSON of top-5 classes
     python cli.py export                                       # ONNX, TorchScript, safetensors
+    python cli.py scale-search --config configs/default.yaml   # search alpha, beta, gamma (see search.py)
 
 Links: the crop size and normalisation follow the model's variant and weights; the class
 count and names follow the data, or the checkpoint when one is given.
@@ -198,11 +199,16 @@ class EffNetCLI(LightningCLI):
 def main(args: list[str] | None = None) -> EffNetCLI | None:
     """Run the CLI; `args` lets tests drive it in-process. Known errors print one line and
     exit with status 2 (EFFNET_DEBUG=1 shows the traceback)."""
-    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
-    # Evaluating a checkpoint from another run; the message is about the callback's own state.
-    warnings.filterwarnings("ignore", message="The dirpath has changed from.*")
-    warnings.filterwarnings("ignore", message=".*isinstance\\(treespec, LeafSpec\\)` is deprecated.*")
+    argv = list(sys.argv[1:] if args is None else args)
     try:
+        if argv[:1] == ["scale-search"]:
+            from effnet_lightning import search
+
+            return search.main(argv[1:])
+        warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+        # Evaluating a checkpoint from another run; the message is about the callback's own state.
+        warnings.filterwarnings("ignore", message="The dirpath has changed from.*")
+        warnings.filterwarnings("ignore", message=".*isinstance\\(treespec, LeafSpec\\)` is deprecated.*")
         return EffNetCLI(
             EfficientNetModule,
             ImageFolderDataModule,

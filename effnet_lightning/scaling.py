@@ -84,7 +84,17 @@ VARIANTS: dict[str, Variant] = {
     )
 }
 
-_PHI_NAME = re.compile(r"^phi(-?\d+(?:\.\d+)?)$")
+_NUMBER = r"(-?\d+(?:\.\d+)?)"
+# phi1.5, or with its own coefficients: phi1_a1.3_b1.05_g1.2
+_PHI_NAME = re.compile(rf"^phi{_NUMBER}(?:_a{_NUMBER}_b{_NUMBER}_g{_NUMBER})?$")
+
+
+def phi_name(phi: float, alpha: float = ALPHA, beta: float = BETA, gamma: float = GAMMA) -> str:
+    """The variant name `get_variant` reads back: phi<phi>, plus _a<alpha>_b<beta>_g<gamma>
+    unless the coefficients are the paper's."""
+    if (alpha, beta, gamma) == (ALPHA, BETA, GAMMA):
+        return f"phi{phi:g}"
+    return f"phi{phi:g}_a{alpha:g}_b{beta:g}_g{gamma:g}"
 
 
 def round_channels(channels: int, width: float, divisor: int = CHANNEL_DIVISOR) -> int:
@@ -113,7 +123,7 @@ def from_phi(
     resolution = int(round(BASE_RESOLUTION * gamma**phi / 8)) * 8
     dropout = min(0.5, max(0.2, 0.2 + 0.05 * phi))
     return Variant(
-        name=name or f"phi{phi:g}",
+        name=name or phi_name(phi, alpha, beta, gamma),
         width=beta**phi,
         depth=alpha**phi,
         resolution=resolution,
@@ -129,7 +139,8 @@ def custom(width: float, depth: float, resolution: int, dropout: float = 0.2, na
 
 
 def get_variant(variant: str | Variant) -> Variant:
-    """Look a variant up by name: b0-b7, lite0-lite4, or `phi<value>` (e.g. `phi1.5`)."""
+    """Look a variant up by name: b0-b7, lite0-lite4, `phi<value>` (e.g. `phi1.5`, the paper's
+    coefficients) or `phi<value>_a<alpha>_b<beta>_g<gamma>` (e.g. `phi1_a1.3_b1.05_g1.2`)."""
     if isinstance(variant, Variant):
         return variant
     key = str(variant).strip().lower()
@@ -137,9 +148,13 @@ def get_variant(variant: str | Variant) -> Variant:
         return VARIANTS[key]
     match = _PHI_NAME.match(key)
     if match:
-        return from_phi(float(match.group(1)))
+        phi, alpha, beta, gamma = match.groups()
+        if alpha is None:
+            return from_phi(float(phi))
+        return from_phi(float(phi), float(alpha), float(beta), float(gamma))
     raise ValueError(
-        f"unknown EfficientNet variant {variant!r}: choose one of {', '.join(VARIANTS)} or phi<value> (e.g. phi1.5)"
+        f"unknown EfficientNet variant {variant!r}: choose one of {', '.join(VARIANTS)}, phi<value> (e.g. phi1.5) "
+        f"or phi<value>_a<alpha>_b<beta>_g<gamma> (e.g. phi1_a1.3_b1.05_g1.2)"
     )
 
 

@@ -150,7 +150,10 @@ def test_print_config_round_trips(tmp_path, capsys, monkeypatch):
 
 def test_shipped_configs_parse(tmp_path, capsys, monkeypatch, demo_root):
     defaults = yaml.safe_load(print_config(["fit"], capsys, monkeypatch, tmp_path))
-    for path in sorted((ROOT / "configs").glob("*.yaml")):
+    paths = sorted((ROOT / "configs").rglob("*.yaml"))
+    assert {p.relative_to(ROOT / "configs").as_posix() for p in paths} >= {"finetune.yaml", "recipes/paper.yaml",
+                                                                          "recipes/modern.yaml", "default.yaml"}
+    for path in paths:
         config = yaml.safe_load(print_config(["fit", "--config", path], capsys, monkeypatch, tmp_path))
         if path.stem.startswith("b"):
             assert config["model"]["variant"] == path.stem and config["data"]["image_size"] is None  # follows it
@@ -160,6 +163,13 @@ def test_shipped_configs_parse(tmp_path, capsys, monkeypatch, demo_root):
             assert config["model"]["variant"] == "b0" and config["data"]["root"] is None
             assert config["data"]["image_size"] == 96 and config["data"]["crop_scale"] == [0.35, 1.0]
             assert config["trainer"]["logger"] == defaults["trainer"]["logger"]  # W&B, as without --config
+        if path.stem == "finetune":
+            assert config["model"]["weights"] == "imagenet" and config["model"]["freeze_backbone_epochs"] == 1
+        if path.stem == "paper":
+            assert config["model"]["optimizer"] == "rmsprop_tf" and config["ema"]["decay"] == 0.9999
+            assert config["data"]["augment"] == "autoaugment" and config["model"]["lr_base_batch"] == 256
+        if path.stem == "modern":
+            assert config["model"]["optimizer"] == "sgd" and config["data"]["mixup_alpha"] == 0.2
 
 
 def test_bad_variant_is_a_clear_error(tmp_path):

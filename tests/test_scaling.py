@@ -89,6 +89,10 @@ def test_phi_zero_is_b0_and_phi_follows_the_formula():
 def test_get_variant_names_and_errors():
     assert get_variant("B3") is VARIANTS["b3"]
     assert get_variant("phi1.5").depth == pytest.approx(1.2**1.5)
+    custom = get_variant("phi1_a1.3_b1.05_g1.2")
+    assert (custom.depth, custom.width, custom.resolution) == (pytest.approx(1.3), pytest.approx(1.05), 272)
+    assert custom.name == "phi1_a1.3_b1.05_g1.2" and get_variant(custom.name) == custom
+    assert from_phi(1).name == "phi1" and from_phi(2, 1.2, 1.1, 1.15).name == "phi2"
     with pytest.raises(ValueError, match="unknown EfficientNet variant 'b9'.*b0, b1.*lite4.*phi"):
         get_variant("b9")
     with pytest.raises(ValueError, match="alpha, beta, gamma must be >= 1"):

@@ -1,0 +1,299 @@
+"""Compound-scaling search, the paper's method as a command: fix phi (1 by default), try a grid
+of depth / width / resolution bases (alpha, beta, gamma), keep the candidates whose measured
+FLOPs are the budget (2x the baseline by default, the paper's alpha * beta^2 * gamma^2 ~= 2)
+within a tolerance, train and validate each through the real `fit`, and report which is best.
+
+    python cli.py scale-search --config configs/default.yaml --epochs 4
+    python cli.py scale-search --config configs/b0.yaml --alpha 1.1 1.2 1.3 --beta 1.0 1.1 1.2 \\
+        --gamma 1.0 1.15 1.3 --budget 2 --workers 2 --devices 0 1 -- --data.root ~/images
+
+Arguments after `--` go to every `fit`. The baseline is B0 at the base config's image size
+(`data.image_size`, else 224); a candidate trains at that size x gamma^phi, rounded to a
+multiple of 8. Finished candidates are cached in the output folder, so a re-run resumes where
+the last one stopped. Then scale further with `--model.variant phi2_a<alpha>_b<beta>_g<gamma>`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import itertools
+import json
+import os
+import queue
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import yaml
+
+from effnet_lightning.scaling import ALPHA, BETA, GAMMA, from_phi, phi_name
+
+DEFAULT_GRID = {"alpha": [1.1, 1.2, 1.3], "beta": [1.0, 1.1, 1.2], "gamma": [1.0, 1.15, 1.3]}
+
+
+@dataclass
+class Candidate:
+    variant: str
+    alpha: float
+    beta: float
+    gamma: float
+    phi: float
+    resolution: int
+    params: int
+    gmacs: float
+    flops_ratio: float
+    within_budget: bool
+    val_acc: float | None = None
+    wall_s: float | None = None
+    status: str = "not run"  # not run, trained, cached, failed, out of budget
+    checkpoint: str | None = None
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def constraint(self) -> float:
+        return self.alpha * self.beta**2 * self.gamma**2
+
+
+def scaled_resolution(base_resolution: int, gamma: float, phi: float) -> int:
+    return max(8, int(round(base_resolution * gamma**phi / 8)) * 8)
+
+
+def measure(phi: float, alpha: float, beta: float, gamma: float, base_resolution: int, num_classes: int,
+            baseline_gmacs: float | None, budget: float, tolerance: float) -> Candidate:  # fmt: skip
+    """Build the candidate network and count its multiply-adds at its resolution."""
+    from effnet_lightning.model import count_gmacs, count_parameters
+    from effnet_lightning.pretrained import create_model
+
+    variant = from_phi(phi, alpha, beta, gamma)
+    resolution = scaled_resolution(base_resolution, gamma, phi)
+    model = create_model(variant, num_classes=num_classes)
+    gmacs = count_gmacs(model, resolution)
+    ratio = gmacs / baseline_gmacs if baseline_gmacs else 1.0
+    return Candidate(
+        variant=variant.name, alpha=alpha, beta=beta, gamma=gamma, phi=phi, resolution=resolution,
+        params=count_parameters(model), gmacs=gmacs, flops_ratio=ratio,
+        within_budget=abs(ratio - budget) <= tolerance * budget,
+    )  # fmt: skip
+
+
+def base_resolution_of(config_files: list[str]) -> int:
+    """data.image_size of the base configs (the last one setting it), else B0's 224."""
+    size = None
+    for path in config_files:
+        data = (yaml.safe_load(Path(path).read_text()) or {}).get("data") or {}
+        size = data.get("image_size", size)
+    return int(size or 224)
+
+
+def _fit_command(candidate: Candidate, configs: list[str], fit_args: list[str], epochs: int | None, run_dir: Path):
+    command = [sys.executable, "-m", "effnet_lightning", "fit"]
+    for path in configs:
+        command += ["--config", str(path)]
+    command += ["--model.variant", candidate.variant, "--data.image_size", str(candidate.resolution),
+                "--trainer.default_root_dir", str(run_dir), "--trainer.enable_progress_bar", "false"]  # fmt: skip
+    if epochs is not None:
+        command += ["--trainer.max_epochs", str(epochs)]
+    return command + list(fit_args)
+
+
+def train(candidate: Candidate, command: list[str], run_dir: Path, device: str | None) -> Candidate:
+    """Run `fit` for one candidate (cached: the same command again reuses the result)."""
+    result_file = run_dir / "result.json"
+    if result_file.exists():
+        saved = json.loads(result_file.read_text())
+        if saved.get("command") == command[1:]:  # the interpreter may differ between runs
+            candidate.val_acc, candidate.wall_s, candidate.checkpoint = saved["val_acc"], saved["wall_s"], saved["checkpoint"]
+            candidate.status = "cached"
+            return candidate
+    run_dir.mkdir(parents=True, exist_ok=True)
+    package_parent = str(Path(__file__).resolve().parents[1])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [package_parent, os.environ.get("PYTHONPATH")]))}
+    if device is not None:
+        env["CUDA_VISIBLE_DEVICES"] = device
+    start = time.perf_counter()
+    with open(run_dir / "fit.log", "w") as log:
+        returncode = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, env=env).returncode
+    candidate.wall_s = round(time.perf_counter() - start, 1)
+    record_file = run_dir / "latest_fit.json"
+    record = json.loads(record_file.read_text()) if record_file.exists() else {}
+    if returncode != 0 or not record.get("finished") or record.get("best_score") is None:
+        candidate.status = "failed"
+        candidate.extra["log"] = str(run_dir / "fit.log")
+        return candidate
+    candidate.val_acc, candidate.checkpoint, candidate.status = record["best_score"], record["best_model_path"], "trained"
+    result_file.write_text(json.dumps({"command": command[1:], "val_acc": candidate.val_acc,
+                                       "wall_s": candidate.wall_s, "checkpoint": candidate.checkpoint}, indent=2))  # fmt: skip
+    return candidate
+
+
+def _plot(path: Path, baseline: Candidate, candidates: list[Candidate], best: Candidate | None) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 5), dpi=110)
+    done = [c for c in candidates if c.val_acc is not None]
+    ax.scatter([c.gmacs for c in done], [c.val_acc for c in done], color="tab:blue", label="candidates (phi = 1)")
+    for c in done:
+        ax.annotate(f"{c.alpha:g}, {c.beta:g}, {c.gamma:g}", (c.gmacs, c.val_acc), textcoords="offset points",
+                    xytext=(4, 4), fontsize=8)  # fmt: skip
+    if baseline.val_acc is not None:
+        ax.scatter([baseline.gmacs], [baseline.val_acc], color="tab:gray", marker="s", label="baseline (phi = 0)")
+    if best is not None:
+        ax.scatter([best.gmacs], [best.val_acc], s=160, facecolors="none", edgecolors="tab:red", label="best")
+    ax.set_xlabel("GMACs per image (measured)")
+    ax.set_ylabel("best val/acc")
+    ax.set_title("compound-scaling search: labels are (alpha, beta, gamma)")
+    ax.legend(loc="lower right", fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def write_report(out: Path, settings: dict, baseline: Candidate, candidates: list[Candidate]) -> Candidate | None:
+    """results.csv, accuracy_vs_flops.png and report.md in out; returns the best candidate."""
+    rows = [baseline] + candidates
+    columns = ["variant", "alpha", "beta", "gamma", "phi", "constraint", "resolution", "params", "gmacs",
+               "flops_ratio", "within_budget", "status", "val_acc", "wall_s", "checkpoint"]  # fmt: skip
+    with open(out / "results.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(columns)
+        for c in rows:
+            values = {**asdict(c), "constraint": round(c.constraint, 4), "gmacs": round(c.gmacs, 4),
+                      "flops_ratio": round(c.flops_ratio, 4)}  # fmt: skip
+            writer.writerow([values[k] if values[k] is not None else "" for k in columns])
+    trained = [c for c in candidates if c.val_acc is not None]
+    # Best accuracy; ties go to the cheaper network.
+    best = max(trained, key=lambda c: (c.val_acc, -c.gmacs)) if trained else None
+    _plot(out / "accuracy_vs_flops.png", baseline, candidates, best)
+    lines = [
+        "# Compound-scaling search",
+        "",
+        f"Baseline: B0 at {settings['base_resolution']} px, {baseline.gmacs:.4f} GMACs"
+        + (f", val/acc {baseline.val_acc:.4f}" if baseline.val_acc is not None else "") + ".",
+        f"Candidates: phi = {settings['phi']:g}, FLOPs budget {settings['budget']:g}x the baseline within "
+        f"{settings['tolerance']:.0%}; {len([c for c in candidates if c.within_budget])} of {len(candidates)} grid "
+        f"points kept. Training per candidate: `{' '.join(settings['fit'])}`.",
+        "",
+        "| alpha | beta | gamma | alpha*beta^2*gamma^2 | res | params | GMACs | FLOPs ratio | val/acc | time |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for c in sorted(candidates, key=lambda c: (c.val_acc is None, -(c.val_acc or 0), c.gmacs)):
+        acc = f"{c.val_acc:.4f}" if c.val_acc is not None else c.status
+        wall = f"{c.wall_s:.0f} s" if c.wall_s is not None else ""
+        lines.append(f"| {c.alpha:g} | {c.beta:g} | {c.gamma:g} | {c.constraint:.3f} | {c.resolution} | {c.params:,} | "
+                     f"{c.gmacs:.4f} | {c.flops_ratio:.2f} | {acc} | {wall} |")  # fmt: skip
+    lines.append("")
+    if best is not None:
+        lines += [
+            f"**Best: alpha = {best.alpha:g}, beta = {best.beta:g}, gamma = {best.gamma:g}** (val/acc "
+            f"{best.val_acc:.4f} at {best.flops_ratio:.2f}x the baseline's FLOPs). Scale further with "
+            f"`--model.variant {phi_name(2, best.alpha, best.beta, best.gamma)}` (phi = 2) and up.",
+        ]
+    else:
+        lines.append("No candidate finished training: see the fit.log files under candidates/.")
+    lines += ["", "![accuracy against FLOPs](accuracy_vs_flops.png)", ""]
+    (out / "report.md").write_text("\n".join(lines))
+    return best
+
+
+def search(
+    configs: list[str],
+    fit_args: list[str],
+    output_dir: str,
+    phi: float = 1.0,
+    alpha: list[float] | None = None,
+    beta: list[float] | None = None,
+    gamma: list[float] | None = None,
+    budget: float = 2.0,
+    tolerance: float = 0.15,
+    epochs: int | None = None,
+    baseline: bool = True,
+    workers: int = 1,
+    devices: list[str] | None = None,
+    base_resolution: int | None = None,
+    num_classes: int = 1000,
+) -> tuple[Candidate | None, list[Candidate]]:
+    """Measure the grid, train the candidates within budget (and the baseline), write the
+    report; returns (best, every candidate). FLOPs are counted with a `num_classes` head."""
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    resolution = base_resolution or base_resolution_of(configs)
+    base = measure(0.0, ALPHA, BETA, GAMMA, resolution, num_classes, None, 1.0, 1.0)
+    base.variant, base.within_budget = "b0", True
+    grid = list(itertools.product(alpha or DEFAULT_GRID["alpha"], beta or DEFAULT_GRID["beta"],
+                                  gamma or DEFAULT_GRID["gamma"]))  # fmt: skip
+    candidates = [measure(phi, a, b, g, resolution, num_classes, base.gmacs, budget, tolerance) for a, b, g in grid]
+    for c in candidates:
+        if not c.within_budget:
+            c.status = "out of budget"
+    kept = [c for c in candidates if c.within_budget]
+    print(f"scale-search: baseline B0 at {resolution} px, {base.gmacs:.4f} GMACs; {len(kept)} of {len(candidates)} "
+          f"candidates within {tolerance:.0%} of {budget:g}x: {', '.join(c.variant for c in kept) or 'none'}", flush=True)  # fmt: skip
+    jobs = [(base, out / "candidates" / "baseline")] if baseline else []
+    jobs += [(c, out / "candidates" / c.variant) for c in kept]
+    slots: queue.Queue = queue.Queue()
+    for i in range(max(1, workers)):
+        slots.put(devices[i % len(devices)] if devices else None)
+
+    def run(job):
+        candidate, run_dir = job
+        device = slots.get()
+        try:
+            return train(candidate, _fit_command(candidate, configs, fit_args, epochs, run_dir), run_dir, device)
+        finally:
+            slots.put(device)
+
+    from tqdm import tqdm
+
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        futures = [pool.submit(run, job) for job in jobs]
+        for future in tqdm(as_completed(futures), total=len(futures), desc="candidates", unit="fit", file=sys.stdout):
+            c = future.result()
+            acc = f"{c.val_acc:.4f}" if c.val_acc is not None else "-"
+            tqdm.write(f"  {c.variant}: {c.status}, val/acc {acc}, {c.flops_ratio:.2f}x FLOPs", file=sys.stdout)
+    settings = {"phi": phi, "budget": budget, "tolerance": tolerance, "base_resolution": resolution,
+                "fit": [f"--config {p}" for p in configs] + ([f"--trainer.max_epochs {epochs}"] if epochs else []) + fit_args}  # fmt: skip
+    best = write_report(out, settings, base, candidates)
+    print(f"scale-search: report in {out / 'report.md'}, {out / 'results.csv'}, {out / 'accuracy_vs_flops.png'}")
+    if best is not None:
+        print(f"scale-search: best alpha={best.alpha:g} beta={best.beta:g} gamma={best.gamma:g}, val/acc "
+              f"{best.val_acc:.4f} at {best.flops_ratio:.2f}x the baseline's FLOPs")  # fmt: skip
+    return best, candidates
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    fit_args = argv[argv.index("--") + 1 :] if "--" in argv else []
+    own = argv[: argv.index("--")] if "--" in argv else argv
+    parser = argparse.ArgumentParser(prog="python cli.py scale-search", description=__doc__.split("\n\n")[0],
+                                     epilog="Arguments after -- go to every fit (e.g. -- --data.root DIR).")  # fmt: skip
+    parser.add_argument("--config", action="append", default=[], help="base fit config (repeatable)")
+    parser.add_argument("--phi", type=float, default=1.0, help="compound coefficient of every candidate (1)")
+    grid = parser.add_argument_group("grid")
+    for name in ("alpha", "beta", "gamma"):
+        grid.add_argument(f"--{name}", type=float, nargs="+", default=DEFAULT_GRID[name],
+                          help=f"bases to try (default {' '.join(map(str, DEFAULT_GRID[name]))})")  # fmt: skip
+    parser.add_argument("--budget", type=float, default=2.0, help="candidate FLOPs / baseline FLOPs (2)")
+    parser.add_argument("--tolerance", type=float, default=0.15, help="keep |ratio - budget| <= tolerance x budget")
+    parser.add_argument("--epochs", type=int, default=None, help="max_epochs of every fit (default: the config's)")
+    parser.add_argument("--no-baseline", dest="baseline", action="store_false", help="do not train B0 for reference")
+    parser.add_argument("--workers", type=int, default=1, help="candidates trained at the same time (1)")
+    parser.add_argument("--devices", nargs="+", default=None, help="GPU ids, given to the workers in turn")
+    parser.add_argument("--base-resolution", type=int, default=None, help="default: the config's data.image_size")
+    parser.add_argument("--output-dir", default="runs/scale_search")
+    args = parser.parse_args(own)
+    for path in args.config:
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"--config {path}: no such file")
+    if args.budget <= 0 or not 0 < args.tolerance < 1 or args.workers < 1:
+        raise ValueError("need --budget > 0, 0 < --tolerance < 1 and --workers >= 1")
+    search(args.config, fit_args, args.output_dir, phi=args.phi, alpha=args.alpha, beta=args.beta, gamma=args.gamma,
+           budget=args.budget, tolerance=args.tolerance, epochs=args.epochs, baseline=args.baseline,
+           workers=args.workers, devices=args.devices, base_resolution=args.base_resolution)  # fmt: skip
