@@ -63,6 +63,8 @@ def test_image_size_follows_the_variant_and_can_be_overridden(tmp_path, demo_roo
               "--trainer.limit_train_batches", "2", "--trainer.limit_val_batches", "2", *CSV]  # fmt: skip
     assert probe(tmp_path, ["--model.variant", "b3", *common], tmp_path)["input_shape"] == [2, 3, 300, 300]
     assert probe(tmp_path, ["--model.variant", "b3", "--data.image_size", "128", *common], tmp_path)["input_shape"] == [2, 3, 128, 128]
+    # a custom compound-scaled variant: 224 x 1.2^1 = 268.8, to a multiple of 8
+    assert probe(tmp_path, ["--model.variant", "phi1_a1.3_b1.05_g1.2", *common], tmp_path)["input_shape"] == [2, 3, 272, 272]
 
 
 @pytest.mark.slow

@@ -9,6 +9,7 @@ import os
 
 import pytest
 import torch
+from safetensors.torch import load_file
 from cli_helpers import CSV, ROOT, TINY, printed_metric, run_cli
 
 from effnet_lightning.data import MixCollate
@@ -88,6 +89,11 @@ def test_recipe_optimizer_schedule_weight_decay_and_ema(recipe, small_root, tmp_
     assert printed_metric(run_cli(["validate", "--ckpt_path", last, *again], tmp_path).stdout, "val/loss") == pytest.approx(logged_ema, abs=1e-5)
     assert printed_metric(run_cli(["validate", "--ckpt_path", tmp_path / "raw.ckpt", *again], tmp_path).stdout, "val/loss") == pytest.approx(logged_raw, abs=1e-5)
     assert json.loads((tmp_path / "runs" / "latest_fit.json").read_text()) == record  # validate leaves it alone
+    # export writes the EMA weights
+    run_cli(["export", "--ckpt_path", last, "--formats", "[safetensors]", "--output_dir", tmp_path / "export", *CSV], tmp_path)
+    exported = load_file(str(tmp_path / "export" / "model.safetensors"))
+    assert all(torch.equal(exported[k], ema[f"model.{k}"]) for k in exported) and len(exported) == len(
+        [k for k in ema if k.startswith("model.")])  # fmt: skip
     if recipe == "modern":  # MixUp / CutMix: soft targets reached the network
         targets = torch.tensor(probe["first_targets"])
         assert targets.shape == (8, 10) and torch.allclose(targets.sum(1), torch.ones(8))

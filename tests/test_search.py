@@ -16,7 +16,7 @@ def test_three_candidate_search_trains_reports_the_best_and_resumes(small_root, 
     args = ["scale-search", "--config", ROOT / "configs" / "debug.yaml", "--alpha", "1.1", "1.3", "--beta", "1.1", "1.2",
             "--gamma", "1.0", "--base-resolution", "64", "--epochs", "1", "--output-dir", "search",
             "--", "--data.root", small_root, "--trainer.limit_train_batches", "2"]  # fmt: skip
-    out = run_cli(args, tmp_path)
+    out = run_cli([*args[:1], "--workers", "2", *args[1:]], tmp_path)  # two fits at a time
     with open(tmp_path / "search" / "results.csv", newline="") as f:
         rows = {r["variant"]: r for r in csv.DictReader(f)}
     assert set(rows) == {"b0", "phi1_a1.1_b1.1_g1", "phi1_a1.1_b1.2_g1", "phi1_a1.3_b1.1_g1", "phi1_a1.3_b1.2_g1"}
@@ -48,7 +48,7 @@ def test_three_candidate_search_trains_reports_the_best_and_resumes(small_root, 
     assert (tmp_path / "search" / "accuracy_vs_flops.png").stat().st_size > 10_000
     assert out.stdout.count(": trained, val/acc") == 4
 
-    again = run_cli(args, tmp_path)  # finished candidates are not trained again
+    again = run_cli(args, tmp_path)  # one at a time now; finished candidates are not trained again
     assert again.stdout.count(": cached, val/acc") == 4 and ": trained" not in again.stdout
     with open(tmp_path / "search" / "results.csv", newline="") as f:
         assert {r["variant"]: r["val_acc"] for r in csv.DictReader(f)} == {n: r["val_acc"] for n, r in rows.items()}
