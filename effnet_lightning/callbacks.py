@@ -39,11 +39,17 @@ def _write_json_atomically(path: Path, data: dict) -> None:
 
 
 class Checkpoint(ModelCheckpoint):
-    """Lightning's ModelCheckpoint, except that `last.ckpt` follows every epoch. (Lightning
+    """Lightning's ModelCheckpoint, except that `last.ckpt` follows every epoch (Lightning
     writes it only together with a new top-k checkpoint, so after an epoch that did not
-    improve the monitored metric, "last" would be an older state and a resume would lose work.)"""
+    improve the monitored metric, "last" would be an older state and a resume would lose work),
+    and that every save updates <default_root_dir>/latest_fit.json."""
 
     _last_saved_step = -1
+
+    def _save_checkpoint(self, trainer, filepath: str) -> None:
+        super()._save_checkpoint(trainer, filepath)
+        if trainer.state.fn == TrainerFn.FITTING:
+            record_fit(trainer, finished=False)  # a resume finds every checkpoint as soon as it exists
 
     def _save_last_checkpoint(self, trainer, monitor_candidates):
         super()._save_last_checkpoint(trainer, monitor_candidates)
@@ -61,6 +67,23 @@ class Checkpoint(ModelCheckpoint):
         self._keep_last_current(trainer)
 
 
+def record_fit(trainer, finished: bool) -> dict:
+    """Write <default_root_dir>/latest_fit.json (rank 0): the run's checkpoint folder, best and
+    last checkpoints. `--ckpt_path last|best` and test / predict / export read it."""
+    ckpt = trainer.checkpoint_callback if isinstance(trainer.checkpoint_callback, ModelCheckpoint) else None
+    score = ckpt.best_model_score if ckpt else None
+    record = {
+        "finished": finished,
+        "checkpoint_dir": str(ckpt.dirpath) if ckpt and ckpt.dirpath else None,
+        "best_model_path": ckpt.best_model_path if ckpt else "",
+        "best_score": float(score) if score is not None else None,
+        "last_model_path": ckpt.last_model_path if ckpt else "",
+    }
+    if trainer.is_global_zero:
+        _write_json_atomically(run_record_path(trainer.default_root_dir), record)
+    return record
+
+
 class FitSummary(L.Callback):
     """Prints one line at the end of fit (best val/acc, its checkpoint, wall time, training
     img/s) and records the run's checkpoints in <default_root_dir>/latest_fit.json."""
@@ -68,7 +91,7 @@ class FitSummary(L.Callback):
     def on_fit_start(self, trainer, pl_module):
         self.start = time.perf_counter()
         self.train_time, self.train_images = 0.0, 0
-        self._record(trainer, finished=False)
+        record_fit(trainer, finished=False)
 
     def on_train_epoch_start(self, trainer, pl_module):
         self.batch_start = time.perf_counter()
@@ -80,13 +103,8 @@ class FitSummary(L.Callback):
         self.train_images += len(batch[1])
         self.batch_start = now
 
-    def on_validation_end(self, trainer, pl_module):
-        # Only fit records; a `validate` run must not overwrite the record of the latest fit.
-        if trainer.state.fn == TrainerFn.FITTING and not trainer.sanity_checking:
-            self._record(trainer, finished=False)
-
     def on_fit_end(self, trainer, pl_module):
-        record = self._record(trainer, finished=True)
+        record = record_fit(trainer, finished=True)
         wall = time.perf_counter() - self.start
         # Images on this rank x ranks: every rank trains on its own share of each step.
         rate = self.train_images * trainer.world_size / self.train_time if self.train_time else 0.0
@@ -100,21 +118,6 @@ class FitSummary(L.Callback):
     @rank_zero_only
     def _print(self, line: str) -> None:
         print(line, flush=True)
-
-    def _record(self, trainer, finished: bool) -> dict:
-        ckpt = trainer.checkpoint_callback if isinstance(trainer.checkpoint_callback, ModelCheckpoint) else None
-        score = ckpt.best_model_score if ckpt else None
-        record = {
-            "finished": finished,
-            "checkpoint_dir": str(ckpt.dirpath) if ckpt and ckpt.dirpath else None,
-            "best_model_path": ckpt.best_model_path if ckpt else "",
-            "best_score": float(score) if score is not None else None,
-            "last_model_path": ckpt.last_model_path if ckpt else "",
-        }
-        if trainer.is_global_zero:
-            _write_json_atomically(run_record_path(trainer.default_root_dir), record)
-        return record
-
 
 def _format_duration(seconds: float) -> str:
     minutes, s = divmod(int(round(seconds)), 60)

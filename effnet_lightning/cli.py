@@ -19,6 +19,7 @@ from __future__ import annotations
 import os
 import sys
 import warnings
+from pathlib import Path
 
 import torch
 from lightning.pytorch.callbacks import LearningRateMonitor
@@ -40,6 +41,8 @@ LINKED_MODEL_ARGS = ("num_classes", "class_names")
 EVAL_MODEL_ARGS = ("test_time_flip",)
 # Subcommands that run a trained model: without --ckpt_path, the latest fit's best checkpoint.
 EVAL_SUBCOMMANDS = ("validate", "test", "predict", "export")
+# --ckpt_path pretrained: run --model.weights as they are, even when a fit is recorded.
+PRETRAINED = "pretrained"
 
 
 class EffNetTrainer(Trainer):
@@ -55,8 +58,10 @@ class EffNetTrainer(Trainer):
         """Export the network to ONNX, TorchScript and safetensors, each checked against PyTorch.
 
         Args:
-            ckpt_path: the checkpoint to export; None: the best of the latest fit.
-            output_dir: None: <default_root_dir>/export/<checkpoint name>.
+            ckpt_path: the checkpoint to export; None: the best of the latest fit; "pretrained":
+                --model.weights as they are.
+            output_dir: None: <default_root_dir>/export/<run>-<checkpoint name>. An existing
+                folder is replaced only once the new export has passed its checks.
             formats: any of onnx, torchscript, safetensors.
             tolerance: largest allowed |logit difference| of a reloaded export.
         """
@@ -65,7 +70,12 @@ class EffNetTrainer(Trainer):
             model.load_state_dict(state)
         elif not model.model.head_loaded:
             raise ValueError("nothing trained to export: pass --ckpt_path CKPT, or --model.weights with a classifier")
-        name = os.path.splitext(os.path.basename(ckpt_path))[0] if ckpt_path else f"{model.hparams.variant}-pretrained"
+        if ckpt_path:  # <run>-<checkpoint>: last.ckpt of two runs do not share a folder
+            ckpt = Path(ckpt_path)
+            run = ckpt.parent.parent.name if ckpt.parent.name == "checkpoints" else ckpt.parent.name
+            name = f"{run}-{ckpt.stem}" if run else ckpt.stem
+        else:
+            name = f"{model.hparams.variant}-pretrained"
         hp = model.hparams
         return export_model(
             model.model, output_dir or os.path.join(self.default_root_dir, "export", name), variant=hp.variant,
@@ -133,7 +143,12 @@ class EffNetCLI(LightningCLI):
         root = config.trainer.default_root_dir or RUNS_DIR
         ckpt_path = config.get("ckpt_path")
         record = read_run_record(root)
-        if ckpt_path in ("last", "best"):
+        if ckpt_path == PRETRAINED:
+            if subcommand == "fit" or not config.model.weights:
+                raise ValueError(f"--ckpt_path {PRETRAINED} runs --model.weights without a trained checkpoint: give "
+                                 f"--model.weights (e.g. imagenet) with validate, test, predict or export")  # fmt: skip
+            ckpt_path = None
+        elif ckpt_path in ("last", "best"):
             key = f"{ckpt_path}_model_path"
             found = record.get(key) if record else None
             if found and os.path.isfile(found):
@@ -144,21 +159,35 @@ class EffNetCLI(LightningCLI):
             else:
                 raise FileNotFoundError(f"--ckpt_path {ckpt_path}: no checkpoint recorded in {run_record_path(root)}; "
                                         f"run `python cli.py fit` first or pass a checkpoint file")  # fmt: skip
-        elif ckpt_path is None and subcommand in EVAL_SUBCOMMANDS and not config.model.weights:
+        elif ckpt_path is None and subcommand in EVAL_SUBCOMMANDS:
             best = record.get("best_model_path") if record else None
-            if not (best and os.path.isfile(best)):
+            if best and os.path.isfile(best):
+                ckpt_path = best
+                print(f"{subcommand}: using the best checkpoint of the most recent fit: {best}", flush=True)
+            elif config.model.weights:
+                print(f"{subcommand}: no fit recorded in {run_record_path(root)}; using --model.weights "
+                      f"{config.model.weights}", flush=True)  # fmt: skip
+            else:
+                hint = " (or --model.weights imagenet for ImageNet's classes)" if subcommand in ("predict", "export") else ""
                 raise FileNotFoundError(f"nothing to {subcommand}: no trained checkpoint recorded in "
-                                        f"{run_record_path(root)}; run `python cli.py fit` first, pass --ckpt_path, "
-                                        f"or --model.weights imagenet")  # fmt: skip
-            ckpt_path = best
-            print(f"{subcommand}: using the best checkpoint of the most recent fit: {best}", flush=True)
+                                        f"{run_record_path(root)}; run `python cli.py fit` first or pass --ckpt_path{hint}")  # fmt: skip
         if ckpt_path is not None and not os.path.isfile(ckpt_path):
             raise FileNotFoundError(f"--ckpt_path {ckpt_path}: no such checkpoint file")
         config.ckpt_path = ckpt_path
         if ckpt_path:
             self._apply_checkpoint_hparams(subcommand, ckpt_path)
+            if subcommand == "fit":
+                self._continue_in_checkpoint_folder(config, ckpt_path)
         elif subcommand in ("predict", "export") and not config.data.class_names:
             config.data.class_names = self._pretrained_class_names(subcommand, config)
+
+    @staticmethod
+    def _continue_in_checkpoint_folder(config, ckpt_path: str) -> None:
+        """Resuming from <run>/checkpoints/x.ckpt: new checkpoints go to the same folder, so the
+        best ones recorded there stay known (the logger starts a new version: its old logs stay)."""
+        folder = Path(ckpt_path).parent
+        if folder.name == "checkpoints" and not config.checkpoint.get("dirpath"):
+            config.checkpoint.dirpath = str(folder)
 
     @staticmethod
     def _pretrained_class_names(subcommand: str, config) -> list[str] | None:
@@ -206,8 +235,10 @@ def main(args: list[str] | None = None) -> EffNetCLI | None:
 
             return search.main(argv[1:])
         warnings.filterwarnings("ignore", message=".*does not have many workers.*")
-        # Evaluating a checkpoint from another run; the message is about the callback's own state.
-        warnings.filterwarnings("ignore", message="The dirpath has changed from.*")
+        if argv[:1] != ["fit"]:
+            # Evaluating a checkpoint from another run; the message is about the callback's own
+            # state, which only a resumed fit uses.
+            warnings.filterwarnings("ignore", message="The dirpath has changed from.*")
         warnings.filterwarnings("ignore", message=".*isinstance\\(treespec, LeafSpec\\)` is deprecated.*")
         return EffNetCLI(
             EfficientNetModule,

@@ -12,6 +12,8 @@ The exported networks take float32 NCHW images, already resized, cropped and nor
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import warnings
 from pathlib import Path
 from typing import Literal
@@ -24,8 +26,8 @@ Format = Literal["onnx", "torchscript", "safetensors"]
 FORMATS: tuple[str, ...] = ("onnx", "torchscript", "safetensors")
 
 
-def _reference_input(size: int, batch: int, seed: int) -> torch.Tensor:
-    return torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(seed))
+def _reference_input(channels: int, size: int, batch: int, seed: int) -> torch.Tensor:
+    return torch.randn(batch, channels, size, size, generator=torch.Generator().manual_seed(seed))
 
 
 def _export_onnx(model, example: torch.Tensor, path: Path, opset: int | None):
@@ -74,48 +76,73 @@ def export_model(
     source: str | None = None,
 ) -> dict:
     """Write the chosen formats and model.json into output_dir; returns the JSON's content.
-    Raises ValueError when a reloaded export's logits differ by more than `tolerance`."""
+    Raises ValueError, leaving output_dir as it was, when a reloaded export's logits differ by
+    more than `tolerance`."""
     unknown = set(formats) - set(FORMATS)
     if unknown or not formats:
-        raise ValueError(f"unknown export formats {sorted(unknown)}: choose from {', '.join(FORMATS)}")
+        what = f"unknown export formats {sorted(unknown)}" if unknown else "no export format given"
+        raise ValueError(f"{what}: choose from {', '.join(FORMATS)}")
     out = Path(output_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    # Written into a sibling folder and moved into place once every check has passed: a failed
+    # export never replaces a good one.
+    out.parent.mkdir(parents=True, exist_ok=True)
+    work = out.parent / f".{out.name}.partial-{os.getpid()}"
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir()
+    try:
+        info = _export_into(work, out, model, variant, class_names, preprocessing, model_options, formats, tolerance,
+                            opset, source)  # fmt: skip
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    if out.exists():
+        old = out.parent / f".{out.name}.old-{os.getpid()}"
+        os.replace(out, old)
+        os.replace(work, out)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(work, out)
+    print(f"export: done, {len(info['files'])} formats in {out} (class names and preprocessing in {out / 'model.json'})")
+    return info
+
+
+def _export_into(work, out, model, variant, class_names, preprocessing, model_options, formats, tolerance, opset, source):
     model = model.float().eval().to(device="cpu", memory_format=torch.contiguous_format)
-    size = preprocessing["crop_size"]
-    example, check = _reference_input(size, 2, 0), _reference_input(size, 3, 1)  # another batch size than traced
+    size, channels = preprocessing["crop_size"], model.stem.conv.in_channels
+    # checked on another batch size than the traced one
+    example, check = _reference_input(channels, size, 2, 0), _reference_input(channels, size, 3, 1)
     with torch.no_grad():
         expected = model(check)
     files, diffs = {}, {}
     for fmt in formats:
         if fmt == "onnx":
-            path = out / "model.onnx"
+            path = work / "model.onnx"
             run = _export_onnx(model, example, path, opset)
         elif fmt == "torchscript":
-            path = out / "model.torchscript.pt"
+            path = work / "model.torchscript.pt"
             run = _export_torchscript(model, example, path)
         else:
-            path = out / "model.safetensors"
+            path = work / "model.safetensors"
             run = _export_safetensors(model, path, variant, len(class_names), model_options or {})
         with torch.no_grad():
             diff = (run(check) - expected).abs().max().item()
         files[fmt], diffs[fmt] = path.name, diff
-        print(f"export: {fmt:<11} {path}  max |logit difference| vs PyTorch {diff:.2e}", flush=True)
+        print(f"export: {fmt:<11} {out / path.name}  max |logit difference| vs PyTorch {diff:.2e}", flush=True)
         if not diff <= tolerance:
-            raise ValueError(f"the {fmt} export at {path} gives logits {diff:.2e} away from PyTorch's (tolerance "
-                             f"{tolerance:g}): do not deploy it; re-run with EFFNET_DEBUG=1 and report it")  # fmt: skip
+            raise ValueError(f"the {fmt} export gives logits {diff:.2e} away from PyTorch's (tolerance {tolerance:g}): "
+                             f"nothing was written to {out}; re-run with EFFNET_DEBUG=1 and report it")  # fmt: skip
     info = {
         "variant": variant,
         "num_classes": len(class_names),
         "class_names": list(class_names),
         "preprocessing": preprocessing,
         "model_options": model_options or {},
-        "input": {"name": "images", "shape": ["batch", 3, size, size], "dtype": "float32",
+        "input": {"name": "images", "shape": ["batch", channels, size, size], "dtype": "float32",
                   "note": "RGB, resized, centre-cropped and normalised as in preprocessing"},  # fmt: skip
         "output": {"name": "logits", "shape": ["batch", len(class_names)]},
         "files": files,
         "max_abs_logit_difference": diffs,
         "source": source,
     }
-    (out / "model.json").write_text(json.dumps(info, indent=2) + "\n")
-    print(f"export: done, {len(files)} formats in {out} (class names and preprocessing in {out / 'model.json'})")
+    (work / "model.json").write_text(json.dumps(info, indent=2) + "\n")
     return info

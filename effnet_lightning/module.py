@@ -10,6 +10,7 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 from lightning.pytorch.strategies import DDPStrategy
+from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 from torchmetrics import MetricCollection
@@ -30,7 +31,7 @@ class EfficientNetModule(L.LightningModule):
         num_classes: set from the data by the CLI; nobody types it.
         weights: None (from scratch), "imagenet", or a weights file (see `create_model`).
         class_names: set from the data by the CLI; saved in checkpoints.
-        optimizer: "sgd" (Nesterov), "adamw" or "rmsprop_tf" (the paper's).
+        optimizer: "sgd", "adamw" or "rmsprop_tf" (the paper's).
         lr: peak learning rate, reached after warm-up; with `lr_base_batch`, the rate for a
             global batch of that many images.
         lr_base_batch: scale `lr` linearly with the global batch (per-device batch x devices x
@@ -56,8 +57,8 @@ class EfficientNetModule(L.LightningModule):
             fixed for the whole run (small batches, or data close to the weights' own).
         class_weighted_loss: weight the loss by total / (classes x images of the class), so
             rare classes count as much as common ones.
-        test_time_flip: in validate, test and predict, average the logits of each image and
-            its mirror image.
+        test_time_flip: whenever the network evaluates (validation during fit too, validate,
+            test, predict), average the logits of each image and its mirror image.
         model_options: further `EfficientNet` options (padding, bn_eps, in_channels, ...).
         preprocessing: the input the network expects (resize, crop, mean/std); None: what the
             weights need. Set from checkpoints, so a trained model keeps its preprocessing.
@@ -116,8 +117,12 @@ class EfficientNetModule(L.LightningModule):
                 bn.requires_grad_(False)
         self.loss_weights: torch.Tensor | None = None
         self.class_names = list(class_names) if class_names else [str(i) for i in range(num_classes)]
-        # Plain types, so the checkpoint loads with torch.load(weights_only=True).
+        # Plain types, so the checkpoint loads with torch.load(weights_only=True). The settings the
+        # weights chose (SAME padding, BatchNorm eps) are kept, so the checkpoint rebuilds this network.
         self.hparams["preprocessing"] = self.model.preprocessing.to_dict()
+        structural = ("padding", "bn_eps", "bn_momentum", "activation", "se", "in_channels")
+        settings = {k: v for k, v in self.model.build_options.items() if k in structural}
+        self.hparams["model_options"] = {**settings, **(model_options or {})} or None
         self.metrics = nn.ModuleDict({f"{stage}_metrics": self._make_metrics(num_classes, stage) for stage in STAGES})
         self.val_confusion = MulticlassConfusionMatrix(num_classes)
         self.test_confusion = MulticlassConfusionMatrix(num_classes)
@@ -184,7 +189,7 @@ class EfficientNetModule(L.LightningModule):
     def on_train_epoch_start(self) -> None:
         frozen = self.backbone_frozen
         if self.hparams.freeze_backbone_epochs and self.current_epoch == self.hparams.freeze_backbone_epochs:
-            print(f"epoch {self.current_epoch}: the backbone trains from now on", flush=True)
+            rank_zero_info(f"epoch {self.current_epoch}: the backbone trains from now on")
         fixed = {id(p) for bn in self.batchnorms for p in bn.parameters()} if self.hparams.freeze_bn else set()
         head = {id(p) for p in self.model.classifier.parameters()}
         for p in self.model.parameters():
@@ -217,6 +222,23 @@ class EfficientNetModule(L.LightningModule):
         if stage == "fit" and self.hparams.freeze_backbone_epochs and isinstance(self.trainer.strategy, DDPStrategy):
             # The frozen backbone gets no gradients in the first epochs; DDP must not wait for them.
             self.trainer.strategy._ddp_kwargs["find_unused_parameters"] = True
+
+    def _require_trained_classifier(self, stage: str) -> None:
+        if self.trainer.ckpt_path is None and not self.model.head_loaded:
+            raise ValueError(
+                f"{stage}: the network has no trained classifier for these {self.hparams.num_classes} classes (weights: "
+                f"{self.hparams.weights}): pass --ckpt_path of a checkpoint trained on them"
+            )
+
+    def on_validation_start(self) -> None:
+        if self.trainer.state.fn == TrainerFn.VALIDATING:
+            self._require_trained_classifier("validate")
+
+    def on_test_start(self) -> None:
+        self._require_trained_classifier("test")
+
+    def on_predict_start(self) -> None:
+        self._require_trained_classifier("predict")
 
     def on_train_start(self) -> None:
         # Lightning logs the hyperparameters given at construction (after on_fit_start); add

@@ -180,5 +180,7 @@ def create_model(
         log.info("loaded %s weights (%s layout) into %s", source, layout, v.name)
     model.preprocessing = preprocessing
     model.weights_source = source
+    # What the network was built with besides the variant: a checkpoint must rebuild it the same way.
+    model.build_options = {**settings, **overrides}
     model.categories = categories if model.num_classes == len(categories) else ()
     return model

@@ -134,7 +134,7 @@ def confusion_figure(matrix: torch.Tensor, names: list[str], title: str):
 
 class EvaluationReport(L.Callback):
     """After `validate` and `test` (not the validations inside fit): a per-class table
-    (`<checkpoint>.<stage>-per-class.csv` and `.md`) and the confusion matrix
+    (`<checkpoint>.<stage>-per-class.csv` and `<checkpoint>.<stage>-report.md`) and the confusion matrix
     (`<checkpoint>.<stage>-confusion.png`) next to the checkpoint evaluated (without one: in
     <default_root_dir>/reports), and both to W&B when it is on."""
 

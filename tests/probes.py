@@ -2,6 +2,7 @@
 
 import json
 import os
+from pathlib import Path
 
 import lightning as L
 import torch
@@ -52,3 +53,17 @@ class RecipeProbe(L.Callback):
                   "first_targets": self.targets, "accumulate": trainer.accumulate_grad_batches}  # fmt: skip
         with open(os.environ["PROBE_FILE"], "w") as f:
             json.dump(record, f)
+
+
+class RecordProbe(L.Callback):
+    """At the start of the second epoch, writes the run record as it is then and the global step
+    of the `last` checkpoint it names, to $PROBE_FILE."""
+
+    def on_train_epoch_start(self, trainer, pl_module):
+        if trainer.current_epoch != 1:
+            return
+        record = json.loads((Path(trainer.default_root_dir) / "latest_fit.json").read_text())
+        last = record["last_model_path"]
+        step = torch.load(last, weights_only=True)["global_step"] if last else None
+        with open(os.environ["PROBE_FILE"], "w") as f:
+            json.dump({"record": record, "last_global_step": step}, f)

@@ -69,17 +69,27 @@ def test_image_size_follows_the_variant_and_can_be_overridden(tmp_path, demo_roo
 
 @pytest.mark.slow
 def test_resume_from_last_continues_at_the_same_step_with_the_same_optimizer_state(tmp_path, small_root):
-    args = ["--data.root", small_root, *TINY, *CSV, "--trainer.limit_val_batches", "2"]
-    run_cli(["fit", *args, "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "3"], tmp_path)
+    args = ["--data.root", small_root, *TINY, *CSV, "--trainer.limit_val_batches", "2", "--trainer.limit_train_batches", "3"]
+    probe_file = tmp_path / "record.json"
+    run_cli(["fit", *args, "--trainer.max_epochs", "2", "--trainer.callbacks+=probes.RecordProbe"], tmp_path,
+            env={**os.environ, "PROBE_FILE": str(probe_file)})  # fmt: skip
+    # during epoch 1 the record already names epoch 0's last checkpoint: a crash then loses nothing
+    assert json.loads(probe_file.read_text())["last_global_step"] == 3
     record = json.loads((tmp_path / "runs" / "latest_fit.json").read_text())
     saved = torch.load(tmp_path / record["last_model_path"], weights_only=True)
-    assert saved["global_step"] == 3
-    resumed = probe(tmp_path, ["--ckpt_path", "last", *args, "--trainer.max_epochs", "2", "--trainer.limit_train_batches", "3"], tmp_path)
-    assert resumed["global_step"] == 3
+    assert saved["global_step"] == 6
+    resumed = probe(tmp_path, ["--ckpt_path", "last", *args, "--trainer.max_epochs", "3"], tmp_path)
+    assert resumed["global_step"] == 6
     expected = {str(k): [float(t.double().sum()) for t in v.values() if torch.is_tensor(t)]
                 for k, v in saved["optimizer_states"][0]["state"].items()}  # fmt: skip
     assert resumed["optimizer_state"] == expected and len(expected) > 100
     assert resumed["lr"] == pytest.approx(saved["optimizer_states"][0]["param_groups"][0]["lr"])
+    # the resumed run checkpoints into the same folder and keeps its best checkpoints; the first
+    # run's logs stay (the logger starts a new version)
+    after = json.loads((tmp_path / "runs" / "latest_fit.json").read_text())
+    assert after["checkpoint_dir"] == record["checkpoint_dir"] == "runs/version_0/checkpoints"
+    assert after["best_score"] >= record["best_score"] and (tmp_path / after["best_model_path"]).is_file()
+    assert "val/acc" in (tmp_path / "runs" / "version_0" / "metrics.csv").read_text()
 
 
 @pytest.mark.slow

@@ -7,7 +7,7 @@ from collections import Counter
 import lightning as L
 import pytest
 import torch
-from cli_helpers import CSV, ROOT, fit_summary, run_cli
+from cli_helpers import CSV, ROOT, fit_summary, printed_metric, run_cli
 
 from effnet_lightning import demo_data
 from effnet_lightning.data import ImageFolderDataModule
@@ -41,6 +41,12 @@ def test_finetuning_packaged_lite0_imagenet_weights_beats_training_from_scratch(
     assert ckpt.startswith("pretrained/")  # checkpoints follow --trainer.default_root_dir
     hp = torch.load(tmp_path / ckpt, weights_only=True)["hyper_parameters"]
     assert hp["weights"] == "imagenet" and hp["preprocessing"]["mean"] == pytest.approx([127 / 255] * 3)  # (x - 127) / 128
+    # the Lite weights need SAME padding and TF BatchNorm: the checkpoint rebuilds the same
+    # network, so testing it on the validation images (no test/ folder) gives the val/acc again
+    assert hp["model_options"] == {"padding": "same", "bn_eps": 1e-3, "bn_momentum": 0.01}
+    tested = run_cli(["test", "--ckpt_path", ckpt, "--data.root", class_folder, "--data.image_size", "112",
+                      "--data.val_fraction", "0.34", "--data.num_workers", "0", *CSV], tmp_path)  # fmt: skip
+    assert printed_metric(tested.stdout, "test/acc") == pytest.approx(acc_finetuned, abs=1e-4)
 
 
 def _tiny_trainer(epochs: int, callbacks=()) -> L.Trainer:

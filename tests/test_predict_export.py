@@ -106,10 +106,12 @@ def photos(tmp_path_factory):
 
 
 @pytest.mark.slow
-def test_pretrained_lite0_labels_real_photos_through_predict_without_a_checkpoint(photos, tmp_path):
-    run_cli(["predict", "--model.variant", "lite0", "--model.weights", "imagenet", "--data.predict_root", photos,
-             "--trainer.enable_progress_bar", "false", *CSV], tmp_path)  # fmt: skip
-    rows, data = read_predictions(tmp_path / "runs" / "predictions")
+def test_pretrained_lite0_labels_real_photos_through_predict_without_a_checkpoint(photos, trained, tmp_path):
+    cwd, _ = trained  # a fit is recorded here: --ckpt_path pretrained takes the ImageNet weights instead
+    run_cli(["predict", "--model.variant", "lite0", "--model.weights", "imagenet", "--ckpt_path", "pretrained",
+             "--data.predict_root", photos, "--predictions.output_dir", tmp_path, "--trainer.enable_progress_bar",
+             "false", *CSV], cwd)  # fmt: skip
+    rows, data = read_predictions(tmp_path)
     top1 = {Path(r["path"]).name: r["class_1"] for r in rows}
     print(f"lite0 ImageNet predict: {[(r['path'][-11:], r['class_1'], r['prob_1']) for r in rows]}")
     assert top1 == {"chelsea.png": top1["chelsea.png"], "coffee.jpg": "espresso"}
@@ -218,7 +220,7 @@ def test_a_folder_with_other_classes_is_refused_on_predict_test_and_resume(train
 
 
 @pytest.mark.slow
-def test_predict_needs_images_and_known_class_names(trained, tmp_path):
+def test_predict_needs_images_and_known_class_names(trained, small_root, tmp_path):
     cwd, ckpt = trained
     line = last_error_line(run_cli(["predict", "--ckpt_path", ckpt, *TINY, *CSV], cwd, check=False))
     assert line == "error: predict needs images: pass --data.predict_root DIR"
@@ -229,3 +231,23 @@ def test_predict_needs_images_and_known_class_names(trained, tmp_path):
     line = last_error_line(run_cli(["predict", "--model.weights", weights, "--data.predict_root", tmp_path, *CSV],
                                    tmp_path, check=False))  # fmt: skip
     assert line.startswith(f"error: predict: the class names of {weights} are unknown: pass --ckpt_path")
+    # ImageNet weights have no classifier for a 10-class folder: testing them is refused
+    line = last_error_line(run_cli(["test", "--model.variant", "lite0", "--model.weights", "imagenet", "--ckpt_path",
+                                    "pretrained", "--data.root", small_root, *TINY, *CSV], tmp_path, check=False))  # fmt: skip
+    assert line == ("error: test: the network has no trained classifier for these 10 classes (weights: imagenet): "
+                    "pass --ckpt_path of a checkpoint trained on them")
+
+
+def test_a_failed_export_leaves_the_previous_export_in_place(tmp_path):
+    out = tmp_path / "deploy"
+    out.mkdir()
+    (out / "model.json").write_text("the previous export")
+    model = randomise_batchnorm(create_model("b0", num_classes=3)).eval()
+    with pytest.raises(ValueError, match="nothing was written to"):
+        export_model(model, out, variant="b0", class_names=["a", "b", "c"], preprocessing=model.preprocessing.resized(64).to_dict(),
+                     formats=["safetensors"], tolerance=-1.0)  # fmt: skip  # every check fails
+    assert (out / "model.json").read_text() == "the previous export" and sorted(p.name for p in tmp_path.iterdir()) == ["deploy"]
+    info = export_model(model, out, variant="b0", class_names=["a", "b", "c"],
+                        preprocessing=model.preprocessing.resized(64).to_dict(), formats=["safetensors"])  # fmt: skip
+    assert json.loads((out / "model.json").read_text()) == info and sorted(p.name for p in out.iterdir()) == [
+        "model.json", "model.safetensors"]  # fmt: skip
