@@ -51,6 +51,23 @@ class Checkpoint(ModelCheckpoint):
         if trainer.state.fn == TrainerFn.FITTING:
             record_fit(trainer, finished=False)  # a resume finds every checkpoint as soon as it exists
 
+    def load_state_dict(self, state_dict: dict) -> None:
+        # The same folder, written relative or absolute, is the same folder: keep the best
+        # checkpoints known (Lightning compares the strings).
+        saved = state_dict.get("dirpath")
+        if saved and self.dirpath and os.path.realpath(saved) == os.path.realpath(self.dirpath):
+
+            def here(path):  # the saved paths, spelt the way this run spells its folder
+                return os.path.join(self.dirpath, os.path.basename(path)) if path else path
+
+            state_dict = {
+                **state_dict, "dirpath": self.dirpath, "best_model_path": here(state_dict.get("best_model_path")),
+                "kth_best_model_path": here(state_dict.get("kth_best_model_path")),
+                "last_model_path": here(state_dict.get("last_model_path")),
+                "best_k_models": {here(k): v for k, v in state_dict.get("best_k_models", {}).items()},
+            }  # fmt: skip
+        super().load_state_dict(state_dict)
+
     def _save_last_checkpoint(self, trainer, monitor_candidates):
         super()._save_last_checkpoint(trainer, monitor_candidates)
         self._last_saved_step = trainer.global_step

@@ -176,8 +176,8 @@ class EffNetCLI(LightningCLI):
         config.ckpt_path = ckpt_path
         if ckpt_path:
             self._apply_checkpoint_hparams(subcommand, ckpt_path)
-            if subcommand == "fit":
-                self._continue_in_checkpoint_folder(config, ckpt_path)
+            if subcommand == "fit":  # (the config object was replaced by the checkpoint's settings)
+                self._continue_in_checkpoint_folder(self.config[subcommand], ckpt_path)
         elif subcommand in ("predict", "export") and not config.data.class_names:
             config.data.class_names = self._pretrained_class_names(subcommand, config)
 
