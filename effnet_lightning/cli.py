@@ -22,8 +22,8 @@ import warnings
 from pathlib import Path
 
 import torch
-from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch import Trainer
+from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.utilities import rank_zero_warn
 
@@ -134,8 +134,9 @@ class EffNetCLI(LightningCLI):
         return parser
 
     def _parse_ckpt_path(self) -> None:
-        """Resolve `--ckpt_path last|best` (and test/validate without one) through the record of
-        the most recent fit, then take the model's settings from the checkpoint."""
+        """Resolve `--ckpt_path last|best|pretrained`, and validate / test / predict / export
+        without one (the latest fit's best checkpoint, else --model.weights), through the record
+        of the most recent fit; then take the model's settings and classes from the checkpoint."""
         subcommand = self.config.get("subcommand")
         if not subcommand:
             return

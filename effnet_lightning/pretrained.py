@@ -34,6 +34,23 @@ TF_SETTINGS = {"padding": "same", "bn_eps": 1e-3, "bn_momentum": 0.01}
 TORCHVISION_TF_BN = {"bn_eps": 1e-3, "bn_momentum": 0.01}
 
 
+# The EfficientNet options that change the network a set of weights runs in.
+STRUCTURAL_OPTIONS = ("padding", "bn_eps", "bn_momentum", "activation", "se", "in_channels")
+
+
+def checkpoint_settings(path: str | os.PathLike) -> dict | None:
+    """The network settings a checkpoint of this project recorded (`model_options` in its
+    hyperparameters, e.g. SAME padding for a Lite fine-tune); None for other files."""
+    if Path(path).suffix != ".ckpt":
+        return None
+    try:
+        hparams = torch.load(path, weights_only=True, map_location="cpu", mmap=True).get("hyper_parameters") or {}
+    except Exception:
+        return None  # read_state_dict has already said what is wrong with a bad file
+    options = hparams.get("model_options") or {}
+    return {k: v for k, v in options.items() if k in STRUCTURAL_OPTIONS} if "model_options" in hparams else None
+
+
 def layout_settings(layout: str, variant: Variant) -> dict:
     """The network settings weights of a known layout were made with."""
     if layout == "lukemelas":  # EfficientNet-PyTorch: every checkpoint is a TF port
@@ -170,6 +187,7 @@ def create_model(
         state_dict, source = weights, "state dict"
     elif isinstance(weights, (str, os.PathLike)):
         state_dict, source = read_state_dict(weights), str(weights)
+        settings = checkpoint_settings(weights)
     elif weights is not None:
         raise WeightsError(f"weights must be None, 'imagenet', a file path or a state dict, got {type(weights).__name__}")
     if settings is None:

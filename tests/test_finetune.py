@@ -132,3 +132,23 @@ def test_class_weighted_loss_and_weighted_sampler_balance_an_imbalanced_folder(d
     shares = [drawn[c] / sum(drawn.values()) for c in range(3)]
     print(f"weighted sampler: class shares {[round(s, 3) for s in shares]} from 32/8/4 images")
     assert all(abs(s - 1 / 3) < 0.03 for s in shares)
+
+
+def test_checkpoints_of_lite_fine_tunes_rebuild_the_same_network(tmp_path):
+    """The Lite weights need SAME padding and TF BatchNorm: a checkpoint records them, so test,
+    predict, export and fine-tuning from the checkpoint rebuild the network they trained."""
+    torch.manual_seed(0)
+    tuned = EfficientNetModule("lite0", weights="imagenet", num_classes=3, class_names=["a", "b", "c"]).eval()
+    tuned.model.classifier.weight.data.normal_()
+    hp = dict(tuned.hparams)
+    assert hp["model_options"] == {"padding": "same", "bn_eps": 1e-3, "bn_momentum": 0.01}
+    path = tmp_path / "tuned.ckpt"
+    torch.save({"state_dict": tuned.state_dict(), "hyper_parameters": hp}, path)
+    x = torch.randn(2, 3, 224, 224)
+    with torch.no_grad():
+        expected = tuned(x)
+        rebuilt = EfficientNetModule(**{**hp, "weights": None}).eval()  # what test / predict / export do
+        rebuilt.load_state_dict(tuned.state_dict())
+        assert torch.equal(rebuilt(x), expected)
+        again = EfficientNetModule("lite0", weights=str(path), num_classes=3).eval()  # fine-tuning from it
+        assert torch.equal(again(x), expected) and again.hparams["model_options"] == hp["model_options"]
