@@ -67,6 +67,23 @@ class Checkpoint(ModelCheckpoint):
                 "best_k_models": {here(k): v for k, v in state_dict.get("best_k_models", {}).items()},
             }  # fmt: skip
         super().load_state_dict(state_dict)
+        self._forget_missing_checkpoints()
+
+    def _forget_missing_checkpoints(self) -> None:
+        """Best checkpoints deleted since they were saved are no longer candidates."""
+        kept = {path: score for path, score in self.best_k_models.items() if os.path.isfile(path)}
+        if kept == self.best_k_models:
+            return
+        self.best_k_models = kept
+        better, worse = (max, min) if self.mode == "max" else (min, max)
+        if kept:
+            self.best_model_path = better(kept, key=kept.get)
+            self.best_model_score = kept[self.best_model_path]
+            self.kth_best_model_path = worse(kept, key=kept.get)
+            self.kth_value = kept[self.kth_best_model_path]
+        else:
+            self.best_model_path, self.best_model_score, self.kth_best_model_path = "", None, ""
+            self.kth_value = torch.tensor(torch.inf if self.mode == "min" else -torch.inf)
 
     def _save_last_checkpoint(self, trainer, monitor_candidates):
         super()._save_last_checkpoint(trainer, monitor_candidates)

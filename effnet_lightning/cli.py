@@ -25,13 +25,13 @@ import torch
 from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.cli import LightningCLI
-from lightning.pytorch.utilities import rank_zero_warn
+from lightning.pytorch.utilities import rank_zero_only, rank_zero_warn
 
 from effnet_lightning.callbacks import EMA, Checkpoint, FitSummary, WandbValidationReport, read_run_record, run_record_path
 from effnet_lightning.data import ImageFolderDataModule
 from effnet_lightning.export import FORMATS, Format, export_model
 from effnet_lightning.module import EfficientNetModule
-from effnet_lightning.pretrained import imagenet_categories, preprocessing_for
+from effnet_lightning.pretrained import checkpoint_hparams, imagenet_categories, preprocessing_for
 from effnet_lightning.reports import EvaluationReport, PredictionWriter
 
 RUNS_DIR = "runs"
@@ -60,20 +60,23 @@ class EffNetTrainer(Trainer):
         Args:
             ckpt_path: the checkpoint to export; None: the best of the latest fit; "pretrained":
                 --model.weights as they are.
-            output_dir: None: <default_root_dir>/export/<run>-<checkpoint name>. An existing
-                folder is replaced only once the new export has passed its checks.
+            output_dir: None: <default_root_dir>/export/<run>-<checkpoint name>. Files there are
+                replaced only once the new export has passed its checks.
             formats: any of onnx, torchscript, safetensors.
             tolerance: largest allowed |logit difference| of a reloaded export.
         """
+        if not self.is_global_zero:  # under torchrun / srun: one process exports
+            return {}
         if ckpt_path:
             state = torch.load(ckpt_path, weights_only=True, map_location="cpu")["state_dict"]
             model.load_state_dict(state)
         elif not model.model.head_loaded:
             raise ValueError("nothing trained to export: pass --ckpt_path CKPT, or --model.weights with a classifier")
-        if ckpt_path:  # <run>-<checkpoint>: last.ckpt of two runs do not share a folder
-            ckpt = Path(ckpt_path)
-            run = ckpt.parent.parent.name if ckpt.parent.name == "checkpoints" else ckpt.parent.name
-            name = f"{run}-{ckpt.stem}" if run else ckpt.stem
+        if ckpt_path:  # <logger name>-<version>-<checkpoint>: last.ckpt of two runs do not share a folder
+            ckpt = Path(ckpt_path).resolve()
+            in_run = ckpt.parent.name == "checkpoints"
+            run = [ckpt.parents[2].name, ckpt.parents[1].name] if in_run else [ckpt.parent.name]
+            name = "-".join([*filter(None, run), ckpt.stem])
         else:
             name = f"{model.hparams.variant}-pretrained"
         hp = model.hparams
@@ -82,6 +85,11 @@ class EffNetTrainer(Trainer):
             class_names=model.class_names, preprocessing=hp.preprocessing, model_options=hp.model_options,
             formats=formats, tolerance=tolerance, source=ckpt_path or hp.weights,
         )  # fmt: skip
+
+
+@rank_zero_only
+def _say(line: str) -> None:
+    print(line, flush=True)
 
 
 def _data_preprocessing(variant: str, weights: str | None, preprocessing: dict | None) -> dict:
@@ -154,6 +162,9 @@ class EffNetCLI(LightningCLI):
             found = record.get(key) if record else None
             if found and os.path.isfile(found):
                 ckpt_path = found
+            elif found:
+                raise FileNotFoundError(f"--ckpt_path {ckpt_path}: the recorded checkpoint {found} is missing; pass "
+                                        f"another checkpoint file (the run record is {run_record_path(root)})")  # fmt: skip
             elif subcommand == "fit" and ckpt_path == "last":
                 rank_zero_warn(f"--ckpt_path last: no checkpoint recorded in {run_record_path(root)}; starting fresh")
                 ckpt_path = None
@@ -164,10 +175,10 @@ class EffNetCLI(LightningCLI):
             best = record.get("best_model_path") if record else None
             if best and os.path.isfile(best):
                 ckpt_path = best
-                print(f"{subcommand}: using the best checkpoint of the most recent fit: {best}", flush=True)
+                _say(f"{subcommand}: using the best checkpoint of the most recent fit: {best}")
             elif config.model.weights:
-                print(f"{subcommand}: no fit recorded in {run_record_path(root)}; using --model.weights "
-                      f"{config.model.weights}", flush=True)  # fmt: skip
+                weights = config.model.weights
+                _say(f"{subcommand}: no fit recorded in {run_record_path(root)}; using --model.weights {weights}")
             else:
                 hint = " (or --model.weights imagenet for ImageNet's classes)" if subcommand in ("predict", "export") else ""
                 raise FileNotFoundError(f"nothing to {subcommand}: no trained checkpoint recorded in "
@@ -176,41 +187,50 @@ class EffNetCLI(LightningCLI):
             raise FileNotFoundError(f"--ckpt_path {ckpt_path}: no such checkpoint file")
         config.ckpt_path = ckpt_path
         if ckpt_path:
-            self._apply_checkpoint_hparams(subcommand, ckpt_path)
+            saved_dirpath = self._apply_checkpoint_hparams(subcommand, ckpt_path)
             if subcommand == "fit":  # (the config object was replaced by the checkpoint's settings)
-                self._continue_in_checkpoint_folder(self.config[subcommand], ckpt_path)
-        elif subcommand in ("predict", "export") and not config.data.class_names:
+                self._continue_in_checkpoint_folder(self.config[subcommand], ckpt_path, saved_dirpath)
+        elif subcommand in EVAL_SUBCOMMANDS and not config.data.class_names:
             config.data.class_names = self._pretrained_class_names(subcommand, config)
 
     @staticmethod
-    def _continue_in_checkpoint_folder(config, ckpt_path: str) -> None:
-        """Resuming from <run>/checkpoints/x.ckpt: new checkpoints go to the same folder, so the
-        best ones recorded there stay known (the logger starts a new version: its old logs stay)."""
-        folder = Path(ckpt_path).parent
-        if folder.name == "checkpoints" and not config.checkpoint.get("dirpath"):
-            config.checkpoint.dirpath = str(folder)
+    def _continue_in_checkpoint_folder(config, ckpt_path: str, saved_dirpath: str | None) -> None:
+        """Resuming from a checkpoint in the folder its run checkpointed into: new checkpoints go
+        to the same folder, so the best ones recorded there stay known (the logger starts a new
+        version, so its old logs stay)."""
+        folder = os.path.realpath(os.path.dirname(os.path.abspath(ckpt_path)))
+        if config.checkpoint.get("dirpath") or not saved_dirpath or os.path.realpath(saved_dirpath) != folder:
+            return
+        config.checkpoint.dirpath = saved_dirpath
 
     @staticmethod
     def _pretrained_class_names(subcommand: str, config) -> list[str] | None:
-        """The classes of pretrained weights used without a checkpoint."""
+        """The classes of weights used without --ckpt_path: a checkpoint's own (so the data
+        folder is checked against them), ImageNet's for predict / export with ImageNet weights,
+        else the data folder's (None)."""
         weights = config.model.weights
+        names = (checkpoint_hparams(weights) or {}).get("class_names")
+        if names:
+            return list(names)
+        if subcommand not in ("predict", "export") or not weights:
+            return None
         if weights == "imagenet":
             return list(imagenet_categories())
-        if isinstance(weights, str) and weights.endswith(".ckpt") and os.path.isfile(weights):
-            names = torch.load(weights, weights_only=True, map_location="cpu").get("hyper_parameters", {}).get("class_names")
-            if names:
-                return list(names)
         if config.data.root:
             return None  # the folder's class folders name the classes
         raise ValueError(f"{subcommand}: the class names of {weights} are unknown: pass --ckpt_path of a trained "
                          f"checkpoint, --data.class_names [...], or --data.root with one folder per class")  # fmt: skip
 
-    def _apply_checkpoint_hparams(self, subcommand: str, ckpt_path: str) -> None:
+    def _apply_checkpoint_hparams(self, subcommand: str, ckpt_path: str) -> str | None:
+        """Take the model settings and classes from the checkpoint; returns the folder its run
+        checkpointed into (None if unknown)."""
         try:
             checkpoint = torch.load(ckpt_path, weights_only=True, map_location="cpu")
         except Exception as e:
             raise ValueError(f"--ckpt_path {ckpt_path} is not a readable checkpoint ({type(e).__name__}): "
                              f"pick another file, e.g. the run's last.ckpt") from None  # fmt: skip
+        saved_dirpath = next((state.get("dirpath") for key, state in checkpoint.get("callbacks", {}).items()
+                              if "Checkpoint" in key and isinstance(state, dict)), None)  # fmt: skip
         saved = checkpoint.get("hyper_parameters", {})
         hparams = {
             k: v for k, v in saved.items()
@@ -220,10 +240,10 @@ class EffNetCLI(LightningCLI):
             # The data must have the checkpoint's classes (checked by the data module), and
             # predict / export label with them.
             self.config[subcommand].data.class_names = list(saved["class_names"])
-        if not hparams:
-            return
-        hparams["weights"] = None  # the checkpoint carries the trained weights
-        self.config = self.parser.parse_object({subcommand: {"model": hparams}}, self.config)
+        if hparams:
+            hparams["weights"] = None  # the checkpoint carries the trained weights
+            self.config = self.parser.parse_object({subcommand: {"model": hparams}}, self.config)
+        return saved_dirpath
 
 
 def main(args: list[str] | None = None) -> EffNetCLI | None:

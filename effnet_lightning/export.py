@@ -75,33 +75,27 @@ def export_model(
     opset: int | None = None,
     source: str | None = None,
 ) -> dict:
-    """Write the chosen formats and model.json into output_dir; returns the JSON's content.
-    Raises ValueError, leaving output_dir as it was, when a reloaded export's logits differ by
-    more than `tolerance`."""
+    """Write the chosen formats and model.json into output_dir (other files there stay); returns
+    the JSON's content. Raises ValueError, writing nothing, when a reloaded export's logits
+    differ by more than `tolerance`."""
     unknown = set(formats) - set(FORMATS)
     if unknown or not formats:
         what = f"unknown export formats {sorted(unknown)}" if unknown else "no export format given"
         raise ValueError(f"{what}: choose from {', '.join(FORMATS)}")
-    out = Path(output_dir)
-    # Written into a sibling folder and moved into place once every check has passed: a failed
-    # export never replaces a good one.
-    out.parent.mkdir(parents=True, exist_ok=True)
-    work = out.parent / f".{out.name}.partial-{os.getpid()}"
+    out = Path(output_dir).expanduser()
+    # Written into a hidden side folder and moved into output_dir file by file once every check
+    # has passed: a failed export replaces nothing, and other files in output_dir are left alone.
+    out.mkdir(parents=True, exist_ok=True)
+    work = out / f".export-partial-{os.getpid()}"
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir()
     try:
         info = _export_into(work, out, model, variant, class_names, preprocessing, model_options, formats, tolerance,
                             opset, source)  # fmt: skip
-    except BaseException:
+        for name in [*info["files"].values(), "model.json"]:
+            os.replace(work / name, out / name)
+    finally:
         shutil.rmtree(work, ignore_errors=True)
-        raise
-    if out.exists():
-        old = out.parent / f".{out.name}.old-{os.getpid()}"
-        os.replace(out, old)
-        os.replace(work, out)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(work, out)
     print(f"export: done, {len(info['files'])} formats in {out} (class names and preprocessing in {out / 'model.json'})")
     return info
 

@@ -116,6 +116,7 @@ class EfficientNetModule(L.LightningModule):
             for bn in self.batchnorms:
                 bn.requires_grad_(False)
         self.loss_weights: torch.Tensor | None = None
+        self._trained = False  # set by training or by loading a checkpoint (load_from_checkpoint too)
         self.class_names = list(class_names) if class_names else [str(i) for i in range(num_classes)]
         # Plain types, so the checkpoint loads with torch.load(weights_only=True). The settings the
         # weights chose (SAME padding, BatchNorm eps) are kept, so the checkpoint rebuilds this network.
@@ -223,7 +224,8 @@ class EfficientNetModule(L.LightningModule):
             self.trainer.strategy._ddp_kwargs["find_unused_parameters"] = True
 
     def _require_trained_classifier(self, stage: str) -> None:
-        if self.trainer.ckpt_path is None and not self.model.head_loaded:
+        trained = self.model.head_loaded or self._trained or self.trainer.ckpt_path is not None
+        if not trained:
             raise ValueError(
                 f"{stage}: the network has no trained classifier for these {self.hparams.num_classes} classes (weights: "
                 f"{self.hparams.weights}): pass --ckpt_path of a checkpoint trained on them"
@@ -240,6 +242,7 @@ class EfficientNetModule(L.LightningModule):
         self._require_trained_classifier("predict")
 
     def on_train_start(self) -> None:
+        self._trained = True
         # Lightning logs the hyperparameters given at construction (after on_fit_start); add
         # the resolved input.
         for logger in self.loggers:
@@ -280,6 +283,7 @@ class EfficientNetModule(L.LightningModule):
         return lr
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self._trained = True
         saved = checkpoint.get("hyper_parameters", {}).get("class_names")
         if saved and list(saved) != self.class_names:
             raise ValueError(

@@ -38,17 +38,32 @@ TORCHVISION_TF_BN = {"bn_eps": 1e-3, "bn_momentum": 0.01}
 STRUCTURAL_OPTIONS = ("padding", "bn_eps", "bn_momentum", "activation", "se", "in_channels")
 
 
-def checkpoint_settings(path: str | os.PathLike) -> dict | None:
-    """The network settings a checkpoint of this project recorded (`model_options` in its
-    hyperparameters, e.g. SAME padding for a Lite fine-tune); None for other files."""
-    if Path(path).suffix != ".ckpt":
+def checkpoint_hparams(path) -> dict | None:
+    """The hyperparameters of a Lightning checkpoint of this project (its network settings,
+    preprocessing and class names); None for any other file."""
+    if not isinstance(path, (str, os.PathLike)) or Path(path).suffix != ".ckpt":
         return None
     try:
-        hparams = torch.load(path, weights_only=True, map_location="cpu", mmap=True).get("hyper_parameters") or {}
+        checkpoint = torch.load(Path(path).expanduser(), weights_only=True, map_location="cpu", mmap=True)
     except Exception:
-        return None  # read_state_dict has already said what is wrong with a bad file
-    options = hparams.get("model_options") or {}
-    return {k: v for k, v in options.items() if k in STRUCTURAL_OPTIONS} if "model_options" in hparams else None
+        return None  # read_state_dict says what is wrong with a bad file
+    hparams = checkpoint.get("hyper_parameters") if isinstance(checkpoint, dict) else None
+    return hparams if isinstance(hparams, dict) else None
+
+
+def checkpoint_settings(path) -> dict | None:
+    """The network settings a checkpoint of this project recorded (`model_options`, e.g. SAME
+    padding for a Lite fine-tune); None for other files."""
+    hparams = checkpoint_hparams(path)
+    if hparams is None or "model_options" not in hparams:
+        return None
+    return {k: v for k, v in (hparams["model_options"] or {}).items() if k in STRUCTURAL_OPTIONS}
+
+
+def checkpoint_preprocessing(path) -> Preprocessing | None:
+    """The input a checkpoint of this project was trained on; None for other files."""
+    saved = (checkpoint_hparams(path) or {}).get("preprocessing")
+    return Preprocessing.from_dict(saved) if saved else None
 
 
 def layout_settings(layout: str, variant: Variant) -> dict:
@@ -146,11 +161,12 @@ def _lite_package_source(variant: Variant) -> PretrainedSource:
 
 
 def preprocessing_for(variant: str | Variant, weights=None) -> Preprocessing:
-    """The input the model will expect: the ImageNet source's, else the variant's default."""
+    """The input the model will expect: the ImageNet source's, a checkpoint's own, else the
+    variant's default."""
     v = get_variant(variant)
     if isinstance(weights, str) and weights.lower() == "imagenet":
         return imagenet_source(v).preprocessing
-    return Preprocessing.for_resolution(v.resolution)
+    return checkpoint_preprocessing(weights) or Preprocessing.for_resolution(v.resolution)
 
 
 def create_model(
@@ -188,6 +204,7 @@ def create_model(
     elif isinstance(weights, (str, os.PathLike)):
         state_dict, source = read_state_dict(weights), str(weights)
         settings = checkpoint_settings(weights)
+        preprocessing = checkpoint_preprocessing(weights) or preprocessing
     elif weights is not None:
         raise WeightsError(f"weights must be None, 'imagenet', a file path or a state dict, got {type(weights).__name__}")
     if settings is None:

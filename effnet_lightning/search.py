@@ -289,12 +289,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--base-resolution", type=int, default=None, help="default: the config's data.image_size")
     parser.add_argument("--output-dir", default="runs/scale_search")
     args = parser.parse_args(own)
-    owned = ("--model.variant", "--data.image_size", "--trainer.default_root_dir") + (
+    owned = ("--model.variant", "--data.image_size", "--trainer.default_root_dir", "--config", "-c", "--ckpt_path") + (
         ("--trainer.max_epochs",) if args.epochs is not None else ())
     for arg in fit_args:
         if arg.split("=")[0] in owned:
             raise ValueError(f"{arg.split('=')[0]} is set per candidate by the search: leave it out of the fit "
-                             f"arguments (the base size is --base-resolution or the config's data.image_size)")  # fmt: skip
+                             f"arguments (base configs go before --; the base size is --base-resolution or the "
+                             f"config's data.image_size)")  # fmt: skip
     for path in args.config:
         if not Path(path).is_file():
             raise FileNotFoundError(f"--config {path}: no such file")

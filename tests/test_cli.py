@@ -91,6 +91,15 @@ def test_resume_from_last_continues_at_the_same_step_with_the_same_optimizer_sta
     assert (tmp_path / after["checkpoint_dir"]).resolve() == (tmp_path / record["checkpoint_dir"]).resolve()
     assert after["best_score"] >= record["best_score"] and (tmp_path / after["best_model_path"]).is_file()
     assert "val/acc" in (tmp_path / "runs" / "version_0" / "metrics.csv").read_text()
+    # a best checkpoint deleted since: the next resume forgets it
+    (tmp_path / after["best_model_path"]).unlink()
+    run_cli(["fit", "--ckpt_path", "last", *args, "--trainer.max_epochs", "4"], tmp_path)
+    final = json.loads((tmp_path / "runs" / "latest_fit.json").read_text())
+    assert (tmp_path / final["best_model_path"]).is_file() and final["best_model_path"] != after["best_model_path"]
+    # the recorded last checkpoint deleted: a clear error, not a silent fresh start
+    (tmp_path / final["last_model_path"]).unlink()
+    out = run_cli(["fit", "--ckpt_path", "last", *args], tmp_path, check=False)
+    assert out.returncode == 2 and "the recorded checkpoint" in out.stderr and "is missing" in out.stderr
 
 
 @pytest.mark.slow

@@ -12,6 +12,7 @@ from cli_helpers import CSV, ROOT, fit_summary, printed_metric, run_cli
 from effnet_lightning import demo_data
 from effnet_lightning.data import ImageFolderDataModule
 from effnet_lightning.module import EfficientNetModule
+from effnet_lightning.pretrained import preprocessing_for
 
 
 @pytest.fixture(scope="module")
@@ -138,7 +139,9 @@ def test_checkpoints_of_lite_fine_tunes_rebuild_the_same_network(tmp_path):
     """The Lite weights need SAME padding and TF BatchNorm: a checkpoint records them, so test,
     predict, export and fine-tuning from the checkpoint rebuild the network they trained."""
     torch.manual_seed(0)
-    tuned = EfficientNetModule("lite0", weights="imagenet", num_classes=3, class_names=["a", "b", "c"]).eval()
+    crop128 = preprocessing_for("lite0", "imagenet").resized(128).to_dict()  # trained at 128 px
+    tuned = EfficientNetModule("lite0", weights="imagenet", num_classes=3, class_names=["a", "b", "c"],
+                               preprocessing=crop128).eval()  # fmt: skip
     tuned.model.classifier.weight.data.normal_()
     hp = dict(tuned.hparams)
     assert hp["model_options"] == {"padding": "same", "bn_eps": 1e-3, "bn_momentum": 0.01}
@@ -152,3 +155,15 @@ def test_checkpoints_of_lite_fine_tunes_rebuild_the_same_network(tmp_path):
         assert torch.equal(rebuilt(x), expected)
         again = EfficientNetModule("lite0", weights=str(path), num_classes=3).eval()  # fine-tuning from it
         assert torch.equal(again(x), expected) and again.hparams["model_options"] == hp["model_options"]
+    # ... and its input: the checkpoint's crop size and the Lite normalisation, not the variant's defaults
+    assert again.hparams["preprocessing"] == crop128 == preprocessing_for("lite0", str(path)).to_dict()
+
+
+def test_evaluating_needs_a_trained_classifier_but_a_trained_module_in_python_is_fine(small_root):
+    data = _datamodule(small_root)
+    fresh = EfficientNetModule("b0", num_classes=10, class_names=data.class_names)
+    with pytest.raises(ValueError, match="test: the network has no trained classifier for these 10 classes"):
+        _tiny_trainer(1).test(fresh, datamodule=data)
+    trainer = _tiny_trainer(1)
+    trainer.fit(fresh, datamodule=data)
+    trainer.test(fresh, datamodule=data)  # trained in this process: allowed

@@ -238,16 +238,18 @@ def test_predict_needs_images_and_known_class_names(trained, small_root, tmp_pat
                     "pass --ckpt_path of a checkpoint trained on them")
 
 
-def test_a_failed_export_leaves_the_previous_export_in_place(tmp_path):
+def test_a_failed_export_replaces_nothing_and_an_export_touches_only_its_files(tmp_path):
     out = tmp_path / "deploy"
     out.mkdir()
     (out / "model.json").write_text("the previous export")
+    (out / "notes.txt").write_text("the user's")
     model = randomise_batchnorm(create_model("b0", num_classes=3)).eval()
-    with pytest.raises(ValueError, match="nothing was written to"):
-        export_model(model, out, variant="b0", class_names=["a", "b", "c"], preprocessing=model.preprocessing.resized(64).to_dict(),
-                     formats=["safetensors"], tolerance=-1.0)  # fmt: skip  # every check fails
-    assert (out / "model.json").read_text() == "the previous export" and sorted(p.name for p in tmp_path.iterdir()) == ["deploy"]
-    info = export_model(model, out, variant="b0", class_names=["a", "b", "c"],
-                        preprocessing=model.preprocessing.resized(64).to_dict(), formats=["safetensors"])  # fmt: skip
-    assert json.loads((out / "model.json").read_text()) == info and sorted(p.name for p in out.iterdir()) == [
-        "model.json", "model.safetensors"]  # fmt: skip
+    pre = model.preprocessing.resized(64).to_dict()
+    with pytest.raises(ValueError, match="nothing was written to"):  # tolerance -1: every check fails
+        export_model(model, out, variant="b0", class_names=["a", "b", "c"], preprocessing=pre, formats=["safetensors"],
+                     tolerance=-1.0)  # fmt: skip
+    assert sorted(p.name for p in out.iterdir()) == ["model.json", "notes.txt"]
+    assert (out / "model.json").read_text() == "the previous export"
+    info = export_model(model, out, variant="b0", class_names=["a", "b", "c"], preprocessing=pre, formats=["safetensors"])
+    assert json.loads((out / "model.json").read_text()) == info and (out / "notes.txt").read_text() == "the user's"
+    assert sorted(p.name for p in out.iterdir()) == ["model.json", "model.safetensors", "notes.txt"]

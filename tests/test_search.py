@@ -59,5 +59,6 @@ def test_bad_search_arguments_are_one_line_errors(tmp_path):
     assert out.returncode == 2 and out.stderr.strip().splitlines()[-1] == "error: --config missing.yaml: no such file"
     out = run_cli(["scale-search", "--tolerance", "2"], tmp_path, check=False)
     assert out.stderr.strip().splitlines()[-1] == "error: need --budget > 0, 0 < --tolerance < 1 and --workers >= 1"
-    out = run_cli(["scale-search", "--", "--data.image_size=128"], tmp_path, check=False)
-    assert out.stderr.strip().splitlines()[-1].startswith("error: --data.image_size is set per candidate by the search")
+    for arg in ("--data.image_size=128", "--config"):
+        out = run_cli(["scale-search", "--", arg, "x"], tmp_path, check=False)
+        assert out.stderr.strip().splitlines()[-1].startswith(f"error: {arg.split('=')[0]} is set per candidate by")
