@@ -31,10 +31,13 @@ def read_run_record(root_dir: str | os.PathLike) -> dict | None:
         return None
 
 
-def _write_json_atomically(path: Path, data: dict) -> None:
+def write_atomically(path: Path, write) -> None:
+    """Call write(file) on a temporary file next to `path`, then move it into place: readers
+    see the old content or the new one, never a half-written file."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w", newline="") as f:
+        write(f)
     os.replace(tmp, path)
 
 
@@ -43,8 +46,6 @@ class Checkpoint(ModelCheckpoint):
     writes it only together with a new top-k checkpoint, so after an epoch that did not
     improve the monitored metric, "last" would be an older state and a resume would lose work),
     and that every save updates <default_root_dir>/latest_fit.json."""
-
-    _last_saved_step = -1
 
     def _save_checkpoint(self, trainer, filepath: str) -> None:
         super()._save_checkpoint(trainer, filepath)
@@ -85,20 +86,13 @@ class Checkpoint(ModelCheckpoint):
             self.best_model_path, self.best_model_score, self.kth_best_model_path = "", None, ""
             self.kth_value = torch.tensor(torch.inf if self.mode == "min" else -torch.inf)
 
-    def _save_last_checkpoint(self, trainer, monitor_candidates):
-        super()._save_last_checkpoint(trainer, monitor_candidates)
-        self._last_saved_step = trainer.global_step
-
-    def _keep_last_current(self, trainer) -> None:
-        due = self._last_saved_step != trainer.global_step
-        if self.save_last and due and not self._should_skip_saving_checkpoint(trainer):
-            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
-
     def on_train_epoch_end(self, trainer, pl_module):
-        # After the epoch's validation and top-k choice: saving earlier would make Lightning
-        # skip the top-k checkpoint of this step.
+        # After the epoch's validation and top-k choice (saving earlier would make Lightning skip
+        # the top-k checkpoint of this step). Lightning writes "last" with every save, so nothing
+        # saved at this step (its skip check) means "last" is out of date.
         super().on_train_epoch_end(trainer, pl_module)
-        self._keep_last_current(trainer)
+        if self.save_last and not self._should_skip_saving_checkpoint(trainer):
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
 
 
 def record_fit(trainer, finished: bool) -> dict:
@@ -114,7 +108,8 @@ def record_fit(trainer, finished: bool) -> dict:
         "last_model_path": ckpt.last_model_path if ckpt else "",
     }
     if trainer.is_global_zero:
-        _write_json_atomically(run_record_path(trainer.default_root_dir), record)
+        text = json.dumps(record, indent=2) + "\n"
+        write_atomically(run_record_path(trainer.default_root_dir), lambda f: f.write(text))
     return record
 
 

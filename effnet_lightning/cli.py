@@ -225,7 +225,7 @@ class EffNetCLI(LightningCLI):
         """Take the model settings and classes from the checkpoint; returns the folder its run
         checkpointed into (None if unknown)."""
         try:
-            checkpoint = torch.load(ckpt_path, weights_only=True, map_location="cpu")
+            checkpoint = torch.load(ckpt_path, weights_only=True, map_location="cpu", mmap=True)  # settings only
         except Exception as e:
             raise ValueError(f"--ckpt_path {ckpt_path} is not a readable checkpoint ({type(e).__name__}): "
                              f"pick another file, e.g. the run's last.ckpt") from None  # fmt: skip

@@ -48,12 +48,7 @@ def list_images(folder: Path, classes: list[str]) -> list[tuple[str, int]]:
         class_dir = folder / name
         if not class_dir.is_dir():
             continue
-        files = sorted(
-            p for p in class_dir.rglob("*")
-            if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()
-            and not any(part.startswith(".") for part in p.relative_to(class_dir).parts)
-        )  # fmt: skip
-        samples += [(str(p), index) for p in files]
+        samples += [(path, index) for path in list_all_images(class_dir)]
     return samples
 
 
@@ -74,11 +69,11 @@ def stratified_split(samples: list[tuple[str, int]], val_fraction: float, seed: 
 
 def list_all_images(folder: Path) -> list[str]:
     """Every image under folder, at any depth, sorted; hidden files and folders are skipped."""
-    return sorted(
-        str(p) for p in folder.rglob("*")
+    return [str(p) for p in sorted(
+        p for p in folder.rglob("*")
         if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()
         and not any(part.startswith(".") for part in p.relative_to(folder).parts)
-    )  # fmt: skip
+    )]  # fmt: skip
 
 
 def load_rgb(path: str) -> Image.Image:
@@ -98,7 +93,8 @@ def load_rgb(path: str) -> Image.Image:
             return Image.fromarray(np.clip(array / peak * 255.0 + 0.5, 0, 255).astype(np.uint8)).convert("RGB")
         if img.mode == "F":
             array = np.asarray(img, dtype=np.float64)
-            return Image.fromarray(np.clip(array * (255.0 if array.max() <= 1 else 1.0), 0, 255).astype(np.uint8)).convert("RGB")
+            scaled = np.clip(array * (255.0 if array.max() <= 1 else 1.0), 0, 255).astype(np.uint8)
+            return Image.fromarray(scaled).convert("RGB")
         return img.convert("RGB")
 
 

@@ -18,7 +18,7 @@ from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionM
 
 from effnet_lightning.optim import Optimizer, Schedule, lr_lambda, make_optimizer, param_groups, scale_lr
 from effnet_lightning.preprocessing import Preprocessing
-from effnet_lightning.pretrained import STRUCTURAL_OPTIONS, create_model
+from effnet_lightning.pretrained import create_model
 
 STAGES = ("train", "val", "test")
 
@@ -121,8 +121,7 @@ class EfficientNetModule(L.LightningModule):
         # Plain types, so the checkpoint loads with torch.load(weights_only=True). The settings the
         # weights chose (SAME padding, BatchNorm eps) are kept, so the checkpoint rebuilds this network.
         self.hparams["preprocessing"] = self.model.preprocessing.to_dict()
-        settings = {k: v for k, v in self.model.build_options.items() if k in STRUCTURAL_OPTIONS}
-        self.hparams["model_options"] = {**settings, **(model_options or {})} or None
+        self.hparams["model_options"] = {**self.model.build_options, **(model_options or {})} or None
         self.metrics = nn.ModuleDict({f"{stage}_metrics": self._make_metrics(num_classes, stage) for stage in STAGES})
         self.val_confusion = MulticlassConfusionMatrix(num_classes)
         self.test_confusion = MulticlassConfusionMatrix(num_classes)

@@ -51,18 +51,17 @@ def checkpoint_hparams(path) -> dict | None:
     return hparams if isinstance(hparams, dict) else None
 
 
-def checkpoint_settings(path) -> dict | None:
-    """The network settings a checkpoint of this project recorded (`model_options`, e.g. SAME
-    padding for a Lite fine-tune); None for other files."""
-    hparams = checkpoint_hparams(path)
+def checkpoint_settings(hparams: dict | None) -> dict | None:
+    """The network settings a checkpoint recorded (`model_options`, e.g. SAME padding for a
+    Lite fine-tune), from its hyperparameters; None when it recorded none."""
     if hparams is None or "model_options" not in hparams:
         return None
     return {k: v for k, v in (hparams["model_options"] or {}).items() if k in STRUCTURAL_OPTIONS}
 
 
-def checkpoint_preprocessing(path) -> Preprocessing | None:
-    """The input a checkpoint of this project was trained on; None for other files."""
-    saved = (checkpoint_hparams(path) or {}).get("preprocessing")
+def checkpoint_preprocessing(hparams: dict | None) -> Preprocessing | None:
+    """The input a checkpoint was trained on, from its hyperparameters; None when unknown."""
+    saved = (hparams or {}).get("preprocessing")
     return Preprocessing.from_dict(saved) if saved else None
 
 
@@ -166,7 +165,7 @@ def preprocessing_for(variant: str | Variant, weights=None) -> Preprocessing:
     v = get_variant(variant)
     if isinstance(weights, str) and weights.lower() == "imagenet":
         return imagenet_source(v).preprocessing
-    return checkpoint_preprocessing(weights) or Preprocessing.for_resolution(v.resolution)
+    return checkpoint_preprocessing(checkpoint_hparams(weights)) or Preprocessing.for_resolution(v.resolution)
 
 
 def create_model(
@@ -203,8 +202,9 @@ def create_model(
         state_dict, source = weights, "state dict"
     elif isinstance(weights, (str, os.PathLike)):
         state_dict, source = read_state_dict(weights), str(weights)
-        settings = checkpoint_settings(weights)
-        preprocessing = checkpoint_preprocessing(weights) or preprocessing
+        hparams = checkpoint_hparams(weights)
+        settings = checkpoint_settings(hparams)
+        preprocessing = checkpoint_preprocessing(hparams) or preprocessing
     elif weights is not None:
         raise WeightsError(f"weights must be None, 'imagenet', a file path or a state dict, got {type(weights).__name__}")
     if settings is None:
@@ -215,7 +215,7 @@ def create_model(
         log.info("loaded %s weights (%s layout) into %s", source, layout, v.name)
     model.preprocessing = preprocessing
     model.weights_source = source
-    # What the network was built with besides the variant: a checkpoint must rebuild it the same way.
-    model.build_options = {**settings, **overrides}
+    # The settings that shape the network besides the variant: a checkpoint must rebuild it the same way.
+    model.build_options = {k: v for k, v in {**settings, **overrides}.items() if k in STRUCTURAL_OPTIONS}
     model.categories = categories if model.num_classes == len(categories) else ()
     return model

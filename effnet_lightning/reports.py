@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 from pathlib import Path
 
 import lightning as L
@@ -14,6 +13,8 @@ import torch.distributed as dist
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.trainer.states import TrainerFn
 
+from effnet_lightning.callbacks import write_atomically
+
 
 def _gather_to_rank_zero(rows: list) -> list:
     if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
@@ -21,13 +22,6 @@ def _gather_to_rank_zero(rows: list) -> list:
         dist.all_gather_object(gathered, rows)
         return [row for part in gathered for row in part]
     return rows
-
-
-def _replace_atomically(path: Path, write) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", newline="") as f:
-        write(f)
-    os.replace(tmp, path)
 
 
 class PredictionWriter(L.Callback):
@@ -85,8 +79,8 @@ class PredictionWriter(L.Callback):
             }, f, indent=1)  # fmt: skip
             f.write("\n")
 
-        _replace_atomically(out / "predictions.csv", write_csv)
-        _replace_atomically(out / "predictions.json", write_json)
+        write_atomically(out / "predictions.csv", write_csv)
+        write_atomically(out / "predictions.json", write_json)
         print(f"predict: {len(rows)} images, top-{k} classes written to {out / 'predictions.csv'} and .json", flush=True)
 
 
@@ -175,8 +169,8 @@ class EvaluationReport(L.Callback):
                         f"{fmt(r['precision'])} | {fmt(r['f1'])} |\n")  # fmt: skip
             f.write(f"\n![confusion matrix]({Path(prefix).name}-confusion.png)\n")
 
-        _replace_atomically(Path(f"{prefix}-per-class.csv"), write_csv)
-        _replace_atomically(Path(f"{prefix}-report.md"), write_md)
+        write_atomically(Path(f"{prefix}-per-class.csv"), write_csv)
+        write_atomically(Path(f"{prefix}-report.md"), write_md)
         fig = confusion_figure(matrix, names, f"{stage}: accuracy {overall:.4f} on {total} images")
         fig.savefig(f"{prefix}-confusion.png")
         import matplotlib.pyplot as plt
