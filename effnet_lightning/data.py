@@ -5,15 +5,19 @@ or  root/<class>/*.jpg                      (split into train/val: seeded, strat
 and predict_root/**/*.jpg                   (any layout: every image once, for `predict`)
 
 With no root, the built-in demo dataset (`demo_data`) is generated on first use.
-Grayscale, palette, RGBA (composited on white) and 16-bit images load as RGB.
+Grayscale, palette, RGBA (composited on white) and 16-bit images load as RGB. Files that are
+not readable images (empty, truncated, another format under an image extension) are skipped
+and listed in the log, or stop the run with `strict`.
 The crop size follows the model variant (b3 -> 300) unless `image_size` overrides it; the
 resize, interpolation and normalisation follow the weights in use.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import random
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Literal
 
@@ -22,7 +26,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
-from PIL import Image
+from lightning.pytorch.utilities import rank_zero_only
+from PIL import Image, UnidentifiedImageError
 from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler, default_collate
 from torchvision.transforms import v2
 
@@ -33,6 +38,8 @@ log = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 DEMO_ROOT = "data/demo"
+# Bad files named in the log; the rest are counted (all of them go to the skipped-files list).
+LISTED_BAD_FILES = 20
 Augment = Literal["none", "autoaugment", "randaugment", "trivialaugment"]
 
 
@@ -68,12 +75,37 @@ def stratified_split(samples: list[tuple[str, int]], val_fraction: float, seed: 
 
 
 def list_all_images(folder: Path) -> list[str]:
-    """Every image under folder, at any depth, sorted; hidden files and folders are skipped."""
+    """Every image under folder, at any depth, sorted; hidden files and folders are skipped.
+    (Dangling links are listed, so the check of the files reports them.)"""
     return [str(p) for p in sorted(
         p for p in folder.rglob("*")
-        if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()
+        if p.suffix.lower() in IMAGE_EXTENSIONS and not p.is_dir()
         and not any(part.startswith(".") for part in p.relative_to(folder).parts)
     )]  # fmt: skip
+
+
+class BadImageError(ValueError):
+    """An image file that cannot be read; the message names the file and what to do."""
+
+
+def image_problem(path: str) -> str | None:
+    """Why `path` is not a readable image, from its header (None: it looks fine). Truncated
+    files pass here and are caught when loaded."""
+    try:
+        with Image.open(path) as img:
+            width, height = img.size
+        return None if width > 0 and height > 0 else "empty image"
+    except UnidentifiedImageError:
+        return "not an image PIL can read" if Path(path).stat().st_size else "empty file"
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+        return f"{type(e).__name__}: {e}"
+
+
+def find_bad_images(paths: list[str], workers: int = 8) -> dict[str, str]:
+    """{path: problem} for the files among `paths` whose headers do not read as an image
+    (threads: the check waits on the disk, not the CPU)."""
+    with ThreadPoolExecutor(workers) as pool:
+        return {path: problem for path, problem in zip(paths, pool.map(image_problem, paths)) if problem}
 
 
 def load_rgb(path: str) -> Image.Image:
@@ -99,18 +131,36 @@ def load_rgb(path: str) -> Image.Image:
 
 
 class ImageFileDataset(Dataset):
-    """(path, label) samples -> (transformed image, label)."""
+    """(path, label) samples -> (transformed image, label).
 
-    def __init__(self, samples: list[tuple[str, int]], transform):
+    A file that fails to load (e.g. a truncated JPEG, which only decoding finds) is replaced by
+    the next sample and named in the log once, so one bad file cannot end a long run; with
+    `strict` it raises `BadImageError` instead.
+    """
+
+    def __init__(self, samples: list[tuple[str, int]], transform, strict: bool = False):
         self.samples = samples
         self.transform = transform
+        self.strict = strict
+        self.failed: set[str] = set()
 
     def __len__(self) -> int:
         return len(self.samples)
 
     def __getitem__(self, index: int):
-        path, label = self.samples[index]
-        return self.transform(load_rgb(path)), label
+        for attempt in range(min(len(self.samples), 10)):
+            path, label = self.samples[(index + attempt) % len(self.samples)]
+            try:
+                return self.transform(load_rgb(path)), label
+            except (OSError, SyntaxError, ValueError) as e:
+                reason = f"{type(e).__name__}: {e}"
+                if self.strict:
+                    raise BadImageError(f"cannot load {path} ({reason}): remove or replace the file, or drop "
+                                        f"--data.strict to skip unreadable files") from None  # fmt: skip
+                if path not in self.failed:
+                    self.failed.add(path)
+                    log.warning("skipping unreadable image %s (%s); using the next image instead", path, reason)
+        raise BadImageError(f"10 images in a row failed to load, the last {path}: check the data folder")
 
 
 def train_transform(
@@ -187,6 +237,9 @@ class ImageFolderDataModule(L.LightningDataModule):
         weighted_sampler: draw training images with probability 1 / (images in their class),
             so every class is seen equally often (for imbalanced data).
         predict_root: folder of images for `predict`, read at any depth.
+        strict: stop at the first file that is not a readable image instead of skipping it.
+        allow_empty_classes: keep class folders without images as classes (a classifier
+            output that never trains); otherwise they are an error.
         class_names: the classes, in order. None: the class folders under root. The CLI sets
             them from a checkpoint, so a folder with other classes is refused rather than
             mislabelled.
@@ -209,6 +262,8 @@ class ImageFolderDataModule(L.LightningDataModule):
         cutmix_alpha: float = 0.0,
         weighted_sampler: bool = False,
         predict_root: str | None = None,
+        strict: bool = False,
+        allow_empty_classes: bool = False,
         class_names: list[str] | None = None,
         preprocessing: dict | None = None,
     ):
@@ -230,6 +285,7 @@ class ImageFolderDataModule(L.LightningDataModule):
         if self.predict_root is not None and not self.predict_root.is_dir():
             raise FileNotFoundError(f"--data.predict_root {self.predict_root} is not a folder: give a folder of images")
         self.splits: dict[str, list[tuple[str, int]]] = {}
+        self.skipped: dict[str, str] = {}  # path: why it is not a readable image
         self.root: Path | None = Path(root).expanduser() if root else None
         if class_names:
             # From a checkpoint: the folder is checked when it is needed (predict and export
@@ -264,10 +320,10 @@ class ImageFolderDataModule(L.LightningDataModule):
             if self.predict_root is None:
                 raise ValueError("predict needs images: pass --data.predict_root DIR")
             if "predict" not in self.splits:
-                paths = list_all_images(self.predict_root)
+                paths = self._readable([(p, 0) for p in list_all_images(self.predict_root)])
                 if not paths:
-                    raise FileNotFoundError(f"no images under --data.predict_root {self.predict_root}")
-                self.splits["predict"] = [(p, i) for i, p in enumerate(paths)]  # label = position
+                    raise FileNotFoundError(f"no readable images under --data.predict_root {self.predict_root}")
+                self.splits["predict"] = [(p, i) for i, (p, _) in enumerate(paths)]  # label = position
                 log.info("predict: %d images under %s", len(paths), self.predict_root)
             return
         if "train" in self.splits:
@@ -277,23 +333,63 @@ class ImageFolderDataModule(L.LightningDataModule):
         hp = self.hparams
         train_dir = self.root / "train"
         if train_dir.is_dir():
-            self.splits["train"] = list_images(train_dir, self.class_names)
             val_dir = self.root / "val"
             if not val_dir.is_dir():
                 raise FileNotFoundError(f"{self.root} has train/ but no val/: add {val_dir} with the same classes")
-            self.splits["val"] = list_images(val_dir, self.class_names)
+            self.splits["train"] = self._readable(list_images(train_dir, self.class_names))
+            self.splits["val"] = self._readable(list_images(val_dir, self.class_names))
         else:
             self.splits["train"], self.splits["val"] = stratified_split(
-                list_images(self.root, self.class_names), hp.val_fraction, hp.seed
+                self._readable(list_images(self.root, self.class_names)), hp.val_fraction, hp.seed
             )
         test_dir = self.root / "test"
-        self.splits["test"] = list_images(test_dir, self.class_names) if test_dir.is_dir() else self.splits["val"]
+        has_test = test_dir.is_dir()
+        self.splits["test"] = self._readable(list_images(test_dir, self.class_names)) if has_test else self.splits["val"]
         for split in ("train", "val"):
             if not self.splits[split]:
-                raise FileNotFoundError(f"no images for {split} under {self.root}")
+                raise FileNotFoundError(f"no readable images for {split} under {self.root}")
+        self._check_empty_classes()
+        digest = self._check_same_on_every_rank()
         counts = ", ".join(f"{k} {len(v)}" for k, v in self.splits.items())
-        log.info("data: %s, %d classes, images: %s, crop %d", self.root, self.num_classes, counts,
-                 self.preprocessing.crop_size)  # fmt: skip
+        log.info("data: %s, %d classes, images: %s, crop %d, listing %s", self.root, self.num_classes, counts,
+                 self.preprocessing.crop_size, digest)  # fmt: skip
+
+    def _readable(self, samples: list[tuple[str, int]]) -> list[tuple[str, int]]:
+        """The samples whose files read as images; the others are listed in the log (or, with
+        `strict`, stop the run)."""
+        bad = find_bad_images([path for path, _ in samples])
+        if not bad:
+            return samples
+        lines = [f"{path} ({problem})" for path, problem in bad.items()]
+        if self.hparams.strict:
+            raise BadImageError(f"{len(bad)} of {len(samples)} files are not readable images, e.g. {lines[0]}: remove "
+                                f"or replace them, or drop --data.strict to skip them")  # fmt: skip
+        more = f"\n  ... and {len(lines) - LISTED_BAD_FILES} more" if len(lines) > LISTED_BAD_FILES else ""
+        _warn(f"skipping {len(bad)} of {len(samples)} files that are not readable images:\n  "
+              + "\n  ".join(lines[:LISTED_BAD_FILES]) + more)
+        self.skipped.update(bad)
+        return [s for s in samples if s[0] not in bad]
+
+    def _check_empty_classes(self) -> None:
+        empty = [name for name, n in zip(self.class_names, self.class_counts()) if n == 0]
+        if not empty:
+            return
+        if not self.hparams.allow_empty_classes:
+            raise ValueError(f"class folder(s) {_preview(empty)} under {self.root} have no training images: add "
+                             f"images, remove the folders, or pass --data.allow_empty_classes true")  # fmt: skip
+        _warn(f"class folder(s) {_preview(empty)} have no training images; their outputs will not learn")
+
+    def _check_same_on_every_rank(self) -> str:
+        """A digest of the classes and splits, compared across processes: every rank must train
+        on the same split with the same class indices (a different file system view on one
+        node would otherwise mislabel silently)."""
+        listing = repr((self.class_names, self.splits["train"], self.splits["val"], self.splits["test"]))
+        digest = hashlib.sha1(listing.encode()).hexdigest()[:12]
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            digests = [None] * dist.get_world_size()
+            dist.all_gather_object(digests, digest)
+            check_same_listing(digests)
+        return digest
 
     def class_counts(self) -> list[int]:
         """Training images per class (after setup)."""
@@ -312,7 +408,7 @@ class ImageFolderDataModule(L.LightningDataModule):
         else:
             transform = eval_transform(self.preprocessing)
         mixing = train and (hp.mixup_alpha > 0 or hp.cutmix_alpha > 0)
-        dataset = ImageFileDataset(self.splits[split], transform)
+        dataset = ImageFileDataset(self.splits[split], transform, strict=hp.strict)
         sampler = None
         if train and hp.weighted_sampler:
             # Lightning wraps it in a distributed sampler under DDP.
@@ -347,6 +443,19 @@ class ImageFolderDataModule(L.LightningDataModule):
 
     def predict_dataloader(self) -> DataLoader:
         return self._loader("predict", train=False)
+
+
+def check_same_listing(digests: list[str]) -> None:
+    """Raise unless every rank's data digest equals rank 0's."""
+    differ = [rank for rank, d in enumerate(digests) if d != digests[0]]
+    if differ:
+        raise ValueError(f"processes {differ} see other files or classes than process 0 (data digests {digests}): "
+                         f"give every process the same --data.root contents")  # fmt: skip
+
+
+@rank_zero_only
+def _warn(message: str) -> None:
+    log.warning(message)
 
 
 def _preview(names, n: int = 5) -> str:

@@ -1,8 +1,18 @@
+from pathlib import Path
+
 import pytest
 import torch
 from PIL import Image
 
-from effnet_lightning.data import ImageFolderDataModule, eval_transform, list_images, load_rgb, stratified_split
+from effnet_lightning.data import (
+    BadImageError,
+    ImageFolderDataModule,
+    check_same_listing,
+    eval_transform,
+    list_images,
+    load_rgb,
+    stratified_split,
+)
 from effnet_lightning.preprocessing import Preprocessing
 
 
@@ -135,3 +145,64 @@ def test_predict_images_at_any_depth_and_classes_given_by_a_checkpoint(tmp_path)
     with pytest.raises(ValueError, match=r"has classes \['ant', 'bee', 'cat'\] but the model was trained on \['a', 'b'\]"):
         ImageFolderDataModule(root=str(tmp_path / "labelled"), class_names=["a", "b"])
     assert ImageFolderDataModule(root=str(tmp_path / "labelled"), class_names=["ant", "bee", "cat"]).num_classes == 3
+
+
+def test_bad_files_are_skipped_and_listed_odd_modes_load_and_hidden_folders_are_ignored(bad_folder, caplog):
+    root, kinds = bad_folder
+    dm = ImageFolderDataModule(root=str(root), image_size=32, batch_size=4, num_workers=0, val_fraction=0.25)
+    assert dm.class_names == ["ant", "bee", "cat"]  # .cache is hidden: not a class
+    with caplog.at_level("WARNING"):
+        dm.setup("fit")
+    header_bad = {k: v for k, v in kinds.items() if k != "truncated"}  # a truncated file has a good header
+    assert {Path(p).name: why for p, why in dm.skipped.items()} == {
+        "empty.jpg": "empty file", "text.png": "not an image PIL can read",
+        "dangling.jpg": dm.skipped[str(root / "ant" / "dangling.jpg")], **({"locked.png": dm.skipped.get(str(
+            root / "ant" / "locked.png"))} if "unreadable" in kinds else {})}  # fmt: skip
+    assert "FileNotFoundError" in dm.skipped[str(root / "ant" / "dangling.jpg")]
+    n_listed = 3 * 6 + 5 + len(header_bad)  # good, odd modes + truncated, bad
+    assert f"skipping {len(header_bad)} of {n_listed} files that are not readable images" in caplog.text
+    listed = {Path(p).name for split in ("train", "val") for p, _ in dm.splits[split]}
+    assert listed.isdisjoint({".thumb.png", "skip.png", "notes.txt", *header_bad.values()})
+    assert {"cmyk.jpg", "rgba.png", "deep.png", "gray.png", "truncated.jpg"} <= listed
+    assert sum(dm.class_counts()) + len(dm.splits["val"]) == n_listed - len(header_bad)
+    # every sample loads as a 3-channel tensor; the truncated JPEG is replaced by the next image
+    dataset = dm.train_dataloader().dataset
+    dataset.samples = dataset.samples + dm.splits["val"]
+    with caplog.at_level("WARNING"):
+        images = [dataset[i][0] for i in range(len(dataset))]
+    assert {tuple(x.shape) for x in images} == {(3, 32, 32)}
+    assert [Path(p).name for p in dataset.failed] == ["truncated.jpg"]
+    assert "skipping unreadable image" in caplog.text and "truncated.jpg" in caplog.text
+
+
+def test_strict_mode_stops_at_bad_files(bad_folder):
+    root, _ = bad_folder
+    dm = ImageFolderDataModule(root=str(root), strict=True)
+    with pytest.raises(BadImageError, match=r"files are not readable images, e\.g\. .*dangling\.jpg .*drop --data\.strict"):
+        dm.setup("fit")
+    for name in ("empty.jpg", "text.png", "dangling.jpg", "locked.png"):
+        (root / "ant" / name).unlink(missing_ok=True)
+    dm = ImageFolderDataModule(root=str(root), strict=True, image_size=32, val_fraction=0.25)
+    dm.setup("fit")  # the truncated JPEG only fails when decoded
+    dataset = dm.train_dataloader().dataset
+    index = [Path(p).name for p, _ in dataset.samples + dm.splits["val"]].index("truncated.jpg")
+    dataset.samples = dataset.samples + dm.splits["val"]
+    with pytest.raises(BadImageError, match=r"cannot load .*truncated\.jpg \(OSError: image file is truncated"):
+        dataset[index]
+
+
+def test_an_empty_class_folder_is_an_error_unless_allowed(tmp_path):
+    make_folder(tmp_path)
+    (tmp_path / "dog").mkdir()
+    with pytest.raises(ValueError, match=r"class folder\(s\) \['dog'\] under .* have no training images: .*"
+                                         r"--data.allow_empty_classes true"):
+        ImageFolderDataModule(root=str(tmp_path)).setup("fit")
+    dm = ImageFolderDataModule(root=str(tmp_path), allow_empty_classes=True)
+    dm.setup("fit")
+    assert dm.num_classes == 4 and dm.class_counts() == [8, 8, 8, 0]
+
+
+def test_processes_that_see_other_files_are_refused():
+    check_same_listing(["a1b2", "a1b2"])
+    with pytest.raises(ValueError, match=r"processes \[1\] see other files or classes than process 0"):
+        check_same_listing(["a1b2", "ffff"])
