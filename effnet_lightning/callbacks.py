@@ -15,6 +15,9 @@ from lightning.pytorch.callbacks import ModelCheckpoint, WeightAveraging
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_only
+from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+from effnet_lightning.guards import write_atomically
 
 RUN_RECORD = "latest_fit.json"
 
@@ -31,21 +34,21 @@ def read_run_record(root_dir: str | os.PathLike) -> dict | None:
         return None
 
 
-def write_atomically(path: Path, write) -> None:
-    """Call write(file) on a temporary file next to `path`, then move it into place: readers
-    see the old content or the new one, never a half-written file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", newline="") as f:
-        write(f)
-    os.replace(tmp, path)
-
-
 class Checkpoint(ModelCheckpoint):
     """Lightning's ModelCheckpoint, except that `last.ckpt` follows every epoch (Lightning
     writes it only together with a new top-k checkpoint, so after an epoch that did not
     improve the monitored metric, "last" would be an older state and a resume would lose work),
-    and that every save updates <default_root_dir>/latest_fit.json."""
+    that a fit stopped by SIGTERM or Ctrl+C writes `last.ckpt` where it stopped, and that every
+    save updates <default_root_dir>/latest_fit.json."""
+
+    def on_exception(self, trainer, pl_module, exception):
+        # Lightning stops for a signal at a batch boundary (a consistent state, agreed by all
+        # processes); any other error may leave broken weights, which must not replace `last`.
+        if not isinstance(exception, SIGTERMException) or trainer.state.fn != TrainerFn.FITTING or not self.save_last:
+            return
+        self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+        _say(f"fit stopped by a signal at step {trainer.global_step} (epoch {trainer.current_epoch}): saved "
+             f"{self.last_model_path}; resume with `python cli.py fit ... --ckpt_path last`")  # fmt: skip
 
     def _save_checkpoint(self, trainer, filepath: str) -> None:
         super()._save_checkpoint(trainer, filepath)
@@ -122,6 +125,9 @@ class FitSummary(L.Callback):
         self.train_time, self.train_images = 0.0, 0
         record_fit(trainer, finished=False)
 
+    def on_train_start(self, trainer, pl_module):
+        self.batch_start = time.perf_counter()  # (a resume in mid-epoch has no epoch start)
+
     def on_train_epoch_start(self, trainer, pl_module):
         self.batch_start = time.perf_counter()
 
@@ -139,14 +145,16 @@ class FitSummary(L.Callback):
         rate = self.train_images * trainer.world_size / self.train_time if self.train_time else 0.0
         score = record["best_score"]
         best = f"{score:.4f}" if score is not None else "n/a"
-        self._print(
+        _say(
             f"fit done: best val/acc {best} at {record['best_model_path'] or 'no checkpoint'}, "
             f"wall time {_format_duration(wall)}, training {rate:.1f} img/s"
         )
 
-    @rank_zero_only
-    def _print(self, line: str) -> None:
-        print(line, flush=True)
+
+@rank_zero_only
+def _say(line: str) -> None:
+    print(line, flush=True)
+
 
 def _format_duration(seconds: float) -> str:
     minutes, s = divmod(int(round(seconds)), 60)
@@ -252,6 +260,7 @@ class EMA(WeightAveraging):
 
     def on_validation_epoch_start(self, trainer, pl_module):
         super().on_validation_epoch_start(trainer, pl_module)  # the EMA weights in, the raw ones aside
+        self._swapped = self._average_model is not None
         self._raw = torch.zeros(3, dtype=torch.float64, device=pl_module.device)  # loss sum, correct, images
 
     def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
@@ -272,6 +281,13 @@ class EMA(WeightAveraging):
                 pl_module.log("val/acc_raw", float(totals[1] / totals[2]), sync_dist=False)
                 pl_module.log("val/loss_raw", float(totals[0] / totals[2]), sync_dist=False)
         super().on_validation_epoch_end(trainer, pl_module)  # the raw weights back
+        self._swapped = False
+
+    def on_exception(self, trainer, pl_module, exception):
+        # Stopped during validation: the raw weights back before a checkpoint is written.
+        if getattr(self, "_swapped", False):
+            self._swap_models(pl_module)
+            self._swapped = False
 
     def on_save_checkpoint(self, trainer, pl_module, checkpoint):
         if self._average_model is not None:

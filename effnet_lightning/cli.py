@@ -16,7 +16,9 @@ count and names follow the data, or the checkpoint when one is given.
 
 from __future__ import annotations
 
+import logging
 import os
+import signal
 import sys
 import warnings
 from pathlib import Path
@@ -25,11 +27,22 @@ import torch
 from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.plugins.io import CheckpointIO
 from lightning.pytorch.utilities import rank_zero_only, rank_zero_warn
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from effnet_lightning.callbacks import EMA, Checkpoint, FitSummary, WandbValidationReport, read_run_record, run_record_path
 from effnet_lightning.data import ImageFolderDataModule
 from effnet_lightning.export import FORMATS, Format, export_model
+from effnet_lightning.guards import (
+    AtomicCheckpointIO,
+    GracefulInterrupt,
+    NonFiniteLossError,
+    ProcessWatchdog,
+    ResumableRNG,
+    StopOnNonFiniteLoss,
+    received_signal,
+)
 from effnet_lightning.module import EfficientNetModule
 from effnet_lightning.pretrained import checkpoint_hparams, imagenet_categories, preprocessing_for
 from effnet_lightning.reports import EvaluationReport, PredictionWriter
@@ -46,6 +59,14 @@ PRETRAINED = "pretrained"
 
 
 class EffNetTrainer(Trainer):
+    def __init__(self, *args, **kwargs):
+        # Checkpoints are written atomically unless another CheckpointIO is given.
+        plugins = kwargs.get("plugins") or []
+        plugins = list(plugins) if isinstance(plugins, (list, tuple)) else [plugins]
+        if not any(isinstance(p, CheckpointIO) for p in plugins):
+            kwargs["plugins"] = [*plugins, AtomicCheckpointIO()]
+        super().__init__(*args, **kwargs)
+
     def export(
         self,
         model: EfficientNetModule,
@@ -116,6 +137,10 @@ class EffNetCLI(LightningCLI):
         parser.add_lightning_class_args(EMA, "ema")
         parser.add_lightning_class_args(EvaluationReport, "report")
         parser.add_lightning_class_args(PredictionWriter, "predictions")
+        parser.add_lightning_class_args(GracefulInterrupt, "interrupt")
+        parser.add_lightning_class_args(ResumableRNG, "rng_state")
+        parser.add_lightning_class_args(StopOnNonFiniteLoss, "nonfinite")
+        parser.add_lightning_class_args(ProcessWatchdog, "watchdog")
         parser.link_arguments(
             ("model.variant", "model.weights", "model.preprocessing"), "data.preprocessing",
             compute_fn=_data_preprocessing,
@@ -139,6 +164,8 @@ class EffNetCLI(LightningCLI):
         parser = super()._prepare_subcommand_parser(klass, subcommand, **kwargs)
         if subcommand == "predict":
             parser.set_defaults(return_predictions=False)  # the writer keeps what it needs
+        if subcommand in ("fit", "validate", "test", "predict"):
+            parser.set_defaults(weights_only=True)  # a checkpoint never runs pickled code
         return parser
 
     def _parse_ckpt_path(self) -> None:
@@ -248,8 +275,10 @@ class EffNetCLI(LightningCLI):
 
 def main(args: list[str] | None = None) -> EffNetCLI | None:
     """Run the CLI; `args` lets tests drive it in-process. Known errors print one line and
-    exit with status 2 (EFFNET_DEBUG=1 shows the traceback)."""
+    exit with status 2, a NaN / Inf loss with 1, a fit stopped by a signal with 128 + its
+    number after saving a checkpoint (EFFNET_DEBUG=1 shows the traceback)."""
     argv = list(sys.argv[1:] if args is None else args)
+    _log_to_stderr()
     try:
         if argv[:1] == ["scale-search"]:
             from effnet_lightning import search
@@ -274,8 +303,35 @@ def main(args: list[str] | None = None) -> EffNetCLI | None:
             seed_everything_default=42,
             args=args,
         )
-    except (ValueError, FileNotFoundError, FileExistsError) as e:
+    except SIGTERMException:  # the checkpoint callback has saved and said where
+        sys.exit(128 + (received_signal() or signal.SIGTERM))
+    except (ValueError, FileNotFoundError, FileExistsError, NonFiniteLossError) as e:
         if os.environ.get("EFFNET_DEBUG"):
             raise
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+        print(f"error: {one_line(e)}", file=sys.stderr)
+        sys.exit(1 if isinstance(e, NonFiniteLossError) else 2)
+
+
+def one_line(error: BaseException) -> str:
+    """The message of an error; for one re-raised from a data-loading worker, the original
+    message rather than the worker's traceback."""
+    lines = [line for line in str(error).strip().splitlines() if line.strip()]
+    if not lines:
+        return type(error).__name__
+    if "Original Traceback" in lines[0] and len(lines) > 1:
+        last = lines[-1]
+        name, _, message = last.partition(": ")
+        return message if message and name.replace(".", "").isidentifier() else last
+    return " ".join(line.strip() for line in lines)
+
+
+def _log_to_stderr() -> None:
+    """The project's log messages (data found, files skipped, weights loaded) on stderr, from
+    process 0 only."""
+    logger = logging.getLogger("effnet_lightning")
+    if logger.handlers:
+        return
+    handler = logging.StreamHandler(sys.stderr)
+    handler.addFilter(lambda record: getattr(rank_zero_only, "rank", 0) == 0)
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)

@@ -13,7 +13,7 @@ import torch.distributed as dist
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.trainer.states import TrainerFn
 
-from effnet_lightning.callbacks import write_atomically
+from effnet_lightning.guards import write_atomically
 
 
 def _gather_to_rank_zero(rows: list) -> list:

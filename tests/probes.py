@@ -2,6 +2,8 @@
 
 import json
 import os
+import signal
+import time
 from pathlib import Path
 
 import lightning as L
@@ -67,3 +69,66 @@ class RecordProbe(L.Callback):
         step = torch.load(last, weights_only=True)["global_step"] if last else None
         with open(os.environ["PROBE_FILE"], "w") as f:
             json.dump({"record": record, "last_global_step": step}, f)
+
+
+class SignalAtStep(L.Callback):
+    """Sends $PROBE_SIGNAL (e.g. SIGTERM) to this process after the optimizer step that makes
+    the global step $PROBE_STEP, as a scheduler or a user's Ctrl+C would."""
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if trainer.global_step == int(os.environ["PROBE_STEP"]) and not getattr(self, "sent", False):
+            self.sent = True
+            os.kill(os.getpid(), getattr(signal, os.environ["PROBE_SIGNAL"]))
+
+
+class NaNAtStep(L.Callback):
+    """Fills the batch of global step $PROBE_STEP with NaN, as a corrupt input or a diverging
+    run would make the loss."""
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if trainer.global_step == int(os.environ["PROBE_STEP"]):
+            batch[0].fill_(float("nan"))
+
+
+class FailOnRank(L.Callback):
+    """Raises on rank $PROBE_RANK at global step $PROBE_STEP: one process of a DDP job dies.
+    Meanwhile the other ranks work for $PROBE_STALL seconds outside any collective (so only the
+    watchdog, not a collective's error, can notice)."""
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if trainer.global_step != int(os.environ["PROBE_STEP"]):
+            return
+        if trainer.global_rank == int(os.environ["PROBE_RANK"]):
+            raise RuntimeError(f"injected failure on rank {trainer.global_rank}")
+        time.sleep(float(os.environ.get("PROBE_STALL", 0)))
+
+
+def state_sums(state: dict) -> dict:
+    return {k: float(v.double().sum()) for k, v in state.items() if torch.is_tensor(v)}
+
+
+class ResumeStateProbe(L.Callback):
+    """At the first training batch, writes to $PROBE_FILE the global step and the sums of every
+    tensor of the module, optimizer, learning-rate scheduler and EMA, and the RNG states."""
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if getattr(self, "done", False):
+            return
+        self.done = True
+        optimizer = trainer.optimizers[0].state_dict()["state"]
+        scheduler = trainer.lr_scheduler_configs[0].scheduler.state_dict()
+        ema = next((cb for cb in trainer.callbacks if type(cb).__name__ == "EMA"), None)
+        average = ema._average_model if ema is not None else None
+        record = {
+            "global_step": trainer.global_step,
+            "epoch": trainer.current_epoch,
+            "model": state_sums(pl_module.state_dict()),
+            "optimizer": {str(k): state_sums(v) for k, v in optimizer.items()},
+            "scheduler": {"last_epoch": scheduler["last_epoch"], "lr": scheduler["_last_lr"]},
+            "ema": state_sums({k[len("module."):]: v for k, v in average.state_dict().items() if k.startswith("module.")})
+            if average is not None else None,
+            "ema_n_averaged": int(average.n_averaged) if average is not None else None,
+            "first_pixels": batch[0].flatten()[:8].tolist(),
+        }
+        with open(os.environ["PROBE_FILE"], "w") as f:
+            json.dump(record, f)
