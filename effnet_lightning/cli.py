@@ -46,6 +46,7 @@ from effnet_lightning.guards import (
 from effnet_lightning.module import EfficientNetModule
 from effnet_lightning.pretrained import checkpoint_hparams, imagenet_categories, preprocessing_for
 from effnet_lightning.reports import EvaluationReport, PredictionWriter
+from effnet_lightning.scaling import get_variant
 
 RUNS_DIR = "runs"
 # Set from the data or the weights when a checkpoint's hyperparameters are applied.
@@ -113,8 +114,14 @@ def _say(line: str) -> None:
     print(line, flush=True)
 
 
-def _data_preprocessing(variant: str, weights: str | None, preprocessing: dict | None) -> dict:
-    return preprocessing or preprocessing_for(variant, weights).to_dict()
+def _data_preprocessing(variant: str, weights: str | None, preprocessing: dict | None) -> dict | None:
+    if preprocessing:
+        return preprocessing
+    try:
+        get_variant(variant)
+    except ValueError:
+        return None  # the model refuses the name with the whole message, not wrapped in the link's
+    return preprocessing_for(variant, weights).to_dict()
 
 
 class EffNetCLI(LightningCLI):

@@ -30,6 +30,8 @@ class EfficientNetModule(L.LightningModule):
         variant: b0-b7, lite0-lite4 or phi<x>.
         num_classes: set from the data by the CLI; nobody types it.
         weights: None (from scratch), "imagenet", or a weights file (see `create_model`).
+        weights_only: read the weights file without running pickled code in it (torch.load's
+            weights_only); false only for files you trust.
         class_names: set from the data by the CLI; saved in checkpoints.
         optimizer: "sgd", "adamw" or "rmsprop_tf" (the paper's).
         lr: peak learning rate, reached after warm-up; with `lr_base_batch`, the rate for a
@@ -69,6 +71,7 @@ class EfficientNetModule(L.LightningModule):
         variant: str = "b0",
         num_classes: int = 1000,
         weights: str | None = None,
+        weights_only: bool = True,
         class_names: list[str] | None = None,
         optimizer: Optimizer = "adamw",
         lr: float = 1e-3,
@@ -102,8 +105,8 @@ class EfficientNetModule(L.LightningModule):
                              f"{freeze_backbone_epochs} and {backbone_lr_ratio}")  # fmt: skip
         self.save_hyperparameters()
         self.model = create_model(
-            variant, num_classes=num_classes, weights=weights, drop_path_rate=drop_path_rate, dropout=dropout,
-            **(model_options or {}),
+            variant, num_classes=num_classes, weights=weights, weights_only=weights_only, drop_path_rate=drop_path_rate,
+            dropout=dropout, **(model_options or {}),
         )  # fmt: skip
         if zero_init_head and num_classes and not self.model.head_loaded:
             nn.init.zeros_(self.model.classifier.weight)

@@ -172,6 +172,7 @@ def create_model(
     variant: str | Variant = "b0",
     num_classes: int = 1000,
     weights: str | os.PathLike | Mapping[str, torch.Tensor] | None = None,
+    weights_only: bool = True,
     **overrides,
 ) -> EfficientNet:
     """An EfficientNet, from scratch or from pretrained weights.
@@ -183,6 +184,8 @@ def create_model(
         weights: None (the paper's initialisation), "imagenet", a weights file (.pth, .pt,
             .safetensors, Lightning .ckpt) or a state dict, in torchvision, timm,
             EfficientNet-PyTorch or this project's layout.
+        weights_only: read a weights file without running pickled code in it; False only for
+            files you trust (old pickles of whole models).
         overrides: `EfficientNet` options (padding, bn_eps, bn_momentum, activation, se,
             dropout, drop_path_rate, in_channels). Settings the weights need (SAME padding for
             TF-ported weights, torchvision's BatchNorm for b5-b7) are chosen automatically;
@@ -201,7 +204,7 @@ def create_model(
     elif isinstance(weights, Mapping):
         state_dict, source = weights, "state dict"
     elif isinstance(weights, (str, os.PathLike)):
-        state_dict, source = read_state_dict(weights), str(weights)
+        state_dict, source = read_state_dict(weights, weights_only), str(weights)
         hparams = checkpoint_hparams(weights)
         settings = checkpoint_settings(hparams)
         preprocessing = checkpoint_preprocessing(hparams) or preprocessing

@@ -43,9 +43,9 @@ class WeightsError(ValueError):
     """A weights file or state dict that cannot be loaded as asked; the message says why."""
 
 
-def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """Tensors from a .pth / .pt / .bin / .safetensors / Lightning .ckpt file, never running
-    pickled code (`weights_only=True`)."""
+def read_state_dict(path: str | os.PathLike, weights_only: bool = True) -> dict[str, torch.Tensor]:
+    """Tensors from a .pth / .pt / .bin / .safetensors / Lightning .ckpt file. Pickled code in
+    the file never runs unless `weights_only` is False (only for files you trust)."""
     path = Path(path).expanduser()
     if not path.is_file():
         raise WeightsError(f"weights file not found: {path} (give a path to a {'/'.join(WEIGHT_SUFFIXES)} file)")
@@ -57,12 +57,13 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         except Exception as e:
             raise WeightsError(f"cannot read {path} as safetensors: {e}") from None
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        obj = torch.load(path, map_location="cpu", weights_only=weights_only)
     except pickle.UnpicklingError as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise WeightsError(
             f"{path} holds pickled Python objects that are not plain tensors, so it was not loaded "
-            f"({first}); re-save it with torch.save(model.state_dict(), ...) or as .safetensors"
+            f"({first}); re-save it with torch.save(model.state_dict(), ...) or as .safetensors, or, only if you "
+            f"trust the file's source, pass --model.weights_only false to run the code in it"
         ) from None
     except Exception as e:
         raise WeightsError(f"cannot read weights file {path}: {type(e).__name__}: {e}") from None

@@ -180,7 +180,9 @@ def test_shipped_configs_parse(tmp_path, capsys, monkeypatch, demo_root):
         if path.stem.startswith("b"):
             assert config["model"]["variant"] == path.stem and config["data"]["image_size"] is None  # follows it
         if path.stem == "ddp":
-            assert config["trainer"]["strategy"] == "ddp" and config["trainer"]["sync_batchnorm"] is True
+            strategy = config["trainer"]["strategy"]
+            assert strategy["class_path"].endswith("DDPStrategy") and config["trainer"]["sync_batchnorm"] is True
+            assert strategy["init_args"]["timeout"] in ("0:10:00", 600, "10:00")
         if path.stem == "default":
             assert config["model"]["variant"] == "b0" and config["data"]["root"] is None
             assert config["data"]["image_size"] == 96 and config["data"]["crop_scale"] == [0.35, 1.0]

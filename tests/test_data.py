@@ -2,6 +2,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from fault_doc import expect
 from PIL import Image
 
 from effnet_lightning.data import (
@@ -200,9 +201,12 @@ def test_an_empty_class_folder_is_an_error_unless_allowed(tmp_path):
     dm = ImageFolderDataModule(root=str(tmp_path), allow_empty_classes=True)
     dm.setup("fit")
     assert dm.num_classes == 4 and dm.class_counts() == [8, 8, 8, 0]
+    expect("data-empty-class", "class folder(s) ['dog'] under <data> have no training images",
+           "--data.allow_empty_classes true")  # fmt: skip
 
 
 def test_processes_that_see_other_files_are_refused():
     check_same_listing(["a1b2", "a1b2"])
     with pytest.raises(ValueError, match=r"processes \[1\] see other files or classes than process 0"):
         check_same_listing(["a1b2", "ffff"])
+    expect("ddp-same-listing", "processes [1] see other files or classes than process 0")

@@ -1,0 +1,302 @@
+"""Faults injected into real runs: bad image files, bad arguments, SIGTERM and Ctrl+C, a crash
+while a checkpoint is written, pickled code in a weights file, a NaN loss, and a process of a
+DDP job dying. Each test checks its row of docs/faults.md (see fault_doc.py)."""
+
+import csv
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from cli_helpers import CSV, ROOT, TINY, last_error_line, run_cli
+from fault_doc import expect, rows
+
+from effnet_lightning import create_model
+from effnet_lightning.cli import main
+from effnet_lightning.module import EfficientNetModule
+
+# 4 optimizer steps per epoch, 2 validation batches: small and quick, every path still taken.
+SHORT = [*TINY, *CSV, "--trainer.limit_train_batches", "4", "--trainer.limit_val_batches", "2"]
+
+
+def every_checkpoint_loads_weights_only(folder: Path) -> int:
+    paths = sorted(folder.rglob("*.ckpt"))
+    for path in paths:
+        torch.load(path, weights_only=True)
+    return len(paths)
+
+
+def record(cwd: Path) -> dict:
+    return json.loads((cwd / "runs" / "latest_fit.json").read_text())
+
+
+def probe_env(**values) -> dict:
+    return {**os.environ, **{f"PROBE_{k.upper()}": str(v) for k, v in values.items()}}
+
+
+def test_every_documented_fault_is_exercised_by_a_test():
+    # expect("id", ...) calls, and the ids of the bad-argument table below
+    pattern = re.compile(r'^\s*(?:expect\(\s*"([a-z0-9-]+)"|"(arg-[a-z0-9-]+)": \()', re.MULTILINE)
+    sources = [path.read_text() for path in Path(__file__).parent.glob("test_*.py")]
+    checked = {m.group(1) or m.group(2) for text in sources for m in pattern.finditer(text)}
+    documented = set(rows())
+    assert documented == checked, f"documented, not tested: {documented - checked}; tested, not documented: {checked - documented}"
+
+
+# -- bad image folders ------------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_fit_on_a_folder_of_bad_files_skips_them_and_strict_mode_stops(bad_folder, tmp_path):
+    root, kinds = bad_folder
+    args = ["fit", "--data.root", root, *SHORT, "--data.val_fraction", "0.25", "--trainer.max_epochs", "1",
+            "--trainer.limit_train_batches", "1.0", "--trainer.limit_val_batches", "1.0"]  # fmt: skip
+    out = run_cli(args, tmp_path)
+    n_bad = len(kinds) - 1  # the truncated JPEG reads as an image until decoded
+    assert f"skipping {n_bad} of {3 * 6 + 5 + n_bad} files that are not readable images:" in out.stderr
+    for kind, name in kinds.items():
+        if kind != "truncated":
+            assert str(root / "ant" / name) in out.stderr
+    assert f"skipping unreadable image {root / 'ant' / 'truncated.jpg'} (OSError: image file is truncated" in out.stderr
+    assert "fit done: best val/acc" in out.stdout
+    expect("data-bad-files", "skipping 3 of 26 files that are not readable images:", "empty file",
+           "not an image PIL can read", "FileNotFoundError: [Errno 2] No such file or directory")  # fmt: skip
+    expect("data-truncated", "skipping unreadable image <data>/ant/truncated.jpg (OSError: image file is truncated")
+    expect("data-odd-modes", "fit done: best val/acc")
+
+    line = last_error_line(run_cli([*args, "--data.strict", "true"], tmp_path, check=False))
+    assert line.startswith("error: 3 of 26 files are not readable images, e.g. ")
+    expect("data-strict", "error: 3 of 26 files are not readable images, e.g. <data>/ant/dangling.jpg (FileNotFoundError")
+
+
+# -- bad arguments ----------------------------------------------------------------------------
+
+def run_main(args, capsys, monkeypatch, cwd) -> tuple[int, str]:
+    """`cli.py ARGS` in-process: (exit status, last line of stderr)."""
+    monkeypatch.chdir(cwd)
+    with pytest.raises(SystemExit) as exit_info:
+        main([*map(str, args), *CSV])
+    err = capsys.readouterr().err.strip()
+    assert "Traceback" not in err
+    return exit_info.value.code, err.splitlines()[-1]
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tmp_path_factory):
+    """A checkpoint of 10 classes named c0-c9 (not the demo's)."""
+    module = EfficientNetModule("b0", num_classes=10, class_names=[f"c{i}" for i in range(10)])
+    path = tmp_path_factory.mktemp("ckpt") / "ten.ckpt"
+    torch.save({"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams)}, path)
+    return path
+
+
+def test_bad_arguments_give_one_line_errors(tmp_path, small_root, tiny_checkpoint, capsys, monkeypatch):
+    (tmp_path / "empty").mkdir()
+    corrupt = tmp_path / "corrupt.ckpt"
+    data = tiny_checkpoint.read_bytes()
+    corrupt.write_bytes(data[: len(data) // 2])  # what a crash mid-write leaves without atomic writes
+    cases = {
+        "arg-variant": (["fit", "--model.variant", "b9"], "error: unknown EfficientNet variant 'b9': choose one of b0"),
+        "arg-root-missing": (["fit", "--data.root", tmp_path / "nowhere"],
+                             "error: --data.root <tmp>/nowhere is not a folder: give a folder of class folders"),
+        "arg-root-empty": (["fit", "--data.root", tmp_path / "empty"],
+                           "error: no class folders in <tmp>/empty: expected <tmp>/empty/<class>/<images>"),
+        "arg-batch-size": (["fit", "--data.batch_size", "0"], "error: batch_size must be positive, got 0"),
+        "arg-image-size": (["fit", "--data.image_size", "-8"], "error: image_size must be positive, got -8"),
+        "arg-classes": (["test", "--data.root", small_root, "--ckpt_path", tiny_checkpoint],
+                        "but the model was trained on ['c0', 'c1', 'c2', 'c3', 'c4', ... (10 in all)]: use a folder with "
+                        "the model's classes"),
+        "arg-ckpt-missing": (["test", "--ckpt_path", tmp_path / "gone.ckpt"],
+                             "error: --ckpt_path <tmp>/gone.ckpt: no such checkpoint file"),
+        "arg-ckpt-corrupt": (["fit", "--ckpt_path", corrupt],
+                             "error: --ckpt_path <tmp>/corrupt.ckpt is not a readable checkpoint (RuntimeError): pick "
+                             "another file, e.g. the run's last.ckpt"),
+    }  # fmt: skip
+    for fault, (args, message) in cases.items():
+        root = [] if "--data.root" in args else ["--data.root", small_root]  # (not the demo data: no generating)
+        code, line = run_main([*args, *root], capsys, monkeypatch, tmp_path)
+        line = line.replace(str(tmp_path), "<tmp>")
+        assert code == 2 and message in line, (fault, line)
+        expect(fault, message)
+
+    # A real process: one line and no traceback; EFFNET_DEBUG=1 shows where it came from.
+    out = run_cli(["fit", "--data.batch_size", "0"], tmp_path, check=False)
+    assert last_error_line(out) == "error: batch_size must be positive, got 0"
+    out = run_cli(["fit", "--data.batch_size", "0"], tmp_path, check=False, env={**os.environ, "EFFNET_DEBUG": "1"})
+    assert out.returncode != 0 and "Traceback" in out.stderr and "ValueError: batch_size must be positive" in out.stderr
+    expect("arg-debug", "Traceback", "ValueError: batch_size must be positive, got 0")
+
+
+# -- interruption and resuming ----------------------------------------------------------------
+
+@pytest.mark.slow
+def test_sigterm_mid_epoch_saves_and_last_resumes_the_exact_state(tmp_path, small_root):
+    args = ["fit", "--data.root", small_root, *SHORT, "--ema.decay", "0.9", "--trainer.max_epochs", "3"]
+    out = run_cli([*args, "--trainer.callbacks+=probes.SignalAtStep"], tmp_path, check=False,
+                  env=probe_env(step=6, signal="SIGTERM"))  # fmt: skip
+    assert out.returncode == 128 + signal.SIGTERM, out.stderr[-2000:]
+    message = out.stdout.strip().splitlines()[-1]
+    assert message == ("fit stopped by a signal at step 6 (epoch 1): saved runs/version_0/checkpoints/last.ckpt; "
+                       "resume with `python cli.py fit ... --ckpt_path last`")  # fmt: skip
+    expect("sigterm", "fit stopped by a signal at step 6 (epoch 1): saved runs/version_0/checkpoints/last.ckpt", "143")
+    saved = torch.load(tmp_path / record(tmp_path)["last_model_path"], weights_only=True)
+    assert saved["global_step"] == 6 and saved["loops"]["fit_loop"]["epoch_progress"]["current"]["completed"] == 1
+
+    probe_file = tmp_path / "resumed.json"
+    run_cli([*args, "--ckpt_path", "last", "--trainer.callbacks+=probes.ResumeStateProbe"], tmp_path,
+            env=probe_env(file=probe_file))  # fmt: skip
+    resumed = json.loads(probe_file.read_text())
+    sums = lambda state: {k: float(v.double().sum()) for k, v in state.items() if torch.is_tensor(v)}  # noqa: E731
+    assert resumed["global_step"] == 6 and resumed["epoch"] == 1
+    assert resumed["model"] == sums(saved["current_model_state"])  # the raw weights; state_dict holds the EMA
+    assert resumed["ema"] == sums(saved["state_dict"]) and resumed["ema_n_averaged"] == 6
+    optimizer = {str(k): sums(v) for k, v in saved["optimizer_states"][0]["state"].items()}
+    assert resumed["optimizer"] == optimizer and len(optimizer) > 100
+    scheduler = saved["lr_schedulers"][0]
+    assert resumed["scheduler"] == {"last_epoch": scheduler["last_epoch"], "lr": scheduler["_last_lr"]}
+    assert torch.load(tmp_path / record(tmp_path)["last_model_path"], weights_only=True)["global_step"] == 12
+    n = every_checkpoint_loads_weights_only(tmp_path / "runs")
+    expect("resume-state", "global step 6", "equal model, EMA, optimizer and scheduler tensors")
+    expect("ckpt-weights-only", f"{n} checkpoints")
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_at_the_batch_boundary_and_saves(tmp_path, small_root):
+    out = run_cli(["fit", "--data.root", small_root, *SHORT, "--trainer.max_epochs", "2",
+                   "--trainer.callbacks+=probes.SignalAtStep"], tmp_path, check=False,
+                  env=probe_env(step=3, signal="SIGINT"))  # fmt: skip
+    assert out.returncode == 128 + signal.SIGINT, out.stderr[-2000:]
+    assert "Ctrl+C: stopping after this batch and saving a checkpoint (press again to stop at once)" in out.stderr
+    assert "fit stopped by a signal at step 3 (epoch 0): saved runs/version_0/checkpoints/last.ckpt" in out.stdout
+    assert torch.load(tmp_path / record(tmp_path)["last_model_path"], weights_only=True)["global_step"] == 3
+    expect("sigint", "Ctrl+C: stopping after this batch and saving a checkpoint", "130")
+
+
+def train_losses(cwd: Path) -> dict[int, float]:
+    """{step: training loss} from every CSV log under cwd/runs."""
+    losses = {}
+    for path in sorted((cwd / "runs").glob("version_*/metrics.csv")):
+        with open(path, newline="") as f:
+            losses |= {int(r["step"]): float(r["train/loss_step"]) for r in csv.DictReader(f) if r.get("train/loss_step")}
+    return losses
+
+
+@pytest.mark.slow
+def test_a_run_stopped_at_an_epoch_boundary_and_resumed_reproduces_the_uninterrupted_losses(tmp_path, small_root):
+    # Random crops, flips, shuffling, dropout and stochastic depth all draw random numbers.
+    args = ["fit", "--data.root", small_root, *SHORT, "--trainer.log_every_n_steps", "1", "--model.dropout", "0.3"]
+    (tmp_path / "whole").mkdir()
+    run_cli([*args, "--trainer.max_epochs", "2"], tmp_path / "whole")
+    (tmp_path / "split").mkdir()
+    first = run_cli([*args, "--trainer.max_epochs", "1", "--ckpt_path", "last"], tmp_path / "split")
+    assert "--ckpt_path last: no checkpoint recorded in runs/latest_fit.json; starting fresh" in first.stderr
+    expect("resume-nothing", "--ckpt_path last: no checkpoint recorded in runs/latest_fit.json; starting fresh")
+    run_cli([*args, "--trainer.max_epochs", "2", "--ckpt_path", "last"], tmp_path / "split")
+    whole, split = train_losses(tmp_path / "whole"), train_losses(tmp_path / "split")
+    assert sorted(whole) == sorted(split) == list(range(8))
+    print(f"losses of the second epoch: uninterrupted {[whole[s] for s in range(4, 8)]}, "
+          f"resumed {[split[s] for s in range(4, 8)]}")  # fmt: skip
+    assert [split[s] for s in range(8)] == pytest.approx([whole[s] for s in range(8)], abs=1e-6)
+    assert len({round(whole[s], 4) for s in range(4, 8)}) == 4  # varied losses, not a constant
+    expect("resume-reproduces", "the 4 losses of the second epoch equal the uninterrupted run's")
+
+
+# -- checkpoint safety ------------------------------------------------------------------------
+
+CRASHING_WRITER = """
+import sys, torch
+from effnet_lightning.guards import AtomicCheckpointIO
+# ~400 MB: the write takes long enough to be killed in the middle of it
+AtomicCheckpointIO().save_checkpoint({"step": 2, "big": torch.ones(100_000_000)}, sys.argv[1])
+"""
+
+
+def test_a_crash_while_writing_a_checkpoint_leaves_the_previous_one_whole(tmp_path):
+    from effnet_lightning.guards import AtomicCheckpointIO
+
+    last = tmp_path / "last.ckpt"
+    AtomicCheckpointIO().save_checkpoint({"step": 1, "weights": torch.arange(10.0)}, last)
+    before = last.read_bytes()
+    tmp = tmp_path / ".last.ckpt.tmp"
+    writer = subprocess.Popen([sys.executable, "-c", CRASHING_WRITER, str(last)], cwd=ROOT,
+                              env={**os.environ, "PYTHONPATH": str(ROOT)})  # fmt: skip
+    deadline = time.monotonic() + 120
+    while not (tmp.exists() and tmp.stat().st_size > 1_000_000) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    writer.kill()  # SIGKILL: no cleanup runs
+    writer.wait()
+    assert tmp.exists(), "the writer was not caught mid-write"
+    assert last.read_bytes() == before
+    loaded = torch.load(last, weights_only=True)
+    assert loaded["step"] == 1 and torch.equal(loaded["weights"], torch.arange(10.0))
+    expect("ckpt-crash", "last.ckpt unchanged and loads")
+
+
+class _RunsCode:
+    """A pickle payload: unpickling it creates the file it names."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (Path(self.marker),))
+
+
+def test_pickled_code_in_a_weights_file_never_runs_unless_the_user_opts_in(tmp_path, capsys, monkeypatch):
+    marker = tmp_path / "code_ran"
+    weights = tmp_path / "evil.pth"
+    state = create_model("b0", num_classes=10).state_dict()
+    torch.save({"state_dict": state, "payload": _RunsCode(marker)}, weights)
+    code, line = run_main(["fit", "--model.weights", weights, "--trainer.max_epochs", "0"], capsys, monkeypatch, tmp_path)
+    assert code == 2 and not marker.exists()
+    assert "holds pickled Python objects that are not plain tensors, so it was not loaded" in line
+    assert "pass --model.weights_only false to run the code in it" in line
+    expect("weights-pickle", "holds pickled Python objects that are not plain tensors, so it was not loaded",
+           "--model.weights_only false")  # fmt: skip
+    model = create_model("b0", num_classes=10, weights=weights, weights_only=False)  # opting in runs the code
+    assert marker.exists() and torch.equal(model.classifier.weight, state["classifier.weight"])
+
+
+# -- numerical faults -------------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_a_nan_loss_stops_training_and_keeps_the_last_good_checkpoint(tmp_path, small_root):
+    out = run_cli(["fit", "--data.root", small_root, *SHORT, "--trainer.max_epochs", "3",
+                   "--trainer.callbacks+=probes.NaNAtStep"], tmp_path, check=False, env=probe_env(step=5))  # fmt: skip
+    assert out.returncode == 1 and "Traceback" not in out.stderr, out.stderr[-3000:]
+    line = out.stderr.strip().splitlines()[-1]
+    assert line.startswith("error: the training loss is nan at step 6 (epoch 1): training stopped and nothing was "
+                           "saved from these weights; the last good checkpoint is runs/version_0/checkpoints/last.ckpt")
+    last = torch.load(tmp_path / record(tmp_path)["last_model_path"], weights_only=True)
+    assert last["global_step"] == 4  # the end of epoch 0, before the NaN
+    assert all(torch.isfinite(t).all() for t in last["state_dict"].values() if t.is_floating_point())
+    expect("nan-loss", "error: the training loss is nan at step 6 (epoch 1)", "global step 4")
+
+
+# -- DDP faults -------------------------------------------------------------------------------
+
+@pytest.mark.slow
+@pytest.mark.parametrize("failing_rank", [1, 0])
+def test_when_one_ddp_process_dies_the_whole_job_ends_promptly(failing_rank, tmp_path, small_root):
+    # The surviving process works outside any collective for 5 minutes, so only the watchdogs
+    # can end it early.
+    ddp = ["--trainer.accelerator", "cpu", "--trainer.strategy", "ddp", "--trainer.devices", "2"]
+    start = time.monotonic()
+    out = run_cli(["fit", "--data.root", small_root, *SHORT, *ddp, "--trainer.max_epochs", "2",
+                   "--trainer.callbacks+=probes.FailOnRank"], tmp_path, check=False,
+                  env=probe_env(rank=failing_rank, step=2, stall=300), timeout=280)  # fmt: skip
+    elapsed = time.monotonic() - start  # run_cli waits for every process holding the output open
+    assert out.returncode != 0 and f"injected failure on rank {failing_rank}" in out.stderr
+    print(f"rank {failing_rank} failed: the job ended after {elapsed:.0f} s (start-up included)")
+    assert elapsed < 120
+    if failing_rank == 1:
+        assert "terminated with code 1. Forcefully terminating all other processes" in out.stderr
+        expect("ddp-rank-dies", "Forcefully terminating all other processes")
+    else:
+        assert "error: the job's main process" in out.stderr and "is gone: ending this process too" in out.stderr
+        expect("ddp-main-dies", "is gone: ending this process too")
