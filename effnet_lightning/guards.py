@@ -113,11 +113,8 @@ class GracefulInterrupt(L.Callback):
 
 class ResumableRNG(L.Callback):
     """Saves the random number generators (torch, CUDA, NumPy, Python) in every checkpoint and
-    restores them when a fit resumes, just before training starts: a run stopped at an epoch
-    boundary and resumed shuffles, augments and drops out exactly as the uninterrupted run."""
-
-    def __init__(self):
-        self._pending: dict | None = None
+    restores them when a fit resumes: a run stopped at an epoch boundary and resumed shuffles,
+    augments and drops out exactly as the uninterrupted run."""
 
     def state_dict(self) -> dict:
         kind, keys, pos, has_gauss, cached = np.random.get_state()
@@ -132,23 +129,17 @@ class ResumableRNG(L.Callback):
         return state
 
     def load_state_dict(self, state_dict: dict) -> None:
-        self._pending = state_dict
-
-    def on_train_start(self, trainer, pl_module):
-        # Not at load time: setting up the run draws random numbers (e.g. model initialisation)
-        # that the uninterrupted run drew before its checkpoint. (A resume in the middle of an
-        # epoch calls no on_train_epoch_start.)
-        state, self._pending = self._pending, None
-        if not state:
-            return
-        torch.set_rng_state(state["torch"])
-        n = state["numpy"]
+        # Lightning reads callback states after building the model and before it first draws
+        # training data (already while counting the steps for the scheduler): from here the
+        # draws follow the uninterrupted run's.
+        torch.set_rng_state(state_dict["torch"])
+        n = state_dict["numpy"]
         np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
                              n["cached_gaussian"]))  # fmt: skip
-        version, internal, gauss = state["python"]
+        version, internal, gauss = state_dict["python"]
         random.setstate((version, tuple(internal), gauss))
-        if "cuda" in state and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(state["cuda"])
+        if "cuda" in state_dict and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state_dict["cuda"])
 
 
 class NonFiniteLossError(RuntimeError):
