@@ -153,6 +153,7 @@ def test_sigterm_mid_epoch_saves_and_last_resumes_the_exact_state(tmp_path, smal
     resumed = json.loads(probe_file.read_text())
     sums = lambda state: {k: float(v.double().sum()) for k, v in state.items() if torch.is_tensor(v)}  # noqa: E731
     assert resumed["global_step"] == 6 and resumed["epoch"] == 1
+    assert resumed["checkpoint_io"] == "AtomicCheckpointIO"
     assert resumed["model"] == sums(saved["current_model_state"])  # the raw weights; state_dict holds the EMA
     assert resumed["ema"] == sums(saved["state_dict"]) and resumed["ema_n_averaged"] == 6
     optimizer = {str(k): sums(v) for k, v in saved["optimizer_states"][0]["state"].items()}
