@@ -109,7 +109,7 @@ def state_sums(state: dict) -> dict:
 
 class ResumeStateProbe(L.Callback):
     """At the first training batch, writes to $PROBE_FILE the global step and the sums of every
-    tensor of the module, optimizer, learning-rate scheduler and EMA, and which CheckpointIO writes.
+    tensor of the module, optimizer, learning-rate scheduler and EMA, and which CheckpointIO writes."""
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
         if getattr(self, "done", False):
