@@ -38,8 +38,10 @@ log = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 DEMO_ROOT = "data/demo"
-# Bad files named in the log; the rest are counted (all of them go to the skipped-files list).
+# Bad files named in the log; the rest are counted (`ImageFolderDataModule.skipped` has all).
 LISTED_BAD_FILES = 20
+# Loading tries this many samples in a row before giving up on a batch.
+LOAD_ATTEMPTS = 10
 Augment = Literal["none", "autoaugment", "randaugment", "trivialaugment"]
 
 
@@ -148,7 +150,8 @@ class ImageFileDataset(Dataset):
         return len(self.samples)
 
     def __getitem__(self, index: int):
-        for attempt in range(min(len(self.samples), 10)):
+        attempts = min(len(self.samples), LOAD_ATTEMPTS)
+        for attempt in range(attempts):
             path, label = self.samples[(index + attempt) % len(self.samples)]
             try:
                 return self.transform(load_rgb(path)), label
@@ -160,7 +163,7 @@ class ImageFileDataset(Dataset):
                 if path not in self.failed:
                     self.failed.add(path)
                     log.warning("skipping unreadable image %s (%s); using the next image instead", path, reason)
-        raise BadImageError(f"10 images in a row failed to load, the last {path}: check the data folder")
+        raise BadImageError(f"{attempts} images in a row failed to load, the last {path}: check the data folder")
 
 
 def train_transform(

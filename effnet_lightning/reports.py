@@ -49,12 +49,15 @@ class PredictionWriter(L.Callback):
             self.rows.append((index, c, p))
 
     def on_predict_epoch_end(self, trainer, pl_module):
-        rows = sorted(_gather_to_rank_zero(self.rows))
+        # An image that failed to decode was replaced by the next one in its batch: one row per
+        # index, and the images without a row are reported as skipped.
+        rows = sorted({row[0]: row for row in _gather_to_rank_zero(self.rows)}.values())
         if not trainer.is_global_zero:
             return
         paths = trainer.datamodule.predict_paths()
-        if [r[0] for r in rows] != list(range(len(paths))):
-            raise RuntimeError(f"predict produced {len(rows)} rows for {len(paths)} images")
+        predicted = {row[0] for row in rows}
+        skipped = {**getattr(trainer.datamodule, "skipped", {}),
+                   **{path: "could not be decoded" for i, path in enumerate(paths) if i not in predicted}}  # fmt: skip
         names = pl_module.class_names
         out = Path(self.output_dir or Path(trainer.default_root_dir) / "predictions")
         out.mkdir(parents=True, exist_ok=True)
@@ -72,6 +75,7 @@ class PredictionWriter(L.Callback):
                 "weights": pl_module.hparams.get("weights"),
                 "top_k": k,
                 "images": len(rows),
+                "skipped": skipped,
                 "predictions": [
                     {"path": paths[index], "top_k": [{"class": names[c], "prob": p} for c, p in zip(classes, probs)]}
                     for index, classes, probs in rows
@@ -81,7 +85,9 @@ class PredictionWriter(L.Callback):
 
         write_atomically(out / "predictions.csv", write_csv)
         write_atomically(out / "predictions.json", write_json)
-        print(f"predict: {len(rows)} images, top-{k} classes written to {out / 'predictions.csv'} and .json", flush=True)
+        note = f" ({len(skipped)} unreadable files skipped: see 'skipped' in the .json)" if skipped else ""
+        print(f"predict: {len(rows)} images, top-{k} classes written to {out / 'predictions.csv'} and .json{note}",
+              flush=True)  # fmt: skip
 
 
 def per_class_rows(matrix: torch.Tensor, names: list[str]) -> list[dict]:

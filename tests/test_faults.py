@@ -12,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 
+import lightning
 import pytest
 import torch
 from cli_helpers import CSV, ROOT, TINY, last_error_line, run_cli
@@ -91,8 +92,25 @@ def tiny_checkpoint(tmp_path_factory):
     """A checkpoint of 10 classes named c0-c9 (not the demo's)."""
     module = EfficientNetModule("b0", num_classes=10, class_names=[f"c{i}" for i in range(10)])
     path = tmp_path_factory.mktemp("ckpt") / "ten.ckpt"
-    torch.save({"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams)}, path)
+    torch.save({"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams),
+                "pytorch-lightning_version": lightning.__version__}, path)  # fmt: skip
     return path
+
+
+@pytest.mark.slow
+def test_predict_skips_unreadable_files_and_lists_them(bad_folder, tiny_checkpoint, tmp_path):
+    root, kinds = bad_folder
+    out = run_cli(["predict", "--ckpt_path", tiny_checkpoint, "--data.predict_root", root / "ant", *TINY, *CSV],
+                  tmp_path)  # fmt: skip
+    data = json.loads((tmp_path / "runs" / "predictions" / "predictions.json").read_text())
+    skipped = {Path(p).name: why for p, why in data["skipped"].items()}
+    assert skipped["truncated.jpg"] == "could not be decoded" and skipped["empty.jpg"] == "empty file"
+    assert set(skipped) == set(kinds.values())
+    predicted = sorted(Path(e["path"]).name for e in data["predictions"])
+    assert predicted == sorted(["cmyk.jpg", "deep.png", "gray.png", "rgba.png", *[f"{i}.png" for i in range(6)]])
+    assert f"predict: 10 images, top-5 classes written to runs/predictions/predictions.csv and .json " \
+           f"({len(kinds)} unreadable files skipped: see 'skipped' in the .json)" in out.stdout
+    expect("predict-bad-files", "predict: 10 images", "unreadable files skipped: see 'skipped' in the .json")
 
 
 def test_bad_arguments_give_one_line_errors(tmp_path, small_root, tiny_checkpoint, capsys, monkeypatch):
