@@ -34,8 +34,10 @@ def test_default_fit_learns_checkpoints_and_logs_to_wandb_offline(tmp_path):
     record = json.loads((tmp_path / "runs" / "latest_fit.json").read_text())
     best, last = tmp_path / record["best_model_path"], tmp_path / record["last_model_path"]
     assert best.is_file() and last.name == "last.ckpt" and last.is_file()
-    summary = re.search(r"fit done: best val/acc ([0-9.]+) at (\S+), wall time \S+, training ([0-9.]+) img/s", out.stdout)
+    summary = re.search(r"fit done: best val/acc ([0-9.]+) at (\S+), wall time \S+, training ([0-9.]+) img/s "
+                        r"\(([0-9]+)% waiting for data\)", out.stdout)  # fmt: skip
     assert summary and float(summary.group(3)) > 0 and summary.group(2) == record["best_model_path"]
+    assert 0 <= int(summary.group(4)) <= 100
 
     ckpt = torch.load(best, weights_only=True)
     hp = ckpt["hyper_parameters"]
