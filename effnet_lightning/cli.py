@@ -31,7 +31,14 @@ from lightning.pytorch.plugins.io import CheckpointIO
 from lightning.pytorch.utilities import rank_zero_only, rank_zero_warn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from effnet_lightning.callbacks import EMA, Checkpoint, FitSummary, WandbValidationReport, read_run_record, run_record_path
+from effnet_lightning.callbacks import (
+    EMA,
+    Checkpoint,
+    FitSummary,
+    WandbValidationReport,
+    read_run_record,
+    run_record_path,
+)
 from effnet_lightning.data import ImageFolderDataModule
 from effnet_lightning.export import FORMATS, Format, export_model
 from effnet_lightning.guards import (

@@ -100,7 +100,7 @@ class FailOnRank(L.Callback):
             return
         if trainer.global_rank == int(os.environ["PROBE_RANK"]):
             raise RuntimeError(f"injected failure on rank {trainer.global_rank}")
-        time.sleep(float(os.environ.get("PROBE_STALL", 0)))
+        time.sleep(float(os.environ.get("PROBE_STALL", "0")))
 
 
 def state_sums(state: dict) -> dict:

@@ -33,6 +33,10 @@ def every_checkpoint_loads_weights_only(folder: Path) -> int:
     return len(paths)
 
 
+def sums(state: dict) -> dict:
+    return {k: float(v.double().sum()) for k, v in state.items() if torch.is_tensor(v)}
+
+
 def record(cwd: Path) -> dict:
     return json.loads((cwd / "runs" / "latest_fit.json").read_text())
 
@@ -127,13 +131,13 @@ def test_bad_arguments_give_one_line_errors(tmp_path, small_root, tiny_checkpoin
         "arg-batch-size": (["fit", "--data.batch_size", "0"], "error: batch_size must be positive, got 0"),
         "arg-image-size": (["fit", "--data.image_size", "-8"], "error: image_size must be positive, got -8"),
         "arg-classes": (["test", "--data.root", small_root, "--ckpt_path", tiny_checkpoint],
-                        "but the model was trained on ['c0', 'c1', 'c2', 'c3', 'c4', ... (10 in all)]: use a folder with "
-                        "the model's classes"),
+                        ("but the model was trained on ['c0', 'c1', 'c2', 'c3', 'c4', ... (10 in all)]: use a folder "
+                         "with the model's classes")),
         "arg-ckpt-missing": (["test", "--ckpt_path", tmp_path / "gone.ckpt"],
                              "error: --ckpt_path <tmp>/gone.ckpt: no such checkpoint file"),
         "arg-ckpt-corrupt": (["fit", "--ckpt_path", corrupt],
-                             "error: --ckpt_path <tmp>/corrupt.ckpt is not a readable checkpoint (RuntimeError): pick "
-                             "another file, e.g. the run's last.ckpt"),
+                             ("error: --ckpt_path <tmp>/corrupt.ckpt is not a readable checkpoint (RuntimeError): "
+                              "pick another file, e.g. the run's last.ckpt")),
     }  # fmt: skip
     for fault, (args, message) in cases.items():
         root = [] if "--data.root" in args else ["--data.root", small_root]  # (not the demo data: no generating)
@@ -169,7 +173,6 @@ def test_sigterm_mid_epoch_saves_and_last_resumes_the_exact_state(tmp_path, smal
     run_cli([*args, "--ckpt_path", "last", "--trainer.callbacks+=probes.ResumeStateProbe"], tmp_path,
             env=probe_env(file=probe_file))  # fmt: skip
     resumed = json.loads(probe_file.read_text())
-    sums = lambda state: {k: float(v.double().sum()) for k, v in state.items() if torch.is_tensor(v)}  # noqa: E731
     assert resumed["global_step"] == 6 and resumed["epoch"] == 1
     assert resumed["checkpoint_io"] == "AtomicCheckpointIO"
     assert resumed["model"] == sums(saved["current_model_state"])  # the raw weights; state_dict holds the EMA
