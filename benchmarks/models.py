@@ -48,6 +48,7 @@ class Config:
     channels_last: bool = False
     compile: bool = False
     grad_checkpointing: bool = False
+    lean_bn_act: bool = False
 
 
 CONFIGS = {
@@ -62,6 +63,8 @@ CONFIGS = {
         Config("ours", "ours", channels_last=True),
         Config("ours-compile", "ours", channels_last=True, compile=True),
         Config("ours-checkpointing", "ours", channels_last=True, grad_checkpointing=True),
+        Config("ours-lean", "ours", channels_last=True, lean_bn_act=True),
+        Config("ours-lean-compile", "ours", channels_last=True, lean_bn_act=True, compile=True),
     ]
 }
 DEFAULT_CONFIGS = ("torchvision", "torchvision-cl", "timm", "timm-cl", "ours-nchw", "ours", "ours-checkpointing")
@@ -78,7 +81,8 @@ def build_network(config: Config, variant: str):
         from effnet_lightning.module import EfficientNetModule
 
         module = EfficientNetModule(variant, num_classes=1000, channels_last=config.channels_last, compile=config.compile,
-                                    grad_checkpointing=config.grad_checkpointing, zero_init_head=False)  # fmt: skip
+                                    grad_checkpointing=config.grad_checkpointing, lean_bn_act=config.lean_bn_act,
+                                    zero_init_head=False)  # fmt: skip
         # The network as the module runs it; the module's metrics (two 1000-class confusion
         # matrices) are no part of the network's memory.
         return module.network, module.model

@@ -50,6 +50,8 @@ class EfficientNetModule(L.LightningModule):
             CPU); where compiling is unavailable, one warning and eager execution.
         grad_checkpointing: recompute each block's activations in backward instead of storing
             them: less memory for large variants and images, more compute per step.
+        lean_bn_act: in training, each BatchNorm + SiLU stores only its input and recomputes
+            the rest in backward: less activation memory, same numbers (see `batchnorm_act`).
         zero_init_head: start a classifier that the weights did not provide at zero. The
             paper's U(+-1/sqrt(classes)) is sized for 1000 classes; with few classes it gives
             large initial logits that stall training on small data sets.
@@ -92,6 +94,7 @@ class EfficientNetModule(L.LightningModule):
         channels_last: bool = True,
         compile: bool = False,
         grad_checkpointing: bool = False,
+        lean_bn_act: bool = False,
         zero_init_head: bool = True,
         freeze_backbone_epochs: int = 0,
         backbone_lr_ratio: float = 1.0,
@@ -110,7 +113,7 @@ class EfficientNetModule(L.LightningModule):
         self.save_hyperparameters()
         self.model = create_model(
             variant, num_classes=num_classes, weights=weights, drop_path_rate=drop_path_rate, dropout=dropout,
-            **(model_options or {}),
+            lean_bn_act=lean_bn_act, **(model_options or {}),
         )  # fmt: skip
         if zero_init_head and num_classes and not self.model.head_loaded:
             nn.init.zeros_(self.model.classifier.weight)

@@ -82,7 +82,7 @@ def test_grad_checkpointing_gives_the_plain_loss_and_gradients():
 
 def test_export_works_with_the_switches_on(tmp_path, monkeypatch):
     monkeypatch.setattr(torch, "compile", functools.partial(torch.compile, backend="eager"))
-    module = EfficientNetModule("b0", num_classes=3, compile=True, grad_checkpointing=True)
+    module = EfficientNetModule("b0", num_classes=3, compile=True, grad_checkpointing=True, lean_bn_act=True)
     randomise_batchnorm(module.model)
     pre = module.model.preprocessing.resized(64).to_dict()
     info = export_model(module.model, tmp_path, variant="b0", class_names=["a", "b", "c"], preprocessing=pre,
