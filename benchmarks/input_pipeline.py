@@ -96,8 +96,9 @@ def main(argv=None) -> None:
     torch.manual_seed(0)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        files = {"500x375": write_photos(Path(tmp), args.images, PHOTO_SIZES["500x375"], 0),
-                 "3000x2000": write_photos(Path(tmp), max(1, args.images // 4), PHOTO_SIZES["3000x2000"], 1)}  # fmt: skip
+        folder = Path(tmp)
+        files = {"500x375": write_photos(folder, args.images, PHOTO_SIZES["500x375"], 0),
+                 "3000x2000": write_photos(folder, max(1, args.images // 4), PHOTO_SIZES["3000x2000"], 1)}  # fmt: skip
         for crop_size in args.sizes:
             runs = pipelines(crop_size)
             for photo, paths in files.items():
@@ -114,7 +115,7 @@ def main(argv=None) -> None:
                     rate = statistics.median(len(paths) / s for s in seconds[name])
                     rows.append({"crop": crop_size, "photo": photo, "pipeline": name, "img_s_per_worker": rate})
     for row in rows:
-        pil = next(r for r in rows if r["crop"] == row["crop"] and r["photo"] == row["photo"] and r["pipeline"] == "pil")
+        pil = next(r for r in rows if (r["crop"], r["photo"], r["pipeline"]) == (row["crop"], row["photo"], "pil"))
         row["vs_pil"] = row["img_s_per_worker"] / pil["img_s_per_worker"]
         model = model_train_img_s(row["crop"])
         row["model_train_img_s"] = model[0] if model else None
@@ -136,7 +137,8 @@ def print_table(rows: list[dict]) -> None:
     for r in rows:
         model = f"{r['model_train_img_s']:.1f}" if r["model_train_img_s"] else "-"
         workers = f"{r['workers_needed']:.2f}" if r["workers_needed"] else "-"
-        print(f"| {r['crop']} | {r['photo']} | {r['pipeline']} | {r['img_s_per_worker']:.1f} | {r['vs_pil']:.2f}x | {model} | {workers} |")
+        rate = f"{r['img_s_per_worker']:.1f} | {r['vs_pil']:.2f}x"
+        print(f"| {r['crop']} | {r['photo']} | {r['pipeline']} | {rate} | {model} | {workers} |")
 
 
 if __name__ == "__main__":

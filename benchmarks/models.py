@@ -80,9 +80,9 @@ def build_network(config: Config, variant: str):
     if config.family == "ours":
         from effnet_lightning.module import EfficientNetModule
 
-        module = EfficientNetModule(variant, num_classes=1000, channels_last=config.channels_last, compile=config.compile,
-                                    grad_checkpointing=config.grad_checkpointing, lean_bn_act=config.lean_bn_act,
-                                    zero_init_head=False)  # fmt: skip
+        module = EfficientNetModule(variant, num_classes=1000, channels_last=config.channels_last,
+                                    compile=config.compile, grad_checkpointing=config.grad_checkpointing,
+                                    lean_bn_act=config.lean_bn_act, zero_init_head=False)  # fmt: skip
         # The network as the module runs it; the module's metrics (two 1000-class confusion
         # matrices) are no part of the network's memory.
         return module.network, module.model
@@ -259,8 +259,7 @@ def machine() -> dict:
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     epilog="configurations: " + ", ".join(CONFIGS))  # fmt: skip
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], epilog="configurations: " + ", ".join(CONFIGS))
     parser.add_argument("--variant", default="b0")
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--batch", type=int, default=16)

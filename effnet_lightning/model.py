@@ -57,7 +57,8 @@ class EfficientNet(nn.Module):
         arch = build_architecture(self.variant, se=se)
         activation = activation or ("relu6" if self.variant.lite else "swish")
         self.dropout_rate = self.variant.dropout if dropout is None else dropout
-        conv = dict(activation=activation, padding=padding, bn_eps=bn_eps, bn_momentum=bn_momentum, lean_bn_act=lean_bn_act)
+        conv = dict(activation=activation, padding=padding, bn_eps=bn_eps, bn_momentum=bn_momentum,
+                    lean_bn_act=lean_bn_act)
 
         self.stem = ConvBNAct(in_channels, arch.stem_channels, 3, stride=2, **conv)
         rates = drop_path_rates(len(arch.blocks), drop_path_rate)

@@ -18,7 +18,8 @@ def pair(**switches):
     torch.manual_seed(0)
     plain = EfficientNetModule("b0", num_classes=3, zero_init_head=False, drop_path_rate=0.0, dropout=0.0)
     randomise_batchnorm(plain.model)
-    switched = EfficientNetModule("b0", num_classes=3, zero_init_head=False, drop_path_rate=0.0, dropout=0.0, **switches)
+    switched = EfficientNetModule("b0", num_classes=3, zero_init_head=False, drop_path_rate=0.0, dropout=0.0,
+                                  **switches)
     switched.load_state_dict(plain.state_dict())
     return plain, switched
 
@@ -47,7 +48,8 @@ def test_failing_compile_warns_once_and_runs_eagerly(monkeypatch):
     plain, compiled = pair(compile=True)
     x = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
-        with pytest.warns(RuntimeWarning, match="torch.compile is unavailable here .*no C\\+\\+ compiler.*running eagerly"):
+        warning = "torch.compile is unavailable here .*no C\\+\\+ compiler.*running eagerly"
+        with pytest.warns(RuntimeWarning, match=warning):
             out = compiled.eval()(x)
         assert torch.allclose(out, plain.eval()(x), atol=1e-5)
         assert compiled.network.compiled is None  # no second attempt, no second warning
