@@ -12,7 +12,8 @@ Every configuration lives in its own worker process: it builds its network once,
 and then waits. The parent then goes round-robin over the workers, `--repeats` times, asking
 each for `--steps` timed training steps (forward, loss, backward, SGD step) and `--steps` timed
 inference batches; only one worker runs at a time. Reported: medians over the repeats, and ratios
-against torchvision's default network and timm's in channels_last.
+against torchvision's default network and timm's in channels_last (medians of the per-repeat
+ratios: a busy phase of the machine slows both sides of a ratio alike).
 
 Peak memory: on a GPU, torch.cuda.max_memory_allocated; on a CPU, the worker's peak resident
 memory (VmHWM, reset through /proc/self/clear_refs) during two steps, minus its resident memory
@@ -228,8 +229,16 @@ def run(args: argparse.Namespace) -> list[dict]:
         for baseline in baselines:
             if baseline in rows:
                 for row in rows.values():
-                    row[f"{metric}_vs_{baseline}"] = row[metric] / rows[baseline][metric]
+                    row[f"{metric}_vs_{baseline}"] = ratio(row, rows[baseline], metric)
     return list(rows.values())
+
+
+def ratio(row: dict, baseline: dict, metric: str) -> float:
+    """Speed: the median of the per-repeat ratios, each of two runs of the same round, so that
+    a slow phase of the machine cancels out. Memory: measured once per configuration."""
+    if f"{metric}_all" not in row:
+        return row[metric] / baseline[metric]
+    return statistics.median(a / b for a, b in zip(row[f"{metric}_all"], baseline[f"{metric}_all"]))
 
 
 def format_table(rows: list[dict]) -> str:
