@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from effnet_lightning.batchnorm_act import batch_norm_silu, can_fuse
 from effnet_lightning.scaling import BlockConfig
 
 PADDINGS = ("symmetric", "same")
@@ -59,7 +60,11 @@ def make_conv(
 
 
 class ConvBNAct(nn.Sequential):
-    """Conv (no bias) -> BatchNorm -> activation (Identity for none)."""
+    """Conv (no bias) -> BatchNorm -> activation (Identity for none).
+
+    `lean_bn_act`: in training, BatchNorm and SiLU store only the conv output for backward
+    (see `batchnorm_act`); the same modules and numbers, less activation memory.
+    """
 
     def __init__(
         self,
@@ -72,11 +77,25 @@ class ConvBNAct(nn.Sequential):
         padding: str = "symmetric",
         bn_eps: float = 1e-5,
         bn_momentum: float = 0.1,
+        lean_bn_act: bool = False,
     ):
         super().__init__()
         self.conv = make_conv(in_channels, out_channels, kernel_size, stride, groups, padding=padding)
         self.bn = nn.BatchNorm2d(out_channels, eps=bn_eps, momentum=bn_momentum)
         self.act = make_activation(activation) if activation else nn.Identity()
+        self.lean_bn_act = lean_bn_act and isinstance(self.act, nn.SiLU)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.conv(x)
+        if self.lean_bn_act and self.training and not torch.jit.is_scripting():
+            return self._lean_bn_act(x)
+        return self.act(self.bn(x))
+
+    @torch.jit.unused  # a Python autograd function: neither scripted nor traced
+    def _lean_bn_act(self, x: torch.Tensor) -> torch.Tensor:
+        if not torch.jit.is_tracing() and can_fuse(self.bn, x):
+            return batch_norm_silu(x, self.bn)
+        return self.act(self.bn(x))
 
 
 class SqueezeExcite(nn.Module):
@@ -126,10 +145,11 @@ class MBConv(nn.Module):
         padding: str = "symmetric",
         bn_eps: float = 1e-5,
         bn_momentum: float = 0.1,
+        lean_bn_act: bool = False,
     ):
         super().__init__()
         self.cfg = cfg
-        bn = dict(bn_eps=bn_eps, bn_momentum=bn_momentum)
+        bn = dict(bn_eps=bn_eps, bn_momentum=bn_momentum, lean_bn_act=lean_bn_act)
         hidden = cfg.hidden_channels
         self.expand = (
             ConvBNAct(cfg.in_channels, hidden, 1, activation=activation, **bn) if cfg.expand_ratio != 1 else nn.Identity()

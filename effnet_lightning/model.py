@@ -32,6 +32,8 @@ class EfficientNet(nn.Module):
         se: keep squeeze-and-excitation (Lite never has it).
         dropout: before the classifier; default the variant's.
         drop_path_rate: stochastic depth at the last block, ramped linearly from 0.
+        lean_bn_act: in training, BatchNorm + SiLU store only the conv output and recompute
+            the rest in backward: less memory, same numbers and state_dict.
     """
 
     def __init__(
@@ -46,6 +48,7 @@ class EfficientNet(nn.Module):
         se: bool = True,
         dropout: float | None = None,
         drop_path_rate: float = DROP_PATH_RATE,
+        lean_bn_act: bool = False,
     ):
         super().__init__()
         self.variant = get_variant(variant)
@@ -54,7 +57,8 @@ class EfficientNet(nn.Module):
         arch = build_architecture(self.variant, se=se)
         activation = activation or ("relu6" if self.variant.lite else "swish")
         self.dropout_rate = self.variant.dropout if dropout is None else dropout
-        conv = dict(activation=activation, padding=padding, bn_eps=bn_eps, bn_momentum=bn_momentum)
+        conv = dict(activation=activation, padding=padding, bn_eps=bn_eps, bn_momentum=bn_momentum,
+                    lean_bn_act=lean_bn_act)
 
         self.stem = ConvBNAct(in_channels, arch.stem_channels, 3, stride=2, **conv)
         rates = drop_path_rates(len(arch.blocks), drop_path_rate)

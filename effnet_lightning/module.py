@@ -16,6 +16,7 @@ from torch import nn
 from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
 
+from effnet_lightning.compilation import CompiledOrEager
 from effnet_lightning.optim import Optimizer, Schedule, lr_lambda, make_optimizer, param_groups, scale_lr
 from effnet_lightning.preprocessing import Preprocessing
 from effnet_lightning.pretrained import create_model
@@ -47,6 +48,12 @@ class EfficientNetModule(L.LightningModule):
         drop_path_rate, dropout: stochastic depth at the last block; dropout before the
             classifier (None: the variant's).
         channels_last: run the network in NHWC memory format (faster on CPU and GPU).
+        compile: run the network through `torch.compile` (the first steps compile, minutes on a
+            CPU); where compiling is unavailable, one warning and eager execution.
+        grad_checkpointing: recompute each block's activations in backward instead of storing
+            them: less memory for large variants and images, more compute per step.
+        lean_bn_act: in training, each BatchNorm + SiLU stores only its input and recomputes
+            the rest in backward: less activation memory, same numbers (see `batchnorm_act`).
         zero_init_head: start a classifier that the weights did not provide at zero. The
             paper's U(+-1/sqrt(classes)) is sized for 1000 classes; with few classes it gives
             large initial logits that stall training on small data sets.
@@ -88,6 +95,9 @@ class EfficientNetModule(L.LightningModule):
         drop_path_rate: float = 0.2,
         dropout: float | None = None,
         channels_last: bool = True,
+        compile: bool = False,
+        grad_checkpointing: bool = False,
+        lean_bn_act: bool = False,
         zero_init_head: bool = True,
         freeze_backbone_epochs: int = 0,
         backbone_lr_ratio: float = 1.0,
@@ -106,12 +116,14 @@ class EfficientNetModule(L.LightningModule):
         self.save_hyperparameters()
         self.model = create_model(
             variant, num_classes=num_classes, weights=weights, weights_only=weights_only, drop_path_rate=drop_path_rate,
-            dropout=dropout, **(model_options or {}),
+            dropout=dropout, **{"lean_bn_act": lean_bn_act, **(model_options or {})},
         )  # fmt: skip
         if zero_init_head and num_classes and not self.model.head_loaded:
             nn.init.zeros_(self.model.classifier.weight)
         if channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
+        self.model.set_grad_checkpointing(grad_checkpointing)
+        self._compiled: CompiledOrEager | None = None  # made at the first call, see `network`
         if preprocessing:
             self.model.preprocessing = Preprocessing(**preprocessing)
         self.batchnorms = [m for m in self.model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
@@ -147,8 +159,18 @@ class EfficientNetModule(L.LightningModule):
                 features = self.model.forward_features(x)
             return self.model.forward_head(features)
         if not self.training and self.hparams.test_time_flip:
-            return (self.model(x) + self.model(x.flip(3))) / 2
-        return self.model(x)
+            return (self.network(x) + self.network(x.flip(3))) / 2
+        return self.network(x)
+
+    @property
+    def network(self):
+        """`model`, compiled when `compile` is on. The compiled function is not a submodule, so
+        checkpoints hold the plain network's keys."""
+        if not self.hparams.compile:
+            return self.model
+        if self._compiled is None or self._compiled.module is not self.model:
+            self._compiled = CompiledOrEager(self.model)
+        return self._compiled
 
     @property
     def backbone_frozen(self) -> bool:
