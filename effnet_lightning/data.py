@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import Literal
 
 import lightning as L
-import numpy as np
 import torch
 import torch.distributed as dist
 from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
@@ -32,6 +31,7 @@ from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler, default
 from torchvision.transforms import v2
 
 from effnet_lightning import demo_data
+from effnet_lightning.decode import decode_rgb, load_rgb
 from effnet_lightning.preprocessing import Preprocessing
 
 log = logging.getLogger(__name__)
@@ -110,40 +110,21 @@ def find_bad_images(paths: list[str], workers: int = 8) -> dict[str, str]:
         return {path: problem for path, problem in zip(paths, pool.map(image_problem, paths)) if problem}
 
 
-def load_rgb(path: str) -> Image.Image:
-    """An 8-bit RGB image from any file PIL reads: transparency is composited on white, 16-bit
-    and 32-bit grayscale is scaled to 8 bits, CMYK / palette / grayscale are converted."""
-    with Image.open(path) as img:
-        img.load()
-        if img.mode == "P" and "transparency" in img.info:
-            img = img.convert("RGBA")
-        if img.mode in ("RGBA", "LA", "PA", "La", "RGBa"):
-            rgba = img.convert("RGBA")
-            canvas = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-            return Image.alpha_composite(canvas, rgba).convert("RGB")
-        if img.mode in ("I;16", "I;16B", "I;16L", "I"):
-            array = np.asarray(img.convert("I"), dtype=np.float64)
-            peak = 65535.0 if img.mode.startswith("I;16") or array.max() > 255 else 255.0
-            return Image.fromarray(np.clip(array / peak * 255.0 + 0.5, 0, 255).astype(np.uint8)).convert("RGB")
-        if img.mode == "F":
-            array = np.asarray(img, dtype=np.float64)
-            scaled = np.clip(array * (255.0 if array.max() <= 1 else 1.0), 0, 255).astype(np.uint8)
-            return Image.fromarray(scaled).convert("RGB")
-        return img.convert("RGB")
-
-
 class ImageFileDataset(Dataset):
     """(path, label) samples -> (transformed image, label).
 
-    A file that fails to load (e.g. a truncated JPEG, which only decoding finds) is replaced by
-    the next sample and named in the log once, so one bad file cannot end a long run; with
-    `strict` it raises `BadImageError` instead.
+    `decode` reads a file: `load_rgb` (a PIL image, as the weights' reference evaluation
+    reads it) or `decode_rgb` (a uint8 tensor, faster for the training transforms). A file
+    that fails to load (e.g. a truncated JPEG, which only decoding finds) is replaced by the next
+    sample and named in the log once, so one bad file cannot end a long run; with `strict` it
+    raises `BadImageError` instead.
     """
 
-    def __init__(self, samples: list[tuple[str, int]], transform, strict: bool = False):
+    def __init__(self, samples: list[tuple[str, int]], transform, strict: bool = False, decode=load_rgb):
         self.samples = samples
         self.transform = transform
         self.strict = strict
+        self.decode = decode
         self.failed: set[str] = set()
 
     def __len__(self) -> int:
@@ -154,7 +135,7 @@ class ImageFileDataset(Dataset):
         for attempt in range(attempts):
             path, label = self.samples[(index + attempt) % len(self.samples)]
             try:
-                return self.transform(load_rgb(path)), label
+                return self.transform(self.decode(path)), label
             except (OSError, SyntaxError, ValueError) as e:
                 reason = f"{type(e).__name__}: {e}"
                 if self.strict:
@@ -163,7 +144,8 @@ class ImageFileDataset(Dataset):
                 if path not in self.failed:
                     self.failed.add(path)
                     log.warning("skipping unreadable image %s (%s); using the next image instead", path, reason)
-        raise BadImageError(f"{attempts} images in a row failed to load, the last {path}: check the data folder")
+        raise BadImageError(f"{attempts} images in a row failed to load, the last {path} ({reason}): check the data "
+                            f"folder")  # fmt: skip
 
 
 def train_transform(
@@ -415,7 +397,10 @@ class ImageFolderDataModule(L.LightningDataModule):
         else:
             transform = eval_transform(self.preprocessing)
         mixing = train and (hp.mixup_alpha > 0 or hp.cutmix_alpha > 0)
-        dataset = ImageFileDataset(self.splits[split], transform, strict=hp.strict)
+        # Training decodes straight to tensors (faster; see benchmarks/input_pipeline.py); evaluation
+        # reads through PIL, as the pretrained weights were evaluated.
+        decode = decode_rgb if train else load_rgb
+        dataset = ImageFileDataset(self.splits[split], transform, strict=hp.strict, decode=decode)
         sampler = None
         if train and hp.weighted_sampler:
             # Lightning wraps it in a distributed sampler under DDP.
