@@ -39,9 +39,10 @@ class _BatchNormSiLU(torch.autograd.Function):
 
 
 def can_fuse(bn: nn.BatchNorm2d, x: torch.Tensor) -> bool:
-    """Training statistics with a fixed momentum, affine, in the parameters' dtype (autocast
-    and cumulative-average BatchNorm take the plain path)."""
-    return (bn.training and bn.affine and bn.track_running_stats and bn.momentum is not None
+    """Plain BatchNorm2d (not SyncBatchNorm, whose statistics span processes) in training, with
+    a fixed momentum, affine, in the parameters' dtype (autocast and cumulative-average
+    BatchNorm take the plain path)."""
+    return (type(bn) is nn.BatchNorm2d and bn.training and bn.affine and bn.track_running_stats and bn.momentum is not None
             and x.dtype == bn.weight.dtype and torch.is_grad_enabled())  # fmt: skip
 
 

@@ -4,7 +4,7 @@ import torch.nn.functional as F
 from conftest import randomise_batchnorm
 
 from effnet_lightning import create_model
-from effnet_lightning.batchnorm_act import batch_norm_silu
+from effnet_lightning.batchnorm_act import batch_norm_silu, can_fuse
 
 
 @pytest.mark.parametrize("channels_last", [False, True])
@@ -57,3 +57,9 @@ def test_lean_network_scripts_and_traces_in_training_mode():
     torch.manual_seed(0)
     expected = model(x)
     assert torch.allclose(scripted(x), expected, atol=1e-5) and torch.allclose(traced(x), expected, atol=1e-5)
+
+
+def test_sync_batchnorm_keeps_its_own_path():
+    bn = torch.nn.SyncBatchNorm(4).train()
+    assert not can_fuse(bn, torch.randn(2, 4, 3, 3))
+    assert can_fuse(torch.nn.BatchNorm2d(4).train(), torch.randn(2, 4, 3, 3))
