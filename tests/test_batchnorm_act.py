@@ -46,7 +46,7 @@ def test_lean_network_has_the_plain_keys_outputs_and_gradients():
     # noise, so the whole gradient is compared, relative to its size.
     grad_plain = torch.cat([p.grad.flatten() for p in plain.parameters()])
     grad_lean = torch.cat([p.grad.flatten() for p in lean.parameters()])
-    assert ((grad_lean - grad_plain).norm() / grad_plain.norm()).item() < 1e-6
+    assert ((grad_lean - grad_plain).norm() / grad_plain.norm()).item() < 1e-5  # (1e-6 with some thread counts)
 
 
 def test_lean_network_scripts_and_traces_in_training_mode():
