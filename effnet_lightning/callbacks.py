@@ -247,6 +247,7 @@ class EMA(WeightAveraging):
         super().__init__(use_buffers=True, multi_avg_fn=ema_multi_avg_fn(decay or 0.0, warmup))
         self.decay, self.update_every_n_steps, self.validate_raw = decay, update_every_n_steps, validate_raw
         self._raw = None
+        self._swapped = False  # the EMA weights are in the module (during validation)
 
     @property
     def enabled(self) -> bool:
@@ -290,7 +291,7 @@ class EMA(WeightAveraging):
 
     def on_exception(self, trainer, pl_module, exception):
         # Stopped during validation: the raw weights back before a checkpoint is written.
-        if getattr(self, "_swapped", False):
+        if self._swapped:
             self._swap_models(pl_module)
             self._swapped = False
 
