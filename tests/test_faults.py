@@ -17,6 +17,7 @@ import pytest
 import torch
 from cli_helpers import CSV, ROOT, TINY, last_error_line, run_cli
 from fault_doc import expect, rows
+from probes import state_sums as sums
 
 from effnet_lightning import create_model
 from effnet_lightning.cli import main
@@ -31,10 +32,6 @@ def every_checkpoint_loads_weights_only(folder: Path) -> int:
     for path in paths:
         torch.load(path, weights_only=True)
     return len(paths)
-
-
-def sums(state: dict) -> dict:
-    return {k: float(v.double().sum()) for k, v in state.items() if torch.is_tensor(v)}
 
 
 def record(cwd: Path) -> dict:
