@@ -34,9 +34,9 @@ from PIL import Image
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from effnet_lightning.data import train_transform
-from effnet_lightning.decode import decode_rgb, load_rgb
-from effnet_lightning.preprocessing import Preprocessing
+from effnet_lightning.data.datamodule import train_transform
+from effnet_lightning.data.decode import decode_rgb, load_rgb
+from effnet_lightning.models.preprocessing import Preprocessing
 
 RESULTS = Path(__file__).resolve().parent / "results"
 PHOTO_SIZES = {"500x375": (500, 375), "3000x2000": (3000, 2000)}

@@ -79,7 +79,7 @@ def build_network(config: Config, variant: str):
     import torchvision
 
     if config.family == "ours":
-        from effnet_lightning.module import EfficientNetModule
+        from effnet_lightning.training.module import EfficientNetModule
 
         module = EfficientNetModule(variant, num_classes=1000, channels_last=config.channels_last,
                                     compile=config.compile, grad_checkpointing=config.grad_checkpointing,
@@ -130,7 +130,7 @@ def worker(conn, config: Config, args: argparse.Namespace) -> None:
     import torch.nn.functional as F
     import torchvision  # noqa: F401
 
-    import effnet_lightning.module  # noqa: F401
+    import effnet_lightning.training.module  # noqa: F401
 
     torch.manual_seed(0)
     device = torch.device(args.device)

@@ -7,12 +7,12 @@
 __version__ = "0.1.0"
 __all__ = ["EfficientNet", "Preprocessing", "create_model", "get_variant"]
 
-# Imported on first use, so that `effnet_lightning.scaling` stays free of torch.
+# Imported on first use, so that `effnet_lightning.models.scaling` stays free of torch.
 _EXPORTS = {
-    "EfficientNet": "effnet_lightning.model",
-    "create_model": "effnet_lightning.pretrained",
-    "Preprocessing": "effnet_lightning.preprocessing",
-    "get_variant": "effnet_lightning.scaling",
+    "EfficientNet": "effnet_lightning.models.efficientnet",
+    "create_model": "effnet_lightning.models.factory",
+    "Preprocessing": "effnet_lightning.models.preprocessing",
+    "get_variant": "effnet_lightning.models.scaling",
 }
 
 

@@ -4,7 +4,7 @@ import shutil
 import pytest
 import torch
 
-from effnet_lightning import demo_data
+from effnet_lightning.data import demo
 
 # No test may reach the network or prompt for W&B credentials.
 os.environ.setdefault("WANDB_MODE", "offline")
@@ -44,7 +44,7 @@ def image_batch():
 
 @pytest.fixture(scope="session")
 def demo_root(tmp_path_factory):
-    return demo_data.generate(tmp_path_factory.mktemp("data") / "demo")
+    return demo.generate(tmp_path_factory.mktemp("data") / "demo")
 
 
 @pytest.fixture(scope="session")
@@ -52,7 +52,7 @@ def small_root(demo_root, tmp_path_factory):
     """10 train images per class; 71 validation images, an odd count that no even split pads."""
     root = tmp_path_factory.mktemp("small")
     for split, per_class in (("train", 10), ("val", 7)):
-        for i, name in enumerate(demo_data.CLASSES):
+        for i, name in enumerate(demo.CLASSES):
             (root / split / name).mkdir(parents=True)
             for src in sorted((demo_root / split / name).glob("*.png"))[: per_class + (split == "val" and i == 0)]:
                 shutil.copy(src, root / split / name / src.name)

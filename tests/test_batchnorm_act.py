@@ -4,7 +4,7 @@ import torch.nn.functional as F
 from conftest import randomise_batchnorm
 
 from effnet_lightning import create_model
-from effnet_lightning.batchnorm_act import batch_norm_silu, can_fuse
+from effnet_lightning.models.batchnorm_act import batch_norm_silu, can_fuse
 
 
 @pytest.mark.parametrize("channels_last", [False, True])

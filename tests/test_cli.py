@@ -7,13 +7,14 @@ import re
 
 import pytest
 import torch
-import yaml
-
 import wandb_offline
+import yaml
 from cli_helpers import CSV, ROOT, TINY, printed_metric, run_cli
-from effnet_lightning import demo_data
-from effnet_lightning.cli import main
-from effnet_lightning.module import EfficientNetModule
+
+from effnet_lightning.cli.app import main
+from effnet_lightning.data import demo
+from effnet_lightning.training.module import EfficientNetModule
+
 
 def probe(tmp_path, args, cwd):
     probe_file = tmp_path / "probe.json"
@@ -30,7 +31,7 @@ def test_default_fit_learns_checkpoints_and_logs_to_wandb_offline(tmp_path):
     out = run_cli(["fit", "--config", ROOT / "configs" / "default.yaml", "--trainer.max_epochs", "10",
                    "--trainer.log_every_n_steps", "5", "--trainer.enable_progress_bar", "false"], tmp_path, env=env,
                   timeout=2300)  # fmt: skip
-    assert (tmp_path / "data" / "demo" / demo_data.DONE_MARKER).exists()
+    assert (tmp_path / "data" / "demo" / demo.DONE_MARKER).exists()
     record = json.loads((tmp_path / "runs" / "latest_fit.json").read_text())
     best, last = tmp_path / record["best_model_path"], tmp_path / record["last_model_path"]
     assert best.is_file() and last.name == "last.ckpt" and last.is_file()
@@ -41,7 +42,7 @@ def test_default_fit_learns_checkpoints_and_logs_to_wandb_offline(tmp_path):
 
     ckpt = torch.load(best, weights_only=True)
     hp = ckpt["hyper_parameters"]
-    assert hp["class_names"] == sorted(demo_data.CLASSES) and hp["num_classes"] == 10
+    assert hp["class_names"] == sorted(demo.CLASSES) and hp["num_classes"] == 10
     assert hp["preprocessing"]["crop_size"] == 96 and hp["preprocessing"]["interpolation"] == "bicubic"
 
     runs = list((tmp_path / "runs" / "wandb").glob("offline-run-*/run-*.wandb"))
@@ -169,7 +170,7 @@ def test_print_config_round_trips(tmp_path, capsys, monkeypatch):
     config = yaml.safe_load(first)
     assert config["model"]["variant"] == "b2" and config["data"]["batch_size"] == 12
     assert "preprocessing" not in config["data"]  # a link target: derived from the model, never typed
-    assert config["trainer"]["logger"]["class_path"] == "effnet_lightning.loggers.WandbLogger"
+    assert config["trainer"]["logger"]["class_path"] == "effnet_lightning.cli.loggers.WandbLogger"
 
 
 def test_shipped_configs_parse(tmp_path, capsys, monkeypatch, demo_root):

@@ -8,9 +8,9 @@ import torch
 import torch.nn.functional as F
 from conftest import randomise_batchnorm
 
-from effnet_lightning.compilation import CompiledOrEager
-from effnet_lightning.export import export_model
-from effnet_lightning.module import EfficientNetModule
+from effnet_lightning.models.compilation import CompiledOrEager
+from effnet_lightning.tools.export import export_model
+from effnet_lightning.training.module import EfficientNetModule
 
 
 def pair(**switches):
@@ -86,7 +86,6 @@ def test_export_works_with_the_switches_on(tmp_path, monkeypatch):
     monkeypatch.setattr(torch, "compile", functools.partial(torch.compile, backend="eager"))
     module = EfficientNetModule("b0", num_classes=3, compile=True, grad_checkpointing=True, lean_bn_act=True)
     randomise_batchnorm(module.model)
-    pre = module.model.preprocessing.resized(64).to_dict()
-    info = export_model(module.model, tmp_path, variant="b0", class_names=["a", "b", "c"], preprocessing=pre,
-                        formats=["torchscript", "safetensors"])  # fmt: skip
+    module.model.provenance = module.model.provenance.with_preprocessing(module.model.provenance.preprocessing.resized(64))
+    info = export_model(module.model, tmp_path, class_names=["a", "b", "c"], formats=["torchscript", "safetensors"])
     assert max(info["max_abs_logit_difference"].values()) < 1e-4

@@ -5,7 +5,7 @@ import torch
 from fault_doc import expect
 from PIL import Image
 
-from effnet_lightning.data import (
+from effnet_lightning.data.datamodule import (
     BadImageError,
     ImageFolderDataModule,
     check_same_listing,
@@ -14,7 +14,7 @@ from effnet_lightning.data import (
     load_rgb,
     stratified_split,
 )
-from effnet_lightning.preprocessing import Preprocessing
+from effnet_lightning.models.preprocessing import Preprocessing
 
 
 def make_folder(root, classes=("ant", "bee", "cat"), per_class=10, size=(40, 30)):

@@ -4,7 +4,7 @@ import torch
 from PIL import Image
 from torchvision.transforms.v2.functional import pil_to_tensor
 
-from effnet_lightning.decode import decode_rgb, load_rgb
+from effnet_lightning.data.decode import decode_rgb, load_rgb
 
 
 def picture(height: int = 37, width: int = 53) -> np.ndarray:

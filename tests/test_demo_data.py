@@ -4,25 +4,25 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from effnet_lightning import demo_data
+from effnet_lightning.data import demo
 
 
 @pytest.fixture(scope="module")
 def demo_root(tmp_path_factory):
-    return demo_data.generate(tmp_path_factory.mktemp("demo") / "demo")
+    return demo.generate(tmp_path_factory.mktemp("demo") / "demo")
 
 
 def test_layout_and_counts(demo_root):
-    for split, per_class in demo_data.SPLITS.items():
+    for split, per_class in demo.SPLITS.items():
         classes = sorted(p.name for p in (demo_root / split).iterdir())
-        assert classes == sorted(demo_data.CLASSES)
+        assert classes == sorted(demo.CLASSES)
         assert all(len(list((demo_root / split / c).glob("*.png"))) == per_class for c in classes)
     img = Image.open(next((demo_root / "train" / "star").glob("*.png")))
     assert img.size == (96, 96) and img.mode == "RGB"
 
 
 def test_generation_is_deterministic(demo_root, tmp_path):
-    again = demo_data.generate(tmp_path / "again")
+    again = demo.generate(tmp_path / "again")
     for name in ("train/ring/ring_007.png", "val/cross/cross_000.png", "test/star/star_019.png"):
         assert hashlib.sha256((demo_root / name).read_bytes()).digest() == hashlib.sha256((again / name).read_bytes()).digest()
 
@@ -32,7 +32,7 @@ def test_colour_and_brightness_do_not_give_the_class_away(demo_root):
 
     def features(split):
         xs, ys = [], []
-        for label, name in enumerate(demo_data.CLASSES):
+        for label, name in enumerate(demo.CLASSES):
             for path in sorted((demo_root / split / name).glob("*.png")):
                 a = np.asarray(Image.open(path), dtype=np.float32) / 255
                 xs.append(np.concatenate([a.mean((0, 1)), a.std((0, 1)), [a.mean()]]))
@@ -52,5 +52,5 @@ def test_existing_foreign_folder_is_never_overwritten(tmp_path):
     (tmp_path / "demo").mkdir()
     (tmp_path / "demo" / "mine.txt").write_text("user data")
     with pytest.raises(FileExistsError, match="exists but holds no complete demo dataset"):
-        demo_data.generate(tmp_path / "demo")
+        demo.generate(tmp_path / "demo")
     assert (tmp_path / "demo" / "mine.txt").read_text() == "user data"

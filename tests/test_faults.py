@@ -20,8 +20,8 @@ from fault_doc import expect, rows
 from probes import state_sums as sums
 
 from effnet_lightning import create_model
-from effnet_lightning.cli import main
-from effnet_lightning.module import EfficientNetModule
+from effnet_lightning.cli.app import main
+from effnet_lightning.training.module import EfficientNetModule
 
 # 4 optimizer steps per epoch, 2 validation batches: small and quick, every path still taken.
 SHORT = [*TINY, *CSV, "--trainer.limit_train_batches", "4", "--trainer.limit_val_batches", "2"]
@@ -229,14 +229,14 @@ def test_a_run_stopped_at_an_epoch_boundary_and_resumed_reproduces_the_uninterru
 
 CRASHING_WRITER = """
 import sys, torch
-from effnet_lightning.guards import AtomicCheckpointIO
+from effnet_lightning.cli.guards import AtomicCheckpointIO
 # ~400 MB: the write takes long enough to be killed in the middle of it
 AtomicCheckpointIO().save_checkpoint({"step": 2, "big": torch.ones(100_000_000)}, sys.argv[1])
 """
 
 
 def test_a_crash_while_writing_a_checkpoint_leaves_the_previous_one_whole(tmp_path):
-    from effnet_lightning.guards import AtomicCheckpointIO
+    from effnet_lightning.cli.guards import AtomicCheckpointIO
 
     last = tmp_path / "last.ckpt"
     AtomicCheckpointIO().save_checkpoint({"step": 1, "weights": torch.arange(10.0)}, last)

@@ -9,17 +9,17 @@ import pytest
 import torch
 from cli_helpers import CSV, ROOT, fit_summary, printed_metric, run_cli
 
-from effnet_lightning import demo_data
-from effnet_lightning.data import ImageFolderDataModule
-from effnet_lightning.module import EfficientNetModule
-from effnet_lightning.pretrained import preprocessing_for
+from effnet_lightning.data import demo
+from effnet_lightning.data.datamodule import ImageFolderDataModule
+from effnet_lightning.models.factory import preprocessing_for
+from effnet_lightning.training.module import EfficientNetModule
 
 
 @pytest.fixture(scope="module")
 def class_folder(demo_root, tmp_path_factory):
     """One folder of class folders (split by the data module): 30 images per class."""
     root = tmp_path_factory.mktemp("folder")
-    for name in demo_data.CLASSES:
+    for name in demo.CLASSES:
         (root / name).mkdir()
         for src in sorted((demo_root / "train" / name).glob("*.png"))[:30]:
             shutil.copy(src, root / name / src.name)

@@ -2,7 +2,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from effnet_lightning.layers import Conv2dSame, DropPath, make_conv, same_padding
+from effnet_lightning.models.layers import Conv2dSame, DropPath, make_conv, same_padding
 
 
 def test_same_padding_puts_the_extra_pixel_bottom_right():

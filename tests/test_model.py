@@ -3,9 +3,9 @@ import torch
 import torchvision
 
 from effnet_lightning import EfficientNet, create_model
-from effnet_lightning.layers import DropPath
-from effnet_lightning.model import count_gmacs, count_parameters
-from effnet_lightning.scaling import from_phi
+from effnet_lightning.models.efficientnet import count_gmacs, count_parameters
+from effnet_lightning.models.layers import DropPath
+from effnet_lightning.models.scaling import from_phi
 
 B_VARIANTS = [f"b{i}" for i in range(8)]
 

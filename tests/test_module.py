@@ -2,7 +2,7 @@ import pytest
 import torch
 from conftest import randomise_batchnorm
 
-from effnet_lightning.module import EfficientNetModule
+from effnet_lightning.training.module import EfficientNetModule
 
 
 def test_fresh_head_starts_at_zero_and_loaded_head_is_kept():

@@ -3,8 +3,8 @@ import math
 import pytest
 import torch
 
-from effnet_lightning.model import EfficientNet
-from effnet_lightning.optim import RMSpropTF, lr_lambda, make_optimizer, param_groups
+from effnet_lightning.models.efficientnet import EfficientNet
+from effnet_lightning.training.optim import RMSpropTF, lr_lambda, make_optimizer, param_groups
 
 
 def test_no_weight_decay_on_batchnorm_and_bias():

@@ -10,18 +10,19 @@ import numpy as np
 import onnxruntime
 import pytest
 import torch
+import wandb_offline
 from cli_helpers import CSV, TINY, last_error_line, printed_metric, run_cli
 from conftest import randomise_batchnorm
 from PIL import Image
 
-import wandb_offline
-from effnet_lightning import create_model, demo_data
-from effnet_lightning.data import eval_transform, load_rgb
-from effnet_lightning.export import export_model
-from effnet_lightning.module import EfficientNetModule
-from effnet_lightning.preprocessing import Preprocessing
+from effnet_lightning import create_model
+from effnet_lightning.data import demo
+from effnet_lightning.data.datamodule import eval_transform, load_rgb
+from effnet_lightning.models.preprocessing import Preprocessing
+from effnet_lightning.tools.export import export_model
+from effnet_lightning.training.module import EfficientNetModule
 
-CLASSES = sorted(demo_data.CLASSES)
+CLASSES = sorted(demo.CLASSES)
 
 
 @pytest.fixture(scope="module")
@@ -136,9 +137,9 @@ def _reload_and_compare(folder: Path, model: torch.nn.Module, x: torch.Tensor) -
 def test_onnx_and_torchscript_exports_match_pytorch(variant, tmp_path):
     torch.manual_seed(0)
     model = create_model(variant, num_classes=10)
-    pre = model.preprocessing.to_dict()
+    pre = model.provenance.preprocessing.to_dict()
     randomise_batchnorm(model, size=pre["crop_size"]).eval()
-    info = export_model(model, tmp_path, variant=variant, class_names=CLASSES, preprocessing=pre)
+    info = export_model(model, tmp_path, class_names=CLASSES)
     assert info["files"] == {"onnx": "model.onnx", "torchscript": "model.torchscript.pt", "safetensors": "model.safetensors"}
     x = torch.randn(5, 3, pre["crop_size"], pre["crop_size"], generator=torch.Generator().manual_seed(7))
     diffs = _reload_and_compare(tmp_path, model, x)
@@ -244,12 +245,11 @@ def test_a_failed_export_replaces_nothing_and_an_export_touches_only_its_files(t
     (out / "model.json").write_text("the previous export")
     (out / "notes.txt").write_text("the user's")
     model = randomise_batchnorm(create_model("b0", num_classes=3)).eval()
-    pre = model.preprocessing.resized(64).to_dict()
+    model.provenance = model.provenance.with_preprocessing(model.provenance.preprocessing.resized(64))
     with pytest.raises(ValueError, match="nothing was written to"):  # tolerance -1: every check fails
-        export_model(model, out, variant="b0", class_names=["a", "b", "c"], preprocessing=pre, formats=["safetensors"],
-                     tolerance=-1.0)  # fmt: skip
+        export_model(model, out, class_names=["a", "b", "c"], formats=["safetensors"], tolerance=-1.0)
     assert sorted(p.name for p in out.iterdir()) == ["model.json", "notes.txt"]
     assert (out / "model.json").read_text() == "the previous export"
-    info = export_model(model, out, variant="b0", class_names=["a", "b", "c"], preprocessing=pre, formats=["safetensors"])
+    info = export_model(model, out, class_names=["a", "b", "c"], formats=["safetensors"])
     assert json.loads((out / "model.json").read_text()) == info and (out / "notes.txt").read_text() == "the user's"
     assert sorted(p.name for p in out.iterdir()) == ["model.json", "model.safetensors", "notes.txt"]

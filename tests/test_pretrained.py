@@ -6,27 +6,28 @@ import pytest
 import skimage.data
 import torch
 import torchvision
-
 from conftest import randomise_batchnorm
+
 from effnet_lightning import create_model
-from effnet_lightning.data import eval_transform
-from effnet_lightning.preprocessing import IMAGENET_MEAN, Preprocessing
-from effnet_lightning.pretrained import imagenet_categories, imagenet_source
-from effnet_lightning.scaling import get_variant
-from effnet_lightning.state_dicts import WeightsError
+from effnet_lightning.data.datamodule import eval_transform
+from effnet_lightning.models.factory import imagenet_categories, imagenet_source
+from effnet_lightning.models.preprocessing import IMAGENET_MEAN, Preprocessing
+from effnet_lightning.models.provenance import BuildOptions
+from effnet_lightning.models.scaling import get_variant
+from effnet_lightning.models.state_dicts import WeightsError
 
 
 @pytest.mark.slow
 def test_packaged_lite0_imagenet_weights_classify_real_photos():
     model = create_model("lite0", weights="imagenet").eval()
-    pre = model.preprocessing
+    pre = model.provenance.preprocessing
     assert (pre.crop_size, pre.resize_size) == (224, 256)
     assert pre.mean == pytest.approx((127 / 255,) * 3) and pre.std == pytest.approx((128 / 255,) * 3)
-    assert model.categories == imagenet_categories()
+    assert model.provenance.categories == imagenet_categories()
     transform = eval_transform(pre)
     with torch.no_grad():
         probs = model(torch.stack([transform(skimage.data.coffee()), transform(skimage.data.chelsea())])).softmax(-1)
-    top = [model.categories[i] for i in probs.argmax(-1)]
+    top = [model.provenance.categories[i] for i in probs.argmax(-1)]
     print("lite0 top-1:", top, probs.max(-1).values.tolist())
     assert top[0] == "espresso" and probs[0].max() > 0.8
     assert top[1] in {"tabby", "tiger cat", "Egyptian cat"}
@@ -36,10 +37,10 @@ def test_torchvision_imagenet_source_carries_its_preprocessing_and_settings():
     b3 = imagenet_source(get_variant("b3"))
     assert (b3.preprocessing.crop_size, b3.preprocessing.resize_size) == (300, 320)
     assert b3.preprocessing.interpolation == "bicubic" and b3.preprocessing.mean == IMAGENET_MEAN
-    assert b3.settings == {} and len(b3.categories) == 1000
+    assert b3.build == BuildOptions() and len(b3.categories) == 1000
     b6 = imagenet_source(get_variant("b6"))
     assert (b6.preprocessing.crop_size, b6.preprocessing.resize_size) == (528, 528)
-    assert b6.settings == {"bn_eps": 1e-3, "bn_momentum": 0.01}
+    assert b6.build.changes() == {"bn_eps": 1e-3, "bn_momentum": 0.01}
 
 
 def test_imagenet_weights_load_from_torchvisions_cache(tmp_path, monkeypatch):
@@ -50,8 +51,8 @@ def test_imagenet_weights_load_from_torchvisions_cache(tmp_path, monkeypatch):
     cached.parent.mkdir(parents=True)
     torch.save(reference.state_dict(), cached)
     model = create_model("b0", weights="imagenet").eval()
-    assert model.weights_source.startswith("torchvision EfficientNet_B0_Weights.IMAGENET1K_V1")
-    assert model.categories[:2] == ("tench", "goldfish")
+    assert model.provenance.source.startswith("torchvision EfficientNet_B0_Weights.IMAGENET1K_V1")
+    assert model.provenance.categories[:2] == ("tench", "goldfish")
     x = torch.randn(1, 3, 64, 64)
     with torch.no_grad():
         assert (model(x) - reference(x)).abs().max() <= 1e-4
@@ -64,7 +65,7 @@ def test_imagenet_download_offline_says_where_to_put_the_file(tmp_path):
     assert out.returncode != 0
     last = out.stderr.strip().splitlines()[-1]
     expected = tmp_path / "hub" / "checkpoints" / "efficientnet_b0_rwightman-7f5810bc.pth"
-    assert last.startswith("effnet_lightning.state_dicts.WeightsError: could not download https://download.pytorch.org")
+    assert last.startswith("effnet_lightning.models.state_dicts.WeightsError: could not download https://download.pytorch.org")
     assert last.endswith(f"without internet, fetch that file elsewhere and put it at {expected}")
 
 
@@ -88,6 +89,6 @@ def test_missing_lite_package_is_a_clear_error():
 
 def test_default_preprocessing_follows_the_variant():
     model = create_model("b3", num_classes=2)
-    assert model.preprocessing == Preprocessing(300, 342)
-    assert model.weights_source == "random init" and model.categories == ()
-    assert Preprocessing.from_dict(model.preprocessing.to_dict()) == model.preprocessing
+    assert model.provenance.preprocessing == Preprocessing(300, 342)
+    assert model.provenance.source == "random init" and model.provenance.categories == ()
+    assert Preprocessing.from_dict(model.provenance.preprocessing.to_dict()) == model.provenance.preprocessing

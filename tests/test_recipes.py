@@ -9,12 +9,12 @@ import os
 
 import pytest
 import torch
-from safetensors.torch import load_file
 from cli_helpers import CSV, ROOT, TINY, printed_metric, run_cli
+from safetensors.torch import load_file
 
-from effnet_lightning.data import MixCollate
-from effnet_lightning.module import EfficientNetModule
-from effnet_lightning.optim import scale_lr
+from effnet_lightning.data.datamodule import MixCollate
+from effnet_lightning.training.module import EfficientNetModule
+from effnet_lightning.training.optim import scale_lr
 
 # 4 batches of 8 per epoch, 2 accumulated per optimizer step: 2 steps per epoch, 14 in all,
 # a global batch of 16.

@@ -3,12 +3,19 @@ import sys
 
 import pytest
 
-from effnet_lightning import scaling
-from effnet_lightning.scaling import VARIANTS, build_architecture, from_phi, get_variant, round_channels, round_repeats
+from effnet_lightning.models import scaling
+from effnet_lightning.models.scaling import (
+    VARIANTS,
+    build_architecture,
+    from_phi,
+    get_variant,
+    round_channels,
+    round_repeats,
+)
 
 
 def test_scaling_module_does_not_import_torch():
-    code = "import sys, effnet_lightning.scaling; print('torch' in sys.modules)"
+    code = "import sys, effnet_lightning.models.scaling; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
 
@@ -114,7 +121,7 @@ def test_drop_path_rates_ramp_linearly():
 @pytest.mark.slow
 def test_scaling_command_prints_measured_params_and_gmacs():
     out = subprocess.run(
-        [sys.executable, "-m", "effnet_lightning.scaling", "--phi", "1"], capture_output=True, text=True, check=True
+        [sys.executable, "-m", "effnet_lightning.tools.variant_table", "--phi", "1"], capture_output=True, text=True, check=True
     ).stdout
     rows = {line.split()[0]: line.split() for line in out.splitlines()[1:]}
     assert set(rows) == set(VARIANTS) | {"phi1"}

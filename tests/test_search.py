@@ -7,8 +7,8 @@ import torch
 from cli_helpers import ROOT, run_cli
 
 from effnet_lightning import create_model
-from effnet_lightning.model import count_gmacs
-from effnet_lightning.search import scaled_resolution
+from effnet_lightning.models.efficientnet import count_gmacs
+from effnet_lightning.tools.search import scaled_resolution
 
 
 @pytest.mark.slow

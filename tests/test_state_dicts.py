@@ -4,13 +4,13 @@ import pytest
 import timm
 import torch
 import torchvision
+from conftest import randomise_batchnorm
 from efficientnet_lite_pytorch import EfficientNet as LiteReference
 from efficientnet_pytorch import EfficientNet as LukemelasReference
 from safetensors.torch import save_file
 
-from conftest import randomise_batchnorm
 from effnet_lightning import create_model
-from effnet_lightning.state_dicts import WeightsError, detect_layout, read_state_dict
+from effnet_lightning.models.state_dicts import WeightsError, detect_layout, read_state_dict
 
 TOLERANCE = 1e-4
 
@@ -82,7 +82,7 @@ def test_weights_files_of_every_format(tmp_path, torchvision_b0, image_batch, su
     else:
         torch.save({f"module.{k}": v for k, v in state.items()} if suffix == ".pt" else state, path)
     ours = create_model("b0", num_classes=10, weights=path)
-    assert ours.weights_source == str(path)
+    assert ours.provenance.source == str(path)
     assert max_logit_difference(torchvision_b0, ours, image_batch) <= TOLERANCE
 
 

@@ -20,7 +20,8 @@ import numpy as np
 import torch
 from lightning.fabric.utilities.types import _PATH
 from lightning.pytorch.plugins.io import TorchCheckpointIO
-from lightning.pytorch.utilities import rank_zero_only
+
+from effnet_lightning.cli.console import say
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -90,7 +91,7 @@ class GracefulInterrupt(L.Callback):
                     raise KeyboardInterrupt
                 # Rank 0's flag reaches every process at the next batch (Lightning broadcasts it).
                 trainer._signal_connector.received_sigterm = True
-                _say("Ctrl+C: stopping after this batch and saving a checkpoint (press again to stop at once)")
+                say("Ctrl+C: stopping after this batch and saving a checkpoint (press again to stop at once)", err=True)
             elif callable(lightning_sigterm):
                 lightning_sigterm(signum, frame)
 
@@ -207,8 +208,3 @@ class ProcessWatchdog(L.Callback):
                 print(f"error: the job's main process ({parent}) is gone: ending this process too", file=sys.stderr,
                       flush=True)  # fmt: skip
                 os._exit(1)
-
-
-@rank_zero_only
-def _say(line: str) -> None:
-    print(line, file=sys.stderr, flush=True)

@@ -16,10 +16,10 @@ from torch import nn
 from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
 
-from effnet_lightning.compilation import CompiledOrEager
-from effnet_lightning.optim import Optimizer, Schedule, lr_lambda, make_optimizer, param_groups, scale_lr
-from effnet_lightning.preprocessing import Preprocessing
-from effnet_lightning.pretrained import create_model
+from effnet_lightning.models.compilation import CompiledOrEager
+from effnet_lightning.models.factory import create_model
+from effnet_lightning.models.preprocessing import Preprocessing
+from effnet_lightning.training.optim import Optimizer, Schedule, lr_lambda, make_optimizer, param_groups, scale_lr
 
 STAGES = ("train", "val", "test")
 
@@ -118,14 +118,14 @@ class EfficientNetModule(L.LightningModule):
             variant, num_classes=num_classes, weights=weights, weights_only=weights_only, drop_path_rate=drop_path_rate,
             dropout=dropout, **{"lean_bn_act": lean_bn_act, **(model_options or {})},
         )  # fmt: skip
-        if zero_init_head and num_classes and not self.model.head_loaded:
+        if zero_init_head and num_classes and not self.model.provenance.head_loaded:
             nn.init.zeros_(self.model.classifier.weight)
         if channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.model.set_grad_checkpointing(grad_checkpointing)
         self._compiled: CompiledOrEager | None = None  # made at the first call, see `network`
         if preprocessing:
-            self.model.preprocessing = Preprocessing(**preprocessing)
+            self.model.provenance = self.model.provenance.with_preprocessing(Preprocessing(**preprocessing))
         self.batchnorms = [m for m in self.model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
         if freeze_bn:
             for bn in self.batchnorms:
@@ -135,8 +135,8 @@ class EfficientNetModule(L.LightningModule):
         self.class_names = list(class_names) if class_names else [str(i) for i in range(num_classes)]
         # Plain types, so the checkpoint loads with torch.load(weights_only=True). The settings the
         # weights chose (SAME padding, BatchNorm eps) are kept, so the checkpoint rebuilds this network.
-        self.hparams["preprocessing"] = self.model.preprocessing.to_dict()
-        self.hparams["model_options"] = {**self.model.build_options, **(model_options or {})} or None
+        self.hparams["preprocessing"] = self.model.provenance.preprocessing.to_dict()
+        self.hparams["model_options"] = {**self.model.provenance.build.changes(), **(model_options or {})} or None
         self.metrics = nn.ModuleDict({f"{stage}_metrics": self._make_metrics(num_classes, stage) for stage in STAGES})
         self.val_confusion = MulticlassConfusionMatrix(num_classes)
         self.test_confusion = MulticlassConfusionMatrix(num_classes)
@@ -236,7 +236,7 @@ class EfficientNetModule(L.LightningModule):
         # The data may crop at another size (--data.image_size): checkpoints record what it used.
         datamodule = getattr(self.trainer, "datamodule", None)
         if datamodule is not None and hasattr(datamodule, "preprocessing"):
-            self.model.preprocessing = datamodule.preprocessing
+            self.model.provenance = self.model.provenance.with_preprocessing(datamodule.preprocessing)
             self.hparams["preprocessing"] = datamodule.preprocessing.to_dict()
         if stage == "fit" and self.hparams.class_weighted_loss:
             if not hasattr(datamodule, "class_counts"):
@@ -248,7 +248,7 @@ class EfficientNetModule(L.LightningModule):
             self.trainer.strategy._ddp_kwargs["find_unused_parameters"] = True
 
     def _require_trained_classifier(self, stage: str) -> None:
-        trained = self.model.head_loaded or self._trained or self.trainer.ckpt_path is not None
+        trained = self.model.provenance.head_loaded or self._trained or self.trainer.ckpt_path is not None
         if not trained:
             raise ValueError(
                 f"{stage}: the network has no trained classifier for these {self.hparams.num_classes} classes (weights: "

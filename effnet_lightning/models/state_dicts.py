@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from effnet_lightning.model import EfficientNet
+from effnet_lightning.models.efficientnet import EfficientNet
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +68,22 @@ def read_state_dict(path: str | os.PathLike, weights_only: bool = True) -> dict[
     except Exception as e:
         raise WeightsError(f"cannot read weights file {path}: {type(e).__name__}: {e}") from None
     return unwrap_state_dict(obj, str(path))
+
+
+def read_checkpoint(path: str | os.PathLike) -> dict:
+    """A Lightning checkpoint of this project, read without running pickled code and without
+    copying its tensors into memory (mmap): every reader of checkpoints goes through here."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise WeightsError(f"no such checkpoint file: {path}")
+    try:
+        checkpoint = torch.load(path, weights_only=True, map_location="cpu", mmap=True)
+    except Exception as e:
+        raise WeightsError(f"{path} is not a readable checkpoint ({type(e).__name__}): pick another file, "
+                           f"e.g. the run's last.ckpt") from None
+    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
+        raise WeightsError(f"{path} is not a Lightning checkpoint (no state_dict): pick a .ckpt written by fit")
+    return checkpoint
 
 
 def unwrap_state_dict(obj, source: str = "weights") -> dict[str, torch.Tensor]:
@@ -175,11 +191,14 @@ def key_map(model: EfficientNet, layout: str) -> dict[str, str]:
     return mapping
 
 
-def load_weights(model: EfficientNet, state_dict: Mapping[str, torch.Tensor], source: str = "weights") -> str:
+def load_weights(
+    model: EfficientNet, state_dict: Mapping[str, torch.Tensor], source: str = "weights"
+) -> tuple[str, bool]:
     """Copy a state dict of any known layout into `model`, checking every key and shape.
 
     A classifier whose class count differs is left freshly initialised (logged); a stem with
-    another input-channel count is adapted (summed for 1 channel). Returns the layout name.
+    another input-channel count is adapted (summed for 1 channel). Returns the layout name and
+    whether the classifier was loaded.
     """
     layout, state_dict = detect_layout(state_dict)
     mapping = key_map(model, layout)
@@ -227,8 +246,7 @@ def load_weights(model: EfficientNet, state_dict: Mapping[str, torch.Tensor], so
             f"for, first {unused[0]!r}: are these weights for a larger variant?"
         )
     model.load_state_dict(new_state, strict=True)
-    model.head_loaded = keep_head
-    return layout
+    return layout, keep_head
 
 
 def adapt_input_channels(weight: torch.Tensor, in_channels: int) -> torch.Tensor:

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import yaml
 
-from effnet_lightning.scaling import ALPHA, BETA, GAMMA, from_phi, phi_name
+from effnet_lightning.models.scaling import ALPHA, BETA, GAMMA, from_phi, phi_name
 
 DEFAULT_GRID = {"alpha": [1.1, 1.2, 1.3], "beta": [1.0, 1.1, 1.2], "gamma": [1.0, 1.15, 1.3]}
 
@@ -65,8 +65,8 @@ def scaled_resolution(base_resolution: int, gamma: float, phi: float) -> int:
 def measure(phi: float, alpha: float, beta: float, gamma: float, base_resolution: int, num_classes: int,
             baseline_gmacs: float | None, budget: float, tolerance: float) -> Candidate:  # fmt: skip
     """Build the candidate network and count its multiply-adds at its resolution."""
-    from effnet_lightning.model import count_gmacs, count_parameters
-    from effnet_lightning.pretrained import create_model
+    from effnet_lightning.models.efficientnet import count_gmacs, count_parameters
+    from effnet_lightning.models.factory import create_model
 
     variant = from_phi(phi, alpha, beta, gamma)
     resolution = scaled_resolution(base_resolution, gamma, phi)

@@ -4,7 +4,7 @@
 or  root/<class>/*.jpg                      (split into train/val: seeded, stratified)
 and predict_root/**/*.jpg                   (any layout: every image once, for `predict`)
 
-With no root, the built-in demo dataset (`demo_data`) is generated on first use.
+With no root, the built-in demo dataset (`demo`) is generated on first use.
 Grayscale, palette, RGBA (composited on white) and 16-bit images load as RGB. Files that are
 not readable images (empty, truncated, another format under an image extension) are skipped
 and listed in the log, or stop the run with `strict`.
@@ -16,188 +16,33 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import random
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Literal
 
 import lightning as L
 import torch
 import torch.distributed as dist
 from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
-from lightning.pytorch.utilities import rank_zero_only
-from PIL import Image, UnidentifiedImageError
-from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler, default_collate
-from torchvision.transforms import v2
+from torch.utils.data import DataLoader, WeightedRandomSampler
 
-from effnet_lightning import demo_data
-from effnet_lightning.decode import decode_rgb, load_rgb
-from effnet_lightning.preprocessing import Preprocessing
+from effnet_lightning.data import demo
+from effnet_lightning.data.decode import decode_rgb, load_rgb
+from effnet_lightning.data.folders import (
+    BadImageError,
+    ImageFileDataset,
+    find_bad_images,
+    find_classes,
+    list_all_images,
+    list_images,
+    stratified_split,
+)
+from effnet_lightning.data.transforms import Augment, MixCollate, eval_transform, train_transform
+from effnet_lightning.models.preprocessing import Preprocessing
 
 log = logging.getLogger(__name__)
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 DEMO_ROOT = "data/demo"
 # Bad files named in the log; the rest are counted (`ImageFolderDataModule.skipped` has all).
 LISTED_BAD_FILES = 20
-# Loading tries this many samples in a row before giving up on a batch.
-LOAD_ATTEMPTS = 10
-Augment = Literal["none", "autoaugment", "randaugment", "trivialaugment"]
-
-
-def find_classes(folder: Path) -> list[str]:
-    """Class folders, sorted; hidden folders are not classes."""
-    return sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
-
-
-def list_images(folder: Path, classes: list[str]) -> list[tuple[str, int]]:
-    """(path, class index) for every image under folder/<class>/, in a fixed order."""
-    samples = []
-    for index, name in enumerate(classes):
-        class_dir = folder / name
-        if not class_dir.is_dir():
-            continue
-        samples += [(path, index) for path in list_all_images(class_dir)]
-    return samples
-
-
-def stratified_split(samples: list[tuple[str, int]], val_fraction: float, seed: int):
-    """Deterministic per-class split: the same seed gives the same split on every rank."""
-    by_class: dict[int, list[tuple[str, int]]] = {}
-    for s in samples:
-        by_class.setdefault(s[1], []).append(s)
-    train, val = [], []
-    for label in sorted(by_class):
-        items = by_class[label][:]
-        random.Random(seed + label).shuffle(items)
-        n_val = max(1, round(len(items) * val_fraction)) if len(items) > 1 else 0
-        val += items[:n_val]
-        train += items[n_val:]
-    return sorted(train), sorted(val)
-
-
-def list_all_images(folder: Path) -> list[str]:
-    """Every image under folder, at any depth, sorted; hidden files and folders are skipped.
-    (Dangling links are listed, so the check of the files reports them.)"""
-    return [str(p) for p in sorted(
-        p for p in folder.rglob("*")
-        if p.suffix.lower() in IMAGE_EXTENSIONS and not p.is_dir()
-        and not any(part.startswith(".") for part in p.relative_to(folder).parts)
-    )]  # fmt: skip
-
-
-class BadImageError(ValueError):
-    """An image file that cannot be read; the message names the file and what to do."""
-
-
-def image_problem(path: str) -> str | None:
-    """Why `path` is not a readable image, from its header (None: it looks fine). Truncated
-    files pass here and are caught when loaded."""
-    try:
-        with Image.open(path) as img:
-            width, height = img.size
-        return None if width > 0 and height > 0 else "empty image"
-    except UnidentifiedImageError:
-        return "not an image PIL can read" if Path(path).stat().st_size else "empty file"
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
-        return f"{type(e).__name__}: {e}"
-
-
-def find_bad_images(paths: list[str], workers: int = 8) -> dict[str, str]:
-    """{path: problem} for the files among `paths` whose headers do not read as an image
-    (threads: the check waits on the disk, not the CPU)."""
-    with ThreadPoolExecutor(workers) as pool:
-        return {path: problem for path, problem in zip(paths, pool.map(image_problem, paths)) if problem}
-
-
-class ImageFileDataset(Dataset):
-    """(path, label) samples -> (transformed image, label).
-
-    `decode` reads a file: `load_rgb` (a PIL image, as the weights' reference evaluation
-    reads it) or `decode_rgb` (a uint8 tensor, faster for the training transforms). A file
-    that fails to load (e.g. a truncated JPEG, which only decoding finds) is replaced by the next
-    sample and named in the log once, so one bad file cannot end a long run; with `strict` it
-    raises `BadImageError` instead.
-    """
-
-    def __init__(self, samples: list[tuple[str, int]], transform, strict: bool = False, decode=load_rgb):
-        self.samples = samples
-        self.transform = transform
-        self.strict = strict
-        self.decode = decode
-        self.failed: set[str] = set()
-
-    def __len__(self) -> int:
-        return len(self.samples)
-
-    def __getitem__(self, index: int):
-        attempts = min(len(self.samples), LOAD_ATTEMPTS)
-        for attempt in range(attempts):
-            path, label = self.samples[(index + attempt) % len(self.samples)]
-            try:
-                return self.transform(self.decode(path)), label
-            except (OSError, SyntaxError, ValueError) as e:
-                reason = f"{type(e).__name__}: {e}"
-                if self.strict:
-                    raise BadImageError(f"cannot load {path} ({reason}): remove or replace the file, or drop "
-                                        f"--data.strict to skip unreadable files") from None  # fmt: skip
-                if path not in self.failed:
-                    self.failed.add(path)
-                    log.warning("skipping unreadable image %s (%s); using the next image instead", path, reason)
-        raise BadImageError(f"{attempts} images in a row failed to load, the last {path} ({reason}): check the data "
-                            f"folder")  # fmt: skip
-
-
-def train_transform(
-    pre: Preprocessing, augment: str = "none", crop_scale=(0.08, 1.0), random_erasing: float = 0.0
-) -> v2.Compose:
-    """Random-resized crop and flip, then `augment` (autoaugment: the ImageNet policy,
-    randaugment: 2 ops at magnitude 9, trivialaugment: TrivialAugment Wide) on uint8 images,
-    normalisation, and random erasing with probability `random_erasing`."""
-    interpolation = v2.InterpolationMode(pre.interpolation)
-    crop = v2.RandomResizedCrop(pre.crop_size, scale=tuple(crop_scale), interpolation=interpolation, antialias=True)
-    ops = [v2.ToImage(), crop, v2.RandomHorizontalFlip()]
-    geometric = v2.InterpolationMode.BILINEAR  # the policies' rotate / shear / translate (no bicubic on tensors)
-    if augment == "autoaugment":
-        ops.append(v2.AutoAugment(v2.AutoAugmentPolicy.IMAGENET, interpolation=geometric))
-    elif augment == "randaugment":
-        ops.append(v2.RandAugment(interpolation=geometric))
-    elif augment == "trivialaugment":
-        ops.append(v2.TrivialAugmentWide(interpolation=geometric))
-    elif augment != "none":
-        raise ValueError(f"unknown augment {augment!r}: choose none, autoaugment, randaugment or trivialaugment")
-    ops += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(pre.mean, pre.std)]
-    if random_erasing:
-        ops.append(v2.RandomErasing(p=random_erasing, value=0))  # 0: the mean, after normalisation
-    return v2.Compose(ops)
-
-
-class MixCollate:
-    """Collates a batch, then applies MixUp or CutMix (one of them, chosen per batch, when both
-    are on): targets become class probabilities that sum to 1 per sample."""
-
-    def __init__(self, num_classes: int, mixup_alpha: float, cutmix_alpha: float):
-        mixers = []
-        if mixup_alpha > 0:
-            mixers.append(v2.MixUp(alpha=mixup_alpha, num_classes=num_classes))
-        if cutmix_alpha > 0:
-            mixers.append(v2.CutMix(alpha=cutmix_alpha, num_classes=num_classes))
-        self.mix = mixers[0] if len(mixers) == 1 else v2.RandomChoice(mixers)
-
-    def __call__(self, samples):
-        images, targets = default_collate(samples)
-        return self.mix(images, targets)
-
-
-def eval_transform(pre: Preprocessing) -> v2.Compose:
-    """Resize the short side to resize_size, centre-crop crop_size, normalise."""
-    return v2.Compose([
-        v2.ToImage(),
-        v2.Resize(pre.resize_size, interpolation=v2.InterpolationMode(pre.interpolation), antialias=True),
-        v2.CenterCrop(pre.crop_size),
-        v2.ToDtype(torch.float32, scale=True),
-        v2.Normalize(pre.mean, pre.std),
-    ])  # fmt: skip
 
 
 class ImageFolderDataModule(L.LightningDataModule):
@@ -289,7 +134,7 @@ class ImageFolderDataModule(L.LightningDataModule):
     def _check_root(self) -> None:
         """Resolve the labelled folder (the demo data by default) and its classes."""
         if self.root is None:
-            self.root = demo_data.generate(DEMO_ROOT)
+            self.root = demo.generate(DEMO_ROOT)
         if not self.root.is_dir():
             raise FileNotFoundError(f"--data.root {self.root} is not a folder: give a folder of class folders")
         train_dir = self.root / "train"
@@ -354,7 +199,7 @@ class ImageFolderDataModule(L.LightningDataModule):
             raise BadImageError(f"{len(bad)} of {len(samples)} files are not readable images, e.g. {lines[0]}: remove "
                                 f"or replace them, or drop --data.strict to skip them")  # fmt: skip
         more = f"\n  ... and {len(lines) - LISTED_BAD_FILES} more" if len(lines) > LISTED_BAD_FILES else ""
-        _warn(f"skipping {len(bad)} of {len(samples)} files that are not readable images:\n  "
+        log.warning(f"skipping {len(bad)} of {len(samples)} files that are not readable images:\n  "
               + "\n  ".join(lines[:LISTED_BAD_FILES]) + more)
         self.skipped.update(bad)
         return [s for s in samples if s[0] not in bad]
@@ -366,7 +211,7 @@ class ImageFolderDataModule(L.LightningDataModule):
         if not self.hparams.allow_empty_classes:
             raise ValueError(f"class folder(s) {_preview(empty)} under {self.root} have no training images: add "
                              f"images, remove the folders, or pass --data.allow_empty_classes true")  # fmt: skip
-        _warn(f"class folder(s) {_preview(empty)} have no training images; their outputs will not learn")
+        log.warning(f"class folder(s) {_preview(empty)} have no training images; their outputs will not learn")
 
     def _check_same_on_every_rank(self) -> str:
         """A digest of the classes and splits, compared across processes: every rank must train
@@ -443,11 +288,6 @@ def check_same_listing(digests: list[str]) -> None:
     if differ:
         raise ValueError(f"processes {differ} see other files or classes than process 0 (data digests {digests}): "
                          f"give every process the same --data.root contents")  # fmt: skip
-
-
-@rank_zero_only
-def _warn(message: str) -> None:
-    log.warning(message)
 
 
 def _preview(names, n: int = 5) -> str:

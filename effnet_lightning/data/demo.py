@@ -5,7 +5,7 @@ gradients with stripes and noise, so no class is separable by colour or brightne
 network has to learn shape. Generated deterministically (seeded) and written as an ordinary
 image-folder tree, read by the same code as user data.
 
-    python -m effnet_lightning.demo_data data/demo    # write it explicitly
+    python -m effnet_lightning.data.demo data/demo    # write it explicitly
 """
 
 from __future__ import annotations

@@ -16,7 +16,6 @@ count and names follow the data, or the checkpoint when one is given.
 
 from __future__ import annotations
 
-import logging
 import os
 import signal
 import sys
@@ -28,20 +27,12 @@ from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.plugins.io import CheckpointIO
-from lightning.pytorch.utilities import rank_zero_only, rank_zero_warn
+from lightning.pytorch.utilities import rank_zero_warn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from effnet_lightning.callbacks import (
-    EMA,
-    Checkpoint,
-    FitSummary,
-    WandbValidationReport,
-    read_run_record,
-    run_record_path,
-)
-from effnet_lightning.data import ImageFolderDataModule
-from effnet_lightning.export import FORMATS, Format, export_model
-from effnet_lightning.guards import (
+from effnet_lightning.cli.checkpoints import Checkpoint, read_run_record, run_record_path
+from effnet_lightning.cli.console import log_to_stderr, one_line, say
+from effnet_lightning.cli.guards import (
     AtomicCheckpointIO,
     GracefulInterrupt,
     NonFiniteLossError,
@@ -50,10 +41,13 @@ from effnet_lightning.guards import (
     StopOnNonFiniteLoss,
     received_signal,
 )
-from effnet_lightning.module import EfficientNetModule
-from effnet_lightning.pretrained import checkpoint_hparams, imagenet_categories, preprocessing_for
-from effnet_lightning.reports import EvaluationReport, PredictionWriter
-from effnet_lightning.scaling import get_variant
+from effnet_lightning.cli.reports import EvaluationReport, FitSummary, PredictionWriter, WandbValidationReport
+from effnet_lightning.data.datamodule import ImageFolderDataModule
+from effnet_lightning.models.factory import checkpoint_hparams, imagenet_categories, preprocessing_for
+from effnet_lightning.models.scaling import get_variant
+from effnet_lightning.tools.export import FORMATS, Format, export_model
+from effnet_lightning.training.ema import EMA
+from effnet_lightning.training.module import EfficientNetModule
 
 RUNS_DIR = "runs"
 # Set from the data or the weights when a checkpoint's hyperparameters are applied.
@@ -99,7 +93,7 @@ class EffNetTrainer(Trainer):
         if ckpt_path:
             state = torch.load(ckpt_path, weights_only=True, map_location="cpu")["state_dict"]
             model.load_state_dict(state)
-        elif not model.model.head_loaded:
+        elif not model.model.provenance.head_loaded:
             raise ValueError("nothing trained to export: pass --ckpt_path CKPT, or --model.weights with a classifier")
         if ckpt_path:  # <logger name>-<version>-<checkpoint>: last.ckpt of two runs do not share a folder
             ckpt = Path(ckpt_path).resolve()
@@ -108,17 +102,14 @@ class EffNetTrainer(Trainer):
             name = "-".join([*filter(None, run), ckpt.stem])
         else:
             name = f"{model.hparams.variant}-pretrained"
-        hp = model.hparams
         return export_model(
-            model.model, output_dir or os.path.join(self.default_root_dir, "export", name), variant=hp.variant,
-            class_names=model.class_names, preprocessing=hp.preprocessing, model_options=hp.model_options,
-            formats=formats, tolerance=tolerance, source=ckpt_path or hp.weights,
-        )  # fmt: skip
-
-
-@rank_zero_only
-def _say(line: str) -> None:
-    print(line, flush=True)
+            model.model,
+            output_dir or os.path.join(self.default_root_dir, "export", name),
+            class_names=model.class_names,
+            formats=formats,
+            tolerance=tolerance,
+            source=ckpt_path or model.hparams.weights,
+        )
 
 
 def _data_preprocessing(variant: str, weights: str | None, preprocessing: dict | None) -> dict | None:
@@ -216,10 +207,10 @@ class EffNetCLI(LightningCLI):
             best = record.get("best_model_path") if record else None
             if best and os.path.isfile(best):
                 ckpt_path = best
-                _say(f"{subcommand}: using the best checkpoint of the most recent fit: {best}")
+                say(f"{subcommand}: using the best checkpoint of the most recent fit: {best}")
             elif config.model.weights:
                 weights = config.model.weights
-                _say(f"{subcommand}: no fit recorded in {run_record_path(root)}; using --model.weights {weights}")
+                say(f"{subcommand}: no fit recorded in {run_record_path(root)}; using --model.weights {weights}")
             else:
                 hint = " (or --model.weights imagenet for ImageNet's classes)" if subcommand in ("predict", "export") else ""
                 raise FileNotFoundError(f"nothing to {subcommand}: no trained checkpoint recorded in "
@@ -292,10 +283,10 @@ def main(args: list[str] | None = None) -> EffNetCLI | None:
     exit with status 2, a NaN / Inf loss with 1, a fit stopped by a signal with 128 + its
     number after saving a checkpoint (EFFNET_DEBUG=1 shows the traceback)."""
     argv = list(sys.argv[1:] if args is None else args)
-    _log_to_stderr()
+    log_to_stderr()
     try:
         if argv[:1] == ["scale-search"]:
-            from effnet_lightning import search
+            from effnet_lightning.tools import search
 
             return search.main(argv[1:])
         warnings.filterwarnings("ignore", message=".*does not have many workers.*")
@@ -311,7 +302,7 @@ def main(args: list[str] | None = None) -> EffNetCLI | None:
             trainer_defaults={
                 "default_root_dir": RUNS_DIR,
                 "max_epochs": 5,
-                "logger": {"class_path": "effnet_lightning.loggers.WandbLogger", "init_args": {"save_dir": RUNS_DIR}},
+                "logger": {"class_path": "effnet_lightning.cli.loggers.WandbLogger", "init_args": {"save_dir": RUNS_DIR}},
             },
             save_config_kwargs={"overwrite": True},
             seed_everything_default=42,
@@ -324,28 +315,3 @@ def main(args: list[str] | None = None) -> EffNetCLI | None:
             raise
         print(f"error: {one_line(e)}", file=sys.stderr)
         sys.exit(1 if isinstance(e, NonFiniteLossError) else 2)
-
-
-def one_line(error: BaseException) -> str:
-    """The message of an error; for one re-raised from a data-loading worker, the original
-    message rather than the worker's traceback."""
-    lines = [line for line in str(error).strip().splitlines() if line.strip()]
-    if not lines:
-        return type(error).__name__
-    if "Original Traceback" in lines[0] and len(lines) > 1:
-        last = lines[-1]
-        name, _, message = last.partition(": ")
-        return message if message and name.replace(".", "").isidentifier() else last
-    return " ".join(line.strip() for line in lines)
-
-
-def _log_to_stderr() -> None:
-    """The project's log messages (data found, files skipped, weights loaded) on stderr, from
-    process 0 only."""
-    logger = logging.getLogger("effnet_lightning")
-    if logger.handlers:
-        return
-    handler = logging.StreamHandler(sys.stderr)
-    handler.addFilter(lambda record: getattr(rank_zero_only, "rank", 0) == 0)
-    logger.addHandler(handler)
-    logger.setLevel(logging.INFO)

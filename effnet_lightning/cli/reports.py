@@ -1,10 +1,12 @@
-"""What `predict`, `validate` and `test` leave on disk: the predictions of every image (CSV and
-JSON) and the per-class evaluation report (table and confusion-matrix image)."""
+"""What a run reports: the predictions of every image (CSV and JSON), the per-class evaluation
+report (table and confusion-matrix image), the end-of-fit summary line and the W&B validation
+report."""
 
 from __future__ import annotations
 
 import csv
 import json
+import time
 from pathlib import Path
 
 import lightning as L
@@ -13,7 +15,9 @@ import torch.distributed as dist
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.trainer.states import TrainerFn
 
-from effnet_lightning.guards import write_atomically
+from effnet_lightning.cli.checkpoints import record_fit
+from effnet_lightning.cli.console import format_duration, say
+from effnet_lightning.cli.guards import write_atomically
 
 
 def _gather_to_rank_zero(rows: list) -> list:
@@ -190,3 +194,80 @@ class EvaluationReport(L.Callback):
             table = wandb.Table(columns=list(rows[0]), data=[list(r.values()) for r in rows])
             for lg in loggers:
                 lg.experiment.log({f"{stage}/per_class": table, f"{stage}/confusion": wandb.Image(f"{prefix}-confusion.png")})
+
+
+class FitSummary(L.Callback):
+    """Prints one line at the end of fit (best val/acc, its checkpoint, wall time, training
+    img/s and the share of training time spent waiting for data) and records the run's
+    checkpoints in <default_root_dir>/latest_fit.json."""
+
+    def on_fit_start(self, trainer, pl_module):
+        self.start = time.perf_counter()
+        self.train_time, self.wait_time, self.train_images = 0.0, 0.0, 0
+        record_fit(trainer, finished=False)
+
+    def on_train_start(self, trainer, pl_module):
+        self.batch_end = time.perf_counter()  # (a resume in mid-epoch has no epoch start)
+
+    def on_train_epoch_start(self, trainer, pl_module):
+        self.batch_end = time.perf_counter()
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        self.wait_time += time.perf_counter() - self.batch_end  # the loader's part
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        # From the previous batch's end: loading time counts, validation does not.
+        now = time.perf_counter()
+        self.train_time += now - self.batch_end
+        self.train_images += len(batch[1])
+        self.batch_end = now
+
+    def on_fit_end(self, trainer, pl_module):
+        record = record_fit(trainer, finished=True)
+        wall = time.perf_counter() - self.start
+        # Images on this rank x ranks: every rank trains on its own share of each step.
+        rate = self.train_images * trainer.world_size / self.train_time if self.train_time else 0.0
+        waiting = self.wait_time / self.train_time if self.train_time else 0.0
+        score = record["best_score"]
+        best = f"{score:.4f}" if score is not None else "n/a"
+        say(
+            f"fit done: best val/acc {best} at {record['best_model_path'] or 'no checkpoint'}, "
+            f"wall time {format_duration(wall)}, training {rate:.1f} img/s ({waiting:.0%} waiting for data)"
+        )
+
+
+class WandbValidationReport(L.Callback):
+    """At the end of each validation: a grid of sample predictions and the confusion matrix,
+    logged to W&B (nothing happens with other loggers)."""
+
+    def __init__(self, num_samples: int = 16):
+        self.num_samples = num_samples
+        self.samples = None
+
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
+        if batch_idx == 0 and trainer.is_global_zero:
+            n = self.num_samples
+            self.samples = (batch[0][:n].detach().float().cpu(), batch[1][:n].cpu(), outputs["preds"][:n].cpu())
+
+    def on_validation_epoch_end(self, trainer, pl_module):
+        matrix = pl_module.val_confusion.compute().cpu()  # a collective: every rank calls it
+        loggers = [lg for lg in trainer.loggers if isinstance(lg, WandbLogger)]
+        if trainer.sanity_checking or not loggers or not trainer.is_global_zero or self.samples is None:
+            return
+        import wandb
+
+        names = pl_module.class_names
+        pre = pl_module.hparams.preprocessing
+        images, targets, preds = self.samples
+        mean, std = torch.tensor(pre["mean"]).view(3, 1, 1), torch.tensor(pre["std"]).view(3, 1, 1)
+        pictures = [
+            wandb.Image((img * std + mean).clamp(0, 1), caption=f"pred {names[p]} / true {names[t]}")
+            for img, t, p in zip(images, targets.tolist(), preds.tolist())
+        ]
+        y_true = [i for i in range(len(names)) for j in range(len(names)) for _ in range(int(matrix[i, j]))]
+        y_pred = [j for i in range(len(names)) for j in range(len(names)) for _ in range(int(matrix[i, j]))]
+        chart = wandb.plot.confusion_matrix(y_true=y_true, preds=y_pred, class_names=names, title="val confusion")
+        for lg in loggers:
+            lg.experiment.log(
+                {"val/predictions": pictures, "val/confusion_matrix": chart, "trainer/global_step": trainer.global_step}
+            )

@@ -9,8 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from effnet_lightning.batchnorm_act import batch_norm_silu, can_fuse
-from effnet_lightning.scaling import BlockConfig
+from effnet_lightning.models.batchnorm_act import batch_norm_silu, can_fuse
+from effnet_lightning.models.scaling import BlockConfig
 
 PADDINGS = ("symmetric", "same")
 ACTIVATIONS = {"swish": nn.SiLU, "silu": nn.SiLU, "relu6": nn.ReLU6, "relu": nn.ReLU}

@@ -3,8 +3,8 @@
 Pure Python (no torch import), so data transforms and CLI defaults can read the
 variant table without loading the network code.
 
-    python -m effnet_lightning.scaling            # resolution, params, GMACs of every variant
-    python -m effnet_lightning.scaling --phi 1.5  # ... plus a custom compound-scaled variant
+    python -m effnet_lightning.tools.variant_table            # resolution, params, GMACs of every variant
+    python -m effnet_lightning.tools.variant_table --phi 1.5  # ... plus a custom compound-scaled variant
 
 The published B1-B7 coefficients were rounded by hand and differ from the formula, so the
 table is used for b0-b7 and the formula (depth alpha^phi, width beta^phi, resolution
@@ -13,7 +13,6 @@ gamma^phi) only for custom phi.
 
 from __future__ import annotations
 
-import argparse
 import math
 import re
 from dataclasses import dataclass, replace
@@ -229,38 +228,3 @@ def drop_path_rates(num_blocks: int, drop_path_rate: float = DROP_PATH_RATE) -> 
 
 def with_resolution(variant: Variant, resolution: int) -> Variant:
     return replace(variant, resolution=int(resolution))
-
-
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
-        prog="python -m effnet_lightning.scaling",
-        description="Resolution, parameters and GMACs (multiply-adds) of every variant, counted on the model.",
-    )
-    parser.add_argument("--phi", type=float, action="append", default=[], help="also report a custom phi")
-    parser.add_argument("--alpha", type=float, default=ALPHA)
-    parser.add_argument("--beta", type=float, default=BETA)
-    parser.add_argument("--gamma", type=float, default=GAMMA)
-    parser.add_argument("--num-classes", type=int, default=1000)
-    args = parser.parse_args(argv)
-
-    # Counting needs the network; importing it here keeps this module torch-free.
-    from effnet_lightning.model import count_gmacs, count_parameters
-    from effnet_lightning.pretrained import create_model
-
-    variants = list(VARIANTS.values()) + [from_phi(p, args.alpha, args.beta, args.gamma) for p in args.phi]
-    print(f"{'variant':<10}{'width':>7}{'depth':>7}{'res':>6}{'dropout':>9}{'blocks':>8}{'params':>14}{'GMACs':>9}")
-    for v in variants:
-        model = create_model(v, num_classes=args.num_classes)
-        n_blocks = len(build_architecture(v).blocks)
-        gmacs = count_gmacs(model, v.resolution)
-        print(
-            f"{v.name:<10}{v.width:>7.3f}{v.depth:>7.3f}{v.resolution:>6}{v.dropout:>9.2f}{n_blocks:>8}"
-            f"{count_parameters(model):>14,}{gmacs:>9.3f}"
-        )
-
-
-if __name__ == "__main__":
-    # Run the imported module's main, so its Variant class is the one the model code checks against.
-    from effnet_lightning.scaling import main as _main
-
-    _main()

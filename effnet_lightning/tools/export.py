@@ -20,7 +20,7 @@ from typing import Literal
 
 import torch
 
-from effnet_lightning.pretrained import create_model
+from effnet_lightning.models.factory import create_model
 
 Format = Literal["onnx", "torchscript", "safetensors"]
 FORMATS: tuple[str, ...] = ("onnx", "torchscript", "safetensors")
@@ -53,30 +53,28 @@ def _export_torchscript(model, example: torch.Tensor, path: Path):
     return loaded
 
 
-def _export_safetensors(model, path: Path, variant: str, num_classes: int, model_options: dict):
+def _export_safetensors(model, path: Path, variant: str, num_classes: int, build_options: dict):
     from safetensors.torch import save_file
 
     state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
     save_file(state, str(path), metadata={"variant": variant, "num_classes": str(num_classes)})
     # Load it back the way a user would.
-    return create_model(variant, num_classes=num_classes, weights=str(path), **model_options).eval()
+    return create_model(variant, num_classes=num_classes, weights=str(path), **build_options).eval()
 
 
 def export_model(
     model: torch.nn.Module,
     output_dir: str | Path,
     *,
-    variant: str,
     class_names: list[str],
-    preprocessing: dict,
-    model_options: dict | None = None,
     formats: list[str] | tuple[str, ...] = FORMATS,
     tolerance: float = 1e-4,
     opset: int | None = None,
     source: str | None = None,
 ) -> dict:
     """Write the chosen formats and model.json into output_dir (other files there stay); returns
-    the JSON's content. Raises ValueError, writing nothing, when a reloaded export's logits
+    the JSON's content. The variant, preprocessing and build options come from the network's
+    `provenance`. Raises ValueError, writing nothing, when a reloaded export's logits
     differ by more than `tolerance`."""
     unknown = set(formats) - set(FORMATS)
     if unknown or not formats:
@@ -90,8 +88,7 @@ def export_model(
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir()
     try:
-        info = _export_into(work, out, model, variant, class_names, preprocessing, model_options, formats, tolerance,
-                            opset, source)  # fmt: skip
+        info = _export_into(work, out, model, class_names, formats, tolerance, opset, source)
         for name in [*info["files"].values(), "model.json"]:
             os.replace(work / name, out / name)
     finally:
@@ -100,9 +97,11 @@ def export_model(
     return info
 
 
-def _export_into(work, out, model, variant, class_names, preprocessing, model_options, formats, tolerance, opset, source):
+def _export_into(work, out, model, class_names, formats, tolerance, opset, source):
     model = model.float().eval().to(device="cpu", memory_format=torch.contiguous_format)
-    size, channels = preprocessing["crop_size"], model.stem.conv.in_channels
+    variant, provenance = model.variant.name, model.provenance
+    preprocessing, build_options = provenance.preprocessing.to_dict(), provenance.build.changes()
+    size, channels = preprocessing["crop_size"], provenance.build.in_channels
     # checked on another batch size than the traced one
     example, check = _reference_input(channels, size, 2, 0), _reference_input(channels, size, 3, 1)
     with torch.no_grad():
@@ -117,7 +116,7 @@ def _export_into(work, out, model, variant, class_names, preprocessing, model_op
             run = _export_torchscript(model, example, path)
         else:
             path = work / "model.safetensors"
-            run = _export_safetensors(model, path, variant, len(class_names), model_options or {})
+            run = _export_safetensors(model, path, variant, len(class_names), build_options)
         with torch.no_grad():
             diff = (run(check) - expected).abs().max().item()
         files[fmt], diffs[fmt] = path.name, diff
@@ -130,7 +129,7 @@ def _export_into(work, out, model, variant, class_names, preprocessing, model_op
         "num_classes": len(class_names),
         "class_names": list(class_names),
         "preprocessing": preprocessing,
-        "model_options": model_options or {},
+        "model_options": build_options,
         "input": {"name": "images", "shape": ["batch", channels, size, size], "dtype": "float32",
                   "note": "RGB, resized, centre-cropped and normalised as in preprocessing"},  # fmt: skip
         "output": {"name": "logits", "shape": ["batch", len(class_names)]},
