@@ -108,8 +108,8 @@ def photos(tmp_path_factory):
 
 @pytest.mark.slow
 def test_pretrained_lite0_labels_real_photos_through_predict_without_a_checkpoint(photos, trained, tmp_path):
-    cwd, _ = trained  # a fit is recorded here: --ckpt_path pretrained takes the ImageNet weights instead
-    run_cli(["predict", "--model.variant", "lite0", "--model.weights", "imagenet", "--ckpt_path", "pretrained",
+    cwd, _ = trained  # a fit is recorded here: the typed --model.weights win over it
+    run_cli(["predict", "--model.variant", "lite0", "--model.weights", "imagenet",
              "--data.predict_root", photos, "--predictions.output_dir", tmp_path, "--trainer.enable_progress_bar",
              "false", *CSV], cwd)  # fmt: skip
     rows, data = read_predictions(tmp_path)
@@ -233,8 +233,8 @@ def test_predict_needs_images_and_known_class_names(trained, small_root, tmp_pat
                                    tmp_path, check=False))  # fmt: skip
     assert line.startswith(f"error: predict: the class names of {weights} are unknown: pass --ckpt_path")
     # ImageNet weights have no classifier for a 10-class folder: testing them is refused
-    line = last_error_line(run_cli(["test", "--model.variant", "lite0", "--model.weights", "imagenet", "--ckpt_path",
-                                    "pretrained", "--data.root", small_root, *TINY, *CSV], tmp_path, check=False))  # fmt: skip
+    line = last_error_line(run_cli(["test", "--model.variant", "lite0", "--model.weights", "imagenet",
+                                    "--data.root", small_root, *TINY, *CSV], tmp_path, check=False))  # fmt: skip
     assert line == ("error: test: the network has no trained classifier for these 10 classes (weights: imagenet): "
                     "pass --ckpt_path of a checkpoint trained on them")
 

@@ -22,15 +22,24 @@ import sys
 import warnings
 from pathlib import Path
 
-import torch
+import yaml
 from lightning.pytorch import Trainer
-from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.plugins.io import CheckpointIO
 from lightning.pytorch.utilities import rank_zero_warn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from effnet_lightning.cli.checkpoints import Checkpoint, read_run_record, run_record_path
+from effnet_lightning.cli.checkpoints import (
+    EVAL_SUBCOMMANDS,
+    Checkpoint,
+    RunConfig,
+    choose_what_to_run,
+    given_model_settings,
+    merge_checkpoint_settings,
+    read_checkpoint_settings,
+    read_run_record,
+    run_record_path,
+)
 from effnet_lightning.cli.console import log_to_stderr, one_line, say
 from effnet_lightning.cli.guards import (
     AtomicCheckpointIO,
@@ -41,23 +50,22 @@ from effnet_lightning.cli.guards import (
     StopOnNonFiniteLoss,
     received_signal,
 )
-from effnet_lightning.cli.reports import EvaluationReport, FitSummary, PredictionWriter, WandbValidationReport
+from effnet_lightning.cli.reports import (
+    EvaluationReport,
+    FitSummary,
+    LearningRateLog,
+    PredictionWriter,
+    WandbValidationReport,
+)
 from effnet_lightning.data.datamodule import ImageFolderDataModule
 from effnet_lightning.models.factory import checkpoint_hparams, imagenet_categories, preprocessing_for
 from effnet_lightning.models.scaling import get_variant
+from effnet_lightning.models.state_dicts import read_checkpoint
 from effnet_lightning.tools.export import FORMATS, Format, export_model
 from effnet_lightning.training.ema import EMA
 from effnet_lightning.training.module import EfficientNetModule
 
 RUNS_DIR = "runs"
-# Set from the data or the weights when a checkpoint's hyperparameters are applied.
-LINKED_MODEL_ARGS = ("num_classes", "class_names")
-# Chosen per evaluation, not by the checkpoint.
-EVAL_MODEL_ARGS = ("test_time_flip",)
-# Subcommands that run a trained model: without --ckpt_path, the latest fit's best checkpoint.
-EVAL_SUBCOMMANDS = ("validate", "test", "predict", "export")
-# --ckpt_path pretrained: run --model.weights as they are, even when a fit is recorded.
-PRETRAINED = "pretrained"
 
 
 class EffNetTrainer(Trainer):
@@ -81,8 +89,8 @@ class EffNetTrainer(Trainer):
         """Export the network to ONNX, TorchScript and safetensors, each checked against PyTorch.
 
         Args:
-            ckpt_path: the checkpoint to export; None: the best of the latest fit; "pretrained":
-                --model.weights as they are.
+            ckpt_path: the checkpoint to export; None: --model.weights when typed, else the best
+                checkpoint of the latest fit.
             output_dir: None: <default_root_dir>/export/<run>-<checkpoint name>. Files there are
                 replaced only once the new export has passed its checks.
             formats: any of onnx, torchscript, safetensors.
@@ -91,8 +99,7 @@ class EffNetTrainer(Trainer):
         if not self.is_global_zero:  # under torchrun / srun: one process exports
             return {}
         if ckpt_path:
-            state = torch.load(ckpt_path, weights_only=True, map_location="cpu")["state_dict"]
-            model.load_state_dict(state)
+            model.load_state_dict(read_checkpoint(ckpt_path)["state_dict"])
         elif not model.model.provenance.head_loaded:
             raise ValueError("nothing trained to export: pass --ckpt_path CKPT, or --model.weights with a classifier")
         if ckpt_path:  # <logger name>-<version>-<checkpoint>: last.ckpt of two runs do not share a folder
@@ -102,14 +109,19 @@ class EffNetTrainer(Trainer):
             name = "-".join([*filter(None, run), ckpt.stem])
         else:
             name = f"{model.hparams.variant}-pretrained"
-        return export_model(
+        out = Path(output_dir or os.path.join(self.default_root_dir, "export", name))
+        info = export_model(
             model.model,
-            output_dir or os.path.join(self.default_root_dir, "export", name),
+            out,
             class_names=model.class_names,
             formats=formats,
             tolerance=tolerance,
             source=ckpt_path or model.hparams.weights,
         )
+        for callback in self.callbacks:
+            if isinstance(callback, RunConfig):
+                callback.write(out / "config.yaml")
+        return info
 
 
 def _data_preprocessing(variant: str, weights: str | None, preprocessing: dict | None) -> dict | None:
@@ -135,7 +147,7 @@ class EffNetCLI(LightningCLI):
                 "checkpoint.auto_insert_metric_name": False,
             }
         )
-        parser.add_lightning_class_args(LearningRateMonitor, "lr_monitor")
+        parser.add_lightning_class_args(LearningRateLog, "lr_monitor")
         parser.set_defaults({"lr_monitor.logging_interval": "step"})
         parser.add_lightning_class_args(FitSummary, "summary")
         parser.add_lightning_class_args(WandbValidationReport, "wandb_report")
@@ -161,6 +173,13 @@ class EffNetCLI(LightningCLI):
         if root and init_args is not None and init_args.get("save_dir") == RUNS_DIR:
             init_args.save_dir = root
 
+    def instantiate_trainer(self, **kwargs) -> Trainer:
+        trainer = super().instantiate_trainer(**kwargs)
+        # Every always-on callback has one switch, `--<name>.enabled false`: switched off, it is
+        # not on the trainer at all.
+        trainer.callbacks = [c for c in trainer.callbacks if getattr(c, "enabled", True) is not False]
+        return trainer
+
     @staticmethod
     def subcommands() -> dict[str, set[str]]:
         return {**LightningCLI.subcommands(), "export": {"model", "datamodule"}}
@@ -173,55 +192,36 @@ class EffNetCLI(LightningCLI):
             parser.set_defaults(weights_only=True)  # a checkpoint never runs pickled code
         return parser
 
+    def parse_arguments(self, parser, args) -> None:
+        super().parse_arguments(parser, args)
+        argv = list(sys.argv[1:] if args is None else args)
+        self.typed_model_settings, self.given_model_settings = given_model_settings(argv)
+
+    # LightningCLI has no public hook between parsing and instantiation that may replace the
+    # config with a checkpoint's settings; this private one is where it does so itself.
     def _parse_ckpt_path(self) -> None:
-        """Resolve `--ckpt_path last|best|pretrained`, and validate / test / predict / export
-        without one (the latest fit's best checkpoint, else --model.weights), through the record
-        of the most recent fit; then take the model's settings and classes from the checkpoint."""
+        """Choose what the subcommand runs (`choose_what_to_run`), then take the model's
+        settings and classes from the checkpoint, under the settings the user gave."""
         subcommand = self.config.get("subcommand")
         if not subcommand:
             return
         config = self.config[subcommand]
         root = config.trainer.default_root_dir or RUNS_DIR
-        ckpt_path = config.get("ckpt_path")
-        record = read_run_record(root)
-        if ckpt_path == PRETRAINED:
-            if subcommand == "fit" or not config.model.weights:
-                raise ValueError(f"--ckpt_path {PRETRAINED} runs --model.weights without a trained checkpoint: give "
-                                 f"--model.weights (e.g. imagenet) with validate, test, predict or export")  # fmt: skip
-            ckpt_path = None
-        elif ckpt_path in ("last", "best"):
-            key = f"{ckpt_path}_model_path"
-            found = record.get(key) if record else None
-            if found and os.path.isfile(found):
-                ckpt_path = found
-            elif found:
-                raise FileNotFoundError(f"--ckpt_path {ckpt_path}: the recorded checkpoint {found} is missing; pass "
-                                        f"another checkpoint file (the run record is {run_record_path(root)})")  # fmt: skip
-            elif subcommand == "fit" and ckpt_path == "last":
-                rank_zero_warn(f"--ckpt_path last: no checkpoint recorded in {run_record_path(root)}; starting fresh")
-                ckpt_path = None
-            else:
-                raise FileNotFoundError(f"--ckpt_path {ckpt_path}: no checkpoint recorded in {run_record_path(root)}; "
-                                        f"run `python cli.py fit` first or pass a checkpoint file")  # fmt: skip
-        elif ckpt_path is None and subcommand in EVAL_SUBCOMMANDS:
-            best = record.get("best_model_path") if record else None
-            if best and os.path.isfile(best):
-                ckpt_path = best
-                say(f"{subcommand}: using the best checkpoint of the most recent fit: {best}")
-            elif config.model.weights:
-                weights = config.model.weights
-                say(f"{subcommand}: no fit recorded in {run_record_path(root)}; using --model.weights {weights}")
-            else:
-                hint = " (or --model.weights imagenet for ImageNet's classes)" if subcommand in ("predict", "export") else ""
-                raise FileNotFoundError(f"nothing to {subcommand}: no trained checkpoint recorded in "
-                                        f"{run_record_path(root)}; run `python cli.py fit` first or pass --ckpt_path{hint}")  # fmt: skip
-        if ckpt_path is not None and not os.path.isfile(ckpt_path):
-            raise FileNotFoundError(f"--ckpt_path {ckpt_path}: no such checkpoint file")
-        config.ckpt_path = ckpt_path
-        if ckpt_path:
-            saved_dirpath = self._apply_checkpoint_hparams(subcommand, ckpt_path)
+        choice = choose_what_to_run(
+            subcommand,
+            config.get("ckpt_path"),
+            config.model.weights,
+            weights_typed="weights" in self.typed_model_settings,
+            record=read_run_record(root),
+            record_path=str(run_record_path(root)),
+        )
+        if choice.note:
+            (rank_zero_warn if choice.warn else say)(choice.note)
+        config.ckpt_path = choice.ckpt_path
+        if choice.ckpt_path:
+            saved_dirpath = self._apply_checkpoint_settings(subcommand, choice.ckpt_path)
             if subcommand == "fit":  # (the config object was replaced by the checkpoint's settings)
-                self._continue_in_checkpoint_folder(self.config[subcommand], ckpt_path, saved_dirpath)
+                self._continue_in_checkpoint_folder(self.config[subcommand], choice.ckpt_path, saved_dirpath)
         elif subcommand in EVAL_SUBCOMMANDS and not config.data.class_names:
             config.data.class_names = self._pretrained_class_names(subcommand, config)
 
@@ -250,32 +250,54 @@ class EffNetCLI(LightningCLI):
             return list(imagenet_categories())
         if config.data.root:
             return None  # the folder's class folders name the classes
-        raise ValueError(f"{subcommand}: the class names of {weights} are unknown: pass --ckpt_path of a trained "
-                         f"checkpoint, --data.class_names [...], or --data.root with one folder per class")  # fmt: skip
+        raise ValueError(
+            f"{subcommand}: the class names of {weights} are unknown: pass --ckpt_path of a trained checkpoint, "
+            f"--data.class_names [...], or --data.root with one folder per class"
+        )
 
-    def _apply_checkpoint_hparams(self, subcommand: str, ckpt_path: str) -> str | None:
-        """Take the model settings and classes from the checkpoint; returns the folder its run
-        checkpointed into (None if unknown)."""
-        try:
-            checkpoint = torch.load(ckpt_path, weights_only=True, map_location="cpu", mmap=True)  # settings only
-        except Exception as e:
-            raise ValueError(f"--ckpt_path {ckpt_path} is not a readable checkpoint ({type(e).__name__}): "
-                             f"pick another file, e.g. the run's last.ckpt") from None  # fmt: skip
-        saved_dirpath = next((state.get("dirpath") for key, state in checkpoint.get("callbacks", {}).items()
-                              if "Checkpoint" in key and isinstance(state, dict)), None)  # fmt: skip
-        saved = checkpoint.get("hyper_parameters", {})
-        hparams = {
-            k: v for k, v in saved.items()
-            if k not in LINKED_MODEL_ARGS + EVAL_MODEL_ARGS and not k.startswith("_")  # "_instantiator" is Lightning's
-        }  # fmt: skip
+    def _apply_checkpoint_settings(self, subcommand: str, ckpt_path: str) -> str | None:
+        """The checkpoint's model settings under the ones the user gave, and its classes; returns
+        the folder its run checkpointed into (None if unknown)."""
+        saved, saved_dirpath = read_checkpoint_settings(ckpt_path)
         if saved.get("class_names"):
             # The data must have the checkpoint's classes (checked by the data module), and
             # predict / export label with them.
             self.config[subcommand].data.class_names = list(saved["class_names"])
-        if hparams:
-            hparams["weights"] = None  # the checkpoint carries the trained weights
-            self.config = self.parser.parse_object({subcommand: {"model": hparams}}, self.config)
+        current = self.config[subcommand].model
+        updates = merge_checkpoint_settings(
+            saved, current.as_dict(), self.given_model_settings, self.typed_model_settings
+        )
+        updates["weights"] = None  # the checkpoint carries the trained weights
+        self.config = self.parser.parse_object({subcommand: {"model": updates}}, self.config)
         return saved_dirpath
+
+
+SCALE_SEARCH_HELP = (
+    "one more subcommand: scale-search  the compound-scaling search: alpha, beta, gamma trained through fit "
+    "(python cli.py scale-search --help)"
+)
+
+
+def refuse_automatic_optimizers(argv: list[str]) -> None:
+    """`--optimizer` / `--lr_scheduler` (LightningCLI's automatic optimizers) would replace the
+    module's optimizer, dropping its no-weight-decay groups and warm-up: refused in one line."""
+    configs = [argv[i + 1] for i, a in enumerate(argv[:-1]) if a == "--config"]
+    configs += [a.split("=", 1)[1] for a in argv if a.startswith("--config=")]
+    keys = {a.split("=")[0].split(".")[0] for a in argv if a.startswith("--")}
+    for path in configs:
+        try:
+            content = yaml.safe_load(Path(path).read_text())
+        except (OSError, yaml.YAMLError):
+            continue  # the parser reports an unreadable config
+        if isinstance(content, dict):
+            keys |= {f"--{k}" for k in content}
+    for key in ("--optimizer", "--lr_scheduler"):
+        if key in keys:
+            raise ValueError(
+                f"{key} is not supported: the optimizer is --model.optimizer (adamw, sgd or rmsprop_tf) with "
+                f"--model.lr, --model.weight_decay, and the schedule --model.schedule (cosine, step, constant) with "
+                f"--model.warmup_epochs"
+            )
 
 
 def main(args: list[str] | None = None) -> EffNetCLI | None:
@@ -289,6 +311,7 @@ def main(args: list[str] | None = None) -> EffNetCLI | None:
             from effnet_lightning.tools import search
 
             return search.main(argv[1:])
+        refuse_automatic_optimizers(argv)
         warnings.filterwarnings("ignore", message=".*does not have many workers.*")
         if argv[:1] != ["fit"]:
             # Evaluating a checkpoint from another run; the message is about the callback's own
@@ -304,7 +327,10 @@ def main(args: list[str] | None = None) -> EffNetCLI | None:
                 "max_epochs": 5,
                 "logger": {"class_path": "effnet_lightning.cli.loggers.WandbLogger", "init_args": {"save_dir": RUNS_DIR}},
             },
+            save_config_callback=RunConfig,
             save_config_kwargs={"overwrite": True},
+            auto_configure_optimizers=False,  # the module's optimizer keeps its parameter groups and warm-up
+            parser_kwargs={"epilog": SCALE_SEARCH_HELP},
             seed_everything_default=42,
             args=args,
         )

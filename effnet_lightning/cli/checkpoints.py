@@ -5,15 +5,20 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+import yaml
 from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.cli import SaveConfigCallback
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from effnet_lightning.cli.console import say
 from effnet_lightning.cli.guards import write_atomically
+from effnet_lightning.models.state_dicts import WeightsError, read_checkpoint
 
 RUN_RECORD = "latest_fit.json"
 
@@ -35,7 +40,12 @@ class Checkpoint(ModelCheckpoint):
     writes it only together with a new top-k checkpoint, so after an epoch that did not
     improve the monitored metric, "last" would be an older state and a resume would lose work),
     that a fit stopped by SIGTERM or Ctrl+C writes `last.ckpt` where it stopped, and that every
-    save updates <default_root_dir>/latest_fit.json."""
+    save updates <default_root_dir>/latest_fit.json. `enabled=False` (`--checkpoint.enabled
+    false`) writes no checkpoints."""
+
+    def __init__(self, *args, enabled: bool = True, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.enabled = enabled
 
     def on_exception(self, trainer, pl_module, exception):
         # Lightning stops for a signal at a batch boundary (a consistent state, agreed by all
@@ -110,3 +120,188 @@ def record_fit(trainer, finished: bool) -> dict:
         text = json.dumps(record, indent=2) + "\n"
         write_atomically(run_record_path(trainer.default_root_dir), lambda f: f.write(text))
     return record
+
+
+# Subcommands that run a trained model: without --ckpt_path, the latest fit's best checkpoint.
+EVAL_SUBCOMMANDS = ("validate", "test", "predict", "export")
+
+
+@dataclass(frozen=True)
+class Choice:
+    """What a subcommand runs: a checkpoint file, or else the weights (None: a fresh network,
+    which only fit may train). `note` is the line that tells the user which."""
+
+    ckpt_path: str | None
+    weights: str | None
+    note: str | None = None
+    warn: bool = False
+
+
+def choose_what_to_run(
+    subcommand: str,
+    ckpt_path: str | None,
+    weights: str | None,
+    weights_typed: bool,
+    record: dict | None,
+    record_path: str,
+    exists: Callable[[str], bool] = os.path.isfile,
+) -> Choice:
+    """Which network a subcommand runs, from what the user gave.
+
+    - `--ckpt_path FILE` runs FILE; `--ckpt_path last|best` the latest fit's last / best
+      checkpoint (from its record).
+    - fit: the weights as a starting point (a hub name, "imagenet", a file or None).
+    - validate / test / predict / export: weights typed on the command line (`--model.weights
+      imagenet`, a hub name, a file); else the latest fit's best checkpoint; else weights set in
+      a config file. A config's weights are a fit's starting point, so a fit recorded after them
+      is what the user means to evaluate.
+    """
+    if ckpt_path in ("last", "best"):
+        found = (record or {}).get(f"{ckpt_path}_model_path")
+        if found and exists(found):
+            return Choice(found, None)
+        if found:
+            raise FileNotFoundError(f"--ckpt_path {ckpt_path}: the recorded checkpoint {found} is missing; pass "
+                                    f"another checkpoint file (the run record is {record_path})")
+        if subcommand == "fit" and ckpt_path == "last":
+            return Choice(None, weights, f"--ckpt_path last: no checkpoint recorded in {record_path}; starting fresh",
+                          warn=True)
+        raise FileNotFoundError(f"--ckpt_path {ckpt_path}: no checkpoint recorded in {record_path}; run `python "
+                                f"cli.py fit` first or pass a checkpoint file")
+    if ckpt_path is not None:
+        if not exists(ckpt_path):
+            raise FileNotFoundError(f"--ckpt_path {ckpt_path}: no such checkpoint file")
+        return Choice(ckpt_path, None)
+    if subcommand not in EVAL_SUBCOMMANDS:
+        return Choice(None, weights)
+    if weights and weights_typed:
+        return Choice(None, weights, f"{subcommand}: running --model.weights {weights}")
+    best = (record or {}).get("best_model_path")
+    if best and exists(best):
+        return Choice(best, None, f"{subcommand}: using the best checkpoint of the most recent fit: {best}")
+    if weights:
+        why = f"the recorded best checkpoint {best} is missing" if best else f"no fit recorded in {record_path}"
+        return Choice(None, weights, f"{subcommand}: {why}; using --model.weights {weights}")
+    hint = " (or --model.weights imagenet for ImageNet's classes)" if subcommand in ("predict", "export") else ""
+    raise FileNotFoundError(f"nothing to {subcommand}: no trained checkpoint recorded in {record_path}; run `python "
+                            f"cli.py fit` first or pass --ckpt_path{hint}")
+
+
+# Settings that define the trained network: a checkpoint's value may not be contradicted.
+NETWORK_SETTINGS = ("variant", "model_options")
+# Set from the data or the weights, not from the checkpoint's record of them.
+LINKED_SETTINGS = ("num_classes", "class_names", "weights")
+# Chosen per run, never taken from the checkpoint: where the weights come from, how to evaluate.
+PER_RUN_SETTINGS = ("test_time_flip",)
+
+
+def merge_checkpoint_settings(saved: dict, current: dict, given: set[str], typed: set[str]) -> dict:
+    """The module settings a run from a checkpoint uses: the checkpoint's are the defaults, the
+    ones the user gave (`given`: typed flags and --config files) win, except those that define
+    the trained network: a typed flag that contradicts the checkpoint is an error, a config
+    file's value yields to the checkpoint (it describes the fit that made it). Returns the
+    settings to apply over `current`."""
+    updates = {}
+    for key, value in saved.items():
+        if key.startswith("_") or key in LINKED_SETTINGS + PER_RUN_SETTINGS or key not in current:
+            continue  # ("_instantiator" is Lightning's own)
+        if key in NETWORK_SETTINGS and key in typed and _differs(current[key], value):
+            raise ValueError(f"--model.{key} {current[key]} contradicts the checkpoint's {key} {value}: it defines the "
+                             f"trained network; drop the flag, or fine-tune with --model.weights CKPT instead")
+        if key in given and key not in NETWORK_SETTINGS:
+            continue
+        if _differs(current[key], value):
+            updates[key] = value
+    return updates
+
+
+def _differs(a, b) -> bool:
+    if isinstance(a, dict) or isinstance(b, dict):
+        return {**(a or {})} != {**(b or {})}
+    return a != b
+
+
+def given_model_settings(argv: list[str]) -> tuple[set[str], set[str]]:
+    """The `model.*` settings the user gave: (typed as flags, typed or set in --config files)."""
+    typed, configs = set(), []
+    for i, arg in enumerate(argv):
+        name, _, inline = arg.partition("=")
+        if name.startswith("--model."):
+            typed.add(name[len("--model.") :].split(".")[0])
+        elif name == "--config":
+            path = inline or (argv[i + 1] if i + 1 < len(argv) else None)
+            if path:
+                configs.append(path)
+    given = set(typed)
+    for path in configs:
+        try:
+            content = yaml.safe_load(Path(path).read_text()) or {}
+        except (OSError, yaml.YAMLError):
+            continue  # the parser reports an unreadable config
+        model = content.get("model") if isinstance(content, dict) else None
+        if isinstance(model, dict):
+            given |= set(model.get("init_args", model))
+    return typed, given
+
+
+def read_checkpoint_settings(path: str) -> tuple[dict, str | None]:
+    """A checkpoint's hyperparameters and the folder its run checkpointed into (None if unknown)."""
+    try:
+        checkpoint = read_checkpoint(path)
+    except WeightsError as e:
+        raise ValueError(f"--ckpt_path {e}") from None
+    saved_dirpath = next(
+        (
+            state.get("dirpath")
+            for key, state in checkpoint.get("callbacks", {}).items()
+            if "Checkpoint" in key and isinstance(state, dict)
+        ),
+        None,
+    )
+    return dict(checkpoint.get("hyper_parameters", {})), saved_dirpath
+
+
+class RunConfig(SaveConfigCallback):
+    """Writes the full configuration of each run where that run leaves its results, so no run
+    replaces another's: a fit's next to its checkpoints (`config.yaml`; a resumed fit in the
+    same folder adds `config-2.yaml`, ...), validate / test beside their report
+    (`<checkpoint>.<stage>-config.yaml`), predict in its output folder, export in the export
+    folder."""
+
+    def __init__(self, parser, config, **kwargs):
+        super().__init__(parser, config, **{**kwargs, "save_to_log_dir": False})
+
+    def save_config(self, trainer, pl_module, stage: str) -> None:
+        if stage == "fit":
+            return  # the checkpoint folder is known once the checkpoint callback is set up: on_fit_start
+        if stage == "predict":
+            writer = next((c for c in trainer.callbacks if hasattr(c, "output_folder")), None)
+            folder = writer.output_folder(trainer) if writer else Path(trainer.default_root_dir) / "predictions"
+            self.write(folder / "config.yaml")
+        else:
+            name = "val" if stage == "validate" else stage
+            self.write(Path(f"{evaluation_base(trainer)}.{name}-config.yaml"))
+
+    def on_fit_start(self, trainer, pl_module) -> None:
+        ckpt = trainer.checkpoint_callback
+        if not trainer.is_global_zero or not isinstance(ckpt, ModelCheckpoint) or not ckpt.dirpath:
+            return
+        folder = Path(ckpt.dirpath)
+        path, n = folder / "config.yaml", 1
+        while path.exists():
+            n += 1
+            path = folder / f"config-{n}.yaml"
+        self.write(path)
+
+    def write(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        text = self.parser.dump(self.config, skip_none=False)
+        write_atomically(path, lambda f: f.write(text))
+
+
+def evaluation_base(trainer) -> Path:
+    """Where validate / test put their files: beside the checkpoint they evaluate, else under
+    <default_root_dir>/reports."""
+    if trainer.ckpt_path:
+        return Path(trainer.ckpt_path).with_suffix("")
+    return Path(trainer.default_root_dir) / "reports" / "pretrained"

@@ -74,7 +74,8 @@ class GracefulInterrupt(L.Callback):
     Lightning already turns SIGTERM into a stop at a batch boundary, agreed across processes;
     this routes Ctrl+C the same way instead of raising KeyboardInterrupt mid-step."""
 
-    def __init__(self):
+    def __init__(self, enabled: bool = True):
+        self.enabled = enabled
         self._previous: dict[int, object] = {}
 
     def on_fit_start(self, trainer, pl_module):
@@ -116,6 +117,9 @@ class ResumableRNG(L.Callback):
     """Saves the random number generators (torch, CUDA, NumPy, Python) in every checkpoint and
     restores them when a fit resumes: a run stopped at an epoch boundary and resumed shuffles,
     augments and drops out exactly as the uninterrupted run."""
+
+    def __init__(self, enabled: bool = True):
+        self.enabled = enabled
 
     def state_dict(self) -> dict:
         kind, keys, pos, has_gauss, cached = np.random.get_state()
@@ -190,8 +194,8 @@ class ProcessWatchdog(L.Callback):
         poll_seconds: how often to check.
     """
 
-    def __init__(self, poll_seconds: float = 1.0):
-        self.poll_seconds = poll_seconds
+    def __init__(self, poll_seconds: float = 1.0, enabled: bool = True):
+        self.poll_seconds, self.enabled = poll_seconds, enabled
         self._stop = threading.Event()
 
     def setup(self, trainer, pl_module, stage):

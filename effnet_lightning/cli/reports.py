@@ -12,10 +12,11 @@ from pathlib import Path
 import lightning as L
 import torch
 import torch.distributed as dist
+from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.trainer.states import TrainerFn
 
-from effnet_lightning.cli.checkpoints import record_fit
+from effnet_lightning.cli.checkpoints import evaluation_base, record_fit
 from effnet_lightning.cli.console import format_duration, say
 from effnet_lightning.cli.guards import write_atomically
 
@@ -37,12 +38,16 @@ class PredictionWriter(L.Callback):
         top_k: classes per image (at most the number of classes).
     """
 
-    def __init__(self, output_dir: str | None = None, top_k: int = 5):
+    def __init__(self, output_dir: str | None = None, top_k: int = 5, enabled: bool = True):
         if top_k < 1:
             raise ValueError(f"top_k must be positive, got {top_k}")
+        self.enabled = enabled
         self.output_dir = output_dir
         self.top_k = top_k
         self.rows: list[tuple[int, list[int], list[float]]] = []
+
+    def output_folder(self, trainer) -> Path:
+        return Path(self.output_dir or Path(trainer.default_root_dir) / "predictions")
 
     def on_predict_start(self, trainer, pl_module):
         self.rows = []
@@ -63,7 +68,7 @@ class PredictionWriter(L.Callback):
         skipped = {**getattr(trainer.datamodule, "skipped", {}),
                    **{path: "could not be decoded" for i, path in enumerate(paths) if i not in predicted}}  # fmt: skip
         names = pl_module.class_names
-        out = Path(self.output_dir or Path(trainer.default_root_dir) / "predictions")
+        out = self.output_folder(trainer)
         out.mkdir(parents=True, exist_ok=True)
         k = len(rows[0][1]) if rows else 0
 
@@ -142,6 +147,9 @@ class EvaluationReport(L.Callback):
     (`<checkpoint>.<stage>-confusion.png`) next to the checkpoint evaluated (without one: in
     <default_root_dir>/reports), and both to W&B when it is on."""
 
+    def __init__(self, enabled: bool = True):
+        self.enabled = enabled
+
     def on_validation_epoch_end(self, trainer, pl_module):
         if trainer.state.fn == TrainerFn.VALIDATING and not trainer.sanity_checking:
             self._report(trainer, pl_module, "val", pl_module.val_confusion)
@@ -155,10 +163,7 @@ class EvaluationReport(L.Callback):
             return
         names = pl_module.class_names
         rows = per_class_rows(matrix, names)
-        if trainer.ckpt_path:
-            base = Path(trainer.ckpt_path).with_suffix("")
-        else:
-            base = Path(trainer.default_root_dir) / "reports" / "pretrained"
+        base = evaluation_base(trainer)
         base.parent.mkdir(parents=True, exist_ok=True)
         prefix = f"{base}.{stage}"
         total = int(matrix.sum())
@@ -196,10 +201,21 @@ class EvaluationReport(L.Callback):
                 lg.experiment.log({f"{stage}/per_class": table, f"{stage}/confusion": wandb.Image(f"{prefix}-confusion.png")})
 
 
+class LearningRateLog(LearningRateMonitor):
+    """Lightning's LearningRateMonitor, with the `enabled` switch every always-on callback has."""
+
+    def __init__(self, *args, enabled: bool = True, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.enabled = enabled
+
+
 class FitSummary(L.Callback):
     """Prints one line at the end of fit (best val/acc, its checkpoint, wall time, training
     img/s and the share of training time spent waiting for data) and records the run's
     checkpoints in <default_root_dir>/latest_fit.json."""
+
+    def __init__(self, enabled: bool = True):
+        self.enabled = enabled
 
     def on_fit_start(self, trainer, pl_module):
         self.start = time.perf_counter()
