@@ -97,8 +97,10 @@ def main(argv=None) -> None:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
-        files = {"500x375": write_photos(folder, args.images, PHOTO_SIZES["500x375"], 0),
-                 "3000x2000": write_photos(folder, max(1, args.images // 4), PHOTO_SIZES["3000x2000"], 1)}  # fmt: skip
+        files = {
+            "500x375": write_photos(folder, args.images, PHOTO_SIZES["500x375"], 0),
+            "3000x2000": write_photos(folder, max(1, args.images // 4), PHOTO_SIZES["3000x2000"], 1),
+        }
         for crop_size in args.sizes:
             runs = pipelines(crop_size)
             for photo, paths in files.items():

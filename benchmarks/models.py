@@ -69,8 +69,11 @@ CONFIGS = {
     ]
 }
 DEFAULT_CONFIGS = ("torchvision", "torchvision-cl", "timm", "timm-cl", "ours-nchw", "ours", "ours-checkpointing")
-BASELINES = {"train_img_s": ("torchvision", "timm-cl"), "infer_img_s": ("torchvision", "timm-cl"),
-             "train_peak_mb": ("torchvision", "timm-cl")}  # fmt: skip
+BASELINES = {
+    "train_img_s": ("torchvision", "timm-cl"),
+    "infer_img_s": ("torchvision", "timm-cl"),
+    "train_peak_mb": ("torchvision", "timm-cl"),
+}
 
 
 def build_network(config: Config, variant: str):
@@ -81,9 +84,15 @@ def build_network(config: Config, variant: str):
     if config.family == "ours":
         from effnet_lightning.training.module import EfficientNetModule
 
-        module = EfficientNetModule(variant, num_classes=1000, channels_last=config.channels_last,
-                                    compile=config.compile, grad_checkpointing=config.grad_checkpointing,
-                                    lean_bn_act=config.lean_bn_act, zero_init_head=False)  # fmt: skip
+        module = EfficientNetModule(
+            variant,
+            num_classes=1000,
+            channels_last=config.channels_last,
+            compile=config.compile,
+            grad_checkpointing=config.grad_checkpointing,
+            lean_bn_act=config.lean_bn_act,
+            zero_init_head=False,
+        )
         # The network as the module runs it; the module's metrics (two 1000-class confusion
         # matrices) are no part of the network's memory.
         return module.network, module.model
@@ -187,8 +196,12 @@ def worker(conn, config: Config, args: argparse.Namespace) -> None:
     params.train()
     train_warmup_s = timed(train_step, 1)
     timed(train_step, args.warmup - 1)
-    info = dict(train_warmup_s=train_warmup_s, infer_warmup_s=infer_warmup_s,
-                train_peak_mb=peak_mb(train_step, True), infer_peak_mb=infer_peak)  # fmt: skip
+    info = {
+        "train_warmup_s": train_warmup_s,
+        "infer_warmup_s": infer_warmup_s,
+        "train_peak_mb": peak_mb(train_step, True),
+        "infer_peak_mb": infer_peak,
+    }
     conn.send(info)
     while True:
         command, n = conn.recv()
@@ -212,7 +225,7 @@ def run(args: argparse.Namespace) -> list[dict]:
         print(f"ready: {config.name:<20} first training step {rows[config.name]['train_warmup_s']:.1f} s", flush=True)
     times = {name: {"train": [], "infer": []} for name in workers}
     for repeat in range(args.repeats):
-        order = list(workers)[repeat % len(workers):] + list(workers)[: repeat % len(workers)]  # rotate who goes first
+        order = list(workers)[repeat % len(workers) :] + list(workers)[: repeat % len(workers)]  # rotate who goes first
         for command in ("train", "infer"):
             for name in order:
                 workers[name][1].send((command, args.steps))
@@ -242,12 +255,19 @@ def ratio(row: dict, baseline: dict, metric: str) -> float:
 
 
 def format_table(rows: list[dict]) -> str:
-    columns = [("config", "configuration", "{}"), ("train_img_s", "train img/s", "{:.2f}"),
-               ("train_img_s_vs_torchvision", "vs tv", "{:.2f}x"), ("train_img_s_vs_timm-cl", "vs timm-cl", "{:.2f}x"),
-               ("infer_img_s", "infer img/s", "{:.2f}"), ("infer_img_s_vs_torchvision", "vs tv", "{:.2f}x"),
-               ("infer_img_s_vs_timm-cl", "vs timm-cl", "{:.2f}x"), ("train_peak_mb", "train MB", "{:.0f}"),
-               ("train_peak_mb_vs_torchvision", "vs tv", "{:.2f}x"), ("infer_peak_mb", "infer MB", "{:.0f}"),
-               ("train_warmup_s", "1st step s", "{:.1f}")]  # fmt: skip
+    columns = [
+        ("config", "configuration", "{}"),
+        ("train_img_s", "train img/s", "{:.2f}"),
+        ("train_img_s_vs_torchvision", "vs tv", "{:.2f}x"),
+        ("train_img_s_vs_timm-cl", "vs timm-cl", "{:.2f}x"),
+        ("infer_img_s", "infer img/s", "{:.2f}"),
+        ("infer_img_s_vs_torchvision", "vs tv", "{:.2f}x"),
+        ("infer_img_s_vs_timm-cl", "vs timm-cl", "{:.2f}x"),
+        ("train_peak_mb", "train MB", "{:.0f}"),
+        ("train_peak_mb_vs_torchvision", "vs tv", "{:.2f}x"),
+        ("infer_peak_mb", "infer MB", "{:.0f}"),
+        ("train_warmup_s", "1st step s", "{:.1f}"),
+    ]
     columns = [c for c in columns if c[0] in rows[0]]
     lines = ["| " + " | ".join(title for _, title, _ in columns) + " |", "|" + "---|" * len(columns)]
     for row in rows:
@@ -260,15 +280,23 @@ def machine() -> dict:
 
     cpu = platform.processor()
     try:
-        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
     except (OSError, StopIteration):
         pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "torch": torch.__version__, "threads": torch.get_num_threads(),
-            "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None}  # fmt: skip
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+    }
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], epilog="configurations: " + ", ".join(CONFIGS))
+    parser = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0], epilog="configurations: " + ", ".join(CONFIGS)
+    )
     parser.add_argument("--variant", default="b0")
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--batch", type=int, default=16)

@@ -7,17 +7,34 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = ["--data.image_size", "64", "--data.batch_size", "8", "--data.num_workers", "0",
-        "--trainer.enable_progress_bar", "false"]  # fmt: skip
+TINY = [
+    "--data.image_size",
+    "64",
+    "--data.batch_size",
+    "8",
+    "--data.num_workers",
+    "0",
+    "--trainer.enable_progress_bar",
+    "false",
+]
 CSV = ["--trainer.logger", "CSVLogger"]  # the one flag that turns W&B off
 
 
 def run_cli(args, cwd, check=True, env=None, timeout=900):
     env = {**(env if env is not None else os.environ), "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'tests'}"}
-    out = subprocess.run([sys.executable, str(ROOT / "cli.py"), *map(str, args)], cwd=cwd, env=env,
-                         capture_output=True, text=True, timeout=timeout)  # fmt: skip
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "cli.py"), *map(str, args)],
+        check=False,  # checked below, with the output in the message
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
     if check and out.returncode != 0:
-        raise AssertionError(f"cli.py {' '.join(map(str, args))} failed ({out.returncode}):\n{out.stdout[-3000:]}\n{out.stderr[-5000:]}")
+        raise AssertionError(
+            f"cli.py {' '.join(map(str, args))} failed ({out.returncode}):\n{out.stdout[-3000:]}\n{out.stderr[-5000:]}"
+        )
     return out
 
 

@@ -19,7 +19,9 @@ class TrainStartProbe(L.Callback):
             return
         self.done = True
         state = trainer.optimizers[0].state_dict()["state"]
-        fingerprint = {str(k): [float(t.double().sum()) for t in v.values() if torch.is_tensor(t)] for k, v in state.items()}
+        fingerprint = {
+            str(k): [float(t.double().sum()) for t in v.values() if torch.is_tensor(t)] for k, v in state.items()
+        }
         record = {
             "input_shape": list(batch[0].shape),
             "global_step": trainer.global_step,
@@ -48,11 +50,19 @@ class RecipeProbe(L.Callback):
     def on_fit_end(self, trainer, pl_module):
         optimizer = trainer.optimizers[0]
         names = {id(p): n for n, p in pl_module.named_parameters()}
-        groups = [{"weight_decay": g["weight_decay"], "params": [names[id(p)] for p in g["params"]]}
-                  for g in optimizer.param_groups]  # fmt: skip
+        groups = [
+            {"weight_decay": g["weight_decay"], "params": [names[id(p)] for p in g["params"]]}
+            for g in optimizer.param_groups
+        ]
         settings = {k: v for k, v in optimizer.defaults.items() if isinstance(v, (int, float, bool))}
-        record = {"optimizer": type(optimizer).__name__, "defaults": settings, "lrs": self.lrs, "groups": groups,
-                  "first_targets": self.targets, "accumulate": trainer.accumulate_grad_batches}  # fmt: skip
+        record = {
+            "optimizer": type(optimizer).__name__,
+            "defaults": settings,
+            "lrs": self.lrs,
+            "groups": groups,
+            "first_targets": self.targets,
+            "accumulate": trainer.accumulate_grad_batches,
+        }
         with open(os.environ["PROBE_FILE"], "w") as f:
             json.dump(record, f)
 
@@ -125,8 +135,11 @@ class ResumeStateProbe(L.Callback):
             "model": state_sums(pl_module.state_dict()),
             "optimizer": {str(k): state_sums(v) for k, v in optimizer.items()},
             "scheduler": {"last_epoch": scheduler["last_epoch"], "lr": scheduler["_last_lr"]},
-            "ema": state_sums({k[len("module."):]: v for k, v in average.state_dict().items() if k.startswith("module.")})
-            if average is not None else None,
+            "ema": state_sums(
+                {k[len("module.") :]: v for k, v in average.state_dict().items() if k.startswith("module.")}
+            )
+            if average is not None
+            else None,
             "ema_n_averaged": int(average.n_averaged) if average is not None else None,
             "checkpoint_io": type(trainer.strategy.checkpoint_io).__name__,
         }

@@ -18,8 +18,11 @@ from effnet_lightning.training.module import EfficientNetModule
 
 def probe(tmp_path, args, cwd):
     probe_file = tmp_path / "probe.json"
-    run_cli(["fit", *args, "--trainer.callbacks+=probes.TrainStartProbe"], cwd,
-            env={**os.environ, "PROBE_FILE": str(probe_file)})  # fmt: skip
+    run_cli(
+        ["fit", *args, "--trainer.callbacks+=probes.TrainStartProbe"],
+        cwd,
+        env={**os.environ, "PROBE_FILE": str(probe_file)},
+    )
     return json.loads(probe_file.read_text())
 
 
@@ -28,15 +31,31 @@ def probe(tmp_path, args, cwd):
 def test_default_fit_learns_checkpoints_and_logs_to_wandb_offline(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
     env["HOME"] = str(tmp_path)  # no ~/.netrc: no W&B credentials, so it must go offline by itself
-    out = run_cli(["fit", "--config", ROOT / "configs" / "default.yaml", "--trainer.max_epochs", "10",
-                   "--trainer.log_every_n_steps", "5", "--trainer.enable_progress_bar", "false"], tmp_path, env=env,
-                  timeout=2300)  # fmt: skip
+    out = run_cli(
+        [
+            "fit",
+            "--config",
+            ROOT / "configs" / "default.yaml",
+            "--trainer.max_epochs",
+            "10",
+            "--trainer.log_every_n_steps",
+            "5",
+            "--trainer.enable_progress_bar",
+            "false",
+        ],
+        tmp_path,
+        env=env,
+        timeout=2300,
+    )
     assert (tmp_path / "data" / "demo" / demo.DONE_MARKER).exists()
     record = json.loads((tmp_path / "runs" / "latest_fit.json").read_text())
     best, last = tmp_path / record["best_model_path"], tmp_path / record["last_model_path"]
     assert best.is_file() and last.name == "last.ckpt" and last.is_file()
-    summary = re.search(r"fit done: best val/acc ([0-9.]+) at (\S+), wall time \S+, training ([0-9.]+) img/s "
-                        r"\(([0-9]+)% waiting for data\)", out.stdout)  # fmt: skip
+    summary = re.search(
+        r"fit done: best val/acc ([0-9.]+) at (\S+), wall time \S+, training ([0-9.]+) img/s "
+        r"\(([0-9]+)% waiting for data\)",
+        out.stdout,
+    )
     assert summary and float(summary.group(3)) > 0 and summary.group(2) == record["best_model_path"]
     assert 0 <= int(summary.group(4)) <= 100
 
@@ -62,20 +81,55 @@ def test_default_fit_learns_checkpoints_and_logs_to_wandb_offline(tmp_path):
 @pytest.mark.slow
 def test_image_size_follows_the_variant_and_can_be_overridden(tmp_path, demo_root):
     # ("1" would parse as 1.0, a whole epoch: limits here are batch counts of 2)
-    common = ["--data.root", demo_root, "--data.batch_size", "2", "--data.num_workers", "0", "--trainer.max_epochs", "1",
-              "--trainer.limit_train_batches", "2", "--trainer.limit_val_batches", "2", *CSV]  # fmt: skip
+    common = [
+        "--data.root",
+        demo_root,
+        "--data.batch_size",
+        "2",
+        "--data.num_workers",
+        "0",
+        "--trainer.max_epochs",
+        "1",
+        "--trainer.limit_train_batches",
+        "2",
+        "--trainer.limit_val_batches",
+        "2",
+        *CSV,
+    ]
     assert probe(tmp_path, ["--model.variant", "b3", *common], tmp_path)["input_shape"] == [2, 3, 300, 300]
-    assert probe(tmp_path, ["--model.variant", "b3", "--data.image_size", "128", *common], tmp_path)["input_shape"] == [2, 3, 128, 128]
+    assert probe(tmp_path, ["--model.variant", "b3", "--data.image_size", "128", *common], tmp_path)["input_shape"] == [
+        2,
+        3,
+        128,
+        128,
+    ]
     # a custom compound-scaled variant: 224 x 1.2^1 = 268.8, to a multiple of 8
-    assert probe(tmp_path, ["--model.variant", "phi1_a1.3_b1.05_g1.2", *common], tmp_path)["input_shape"] == [2, 3, 272, 272]
+    assert probe(tmp_path, ["--model.variant", "phi1_a1.3_b1.05_g1.2", *common], tmp_path)["input_shape"] == [
+        2,
+        3,
+        272,
+        272,
+    ]
 
 
 @pytest.mark.slow
 def test_resume_from_last_continues_at_the_same_step_with_the_same_optimizer_state(tmp_path, small_root):
-    args = ["--data.root", small_root, *TINY, *CSV, "--trainer.limit_val_batches", "2", "--trainer.limit_train_batches", "3"]
+    args = [
+        "--data.root",
+        small_root,
+        *TINY,
+        *CSV,
+        "--trainer.limit_val_batches",
+        "2",
+        "--trainer.limit_train_batches",
+        "3",
+    ]
     probe_file = tmp_path / "record.json"
-    run_cli(["fit", *args, "--trainer.max_epochs", "2", "--trainer.callbacks+=probes.RecordProbe"], tmp_path,
-            env={**os.environ, "PROBE_FILE": str(probe_file)})  # fmt: skip
+    run_cli(
+        ["fit", *args, "--trainer.max_epochs", "2", "--trainer.callbacks+=probes.RecordProbe"],
+        tmp_path,
+        env={**os.environ, "PROBE_FILE": str(probe_file)},
+    )
     # during epoch 1 the record already names epoch 0's last checkpoint: a crash then loses nothing
     assert json.loads(probe_file.read_text())["last_global_step"] == 3
     record = json.loads((tmp_path / "runs" / "latest_fit.json").read_text())
@@ -83,8 +137,10 @@ def test_resume_from_last_continues_at_the_same_step_with_the_same_optimizer_sta
     assert saved["global_step"] == 6
     resumed = probe(tmp_path, ["--ckpt_path", "last", *args, "--trainer.max_epochs", "3"], tmp_path)
     assert resumed["global_step"] == 6
-    expected = {str(k): [float(t.double().sum()) for t in v.values() if torch.is_tensor(t)]
-                for k, v in saved["optimizer_states"][0]["state"].items()}  # fmt: skip
+    expected = {
+        str(k): [float(t.double().sum()) for t in v.values() if torch.is_tensor(t)]
+        for k, v in saved["optimizer_states"][0]["state"].items()
+    }
     assert resumed["optimizer_state"] == expected and len(expected) > 100
     assert resumed["lr"] == pytest.approx(saved["optimizer_states"][0]["param_groups"][0]["lr"])
     # the resumed run checkpoints into the same folder and keeps its best checkpoints; the first
@@ -115,7 +171,9 @@ def test_test_without_ckpt_path_uses_the_best_checkpoint_of_the_latest_fit(tmp_p
         "run `python cli.py fit` first or pass --ckpt_path"
     )
     run_cli(["fit", *args, "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "2"], tmp_path)
-    run_cli(["fit", *args, "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "2"], tmp_path)  # again, same folder
+    run_cli(
+        ["fit", *args, "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "2"], tmp_path
+    )  # again, same folder
     best = json.loads((tmp_path / "runs" / "latest_fit.json").read_text())["best_model_path"]
     out = run_cli(["test", *args], tmp_path)
     assert f"test: using the best checkpoint of the most recent fit: {best}" in out.stdout
@@ -147,7 +205,9 @@ def test_two_process_ddp_on_cpu_fits_and_validates_like_one_process(tmp_path, sm
     single = run_cli(["validate", *args, "--ckpt_path", ckpt], tmp_path).stdout
     double = run_cli(["validate", *args, *ddp, "--ckpt_path", ckpt], tmp_path).stdout
     for metric in ("val/acc", "val/acc_top5"):
-        print(f"{metric} on 71 images: 1 process {printed_metric(single, metric)}, 2 processes {printed_metric(double, metric)}")
+        print(
+            f"{metric} on 71 images: 1 process {printed_metric(single, metric)}, 2 processes {printed_metric(double, metric)}"
+        )
         assert printed_metric(double, metric) == printed_metric(single, metric)
     # not the counts a constant prediction gives (classes hold 7 or 8 of the 71 images)
     assert round(printed_metric(single, "val/acc") * 71) not in (7, 8)
@@ -176,8 +236,12 @@ def test_print_config_round_trips(tmp_path, capsys, monkeypatch):
 def test_shipped_configs_parse(tmp_path, capsys, monkeypatch, demo_root):
     defaults = yaml.safe_load(print_config(["fit"], capsys, monkeypatch, tmp_path))
     paths = sorted((ROOT / "configs").rglob("*.yaml"))
-    assert {p.relative_to(ROOT / "configs").as_posix() for p in paths} >= {"finetune.yaml", "recipes/paper.yaml",
-                                                                          "recipes/modern.yaml", "default.yaml"}
+    assert {p.relative_to(ROOT / "configs").as_posix() for p in paths} >= {
+        "finetune.yaml",
+        "recipes/paper.yaml",
+        "recipes/modern.yaml",
+        "default.yaml",
+    }
     for path in paths:
         config = yaml.safe_load(print_config(["fit", "--config", path], capsys, monkeypatch, tmp_path))
         if path.stem.startswith("b"):

@@ -62,7 +62,7 @@ def test_batches_have_the_crop_size_and_normalisation(tmp_path):
     val_images, _ = next(iter(dm.val_dataloader()))
     assert val_images.shape == (4, 3, 48, 48)
     # a flat (c, g, b) image normalises to ((c/255 - 0.5) / 0.25, ...)
-    path, label = dm.splits["val"][0]
+    path, _label = dm.splits["val"][0]
     expected = (torch.tensor(Image.open(path).getpixel((0, 0)), dtype=torch.float32) / 255 - 0.5) / 0.25
     torch.testing.assert_close(eval_transform(pre)(Image.open(path))[:, 24, 24], expected, atol=1e-4, rtol=0)
 
@@ -140,10 +140,16 @@ def test_predict_images_at_any_depth_and_classes_given_by_a_checkpoint(tmp_path)
     assert dm.root is None and dm.num_classes == 3  # no labelled folder needed, none generated
     dm.setup("predict")
     assert [p.removeprefix(str(unlabelled)) for p in dm.predict_paths()] == [
-        "/x/0.png", "/x/1.png", "/x/deeper/0.png", "/x/deeper/1.png"]  # fmt: skip
+        "/x/0.png",
+        "/x/1.png",
+        "/x/deeper/0.png",
+        "/x/deeper/1.png",
+    ]
     images, positions = next(iter(dm.predict_dataloader()))
     assert images.shape == (4, 3, 16, 16) and positions.tolist() == [0, 1, 2, 3]
-    with pytest.raises(ValueError, match=r"has classes \['ant', 'bee', 'cat'\] but the model was trained on \['a', 'b'\]"):
+    with pytest.raises(
+        ValueError, match=r"has classes \['ant', 'bee', 'cat'\] but the model was trained on \['a', 'b'\]"
+    ):
         ImageFolderDataModule(root=str(tmp_path / "labelled"), class_names=["a", "b"])
     assert ImageFolderDataModule(root=str(tmp_path / "labelled"), class_names=["ant", "bee", "cat"]).num_classes == 3
 
@@ -156,9 +162,11 @@ def test_bad_files_are_skipped_and_listed_odd_modes_load_and_hidden_folders_are_
         dm.setup("fit")
     header_bad = {k: v for k, v in kinds.items() if k != "truncated"}  # a truncated file has a good header
     assert {Path(p).name: why for p, why in dm.skipped.items()} == {
-        "empty.jpg": "empty file", "text.png": "not an image PIL can read",
-        "dangling.jpg": dm.skipped[str(root / "ant" / "dangling.jpg")], **({"locked.png": dm.skipped.get(str(
-            root / "ant" / "locked.png"))} if "unreadable" in kinds else {})}  # fmt: skip
+        "empty.jpg": "empty file",
+        "text.png": "not an image PIL can read",
+        "dangling.jpg": dm.skipped[str(root / "ant" / "dangling.jpg")],
+        **({"locked.png": dm.skipped.get(str(root / "ant" / "locked.png"))} if "unreadable" in kinds else {}),
+    }
     assert "FileNotFoundError" in dm.skipped[str(root / "ant" / "dangling.jpg")]
     n_listed = 3 * 6 + 5 + len(header_bad)  # good, odd modes + truncated, bad
     assert f"skipping {len(header_bad)} of {n_listed} files that are not readable images" in caplog.text
@@ -179,7 +187,9 @@ def test_bad_files_are_skipped_and_listed_odd_modes_load_and_hidden_folders_are_
 def test_strict_mode_stops_at_bad_files(bad_folder):
     root, _ = bad_folder
     dm = ImageFolderDataModule(root=str(root), strict=True)
-    with pytest.raises(BadImageError, match=r"files are not readable images, e\.g\. .*dangling\.jpg .*drop --data\.strict"):
+    with pytest.raises(
+        BadImageError, match=r"files are not readable images, e\.g\. .*dangling\.jpg .*drop --data\.strict"
+    ):
         dm.setup("fit")
     for name in ("empty.jpg", "text.png", "dangling.jpg", "locked.png"):
         (root / "ant" / name).unlink(missing_ok=True)
@@ -195,14 +205,20 @@ def test_strict_mode_stops_at_bad_files(bad_folder):
 def test_an_empty_class_folder_is_an_error_unless_allowed(tmp_path):
     make_folder(tmp_path)
     (tmp_path / "dog").mkdir()
-    with pytest.raises(ValueError, match=r"class folder\(s\) \['dog'\] under .* have no training images: .*"
-                                         r"--data.allow_empty_classes true"):
+    with pytest.raises(
+        ValueError,
+        match=r"class folder\(s\) \['dog'\] under .* have no training images: .*"
+        r"--data.allow_empty_classes true",
+    ):
         ImageFolderDataModule(root=str(tmp_path)).setup("fit")
     dm = ImageFolderDataModule(root=str(tmp_path), allow_empty_classes=True)
     dm.setup("fit")
     assert dm.num_classes == 4 and dm.class_counts() == [8, 8, 8, 0]
-    expect("data-empty-class", "class folder(s) ['dog'] under <data> have no training images",
-           "--data.allow_empty_classes true")  # fmt: skip
+    expect(
+        "data-empty-class",
+        "class folder(s) ['dog'] under <data> have no training images",
+        "--data.allow_empty_classes true",
+    )
 
 
 def test_processes_that_see_other_files_are_refused():

@@ -27,7 +27,7 @@ FILES = {
     "rgba.png": lambda: Image.fromarray(np.dstack([picture(), picture()[..., 1]])),
     "gray_alpha.png": lambda: Image.fromarray(picture()).convert("LA"),
     "palette.png": lambda: Image.fromarray(picture()).convert("P"),
-    "gray16.png": lambda: Image.fromarray((picture()[..., 0].astype(np.uint16) * 257)),
+    "gray16.png": lambda: Image.fromarray(picture()[..., 0].astype(np.uint16) * 257),
     "cmyk.jpg": lambda: Image.fromarray(picture()).convert("CMYK"),
     "rgb.gif": lambda: Image.fromarray(picture()).convert("P"),
 }

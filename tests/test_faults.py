@@ -48,16 +48,31 @@ def test_every_documented_fault_is_exercised_by_a_test():
     sources = [path.read_text() for path in Path(__file__).parent.glob("test_*.py")]
     checked = {m.group(1) or m.group(2) for text in sources for m in pattern.finditer(text)}
     documented = set(rows())
-    assert documented == checked, f"documented, not tested: {documented - checked}; tested, not documented: {checked - documented}"
+    assert documented == checked, (
+        f"documented, not tested: {documented - checked}; tested, not documented: {checked - documented}"
+    )
 
 
 # -- bad image folders ------------------------------------------------------------------------
 
+
 @pytest.mark.slow
 def test_fit_on_a_folder_of_bad_files_skips_them_and_strict_mode_stops(bad_folder, tmp_path):
     root, kinds = bad_folder
-    args = ["fit", "--data.root", root, *SHORT, "--data.val_fraction", "0.25", "--trainer.max_epochs", "1",
-            "--trainer.limit_train_batches", "1.0", "--trainer.limit_val_batches", "1.0"]  # fmt: skip
+    args = [
+        "fit",
+        "--data.root",
+        root,
+        *SHORT,
+        "--data.val_fraction",
+        "0.25",
+        "--trainer.max_epochs",
+        "1",
+        "--trainer.limit_train_batches",
+        "1.0",
+        "--trainer.limit_val_batches",
+        "1.0",
+    ]
     out = run_cli(args, tmp_path)
     n_bad = len(kinds) - 1  # the truncated JPEG reads as an image until decoded
     assert f"skipping {n_bad} of {3 * 6 + 5 + n_bad} files that are not readable images:" in out.stderr
@@ -66,17 +81,25 @@ def test_fit_on_a_folder_of_bad_files_skips_them_and_strict_mode_stops(bad_folde
             assert str(root / "ant" / name) in out.stderr
     assert f"skipping unreadable image {root / 'ant' / 'truncated.jpg'} (OSError: image file is truncated" in out.stderr
     assert "fit done: best val/acc" in out.stdout
-    expect("data-bad-files", "skipping 3 of 26 files that are not readable images:", "empty file",
-           "not an image PIL can read", "FileNotFoundError: [Errno 2] No such file or directory")  # fmt: skip
+    expect(
+        "data-bad-files",
+        "skipping 3 of 26 files that are not readable images:",
+        "empty file",
+        "not an image PIL can read",
+        "FileNotFoundError: [Errno 2] No such file or directory",
+    )
     expect("data-truncated", "skipping unreadable image <data>/ant/truncated.jpg (OSError: image file is truncated")
     expect("data-odd-modes", "fit done: best val/acc")
 
     line = last_error_line(run_cli([*args, "--data.strict", "true"], tmp_path, check=False))
     assert line.startswith("error: 3 of 26 files are not readable images, e.g. ")
-    expect("data-strict", "error: 3 of 26 files are not readable images, e.g. <data>/ant/dangling.jpg (FileNotFoundError")
+    expect(
+        "data-strict", "error: 3 of 26 files are not readable images, e.g. <data>/ant/dangling.jpg (FileNotFoundError"
+    )
 
 
 # -- bad arguments ----------------------------------------------------------------------------
+
 
 def run_main(args, capsys, monkeypatch, cwd) -> tuple[int, str]:
     """`cli.py ARGS` in-process: (exit status, last line of stderr)."""
@@ -93,24 +116,33 @@ def tiny_checkpoint(tmp_path_factory):
     """A checkpoint of 10 classes named c0-c9 (not the demo's)."""
     module = EfficientNetModule("b0", num_classes=10, class_names=[f"c{i}" for i in range(10)])
     path = tmp_path_factory.mktemp("ckpt") / "ten.ckpt"
-    torch.save({"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams),
-                "pytorch-lightning_version": lightning.__version__}, path)  # fmt: skip
+    torch.save(
+        {
+            "state_dict": module.state_dict(),
+            "hyper_parameters": dict(module.hparams),
+            "pytorch-lightning_version": lightning.__version__,
+        },
+        path,
+    )
     return path
 
 
 @pytest.mark.slow
 def test_predict_skips_unreadable_files_and_lists_them(bad_folder, tiny_checkpoint, tmp_path):
     root, kinds = bad_folder
-    out = run_cli(["predict", "--ckpt_path", tiny_checkpoint, "--data.predict_root", root / "ant", *TINY, *CSV],
-                  tmp_path)  # fmt: skip
+    out = run_cli(
+        ["predict", "--ckpt_path", tiny_checkpoint, "--data.predict_root", root / "ant", *TINY, *CSV], tmp_path
+    )
     data = json.loads((tmp_path / "runs" / "predictions" / "predictions.json").read_text())
     skipped = {Path(p).name: why for p, why in data["skipped"].items()}
     assert skipped["truncated.jpg"] == "could not be decoded" and skipped["empty.jpg"] == "empty file"
     assert set(skipped) == set(kinds.values())
     predicted = sorted(Path(e["path"]).name for e in data["predictions"])
     assert predicted == sorted(["cmyk.jpg", "deep.png", "gray.png", "rgba.png", *[f"{i}.png" for i in range(6)]])
-    assert f"predict: 10 images, top-5 classes written to runs/predictions/predictions.csv and .json " \
-           f"({len(kinds)} unreadable files skipped: see 'skipped' in the .json)" in out.stdout
+    assert (
+        f"predict: 10 images, top-5 classes written to runs/predictions/predictions.csv and .json "
+        f"({len(kinds)} unreadable files skipped: see 'skipped' in the .json)" in out.stdout
+    )
     expect("predict-bad-files", "predict: 10 images", "unreadable files skipped: see 'skipped' in the .json")
 
 
@@ -121,21 +153,35 @@ def test_bad_arguments_give_one_line_errors(tmp_path, small_root, tiny_checkpoin
     corrupt.write_bytes(data[: len(data) // 2])  # what a crash mid-write leaves without atomic writes
     cases = {
         "arg-variant": (["fit", "--model.variant", "b9"], "error: unknown EfficientNet variant 'b9': choose one of b0"),
-        "arg-root-missing": (["fit", "--data.root", tmp_path / "nowhere"],
-                             "error: --data.root <tmp>/nowhere is not a folder: give a folder of class folders"),
-        "arg-root-empty": (["fit", "--data.root", tmp_path / "empty"],
-                           "error: no class folders in <tmp>/empty: expected <tmp>/empty/<class>/<images>"),
+        "arg-root-missing": (
+            ["fit", "--data.root", tmp_path / "nowhere"],
+            "error: --data.root <tmp>/nowhere is not a folder: give a folder of class folders",
+        ),
+        "arg-root-empty": (
+            ["fit", "--data.root", tmp_path / "empty"],
+            "error: no class folders in <tmp>/empty: expected <tmp>/empty/<class>/<images>",
+        ),
         "arg-batch-size": (["fit", "--data.batch_size", "0"], "error: batch_size must be positive, got 0"),
         "arg-image-size": (["fit", "--data.image_size", "-8"], "error: image_size must be positive, got -8"),
-        "arg-classes": (["test", "--data.root", small_root, "--ckpt_path", tiny_checkpoint],
-                        ("but the model was trained on ['c0', 'c1', 'c2', 'c3', 'c4', ... (10 in all)]: use a folder "
-                         "with the model's classes")),
-        "arg-ckpt-missing": (["test", "--ckpt_path", tmp_path / "gone.ckpt"],
-                             "error: --ckpt_path <tmp>/gone.ckpt: no such checkpoint file"),
-        "arg-ckpt-corrupt": (["fit", "--ckpt_path", corrupt],
-                             ("error: --ckpt_path <tmp>/corrupt.ckpt is not a readable checkpoint (RuntimeError): "
-                              "pick another file, e.g. the run's last.ckpt")),
-    }  # fmt: skip
+        "arg-classes": (
+            ["test", "--data.root", small_root, "--ckpt_path", tiny_checkpoint],
+            (
+                "but the model was trained on ['c0', 'c1', 'c2', 'c3', 'c4', ... (10 in all)]: use a folder "
+                "with the model's classes"
+            ),
+        ),
+        "arg-ckpt-missing": (
+            ["test", "--ckpt_path", tmp_path / "gone.ckpt"],
+            "error: --ckpt_path <tmp>/gone.ckpt: no such checkpoint file",
+        ),
+        "arg-ckpt-corrupt": (
+            ["fit", "--ckpt_path", corrupt],
+            (
+                "error: --ckpt_path <tmp>/corrupt.ckpt is not a readable checkpoint (RuntimeError): "
+                "pick another file, e.g. the run's last.ckpt"
+            ),
+        ),
+    }
     for fault, (args, message) in cases.items():
         root = [] if "--data.root" in args else ["--data.root", small_root]  # (not the demo data: no generating)
         code, line = run_main([*args, *root], capsys, monkeypatch, tmp_path)
@@ -153,22 +199,32 @@ def test_bad_arguments_give_one_line_errors(tmp_path, small_root, tiny_checkpoin
 
 # -- interruption and resuming ----------------------------------------------------------------
 
+
 @pytest.mark.slow
 def test_sigterm_mid_epoch_saves_and_last_resumes_the_exact_state(tmp_path, small_root):
     args = ["fit", "--data.root", small_root, *SHORT, "--ema.decay", "0.9", "--trainer.max_epochs", "3"]
-    out = run_cli([*args, "--trainer.callbacks+=probes.SignalAtStep"], tmp_path, check=False,
-                  env=probe_env(step=6, signal="SIGTERM"))  # fmt: skip
+    out = run_cli(
+        [*args, "--trainer.callbacks+=probes.SignalAtStep"],
+        tmp_path,
+        check=False,
+        env=probe_env(step=6, signal="SIGTERM"),
+    )
     assert out.returncode == 128 + signal.SIGTERM, out.stderr[-2000:]
     message = out.stdout.strip().splitlines()[-1]
-    assert message == ("fit stopped by a signal at step 6 (epoch 1): saved runs/version_0/checkpoints/last.ckpt; "
-                       "resume with `python cli.py fit ... --ckpt_path last`")  # fmt: skip
+    assert message == (
+        "fit stopped by a signal at step 6 (epoch 1): saved runs/version_0/checkpoints/last.ckpt; "
+        "resume with `python cli.py fit ... --ckpt_path last`"
+    )
     expect("sigterm", "fit stopped by a signal at step 6 (epoch 1): saved runs/version_0/checkpoints/last.ckpt", "143")
     saved = torch.load(tmp_path / record(tmp_path)["last_model_path"], weights_only=True)
     assert saved["global_step"] == 6 and saved["loops"]["fit_loop"]["epoch_progress"]["current"]["completed"] == 1
 
     probe_file = tmp_path / "resumed.json"
-    run_cli([*args, "--ckpt_path", "last", "--trainer.callbacks+=probes.ResumeStateProbe"], tmp_path,
-            env=probe_env(file=probe_file))  # fmt: skip
+    run_cli(
+        [*args, "--ckpt_path", "last", "--trainer.callbacks+=probes.ResumeStateProbe"],
+        tmp_path,
+        env=probe_env(file=probe_file),
+    )
     resumed = json.loads(probe_file.read_text())
     assert resumed["global_step"] == 6 and resumed["epoch"] == 1
     assert resumed["checkpoint_io"] == "AtomicCheckpointIO"
@@ -186,9 +242,20 @@ def test_sigterm_mid_epoch_saves_and_last_resumes_the_exact_state(tmp_path, smal
 
 @pytest.mark.slow
 def test_ctrl_c_stops_at_the_batch_boundary_and_saves(tmp_path, small_root):
-    out = run_cli(["fit", "--data.root", small_root, *SHORT, "--trainer.max_epochs", "2",
-                   "--trainer.callbacks+=probes.SignalAtStep"], tmp_path, check=False,
-                  env=probe_env(step=3, signal="SIGINT"))  # fmt: skip
+    out = run_cli(
+        [
+            "fit",
+            "--data.root",
+            small_root,
+            *SHORT,
+            "--trainer.max_epochs",
+            "2",
+            "--trainer.callbacks+=probes.SignalAtStep",
+        ],
+        tmp_path,
+        check=False,
+        env=probe_env(step=3, signal="SIGINT"),
+    )
     assert out.returncode == 128 + signal.SIGINT, out.stderr[-2000:]
     assert "Ctrl+C: stopping after this batch and saving a checkpoint (press again to stop at once)" in out.stderr
     assert "fit stopped by a signal at step 3 (epoch 0): saved runs/version_0/checkpoints/last.ckpt" in out.stdout
@@ -201,7 +268,9 @@ def train_losses(cwd: Path) -> dict[int, float]:
     losses = {}
     for path in sorted((cwd / "runs").glob("version_*/metrics.csv")):
         with open(path, newline="") as f:
-            losses |= {int(r["step"]): float(r["train/loss_step"]) for r in csv.DictReader(f) if r.get("train/loss_step")}
+            losses |= {
+                int(r["step"]): float(r["train/loss_step"]) for r in csv.DictReader(f) if r.get("train/loss_step")
+            }
     return losses
 
 
@@ -218,8 +287,10 @@ def test_a_run_stopped_at_an_epoch_boundary_and_resumed_reproduces_the_uninterru
     run_cli([*args, "--trainer.max_epochs", "2", "--ckpt_path", "last"], tmp_path / "split")
     whole, split = train_losses(tmp_path / "whole"), train_losses(tmp_path / "split")
     assert sorted(whole) == sorted(split) == list(range(8))
-    print(f"losses of the second epoch: uninterrupted {[whole[s] for s in range(4, 8)]}, "
-          f"resumed {[split[s] for s in range(4, 8)]}")  # fmt: skip
+    print(
+        f"losses of the second epoch: uninterrupted {[whole[s] for s in range(4, 8)]}, "
+        f"resumed {[split[s] for s in range(4, 8)]}"
+    )
     assert [split[s] for s in range(8)] == pytest.approx([whole[s] for s in range(8)], abs=1e-6)
     assert len({round(whole[s], 4) for s in range(4, 8)}) == 4  # varied losses, not a constant
     expect("resume-reproduces", "the 4 losses of the second epoch equal the uninterrupted run's")
@@ -242,8 +313,9 @@ def test_a_crash_while_writing_a_checkpoint_leaves_the_previous_one_whole(tmp_pa
     AtomicCheckpointIO().save_checkpoint({"step": 1, "weights": torch.arange(10.0)}, last)
     before = last.read_bytes()
     tmp = tmp_path / ".last.ckpt.tmp"
-    writer = subprocess.Popen([sys.executable, "-c", CRASHING_WRITER, str(last)], cwd=ROOT,
-                              env={**os.environ, "PYTHONPATH": str(ROOT)})  # fmt: skip
+    writer = subprocess.Popen(
+        [sys.executable, "-c", CRASHING_WRITER, str(last)], cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}
+    )
     deadline = time.monotonic() + 120
     while not (tmp.exists() and tmp.stat().st_size > 1_000_000) and time.monotonic() < deadline:
         time.sleep(0.01)
@@ -271,26 +343,46 @@ def test_pickled_code_in_a_weights_file_never_runs_unless_the_user_opts_in(tmp_p
     weights = tmp_path / "evil.pth"
     state = create_model("b0", num_classes=10).state_dict()
     torch.save({"state_dict": state, "payload": _RunsCode(marker)}, weights)
-    code, line = run_main(["fit", "--model.weights", weights, "--trainer.max_epochs", "0"], capsys, monkeypatch, tmp_path)
+    code, line = run_main(
+        ["fit", "--model.weights", weights, "--trainer.max_epochs", "0"], capsys, monkeypatch, tmp_path
+    )
     assert code == 2 and not marker.exists()
     assert "holds pickled Python objects that are not plain tensors, so it was not loaded" in line
     assert "pass --model.weights_only false to run the code in it" in line
-    expect("weights-pickle", "holds pickled Python objects that are not plain tensors, so it was not loaded",
-           "--model.weights_only false")  # fmt: skip
+    expect(
+        "weights-pickle",
+        "holds pickled Python objects that are not plain tensors, so it was not loaded",
+        "--model.weights_only false",
+    )
     model = create_model("b0", num_classes=10, weights=weights, weights_only=False)  # opting in runs the code
     assert marker.exists() and torch.equal(model.classifier.weight, state["classifier.weight"])
 
 
 # -- numerical faults -------------------------------------------------------------------------
 
+
 @pytest.mark.slow
 def test_a_nan_loss_stops_training_and_keeps_the_last_good_checkpoint(tmp_path, small_root):
-    out = run_cli(["fit", "--data.root", small_root, *SHORT, "--trainer.max_epochs", "3",
-                   "--trainer.callbacks+=probes.NaNAtStep"], tmp_path, check=False, env=probe_env(step=5))  # fmt: skip
+    out = run_cli(
+        [
+            "fit",
+            "--data.root",
+            small_root,
+            *SHORT,
+            "--trainer.max_epochs",
+            "3",
+            "--trainer.callbacks+=probes.NaNAtStep",
+        ],
+        tmp_path,
+        check=False,
+        env=probe_env(step=5),
+    )
     assert out.returncode == 1 and "Traceback" not in out.stderr, out.stderr[-3000:]
     line = out.stderr.strip().splitlines()[-1]
-    assert line.startswith("error: the training loss is nan at step 6 (epoch 1): training stopped and nothing was "
-                           "saved from these weights; the last good checkpoint is runs/version_0/checkpoints/last.ckpt")
+    assert line.startswith(
+        "error: the training loss is nan at step 6 (epoch 1): training stopped and nothing was "
+        "saved from these weights; the last good checkpoint is runs/version_0/checkpoints/last.ckpt"
+    )
     last = torch.load(tmp_path / record(tmp_path)["last_model_path"], weights_only=True)
     assert last["global_step"] == 4  # the end of epoch 0, before the NaN
     assert all(torch.isfinite(t).all() for t in last["state_dict"].values() if t.is_floating_point())
@@ -299,6 +391,7 @@ def test_a_nan_loss_stops_training_and_keeps_the_last_good_checkpoint(tmp_path, 
 
 # -- DDP faults -------------------------------------------------------------------------------
 
+
 @pytest.mark.slow
 @pytest.mark.parametrize("failing_rank", [1, 0])
 def test_when_one_ddp_process_dies_the_whole_job_ends_promptly(failing_rank, tmp_path, small_root):
@@ -306,9 +399,22 @@ def test_when_one_ddp_process_dies_the_whole_job_ends_promptly(failing_rank, tmp
     # can end it early.
     ddp = ["--trainer.accelerator", "cpu", "--trainer.strategy", "ddp", "--trainer.devices", "2"]
     start = time.monotonic()
-    out = run_cli(["fit", "--data.root", small_root, *SHORT, *ddp, "--trainer.max_epochs", "2",
-                   "--trainer.callbacks+=probes.FailOnRank"], tmp_path, check=False,
-                  env=probe_env(rank=failing_rank, step=2, stall=300), timeout=280)  # fmt: skip
+    out = run_cli(
+        [
+            "fit",
+            "--data.root",
+            small_root,
+            *SHORT,
+            *ddp,
+            "--trainer.max_epochs",
+            "2",
+            "--trainer.callbacks+=probes.FailOnRank",
+        ],
+        tmp_path,
+        check=False,
+        env=probe_env(rank=failing_rank, step=2, stall=300),
+        timeout=280,
+    )
     elapsed = time.monotonic() - start  # run_cli waits for every process holding the output open
     assert out.returncode != 0 and f"injected failure on rank {failing_rank}" in out.stderr
     print(f"rank {failing_rank} failed: the job ended after {elapsed:.0f} s (start-up included)")

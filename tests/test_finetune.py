@@ -28,32 +28,90 @@ def class_folder(demo_root, tmp_path_factory):
 
 @pytest.mark.slow
 def test_finetuning_packaged_lite0_imagenet_weights_beats_training_from_scratch(tmp_path, class_folder):
-    budget = ["fit", "--config", ROOT / "configs" / "finetune.yaml", "--data.root", class_folder, "--model.variant",
-              "lite0", "--data.image_size", "112", "--data.batch_size", "16", "--data.num_workers", "0",
-              "--data.val_fraction", "0.34", "--trainer.max_epochs", "2", "--trainer.enable_progress_bar", "false", *CSV]  # fmt: skip
+    budget = [
+        "fit",
+        "--config",
+        ROOT / "configs" / "finetune.yaml",
+        "--data.root",
+        class_folder,
+        "--model.variant",
+        "lite0",
+        "--data.image_size",
+        "112",
+        "--data.batch_size",
+        "16",
+        "--data.num_workers",
+        "0",
+        "--data.val_fraction",
+        "0.34",
+        "--trainer.max_epochs",
+        "2",
+        "--trainer.enable_progress_bar",
+        "false",
+        *CSV,
+    ]
     finetuned = run_cli([*budget, "--model.weights", "imagenet", "--trainer.default_root_dir", "pretrained"], tmp_path)
-    scratch = run_cli([*budget, "--model.weights", "null", "--model.freeze_backbone_epochs", "0",
-                       "--model.backbone_lr_ratio", "1", "--trainer.default_root_dir", "scratch"], tmp_path)  # fmt: skip
+    scratch = run_cli(
+        [
+            *budget,
+            "--model.weights",
+            "null",
+            "--model.freeze_backbone_epochs",
+            "0",
+            "--model.backbone_lr_ratio",
+            "1",
+            "--trainer.default_root_dir",
+            "scratch",
+        ],
+        tmp_path,
+    )
     assert "epoch 1: the backbone trains from now on" in finetuned.stdout + finetuned.stderr
     (acc_finetuned, ckpt), (acc_scratch, _) = fit_summary(finetuned.stdout), fit_summary(scratch.stdout)
-    print(f"2 epochs, 200 training images at 112 px: val/acc fine-tuned lite0 {acc_finetuned:.3f}, "
-          f"from scratch {acc_scratch:.3f}")  # fmt: skip
+    print(
+        f"2 epochs, 200 training images at 112 px: val/acc fine-tuned lite0 {acc_finetuned:.3f}, "
+        f"from scratch {acc_scratch:.3f}"
+    )
     assert acc_finetuned >= acc_scratch + 0.3
     assert ckpt.startswith("pretrained/")  # checkpoints follow --trainer.default_root_dir
     hp = torch.load(tmp_path / ckpt, weights_only=True)["hyper_parameters"]
-    assert hp["weights"] == "imagenet" and hp["preprocessing"]["mean"] == pytest.approx([127 / 255] * 3)  # (x - 127) / 128
+    assert hp["weights"] == "imagenet" and hp["preprocessing"]["mean"] == pytest.approx(
+        [127 / 255] * 3
+    )  # (x - 127) / 128
     # the Lite weights need SAME padding and TF BatchNorm: the checkpoint rebuilds the same
     # network, so testing it on the validation images (no test/ folder) gives the val/acc again
     assert hp["model_options"] == {"padding": "same", "bn_eps": 1e-3, "bn_momentum": 0.01}
-    tested = run_cli(["test", "--ckpt_path", ckpt, "--data.root", class_folder, "--data.image_size", "112",
-                      "--data.val_fraction", "0.34", "--data.num_workers", "0", *CSV], tmp_path)  # fmt: skip
+    tested = run_cli(
+        [
+            "test",
+            "--ckpt_path",
+            ckpt,
+            "--data.root",
+            class_folder,
+            "--data.image_size",
+            "112",
+            "--data.val_fraction",
+            "0.34",
+            "--data.num_workers",
+            "0",
+            *CSV,
+        ],
+        tmp_path,
+    )
     assert printed_metric(tested.stdout, "test/acc") == pytest.approx(acc_finetuned, abs=1e-4)
 
 
 def _tiny_trainer(epochs: int, callbacks=()) -> L.Trainer:
-    return L.Trainer(max_epochs=epochs, limit_train_batches=3, limit_val_batches=1, logger=False,
-                     enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-                     num_sanity_val_steps=0, callbacks=list(callbacks))  # fmt: skip
+    return L.Trainer(
+        max_epochs=epochs,
+        limit_train_batches=3,
+        limit_val_batches=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        callbacks=list(callbacks),
+    )
 
 
 class Snapshots(L.Callback):
@@ -65,9 +123,12 @@ class Snapshots(L.Callback):
 
     def _take(self, pl_module):
         model = pl_module.model
-        return {"conv": model.stem.conv.weight.detach().clone(), "bn_weight": model.stem.bn.weight.detach().clone(),
-                "bn_mean": model.blocks[3].project.bn.running_mean.clone(),
-                "head": model.classifier.weight.detach().clone()}  # fmt: skip
+        return {
+            "conv": model.stem.conv.weight.detach().clone(),
+            "bn_weight": model.stem.bn.weight.detach().clone(),
+            "bn_mean": model.blocks[3].project.bn.running_mean.clone(),
+            "head": model.classifier.weight.detach().clone(),
+        }
 
     def on_train_epoch_start(self, trainer, pl_module):
         self.start = self._take(pl_module)
@@ -86,9 +147,17 @@ def _datamodule(small_root):
 def test_staged_finetuning_trains_the_head_first_then_everything_at_a_lower_backbone_lr(small_root):
     torch.manual_seed(0)
     data = _datamodule(small_root)
-    module = EfficientNetModule("lite0", weights="imagenet", num_classes=10, class_names=data.class_names,
-                                freeze_backbone_epochs=1, backbone_lr_ratio=0.1, warmup_epochs=0, schedule="constant",
-                                lr=1e-2)  # fmt: skip
+    module = EfficientNetModule(
+        "lite0",
+        weights="imagenet",
+        num_classes=10,
+        class_names=data.class_names,
+        freeze_backbone_epochs=1,
+        backbone_lr_ratio=0.1,
+        warmup_epochs=0,
+        schedule="constant",
+        lr=1e-2,
+    )
     snaps = Snapshots()
     _tiny_trainer(2, [snaps]).fit(module, datamodule=data)
     changed_epoch0, changed_epoch1 = snaps.snaps
@@ -105,8 +174,15 @@ def test_staged_finetuning_trains_the_head_first_then_everything_at_a_lower_back
 def test_freeze_bn_keeps_batchnorm_statistics_and_affine_fixed(small_root):
     torch.manual_seed(0)
     data = _datamodule(small_root)
-    module = EfficientNetModule("lite0", weights="imagenet", num_classes=10, class_names=data.class_names,
-                                freeze_bn=True, lr=1e-2, warmup_epochs=0)  # fmt: skip
+    module = EfficientNetModule(
+        "lite0",
+        weights="imagenet",
+        num_classes=10,
+        class_names=data.class_names,
+        freeze_bn=True,
+        lr=1e-2,
+        warmup_epochs=0,
+    )
     snaps = Snapshots()
     _tiny_trainer(1, [snaps]).fit(module, datamodule=data)
     assert snaps.snaps[0] == {"conv": True, "bn_weight": False, "bn_mean": False, "head": True}
@@ -118,8 +194,9 @@ def test_class_weighted_loss_and_weighted_sampler_balance_an_imbalanced_folder(d
         (tmp_path / name).mkdir()
         for src in sorted((demo_root / "train" / name).glob("*.png"))[:n]:
             shutil.copy(src, tmp_path / name / src.name)
-    data = ImageFolderDataModule(root=str(tmp_path), image_size=32, batch_size=8, num_workers=0, val_fraction=0.2,
-                                 weighted_sampler=True)  # fmt: skip
+    data = ImageFolderDataModule(
+        root=str(tmp_path), image_size=32, batch_size=8, num_workers=0, val_fraction=0.2, weighted_sampler=True
+    )
     data.setup("fit")
     assert data.class_counts() == [32, 8, 4]  # 20% of each class held out for validation
     module = EfficientNetModule("b0", num_classes=3, class_names=data.class_names, class_weighted_loss=True)
@@ -140,8 +217,9 @@ def test_checkpoints_of_lite_fine_tunes_rebuild_the_same_network(tmp_path):
     predict, export and fine-tuning from the checkpoint rebuild the network they trained."""
     torch.manual_seed(0)
     crop128 = preprocessing_for("lite0", "imagenet").resized(128).to_dict()  # trained at 128 px
-    tuned = EfficientNetModule("lite0", weights="imagenet", num_classes=3, class_names=["a", "b", "c"],
-                               preprocessing=crop128).eval()  # fmt: skip
+    tuned = EfficientNetModule(
+        "lite0", weights="imagenet", num_classes=3, class_names=["a", "b", "c"], preprocessing=crop128
+    ).eval()
     tuned.model.classifier.weight.data.normal_()
     hp = dict(tuned.hparams)
     assert hp["model_options"] == {"padding": "same", "bn_eps": 1e-3, "bn_momentum": 0.01}

@@ -17,7 +17,9 @@ def test_step_logs_loss_and_metrics_and_returns_predictions():
     module = EfficientNetModule("b0", num_classes=3, channels_last=True).train()
     images, targets = torch.randn(4, 3, 64, 64), torch.tensor([0, 1, 2, 1])
     out = module.model_step((images, targets), "val")
-    assert out["preds"].shape == (4,) and out["loss"].item() == pytest.approx(torch.log(torch.tensor(3.0)).item(), abs=1e-4)
+    assert out["preds"].shape == (4,) and out["loss"].item() == pytest.approx(
+        torch.log(torch.tensor(3.0)).item(), abs=1e-4
+    )
     computed = module.metrics["val_metrics"].compute()
     assert set(computed) == {"val/acc", "val/acc_top5"}
     assert computed["val/acc_top5"].item() == 1.0  # 3 classes: top-5 covers all
@@ -38,8 +40,13 @@ def test_checkpoint_of_other_classes_is_refused():
 def test_hyperparameters_are_plain_types():
     module = EfficientNetModule("b3", num_classes=2, class_names=["x", "y"])
     hp = dict(module.hparams)
-    assert hp["preprocessing"] == {"crop_size": 300, "resize_size": 342, "mean": [0.485, 0.456, 0.406],
-                                   "std": [0.229, 0.224, 0.225], "interpolation": "bicubic"}  # fmt: skip
+    assert hp["preprocessing"] == {
+        "crop_size": 300,
+        "resize_size": 342,
+        "mean": [0.485, 0.456, 0.406],
+        "std": [0.229, 0.224, 0.225],
+        "interpolation": "bicubic",
+    }
     allowed = (str, int, float, bool, list, dict, type(None))
     assert all(isinstance(v, allowed) for v in hp.values())
 

@@ -29,8 +29,22 @@ CLASSES = sorted(demo.CLASSES)
 def trained(small_root, tmp_path_factory):
     """A fit of two short epochs; returns (working folder, best checkpoint)."""
     cwd = tmp_path_factory.mktemp("trained")
-    run_cli(["fit", "--data.root", small_root, *TINY, *CSV, "--trainer.max_epochs", "2",
-             "--trainer.limit_train_batches", "4", "--model.warmup_epochs", "0"], cwd)  # fmt: skip
+    run_cli(
+        [
+            "fit",
+            "--data.root",
+            small_root,
+            *TINY,
+            *CSV,
+            "--trainer.max_epochs",
+            "2",
+            "--trainer.limit_train_batches",
+            "4",
+            "--model.warmup_epochs",
+            "0",
+        ],
+        cwd,
+    )
     best = json.loads((cwd / "runs" / "latest_fit.json").read_text())["best_model_path"]
     return cwd, cwd / best
 
@@ -41,7 +55,7 @@ def images_to_predict(demo_root, tmp_path_factory):
     root = tmp_path_factory.mktemp("unlabelled")
     (root / "more").mkdir()
     (root / ".cache").mkdir()
-    sources = [sorted((demo_root / "test" / name).glob("*.png"))[0] for name in CLASSES[:7]]
+    sources = [min((demo_root / "test" / name).glob("*.png")) for name in CLASSES[:7]]
     for i, src in enumerate(sources):
         shutil.copy(src, root / ("more" if i % 2 else "") / f"img{i}.png")
     shutil.copy(sources[0], root / ".hidden.png")
@@ -59,8 +73,20 @@ def read_predictions(folder: Path) -> tuple[list[dict], dict]:
 @pytest.mark.slow
 def test_predict_writes_one_row_per_image_with_valid_classes(trained, images_to_predict):
     cwd, ckpt = trained
-    out = run_cli(["predict", "--ckpt_path", ckpt, "--data.predict_root", images_to_predict, *TINY, *CSV,
-                   "--predictions.top_k", "3"], cwd)  # fmt: skip
+    out = run_cli(
+        [
+            "predict",
+            "--ckpt_path",
+            ckpt,
+            "--data.predict_root",
+            images_to_predict,
+            *TINY,
+            *CSV,
+            "--predictions.top_k",
+            "3",
+        ],
+        cwd,
+    )
     rows, data = read_predictions(cwd / "runs" / "predictions")
     expected = sorted(str(p) for p in images_to_predict.rglob("img*.png"))
     assert [r["path"] for r in rows] == expected and len(expected) == 7
@@ -87,8 +113,20 @@ def test_predict_under_two_process_ddp_writes_each_image_once(trained, images_to
     cwd, ckpt = trained
     args = ["predict", "--ckpt_path", ckpt, "--data.predict_root", images_to_predict, *TINY, *CSV]
     run_cli([*args, "--predictions.output_dir", tmp_path / "one"], cwd)
-    run_cli([*args, "--predictions.output_dir", tmp_path / "two", "--trainer.accelerator", "cpu",
-             "--trainer.strategy", "ddp", "--trainer.devices", "2"], cwd)  # fmt: skip
+    run_cli(
+        [
+            *args,
+            "--predictions.output_dir",
+            tmp_path / "two",
+            "--trainer.accelerator",
+            "cpu",
+            "--trainer.strategy",
+            "ddp",
+            "--trainer.devices",
+            "2",
+        ],
+        cwd,
+    )
     single, _ = read_predictions(tmp_path / "one")
     double, _ = read_predictions(tmp_path / "two")
     assert len(double) == 7 and len({r["path"] for r in double}) == 7  # 7 images on 2 ranks: none twice
@@ -109,9 +147,23 @@ def photos(tmp_path_factory):
 @pytest.mark.slow
 def test_pretrained_lite0_labels_real_photos_through_predict_without_a_checkpoint(photos, trained, tmp_path):
     cwd, _ = trained  # a fit is recorded here: the typed --model.weights win over it
-    run_cli(["predict", "--model.variant", "lite0", "--model.weights", "imagenet",
-             "--data.predict_root", photos, "--predictions.output_dir", tmp_path, "--trainer.enable_progress_bar",
-             "false", *CSV], cwd)  # fmt: skip
+    run_cli(
+        [
+            "predict",
+            "--model.variant",
+            "lite0",
+            "--model.weights",
+            "imagenet",
+            "--data.predict_root",
+            photos,
+            "--predictions.output_dir",
+            tmp_path,
+            "--trainer.enable_progress_bar",
+            "false",
+            *CSV,
+        ],
+        cwd,
+    )
     rows, data = read_predictions(tmp_path)
     top1 = {Path(r["path"]).name: r["class_1"] for r in rows}
     print(f"lite0 ImageNet predict: {[(r['path'][-11:], r['class_1'], r['prob_1']) for r in rows]}")
@@ -128,8 +180,10 @@ def _reload_and_compare(folder: Path, model: torch.nn.Module, x: torch.Tensor) -
     scripted = torch.jit.load(str(folder / "model.torchscript.pt"))
     with torch.no_grad():
         script_logits = scripted(x)
-    return {"onnx": (onnx_logits - expected).abs().max().item(),
-            "torchscript": (script_logits - expected).abs().max().item()}  # fmt: skip
+    return {
+        "onnx": (onnx_logits - expected).abs().max().item(),
+        "torchscript": (script_logits - expected).abs().max().item(),
+    }
 
 
 @pytest.mark.slow
@@ -140,7 +194,11 @@ def test_onnx_and_torchscript_exports_match_pytorch(variant, tmp_path):
     pre = model.provenance.preprocessing.to_dict()
     randomise_batchnorm(model, size=pre["crop_size"]).eval()
     info = export_model(model, tmp_path, class_names=CLASSES)
-    assert info["files"] == {"onnx": "model.onnx", "torchscript": "model.torchscript.pt", "safetensors": "model.safetensors"}
+    assert info["files"] == {
+        "onnx": "model.onnx",
+        "torchscript": "model.torchscript.pt",
+        "safetensors": "model.safetensors",
+    }
     x = torch.randn(5, 3, pre["crop_size"], pre["crop_size"], generator=torch.Generator().manual_seed(7))
     diffs = _reload_and_compare(tmp_path, model, x)
     print(f"{variant} at {pre['crop_size']} px, batch 5: max |logit difference| {diffs}")
@@ -167,8 +225,21 @@ def test_export_cli_from_a_checkpoint_and_from_imagenet_weights(trained, photos,
     assert max(_reload_and_compare(tmp_path / "trained", module.model, x).values()) < 1e-4
 
     # the real ImageNet Lite0, exported and run with onnxruntime on a photo, preprocessed as model.json says
-    run_cli(["export", "--model.variant", "lite0", "--model.weights", "imagenet", "--output_dir", tmp_path / "lite0",
-             "--formats", "[onnx]", *CSV], tmp_path)  # fmt: skip
+    run_cli(
+        [
+            "export",
+            "--model.variant",
+            "lite0",
+            "--model.weights",
+            "imagenet",
+            "--output_dir",
+            tmp_path / "lite0",
+            "--formats",
+            "[onnx]",
+            *CSV,
+        ],
+        tmp_path,
+    )
     info = json.loads((tmp_path / "lite0" / "model.json").read_text())
     assert info["files"] == {"onnx": "model.onnx"} and len(info["class_names"]) == 1000
     image = eval_transform(Preprocessing(**info["preprocessing"]))(load_rgb(str(photos / "coffee.jpg")))[None]
@@ -203,7 +274,9 @@ def test_test_writes_a_per_class_report_and_confusion_matrix_next_to_the_checkpo
 
 
 @pytest.mark.slow
-def test_a_folder_with_other_classes_is_refused_on_predict_test_and_resume(trained, demo_root, images_to_predict, tmp_path):
+def test_a_folder_with_other_classes_is_refused_on_predict_test_and_resume(
+    trained, demo_root, images_to_predict, tmp_path
+):
     cwd, ckpt = trained
     other = tmp_path / "other"
     for name in ("apple", "pear"):
@@ -229,14 +302,22 @@ def test_predict_needs_images_and_known_class_names(trained, small_root, tmp_pat
     from safetensors.torch import save_file
 
     save_file(create_model("b0", num_classes=3).state_dict(), str(weights))
-    line = last_error_line(run_cli(["predict", "--model.weights", weights, "--data.predict_root", tmp_path, *CSV],
-                                   tmp_path, check=False))  # fmt: skip
+    line = last_error_line(
+        run_cli(["predict", "--model.weights", weights, "--data.predict_root", tmp_path, *CSV], tmp_path, check=False)
+    )
     assert line.startswith(f"error: predict: the class names of {weights} are unknown: pass --ckpt_path")
     # ImageNet weights have no classifier for a 10-class folder: testing them is refused
-    line = last_error_line(run_cli(["test", "--model.variant", "lite0", "--model.weights", "imagenet",
-                                    "--data.root", small_root, *TINY, *CSV], tmp_path, check=False))  # fmt: skip
-    assert line == ("error: test: the network has no trained classifier for these 10 classes (weights: imagenet): "
-                    "pass --ckpt_path of a checkpoint trained on them")
+    line = last_error_line(
+        run_cli(
+            ["test", "--model.variant", "lite0", "--model.weights", "imagenet", "--data.root", small_root, *TINY, *CSV],
+            tmp_path,
+            check=False,
+        )
+    )
+    assert line == (
+        "error: test: the network has no trained classifier for these 10 classes (weights: imagenet): "
+        "pass --ckpt_path of a checkpoint trained on them"
+    )
 
 
 def test_a_failed_export_replaces_nothing_and_an_export_touches_only_its_files(tmp_path):

@@ -18,8 +18,18 @@ from effnet_lightning.training.optim import scale_lr
 
 # 4 batches of 8 per epoch, 2 accumulated per optimizer step: 2 steps per epoch, 14 in all,
 # a global batch of 16.
-SHORT = ["--trainer.max_epochs", "7", "--trainer.limit_train_batches", "4", "--trainer.accumulate_grad_batches", "2",
-         "--trainer.limit_val_batches", "2", "--trainer.log_every_n_steps", "1"]  # fmt: skip
+SHORT = [
+    "--trainer.max_epochs",
+    "7",
+    "--trainer.limit_train_batches",
+    "4",
+    "--trainer.accumulate_grad_batches",
+    "2",
+    "--trainer.limit_val_batches",
+    "2",
+    "--trainer.log_every_n_steps",
+    "1",
+]
 
 
 def paper_lr(step: int) -> float:
@@ -31,15 +41,27 @@ def paper_lr(step: int) -> float:
 def modern_lr(step: int) -> float:
     peak = 0.5 * 16 / 1024
     warmup, total = 10, 14
-    return peak * ((step + 1) / warmup if step < warmup else 0.5 * (1 + math.cos(math.pi * (step - warmup) / (total - warmup))))
+    return peak * (
+        (step + 1) / warmup if step < warmup else 0.5 * (1 + math.cos(math.pi * (step - warmup) / (total - warmup)))
+    )
 
 
 RECIPES = {
-    "paper": {"optimizer": "RMSpropTF", "defaults": {"alpha": 0.9, "eps": 1e-3, "momentum": 0.9}, "lr": paper_lr,
-              "weight_decay": 1e-5, "ema_updates": 14},
-    "modern": {"optimizer": "SGD", "defaults": {"momentum": 0.9, "nesterov": False}, "lr": modern_lr,
-               "weight_decay": 2e-5, "ema_updates": 1},  # every 32 steps: step 0 only
-}  # fmt: skip
+    "paper": {
+        "optimizer": "RMSpropTF",
+        "defaults": {"alpha": 0.9, "eps": 1e-3, "momentum": 0.9},
+        "lr": paper_lr,
+        "weight_decay": 1e-5,
+        "ema_updates": 14,
+    },
+    "modern": {
+        "optimizer": "SGD",
+        "defaults": {"momentum": 0.9, "nesterov": False},
+        "lr": modern_lr,
+        "weight_decay": 2e-5,
+        "ema_updates": 1,
+    },  # every 32 steps: step 0 only
+}
 
 
 def last_logged(metrics_csv, key: str) -> float:
@@ -54,9 +76,21 @@ def last_logged(metrics_csv, key: str) -> float:
 def test_recipe_optimizer_schedule_weight_decay_and_ema(recipe, small_root, tmp_path):
     spec = RECIPES[recipe]
     probe_file = tmp_path / "probe.json"
-    out = run_cli(["fit", "--config", ROOT / "configs" / "recipes" / f"{recipe}.yaml", "--data.root", small_root, *TINY,
-                   *CSV, *SHORT, "--trainer.callbacks+=probes.RecipeProbe"], tmp_path,
-                  env={**os.environ, "PROBE_FILE": str(probe_file)})  # fmt: skip
+    out = run_cli(
+        [
+            "fit",
+            "--config",
+            ROOT / "configs" / "recipes" / f"{recipe}.yaml",
+            "--data.root",
+            small_root,
+            *TINY,
+            *CSV,
+            *SHORT,
+            "--trainer.callbacks+=probes.RecipeProbe",
+        ],
+        tmp_path,
+        env={**os.environ, "PROBE_FILE": str(probe_file)},
+    )
     probe = json.loads(probe_file.read_text())
     assert probe["optimizer"] == spec["optimizer"] and probe["accumulate"] == 2
     assert {k: probe["defaults"][k] for k in spec["defaults"]} == spec["defaults"]
@@ -86,14 +120,22 @@ def test_recipe_optimizer_schedule_weight_decay_and_ema(recipe, small_root, tmp_
     checkpoint["state_dict"] = raw
     torch.save(checkpoint, tmp_path / "raw.ckpt")
     again = ["--data.root", small_root, *TINY, *CSV, "--trainer.limit_val_batches", "2"]
-    assert printed_metric(run_cli(["validate", "--ckpt_path", last, *again], tmp_path).stdout, "val/loss") == pytest.approx(logged_ema, abs=1e-5)
-    assert printed_metric(run_cli(["validate", "--ckpt_path", tmp_path / "raw.ckpt", *again], tmp_path).stdout, "val/loss") == pytest.approx(logged_raw, abs=1e-5)
+    assert printed_metric(
+        run_cli(["validate", "--ckpt_path", last, *again], tmp_path).stdout, "val/loss"
+    ) == pytest.approx(logged_ema, abs=1e-5)
+    assert printed_metric(
+        run_cli(["validate", "--ckpt_path", tmp_path / "raw.ckpt", *again], tmp_path).stdout, "val/loss"
+    ) == pytest.approx(logged_raw, abs=1e-5)
     assert json.loads((tmp_path / "runs" / "latest_fit.json").read_text()) == record  # validate leaves it alone
     # export writes the EMA weights
-    run_cli(["export", "--ckpt_path", last, "--formats", "[safetensors]", "--output_dir", tmp_path / "export", *CSV], tmp_path)
+    run_cli(
+        ["export", "--ckpt_path", last, "--formats", "[safetensors]", "--output_dir", tmp_path / "export", *CSV],
+        tmp_path,
+    )
     exported = load_file(str(tmp_path / "export" / "model.safetensors"))
     assert all(torch.equal(exported[k], ema[f"model.{k}"]) for k in exported) and len(exported) == len(
-        [k for k in ema if k.startswith("model.")])  # fmt: skip
+        [k for k in ema if k.startswith("model.")]
+    )
     if recipe == "modern":  # MixUp / CutMix: soft targets reached the network
         targets = torch.tensor(probe["first_targets"])
         assert targets.shape == (8, 10) and torch.allclose(targets.sum(1), torch.ones(8))
@@ -112,7 +154,9 @@ def test_mixup_and_cutmix_targets_sum_to_one_and_the_loss_takes_them(mixup, cutm
     module = EfficientNetModule("b0", num_classes=5, label_smoothing=0.1).train()
     out = module.model_step((images, targets), "train")
     logits = module(images)  # zero head: uniform predictions, so the loss is log(5) whatever the targets
-    assert torch.allclose(logits, torch.zeros_like(logits)) and out["loss"].item() == pytest.approx(math.log(5), abs=1e-5)
+    assert torch.allclose(logits, torch.zeros_like(logits)) and out["loss"].item() == pytest.approx(
+        math.log(5), abs=1e-5
+    )
     module.model.classifier.weight.data.normal_()
     module.eval()  # no dropout: the same logits twice
     with torch.no_grad():

@@ -43,10 +43,15 @@ def test_round_repeats_is_ceiling():
 def test_table_holds_the_published_coefficients():
     got = {n: (v.width, v.depth, v.resolution, v.dropout) for n, v in VARIANTS.items() if not v.lite}
     assert got == {
-        "b0": (1.0, 1.0, 224, 0.2), "b1": (1.0, 1.1, 240, 0.2), "b2": (1.1, 1.2, 260, 0.3),
-        "b3": (1.2, 1.4, 300, 0.3), "b4": (1.4, 1.8, 380, 0.4), "b5": (1.6, 2.2, 456, 0.4),
-        "b6": (1.8, 2.6, 528, 0.5), "b7": (2.0, 3.1, 600, 0.5),
-    }  # fmt: skip
+        "b0": (1.0, 1.0, 224, 0.2),
+        "b1": (1.0, 1.1, 240, 0.2),
+        "b2": (1.1, 1.2, 260, 0.3),
+        "b3": (1.2, 1.4, 300, 0.3),
+        "b4": (1.4, 1.8, 380, 0.4),
+        "b5": (1.6, 2.2, 456, 0.4),
+        "b6": (1.8, 2.6, 528, 0.5),
+        "b7": (2.0, 3.1, 600, 0.5),
+    }
 
 
 @pytest.mark.parametrize("name, blocks, stem, head", [("b0", 16, 32, 1280), ("b3", 26, 40, 1536), ("b7", 55, 64, 2560)])
@@ -121,11 +126,18 @@ def test_drop_path_rates_ramp_linearly():
 @pytest.mark.slow
 def test_scaling_command_prints_measured_params_and_gmacs():
     out = subprocess.run(
-        [sys.executable, "-m", "effnet_lightning.tools.variant_table", "--phi", "1"], capture_output=True, text=True, check=True
+        [sys.executable, "-m", "effnet_lightning.tools.variant_table", "--phi", "1"],
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout
     rows = {line.split()[0]: line.split() for line in out.splitlines()[1:]}
     assert set(rows) == set(VARIANTS) | {"phi1"}
-    assert rows["b0"][3] == "224" and rows["b0"][6] == "5,288,548" and float(rows["b0"][7]) == pytest.approx(0.386, abs=1e-3)
+    assert (
+        rows["b0"][3] == "224"
+        and rows["b0"][6] == "5,288,548"
+        and float(rows["b0"][7]) == pytest.approx(0.386, abs=1e-3)
+    )
     assert rows["b7"][6] == "66,347,960" and float(rows["b7"][7]) == pytest.approx(37.746, rel=0.01)
     assert rows["lite0"][6] == "4,652,008"
     assert float(rows["phi1"][7]) / float(rows["b0"][7]) == pytest.approx(2.0, rel=0.15)

@@ -13,9 +13,30 @@ from effnet_lightning.tools.search import scaled_resolution
 
 @pytest.mark.slow
 def test_three_candidate_search_trains_reports_the_best_and_resumes(small_root, tmp_path):
-    args = ["scale-search", "--config", ROOT / "configs" / "debug.yaml", "--alpha", "1.1", "1.3", "--beta", "1.1", "1.2",
-            "--gamma", "1.0", "--base-resolution", "64", "--epochs", "1", "--output-dir", "search",
-            "--", "--data.root", small_root, "--trainer.limit_train_batches", "2"]  # fmt: skip
+    args = [
+        "scale-search",
+        "--config",
+        ROOT / "configs" / "debug.yaml",
+        "--alpha",
+        "1.1",
+        "1.3",
+        "--beta",
+        "1.1",
+        "1.2",
+        "--gamma",
+        "1.0",
+        "--base-resolution",
+        "64",
+        "--epochs",
+        "1",
+        "--output-dir",
+        "search",
+        "--",
+        "--data.root",
+        small_root,
+        "--trainer.limit_train_batches",
+        "2",
+    ]
     out = run_cli([*args[:1], "--workers", "2", *args[1:]], tmp_path)  # two fits at a time
     with open(tmp_path / "search" / "results.csv", newline="") as f:
         rows = {r["variant"]: r for r in csv.DictReader(f)}

@@ -62,7 +62,9 @@ def test_equivalent_to_efficientnet_pytorch_b0(image_batch):
 def test_equivalent_to_efficientnet_lite_pytorch_lite0(image_batch):
     torch.manual_seed(0)
     reference = randomise_batchnorm(LiteReference.from_name("efficientnet-lite0", image_size=64))
-    assert max_logit_difference(reference, create_model("lite0", weights=reference.state_dict()), image_batch) <= TOLERANCE
+    assert (
+        max_logit_difference(reference, create_model("lite0", weights=reference.state_dict()), image_batch) <= TOLERANCE
+    )
 
 
 @pytest.fixture
@@ -91,7 +93,9 @@ def test_own_layout_round_trips(tmp_path, image_batch):
     model = randomise_batchnorm(create_model("b1", num_classes=3))
     torch.save(model.state_dict(), tmp_path / "own.pth")
     assert detect_layout(model.state_dict())[0] == "effnet"
-    assert max_logit_difference(model, create_model("b1", num_classes=3, weights=tmp_path / "own.pth"), image_batch) == 0
+    assert (
+        max_logit_difference(model, create_model("b1", num_classes=3, weights=tmp_path / "own.pth"), image_batch) == 0
+    )
 
 
 def test_other_class_count_keeps_backbone_and_reinitialises_head(torchvision_b0, image_batch, caplog):
@@ -112,14 +116,19 @@ def test_grayscale_stem_is_adapted_from_rgb_weights(torchvision_b0):
 
 
 def test_weights_of_another_variant_name_the_first_mismatching_key(torchvision_b0):
-    with pytest.raises(WeightsError, match=r"'features.0.0.weight' has shape \(32, 3, 3, 3\) but "
-                       r"'stem.conv.weight' of variant b3 needs \(40, 3, 3, 3\): are these weights for another"):  # fmt: skip
+    with pytest.raises(
+        WeightsError,
+        match=r"'features.0.0.weight' has shape \(32, 3, 3, 3\) but "
+        r"'stem.conv.weight' of variant b3 needs \(40, 3, 3, 3\): are these weights for another",
+    ):
         create_model("b3", num_classes=10, weights=torchvision_b0.state_dict())
 
 
 def test_weights_of_a_larger_variant_are_not_partially_loaded():
     larger = timm.create_model("efficientnet_b1").state_dict()  # every b0 tensor, plus more blocks
-    with pytest.raises(WeightsError, match=r"has 148 tensors that variant b0 has no place for, first 'blocks.0.1.conv_dw"):
+    with pytest.raises(
+        WeightsError, match=r"has 148 tensors that variant b0 has no place for, first 'blocks.0.1.conv_dw"
+    ):
         create_model("b0", weights=larger)
 
 

@@ -83,7 +83,7 @@ class EffNetTrainer(Trainer):
         datamodule=None,
         ckpt_path: str | None = None,
         output_dir: str | None = None,
-        formats: list[Format] = list(FORMATS),
+        formats: list[Format] | None = None,
         tolerance: float = 1e-4,
     ) -> dict:
         """Export the network to ONNX, TorchScript and safetensors, each checked against PyTorch.
@@ -96,6 +96,8 @@ class EffNetTrainer(Trainer):
             formats: any of onnx, torchscript, safetensors.
             tolerance: largest allowed |logit difference| of a reloaded export.
         """
+        if formats is None:
+            formats = list(FORMATS)
         if not self.is_global_zero:  # under torchrun / srun: one process exports
             return {}
         if ckpt_path:
@@ -159,9 +161,10 @@ class EffNetCLI(LightningCLI):
         parser.add_lightning_class_args(StopOnNonFiniteLoss, "nonfinite")
         parser.add_lightning_class_args(ProcessWatchdog, "watchdog")
         parser.link_arguments(
-            ("model.variant", "model.weights", "model.preprocessing"), "data.preprocessing",
+            ("model.variant", "model.weights", "model.preprocessing"),
+            "data.preprocessing",
             compute_fn=_data_preprocessing,
-        )  # fmt: skip
+        )
         parser.link_arguments("data.num_classes", "model.num_classes", apply_on="instantiate")
         parser.link_arguments("data.class_names", "model.class_names", apply_on="instantiate")
 
@@ -325,7 +328,10 @@ def main(args: list[str] | None = None) -> EffNetCLI | None:
             trainer_defaults={
                 "default_root_dir": RUNS_DIR,
                 "max_epochs": 5,
-                "logger": {"class_path": "effnet_lightning.cli.loggers.WandbLogger", "init_args": {"save_dir": RUNS_DIR}},
+                "logger": {
+                    "class_path": "effnet_lightning.cli.loggers.WandbLogger",
+                    "init_args": {"save_dir": RUNS_DIR},
+                },
             },
             save_config_callback=RunConfig,
             save_config_kwargs={"overwrite": True},

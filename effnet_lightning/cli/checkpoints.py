@@ -53,8 +53,10 @@ class Checkpoint(ModelCheckpoint):
         if not isinstance(exception, SIGTERMException) or trainer.state.fn != TrainerFn.FITTING or not self.save_last:
             return
         self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
-        say(f"fit stopped by a signal at step {trainer.global_step} (epoch {trainer.current_epoch}): saved "
-             f"{self.last_model_path}; resume with `python cli.py fit ... --ckpt_path last`")  # fmt: skip
+        say(
+            f"fit stopped by a signal at step {trainer.global_step} (epoch {trainer.current_epoch}): saved "
+            f"{self.last_model_path}; resume with `python cli.py fit ... --ckpt_path last`"
+        )
 
     def _save_checkpoint(self, trainer, filepath: str) -> None:
         super()._save_checkpoint(trainer, filepath)
@@ -71,11 +73,13 @@ class Checkpoint(ModelCheckpoint):
                 return os.path.join(self.dirpath, os.path.basename(path)) if path else path
 
             state_dict = {
-                **state_dict, "dirpath": self.dirpath, "best_model_path": here(state_dict.get("best_model_path")),
+                **state_dict,
+                "dirpath": self.dirpath,
+                "best_model_path": here(state_dict.get("best_model_path")),
                 "kth_best_model_path": here(state_dict.get("kth_best_model_path")),
                 "last_model_path": here(state_dict.get("last_model_path")),
                 "best_k_models": {here(k): v for k, v in state_dict.get("best_k_models", {}).items()},
-            }  # fmt: skip
+            }
         super().load_state_dict(state_dict)
         self._forget_missing_checkpoints()
 
@@ -161,13 +165,18 @@ def choose_what_to_run(
         if found and exists(found):
             return Choice(found, None)
         if found:
-            raise FileNotFoundError(f"--ckpt_path {ckpt_path}: the recorded checkpoint {found} is missing; pass "
-                                    f"another checkpoint file (the run record is {record_path})")
+            raise FileNotFoundError(
+                f"--ckpt_path {ckpt_path}: the recorded checkpoint {found} is missing; pass "
+                f"another checkpoint file (the run record is {record_path})"
+            )
         if subcommand == "fit" and ckpt_path == "last":
-            return Choice(None, weights, f"--ckpt_path last: no checkpoint recorded in {record_path}; starting fresh",
-                          warn=True)
-        raise FileNotFoundError(f"--ckpt_path {ckpt_path}: no checkpoint recorded in {record_path}; run `python "
-                                f"cli.py fit` first or pass a checkpoint file")
+            return Choice(
+                None, weights, f"--ckpt_path last: no checkpoint recorded in {record_path}; starting fresh", warn=True
+            )
+        raise FileNotFoundError(
+            f"--ckpt_path {ckpt_path}: no checkpoint recorded in {record_path}; run `python "
+            f"cli.py fit` first or pass a checkpoint file"
+        )
     if ckpt_path is not None:
         if not exists(ckpt_path):
             raise FileNotFoundError(f"--ckpt_path {ckpt_path}: no such checkpoint file")
@@ -183,8 +192,10 @@ def choose_what_to_run(
         why = f"the recorded best checkpoint {best} is missing" if best else f"no fit recorded in {record_path}"
         return Choice(None, weights, f"{subcommand}: {why}; using --model.weights {weights}")
     hint = " (or --model.weights imagenet for ImageNet's classes)" if subcommand in ("predict", "export") else ""
-    raise FileNotFoundError(f"nothing to {subcommand}: no trained checkpoint recorded in {record_path}; run `python "
-                            f"cli.py fit` first or pass --ckpt_path{hint}")
+    raise FileNotFoundError(
+        f"nothing to {subcommand}: no trained checkpoint recorded in {record_path}; run `python "
+        f"cli.py fit` first or pass --ckpt_path{hint}"
+    )
 
 
 # Settings that define the trained network: a checkpoint's value may not be contradicted.
@@ -206,8 +217,10 @@ def merge_checkpoint_settings(saved: dict, current: dict, given: set[str], typed
         if key.startswith("_") or key in LINKED_SETTINGS + PER_RUN_SETTINGS or key not in current:
             continue  # ("_instantiator" is Lightning's own)
         if key in NETWORK_SETTINGS and key in typed and _differs(current[key], value):
-            raise ValueError(f"--model.{key} {current[key]} contradicts the checkpoint's {key} {value}: it defines the "
-                             f"trained network; drop the flag, or fine-tune with --model.weights CKPT instead")
+            raise ValueError(
+                f"--model.{key} {current[key]} contradicts the checkpoint's {key} {value}: it defines the "
+                f"trained network; drop the flag, or fine-tune with --model.weights CKPT instead"
+            )
         if key in given and key not in NETWORK_SETTINGS:
             continue
         if _differs(current[key], value):

@@ -41,5 +41,5 @@ def one_line(error: BaseException) -> str:
 
 
 def format_duration(seconds: float) -> str:
-    minutes, s = divmod(int(round(seconds)), 60)
+    minutes, s = divmod(round(seconds), 60)
     return f"{minutes}m{s:02d}s" if minutes else f"{seconds:.1f}s"

@@ -125,10 +125,15 @@ class ResumableRNG(L.Callback):
         kind, keys, pos, has_gauss, cached = np.random.get_state()
         state = {
             "torch": torch.get_rng_state(),
-            "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
-                      "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
+            "numpy": {
+                "kind": kind,
+                "keys": torch.from_numpy(keys.astype(np.int64)),
+                "pos": int(pos),
+                "has_gauss": int(has_gauss),
+                "cached_gaussian": float(cached),
+            },
             "python": random.getstate(),
-        }  # fmt: skip
+        }
         if torch.cuda.is_available() and torch.cuda.is_initialized():
             state["cuda"] = torch.cuda.get_rng_state_all()
         return state
@@ -139,8 +144,9 @@ class ResumableRNG(L.Callback):
         # draws follow the uninterrupted run's.
         torch.set_rng_state(state_dict["torch"])
         n = state_dict["numpy"]
-        np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
-                             n["cached_gaussian"]))  # fmt: skip
+        np.random.set_state(
+            (n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"])
+        )
         version, internal, gauss = state_dict["python"]
         random.setstate((version, tuple(internal), gauss))
         if "cuda" in state_dict and torch.cuda.is_available():
@@ -209,6 +215,9 @@ class ProcessWatchdog(L.Callback):
     def _watch_parent(self, parent: int) -> None:
         while not self._stop.wait(self.poll_seconds):
             if os.getppid() != parent:
-                print(f"error: the job's main process ({parent}) is gone: ending this process too", file=sys.stderr,
-                      flush=True)  # fmt: skip
+                print(
+                    f"error: the job's main process ({parent}) is gone: ending this process too",
+                    file=sys.stderr,
+                    flush=True,
+                )
                 os._exit(1)

@@ -8,6 +8,7 @@ defaults.
 
 from __future__ import annotations
 
+import configparser
 import netrc
 import os
 from collections.abc import Mapping
@@ -24,17 +25,30 @@ DEFAULT_SAVE_DIR = "runs"
 CLOUD_HOSTS = ("api.wandb.ai", "api.forge.coreweave.com")
 
 
+def wandb_base_url(environ: Mapping[str, str]) -> str | None:
+    """The W&B server in use: WANDB_BASE_URL, else the one `wandb login --host URL` saved in W&B's
+    settings file ($WANDB_CONFIG_DIR/settings or ~/.config/wandb/settings); None: the W&B cloud."""
+    if environ.get("WANDB_BASE_URL"):
+        return environ["WANDB_BASE_URL"]
+    home = Path(environ["HOME"]) if environ.get("HOME") else Path.home()
+    config_dir = Path(environ["WANDB_CONFIG_DIR"]).expanduser() if environ.get("WANDB_CONFIG_DIR") else None
+    parser = configparser.ConfigParser()
+    try:
+        parser.read((config_dir or home / ".config" / "wandb") / "settings")
+    except (OSError, configparser.Error):
+        return None
+    return parser.get("default", "base_url", fallback=None)
+
+
 def netrc_machines(base_url: str | None) -> tuple[str, ...]:
-    """The .netrc machine names wandb reads an API key from for a server: the URL's host[:port]
-    (what `wandb login --host URL` writes); no URL: the W&B cloud."""
-    if not base_url:
-        return CLOUD_HOSTS
-    netloc = urlsplit(base_url).netloc
-    return CLOUD_HOSTS if netloc in CLOUD_HOSTS else (netloc,) if netloc else ()
+    """The .netrc machine names wandb takes an API key from for a server: the URL's host[:port], as
+    `wandb login --host URL` writes it; for the W&B cloud either of its names."""
+    netloc = urlsplit(base_url).netloc if base_url else CLOUD_HOSTS[0]
+    return CLOUD_HOSTS if netloc in CLOUD_HOSTS else (netloc,)
 
 
 def default_netrc_path(environ: Mapping[str, str]) -> Path:
-    """$NETRC, else ~/.netrc (~/_netrc where only that exists), as wandb looks it up."""
+    """$NETRC, else ~/.netrc (~/_netrc where only that exists), where wandb looks."""
     if environ.get("NETRC"):
         return Path(environ["NETRC"]).expanduser()
     home = Path(environ["HOME"]) if environ.get("HOME") else Path.home()
@@ -44,7 +58,7 @@ def default_netrc_path(environ: Mapping[str, str]) -> Path:
 
 def wandb_credentials_available(environ: Mapping[str, str] | None = None, netrc_path: str | Path | None = None) -> bool:
     """Whether wandb would log in without asking: an API key in WANDB_API_KEY, an existing
-    WANDB_IDENTITY_TOKEN_FILE, or an API key in .netrc for the server of WANDB_BASE_URL."""
+    WANDB_IDENTITY_TOKEN_FILE, or an API key in .netrc for the server in use (`wandb_base_url`)."""
     environ = os.environ if environ is None else environ
     if environ.get("WANDB_API_KEY"):
         return True
@@ -56,7 +70,8 @@ def wandb_credentials_available(environ: Mapping[str, str] | None = None, netrc_
     except (OSError, netrc.NetrcParseError):
         return False
     # An entry without a password is no API key (wandb skips it too).
-    return any((entries.authenticators(m) or (None, None, None))[2] for m in netrc_machines(environ.get("WANDB_BASE_URL")))
+    machines = netrc_machines(wandb_base_url(environ))
+    return any((entries.authenticators(m) or (None, None, None))[2] for m in machines)
 
 
 def resolve_wandb_settings(
@@ -88,8 +103,8 @@ class WandbLogger(_LightningWandbLogger):
     Args:
         project: None: WANDB_PROJECT, else "effnet-lightning".
         save_dir: the folder that holds wandb/; None: WANDB_DIR, else runs.
-        offline: None: as WANDB_MODE says, else offline when there are no W&B credentials (for
-            WANDB_BASE_URL's server when it is set).
+        offline: None: as WANDB_MODE says, else offline when there are no credentials for the W&B
+            server in use (WANDB_BASE_URL, the one of `wandb login --host`, or the W&B cloud).
     """
 
     def __init__(self, project: str | None = None, save_dir: str | None = None, offline: bool | None = None, **kwargs):
@@ -98,7 +113,7 @@ class WandbLogger(_LightningWandbLogger):
         mode_set = offline is not None or bool(os.environ.get("WANDB_MODE"))
         project, save_dir, offline = resolve_wandb_settings(project, save_dir, offline)
         if offline:
-            why = "offline mode" if mode_set else f"no credentials for {os.environ.get('WANDB_BASE_URL') or 'W&B'}"
+            why = "offline mode" if mode_set else f"no credentials for {wandb_base_url(os.environ) or 'W&B'}"
             rank_zero_info(f"W&B: {why}, logging offline under {save_dir}/wandb (upload later with `wandb sync`)")
         Path(save_dir).mkdir(parents=True, exist_ok=True)
         super().__init__(project=project, save_dir=save_dir, offline=offline, **kwargs)

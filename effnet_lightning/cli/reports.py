@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import time
 from pathlib import Path
 
@@ -168,7 +169,9 @@ class EvaluationReport(L.Callback):
         prefix = f"{base}.{stage}"
         total = int(matrix.sum())
         overall = float(matrix.diag().sum() / max(total, 1))
-        fmt = lambda v: f"{v:.4f}" if v == v else "n/a"  # noqa: E731 (nan: no images / no predictions)
+
+        def fmt(v: float) -> str:
+            return "n/a" if math.isnan(v) else f"{v:.4f}"  # nan: no images / no predictions
 
         def write_csv(f):
             writer = csv.DictWriter(f, fieldnames=list(rows[0]))

@@ -109,8 +109,10 @@ class ImageFolderDataModule(L.LightningDataModule):
         if not 0 < crop_scale[0] <= crop_scale[1] <= 1:
             raise ValueError(f"crop_scale must satisfy 0 < min <= max <= 1, got {tuple(crop_scale)}")
         if not 0 <= random_erasing <= 1 or mixup_alpha < 0 or cutmix_alpha < 0:
-            raise ValueError(f"need 0 <= random_erasing <= 1 and mixup_alpha, cutmix_alpha >= 0, got "
-                             f"{random_erasing}, {mixup_alpha}, {cutmix_alpha}")  # fmt: skip
+            raise ValueError(
+                f"need 0 <= random_erasing <= 1 and mixup_alpha, cutmix_alpha >= 0, got "
+                f"{random_erasing}, {mixup_alpha}, {cutmix_alpha}"
+            )
         # The preprocessing and class names are logged once, by the model.
         self.save_hyperparameters(ignore=["preprocessing", "class_names"])
         pre = Preprocessing(**preprocessing) if preprocessing else Preprocessing.for_resolution(224)
@@ -178,15 +180,23 @@ class ImageFolderDataModule(L.LightningDataModule):
             )
         test_dir = self.root / "test"
         has_test = test_dir.is_dir()
-        self.splits["test"] = self._readable(list_images(test_dir, self.class_names)) if has_test else self.splits["val"]
+        self.splits["test"] = (
+            self._readable(list_images(test_dir, self.class_names)) if has_test else self.splits["val"]
+        )
         for split in ("train", "val"):
             if not self.splits[split]:
                 raise FileNotFoundError(f"no readable images for {split} under {self.root}")
         self._check_empty_classes()
         digest = self._check_same_on_every_rank()
         counts = ", ".join(f"{k} {len(v)}" for k, v in self.splits.items())
-        log.info("data: %s, %d classes, images: %s, crop %d, listing %s", self.root, self.num_classes, counts,
-                 self.preprocessing.crop_size, digest)  # fmt: skip
+        log.info(
+            "data: %s, %d classes, images: %s, crop %d, listing %s",
+            self.root,
+            self.num_classes,
+            counts,
+            self.preprocessing.crop_size,
+            digest,
+        )
 
     def _readable(self, samples: list[tuple[str, int]]) -> list[tuple[str, int]]:
         """The samples whose files read as images; the others are listed in the log (or, with
@@ -196,11 +206,16 @@ class ImageFolderDataModule(L.LightningDataModule):
             return samples
         lines = [f"{path} ({problem})" for path, problem in bad.items()]
         if self.hparams.strict:
-            raise BadImageError(f"{len(bad)} of {len(samples)} files are not readable images, e.g. {lines[0]}: remove "
-                                f"or replace them, or drop --data.strict to skip them")  # fmt: skip
+            raise BadImageError(
+                f"{len(bad)} of {len(samples)} files are not readable images, e.g. {lines[0]}: remove "
+                f"or replace them, or drop --data.strict to skip them"
+            )
         more = f"\n  ... and {len(lines) - LISTED_BAD_FILES} more" if len(lines) > LISTED_BAD_FILES else ""
-        log.warning(f"skipping {len(bad)} of {len(samples)} files that are not readable images:\n  "
-              + "\n  ".join(lines[:LISTED_BAD_FILES]) + more)
+        log.warning(
+            f"skipping {len(bad)} of {len(samples)} files that are not readable images:\n  "
+            + "\n  ".join(lines[:LISTED_BAD_FILES])
+            + more
+        )
         self.skipped.update(bad)
         return [s for s in samples if s[0] not in bad]
 
@@ -209,8 +224,10 @@ class ImageFolderDataModule(L.LightningDataModule):
         if not empty:
             return
         if not self.hparams.allow_empty_classes:
-            raise ValueError(f"class folder(s) {_preview(empty)} under {self.root} have no training images: add "
-                             f"images, remove the folders, or pass --data.allow_empty_classes true")  # fmt: skip
+            raise ValueError(
+                f"class folder(s) {_preview(empty)} under {self.root} have no training images: add "
+                f"images, remove the folders, or pass --data.allow_empty_classes true"
+            )
         log.warning(f"class folder(s) {_preview(empty)} have no training images; their outputs will not learn")
 
     def _check_same_on_every_rank(self) -> str:
@@ -286,8 +303,10 @@ def check_same_listing(digests: list[str]) -> None:
     """Raise unless every rank's data digest equals rank 0's."""
     differ = [rank for rank, d in enumerate(digests) if d != digests[0]]
     if differ:
-        raise ValueError(f"processes {differ} see other files or classes than process 0 (data digests {digests}): "
-                         f"give every process the same --data.root contents")  # fmt: skip
+        raise ValueError(
+            f"processes {differ} see other files or classes than process 0 (data digests {digests}): "
+            f"give every process the same --data.root contents"
+        )
 
 
 def _preview(names, n: int = 5) -> str:

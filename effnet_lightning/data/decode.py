@@ -45,8 +45,9 @@ def load_rgb(path: str) -> Image.Image:
 
 # torchvision 0.29 marks its decoders deprecated in favour of TorchCodec; they are still the
 # fastest path here (benchmarks/input_pipeline.py), and load_rgb is the fallback.
-warnings.filterwarnings("ignore", message="The image decoding and encoding capabilities of TorchVision",
-                        category=DeprecationWarning)  # fmt: skip
+warnings.filterwarnings(
+    "ignore", message="The image decoding and encoding capabilities of TorchVision", category=DeprecationWarning
+)
 
 # (format, mode) pairs torchvision.io decodes to exactly what load_rgb gives.
 FAST_KINDS = {("JPEG", "RGB"), ("JPEG", "L"), ("PNG", "RGB"), ("PNG", "L")}

@@ -82,7 +82,9 @@ def draw_shape(label: str, rng: random.Random, size: int = IMAGE_SIZE) -> Image.
     elif label == "bar":
         c, s = math.cos(angle), math.sin(angle)
         w = r * 0.3
-        draw.polygon([(cx + x * c - y * s, cy + x * s + y * c) for x, y in [(-r, -w), (r, -w), (r, w), (-r, w)]], fill=fill)
+        draw.polygon(
+            [(cx + x * c - y * s, cy + x * s + y * c) for x, y in [(-r, -w), (r, -w), (r, w), (-r, w)]], fill=fill
+        )
     elif label == "star":
         draw.polygon(_polygon(cx, cy, r, 5, angle, inner=0.45), fill=fill)
     elif label == "cross":

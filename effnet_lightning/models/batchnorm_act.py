@@ -18,8 +18,9 @@ from torch import nn
 class _BatchNormSiLU(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias, running_mean, running_var, momentum: float, eps: float):
-        normalised, mean, invstd = torch.ops.aten.native_batch_norm(x, weight, bias, running_mean, running_var, True,
-                                                                     momentum, eps)  # fmt: skip
+        normalised, mean, invstd = torch.ops.aten.native_batch_norm(
+            x, weight, bias, running_mean, running_var, True, momentum, eps
+        )
         ctx.save_for_backward(x, weight, bias, mean, invstd)
         ctx.eps = eps
         return F.silu(normalised, inplace=True)  # the normalised tensor is not kept
@@ -42,8 +43,15 @@ def can_fuse(bn: nn.BatchNorm2d, x: torch.Tensor) -> bool:
     """Plain BatchNorm2d (not SyncBatchNorm, whose statistics span processes) in training, with
     a fixed momentum, affine, in the parameters' dtype (autocast and cumulative-average
     BatchNorm take the plain path)."""
-    return (type(bn) is nn.BatchNorm2d and bn.training and bn.affine and bn.track_running_stats and bn.momentum is not None
-            and x.dtype == bn.weight.dtype and torch.is_grad_enabled())  # fmt: skip
+    return (
+        type(bn) is nn.BatchNorm2d
+        and bn.training
+        and bn.affine
+        and bn.track_running_stats
+        and bn.momentum is not None
+        and x.dtype == bn.weight.dtype
+        and torch.is_grad_enabled()
+    )
 
 
 def batch_norm_silu(x: torch.Tensor, bn: nn.BatchNorm2d) -> torch.Tensor:

@@ -39,5 +39,8 @@ class CompiledOrEager:
     def _fall_back(self, error: Exception) -> None:
         self.compiled = None
         reason = str(error).strip().splitlines()[0] if str(error).strip() else ""
-        warnings.warn(f"torch.compile is unavailable here ({type(error).__name__}: {reason[:200]}); running eagerly",
-                      RuntimeWarning, stacklevel=3)  # fmt: skip
+        warnings.warn(
+            f"torch.compile is unavailable here ({type(error).__name__}: {reason[:200]}); running eagerly",
+            RuntimeWarning,
+            stacklevel=3,
+        )

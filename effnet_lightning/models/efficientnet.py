@@ -58,17 +58,19 @@ class EfficientNet(nn.Module):
         arch = build_architecture(self.variant, se=options.se)
         activation = options.activation or ("relu6" if self.variant.lite else "swish")
         self.dropout_rate = self.variant.dropout if dropout is None else dropout
-        conv = dict(activation=activation, padding=options.padding, bn_eps=options.bn_eps,
-                    bn_momentum=options.bn_momentum, lean_bn_act=lean_bn_act)
+        conv = {
+            "activation": activation,
+            "padding": options.padding,
+            "bn_eps": options.bn_eps,
+            "bn_momentum": options.bn_momentum,
+            "lean_bn_act": lean_bn_act,
+        }
         in_channels = options.in_channels
 
         self.stem = ConvBNAct(in_channels, arch.stem_channels, 3, stride=2, **conv)
         rates = drop_path_rates(len(arch.blocks), drop_path_rate)
         self.blocks = nn.Sequential(
-            *[
-                MBConv(cfg, drop_path_rate=rate, **conv)
-                for cfg, rate in zip(arch.blocks, rates)
-            ]
+            *[MBConv(cfg, drop_path_rate=rate, **conv) for cfg, rate in zip(arch.blocks, rates)]
         )
         self.head = ConvBNAct(arch.blocks[-1].out_channels, arch.head_channels, 1, **conv)
         self.num_features = arch.head_channels

@@ -14,10 +14,9 @@ from __future__ import annotations
 import importlib
 import logging
 import os
-from collections.abc import Mapping
-from dataclasses import dataclass, fields, replace
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Callable
 
 import torch
 
@@ -34,6 +33,7 @@ from effnet_lightning.models.state_dicts import (
 )
 
 log = logging.getLogger(__name__)
+
 
 def checkpoint_hparams(path) -> dict | None:
     """The hyperparameters of a Lightning checkpoint of this project (its network settings,
@@ -78,7 +78,7 @@ class PretrainedSource:
     name: str
     preprocessing: Preprocessing
     load: Callable[[], Mapping[str, torch.Tensor]]
-    build: BuildOptions = BuildOptions()
+    build: BuildOptions = field(default_factory=BuildOptions)
     categories: tuple[str, ...] = ()
 
 
@@ -206,7 +206,9 @@ def create_model(
         build = checkpoint_build(hparams)
         preprocessing = checkpoint_preprocessing(hparams) or preprocessing
     elif weights is not None:
-        raise WeightsError(f"weights must be None, 'imagenet', a file path or a state dict, got {type(weights).__name__}")
+        raise WeightsError(
+            f"weights must be None, 'imagenet', a file path or a state dict, got {type(weights).__name__}"
+        )
     if build is None:
         build = layout_build(detect_layout(state_dict)[0], v) if state_dict is not None else BuildOptions()
     build_names = {f.name for f in fields(BuildOptions)}

@@ -149,10 +149,12 @@ class MBConv(nn.Module):
     ):
         super().__init__()
         self.cfg = cfg
-        bn = dict(bn_eps=bn_eps, bn_momentum=bn_momentum, lean_bn_act=lean_bn_act)
+        bn = {"bn_eps": bn_eps, "bn_momentum": bn_momentum, "lean_bn_act": lean_bn_act}
         hidden = cfg.hidden_channels
         self.expand = (
-            ConvBNAct(cfg.in_channels, hidden, 1, activation=activation, **bn) if cfg.expand_ratio != 1 else nn.Identity()
+            ConvBNAct(cfg.in_channels, hidden, 1, activation=activation, **bn)
+            if cfg.expand_ratio != 1
+            else nn.Identity()
         )
         self.dw = ConvBNAct(
             hidden, hidden, cfg.kernel_size, cfg.stride, groups=hidden, activation=activation, padding=padding, **bn

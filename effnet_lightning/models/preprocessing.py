@@ -49,11 +49,11 @@ class Preprocessing:
         mean: tuple[float, ...] = IMAGENET_MEAN,
         std: tuple[float, ...] = IMAGENET_STD,
         interpolation: str = "bicubic",
-    ) -> "Preprocessing":
+    ) -> Preprocessing:
         """Resize to resolution / crop_pct, crop resolution (the TF convention, crop_pct 0.875)."""
-        return cls(int(resolution), int(math.floor(resolution / crop_pct)), tuple(mean), tuple(std), interpolation)
+        return cls(int(resolution), math.floor(resolution / crop_pct), tuple(mean), tuple(std), interpolation)
 
-    def resized(self, crop_size: int) -> "Preprocessing":
+    def resized(self, crop_size: int) -> Preprocessing:
         """The same recipe at another resolution, keeping the crop fraction."""
         return Preprocessing.for_resolution(crop_size, self.crop_pct, self.mean, self.std, self.interpolation)
 
@@ -63,5 +63,5 @@ class Preprocessing:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict) -> "Preprocessing":
+    def from_dict(cls, d: dict) -> Preprocessing:
         return cls(**d)

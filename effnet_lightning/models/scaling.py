@@ -106,7 +106,7 @@ def round_channels(channels: int, width: float, divisor: int = CHANNEL_DIVISOR) 
 
 
 def round_repeats(repeats: int, depth: float) -> int:
-    return int(math.ceil(repeats * depth))
+    return math.ceil(repeats * depth)
 
 
 def from_phi(
@@ -119,7 +119,7 @@ def from_phi(
     """
     if min(alpha, beta, gamma) < 1.0:
         raise ValueError(f"alpha, beta, gamma must be >= 1, got {alpha}, {beta}, {gamma}")
-    resolution = int(round(BASE_RESOLUTION * gamma**phi / 8)) * 8
+    resolution = round(BASE_RESOLUTION * gamma**phi / 8) * 8
     dropout = min(0.5, max(0.2, 0.2 + 0.05 * phi))
     return Variant(
         name=name or phi_name(phi, alpha, beta, gamma),

@@ -79,8 +79,9 @@ def read_checkpoint(path: str | os.PathLike) -> dict:
     try:
         checkpoint = torch.load(path, weights_only=True, map_location="cpu", mmap=True)
     except Exception as e:
-        raise WeightsError(f"{path} is not a readable checkpoint ({type(e).__name__}): pick another file, "
-                           f"e.g. the run's last.ckpt") from None
+        raise WeightsError(
+            f"{path} is not a readable checkpoint ({type(e).__name__}): pick another file, e.g. the run's last.ckpt"
+        ) from None
     if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
         raise WeightsError(f"{path} is not a Lightning checkpoint (no state_dict): pick a .ckpt written by fit")
     return checkpoint
@@ -214,7 +215,9 @@ def load_weights(
         n_theirs = "no" if theirs is None else theirs.shape[0]
         log.info(
             "%s: classifier has %s classes, model has %d: backbone loaded, classifier freshly initialised",
-            source, n_theirs, model.num_classes,
+            source,
+            n_theirs,
+            model.num_classes,
         )
     for ours, theirs in mapping.items():
         if ours in ours_head and not keep_head:
@@ -231,7 +234,9 @@ def load_weights(
         tensor = state_dict[theirs]
         if ours == "stem.conv.weight" and tensor.ndim == 4 and tensor.shape[1] != own[ours].shape[1]:
             tensor = adapt_input_channels(tensor, own[ours].shape[1])
-            log.info("%s: stem adapted from %d to %d input channels", source, state_dict[theirs].shape[1], tensor.shape[1])
+            log.info(
+                "%s: stem adapted from %d to %d input channels", source, state_dict[theirs].shape[1], tensor.shape[1]
+            )
         if tensor.shape != own[ours].shape:
             raise WeightsError(
                 f"{source} ({layout} layout): {theirs!r} has shape {tuple(tensor.shape)} but {ours!r} of "

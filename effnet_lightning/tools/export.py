@@ -34,12 +34,24 @@ def _export_onnx(model, example: torch.Tensor, path: Path, opset: int | None):
     try:
         import onnxruntime
     except ImportError:
-        raise ValueError("ONNX export needs onnx, onnxscript and onnxruntime: pip install onnx onnxscript onnxruntime") from None
+        raise ValueError(
+            "ONNX export needs onnx, onnxscript and onnxruntime: pip install onnx onnxscript onnxruntime"
+        ) from None
     batch = torch.export.Dim("batch", min=1)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(model, (example,), str(path), dynamo=True, input_names=["images"], output_names=["logits"],
-                          dynamic_shapes={"x": {0: batch}}, external_data=False, opset_version=opset, verbose=False)  # fmt: skip
+        torch.onnx.export(
+            model,
+            (example,),
+            str(path),
+            dynamo=True,
+            input_names=["images"],
+            output_names=["logits"],
+            dynamic_shapes={"x": {0: batch}},
+            external_data=False,
+            opset_version=opset,
+            verbose=False,
+        )
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     return lambda x: torch.from_numpy(session.run(None, {"images": x.numpy()})[0])
 
@@ -93,7 +105,9 @@ def export_model(
             os.replace(work / name, out / name)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    print(f"export: done, {len(info['files'])} formats in {out} (class names and preprocessing in {out / 'model.json'})")
+    print(
+        f"export: done, {len(info['files'])} formats in {out} (class names and preprocessing in {out / 'model.json'})"
+    )
     return info
 
 
@@ -122,16 +136,22 @@ def _export_into(work, out, model, class_names, formats, tolerance, opset, sourc
         files[fmt], diffs[fmt] = path.name, diff
         print(f"export: {fmt:<11} {out / path.name}  max |logit difference| vs PyTorch {diff:.2e}", flush=True)
         if not diff <= tolerance:
-            raise ValueError(f"the {fmt} export gives logits {diff:.2e} away from PyTorch's (tolerance {tolerance:g}): "
-                             f"nothing was written to {out}; re-run with EFFNET_DEBUG=1 and report it")  # fmt: skip
+            raise ValueError(
+                f"the {fmt} export gives logits {diff:.2e} away from PyTorch's (tolerance {tolerance:g}): "
+                f"nothing was written to {out}; re-run with EFFNET_DEBUG=1 and report it"
+            )
     info = {
         "variant": variant,
         "num_classes": len(class_names),
         "class_names": list(class_names),
         "preprocessing": preprocessing,
         "model_options": build_options,
-        "input": {"name": "images", "shape": ["batch", channels, size, size], "dtype": "float32",
-                  "note": "RGB, resized, centre-cropped and normalised as in preprocessing"},  # fmt: skip
+        "input": {
+            "name": "images",
+            "shape": ["batch", channels, size, size],
+            "dtype": "float32",
+            "note": "RGB, resized, centre-cropped and normalised as in preprocessing",
+        },
         "output": {"name": "logits", "shape": ["batch", len(class_names)]},
         "files": files,
         "max_abs_logit_difference": diffs,

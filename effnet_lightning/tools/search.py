@@ -59,11 +59,20 @@ class Candidate:
 
 
 def scaled_resolution(base_resolution: int, gamma: float, phi: float) -> int:
-    return max(8, int(round(base_resolution * gamma**phi / 8)) * 8)
+    return max(8, round(base_resolution * gamma**phi / 8) * 8)
 
 
-def measure(phi: float, alpha: float, beta: float, gamma: float, base_resolution: int, num_classes: int,
-            baseline_gmacs: float | None, budget: float, tolerance: float) -> Candidate:  # fmt: skip
+def measure(
+    phi: float,
+    alpha: float,
+    beta: float,
+    gamma: float,
+    base_resolution: int,
+    num_classes: int,
+    baseline_gmacs: float | None,
+    budget: float,
+    tolerance: float,
+) -> Candidate:
     """Build the candidate network and count its multiply-adds at its resolution."""
     from effnet_lightning.models.efficientnet import count_gmacs, count_parameters
     from effnet_lightning.models.factory import create_model
@@ -74,10 +83,17 @@ def measure(phi: float, alpha: float, beta: float, gamma: float, base_resolution
     gmacs = count_gmacs(model, resolution)
     ratio = gmacs / baseline_gmacs if baseline_gmacs else 1.0
     return Candidate(
-        variant=variant.name, alpha=alpha, beta=beta, gamma=gamma, phi=phi, resolution=resolution,
-        params=count_parameters(model), gmacs=gmacs, flops_ratio=ratio,
+        variant=variant.name,
+        alpha=alpha,
+        beta=beta,
+        gamma=gamma,
+        phi=phi,
+        resolution=resolution,
+        params=count_parameters(model),
+        gmacs=gmacs,
+        flops_ratio=ratio,
         within_budget=abs(ratio - budget) <= tolerance * budget,
-    )  # fmt: skip
+    )
 
 
 def base_resolution_of(config_files: list[str]) -> int:
@@ -93,8 +109,16 @@ def _fit_command(candidate: Candidate, configs: list[str], fit_args: list[str], 
     command = [sys.executable, "-m", "effnet_lightning", "fit"]
     for path in configs:
         command += ["--config", str(path)]
-    command += ["--model.variant", candidate.variant, "--data.image_size", str(candidate.resolution),
-                "--trainer.default_root_dir", str(run_dir), "--trainer.enable_progress_bar", "false"]  # fmt: skip
+    command += [
+        "--model.variant",
+        candidate.variant,
+        "--data.image_size",
+        str(candidate.resolution),
+        "--trainer.default_root_dir",
+        str(run_dir),
+        "--trainer.enable_progress_bar",
+        "false",
+    ]
     if epochs is not None:
         command += ["--trainer.max_epochs", str(epochs)]
     return command + list(fit_args)
@@ -106,7 +130,11 @@ def train(candidate: Candidate, command: list[str], run_dir: Path, device: str |
     if result_file.exists():
         saved = json.loads(result_file.read_text())
         if saved.get("command") == command[1:]:  # the interpreter may differ between runs
-            candidate.val_acc, candidate.wall_s, candidate.checkpoint = saved["val_acc"], saved["wall_s"], saved["checkpoint"]
+            candidate.val_acc, candidate.wall_s, candidate.checkpoint = (
+                saved["val_acc"],
+                saved["wall_s"],
+                saved["checkpoint"],
+            )
             candidate.status = "cached"
             return candidate
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -116,7 +144,7 @@ def train(candidate: Candidate, command: list[str], run_dir: Path, device: str |
         env["CUDA_VISIBLE_DEVICES"] = device
     start = time.perf_counter()
     with open(run_dir / "fit.log", "w") as log:
-        returncode = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, env=env).returncode
+        returncode = subprocess.run(command, check=False, stdout=log, stderr=subprocess.STDOUT, env=env).returncode
     candidate.wall_s = round(time.perf_counter() - start, 1)
     record_file = run_dir / "latest_fit.json"
     record = json.loads(record_file.read_text()) if record_file.exists() else {}
@@ -124,9 +152,22 @@ def train(candidate: Candidate, command: list[str], run_dir: Path, device: str |
         candidate.status = "failed"
         candidate.extra["log"] = str(run_dir / "fit.log")
         return candidate
-    candidate.val_acc, candidate.checkpoint, candidate.status = record["best_score"], record["best_model_path"], "trained"
-    result_file.write_text(json.dumps({"command": command[1:], "val_acc": candidate.val_acc,
-                                       "wall_s": candidate.wall_s, "checkpoint": candidate.checkpoint}, indent=2))  # fmt: skip
+    candidate.val_acc, candidate.checkpoint, candidate.status = (
+        record["best_score"],
+        record["best_model_path"],
+        "trained",
+    )
+    result_file.write_text(
+        json.dumps(
+            {
+                "command": command[1:],
+                "val_acc": candidate.val_acc,
+                "wall_s": candidate.wall_s,
+                "checkpoint": candidate.checkpoint,
+            },
+            indent=2,
+        )
+    )
     return candidate
 
 
@@ -140,8 +181,13 @@ def _plot(path: Path, baseline: Candidate, candidates: list[Candidate], best: Ca
     done = [c for c in candidates if c.val_acc is not None]
     ax.scatter([c.gmacs for c in done], [c.val_acc for c in done], color="tab:blue", label="candidates (phi = 1)")
     for c in done:
-        ax.annotate(f"{c.alpha:g}, {c.beta:g}, {c.gamma:g}", (c.gmacs, c.val_acc), textcoords="offset points",
-                    xytext=(4, 4), fontsize=8)  # fmt: skip
+        ax.annotate(
+            f"{c.alpha:g}, {c.beta:g}, {c.gamma:g}",
+            (c.gmacs, c.val_acc),
+            textcoords="offset points",
+            xytext=(4, 4),
+            fontsize=8,
+        )
     if baseline.val_acc is not None:
         ax.scatter([baseline.gmacs], [baseline.val_acc], color="tab:gray", marker="s", label="baseline (phi = 0)")
     if best is not None:
@@ -159,14 +205,33 @@ def _plot(path: Path, baseline: Candidate, candidates: list[Candidate], best: Ca
 def write_report(out: Path, settings: dict, baseline: Candidate, candidates: list[Candidate]) -> Candidate | None:
     """results.csv, accuracy_vs_flops.png and report.md in out; returns the best candidate."""
     rows = [baseline] + candidates
-    columns = ["variant", "alpha", "beta", "gamma", "phi", "constraint", "resolution", "params", "gmacs",
-               "flops_ratio", "within_budget", "status", "val_acc", "wall_s", "checkpoint"]  # fmt: skip
+    columns = [
+        "variant",
+        "alpha",
+        "beta",
+        "gamma",
+        "phi",
+        "constraint",
+        "resolution",
+        "params",
+        "gmacs",
+        "flops_ratio",
+        "within_budget",
+        "status",
+        "val_acc",
+        "wall_s",
+        "checkpoint",
+    ]
     with open(out / "results.csv", "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(columns)
         for c in rows:
-            values = {**asdict(c), "constraint": round(c.constraint, 4), "gmacs": round(c.gmacs, 4),
-                      "flops_ratio": round(c.flops_ratio, 4)}  # fmt: skip
+            values = {
+                **asdict(c),
+                "constraint": round(c.constraint, 4),
+                "gmacs": round(c.gmacs, 4),
+                "flops_ratio": round(c.flops_ratio, 4),
+            }
             writer.writerow([values[k] if values[k] is not None else "" for k in columns])
     trained = [c for c in candidates if c.val_acc is not None]
     # Best accuracy; ties go to the cheaper network.
@@ -176,10 +241,11 @@ def write_report(out: Path, settings: dict, baseline: Candidate, candidates: lis
         "# Compound-scaling search",
         "",
         f"Baseline: B0 at {settings['base_resolution']} px, {baseline.gmacs:.4f} GMACs"
-        + (f", val/acc {baseline.val_acc:.4f}" if baseline.val_acc is not None else "") + ".",
-        f"Candidates: phi = {settings['phi']:g}, FLOPs budget {settings['budget']:g}x the baseline within "
+        + (f", val/acc {baseline.val_acc:.4f}" if baseline.val_acc is not None else "")
+        + ".",
+        (f"Candidates: phi = {settings['phi']:g}, FLOPs budget {settings['budget']:g}x the baseline within "
         f"{settings['tolerance']:.0%}; {len([c for c in candidates if c.within_budget])} of {len(candidates)} grid "
-        f"points kept. Training per candidate: `{' '.join(settings['fit'])}`.",
+        f"points kept. Training per candidate: `{' '.join(settings['fit'])}`."),
         "",
         "| alpha | beta | gamma | alpha*beta^2*gamma^2 | res | params | GMACs | FLOPs ratio | val/acc | time |",
         "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
@@ -187,14 +253,16 @@ def write_report(out: Path, settings: dict, baseline: Candidate, candidates: lis
     for c in sorted(candidates, key=lambda c: (c.val_acc is None, -(c.val_acc or 0), c.gmacs)):
         acc = f"{c.val_acc:.4f}" if c.val_acc is not None else c.status
         wall = f"{c.wall_s:.0f} s" if c.wall_s is not None else ""
-        lines.append(f"| {c.alpha:g} | {c.beta:g} | {c.gamma:g} | {c.constraint:.3f} | {c.resolution} | {c.params:,} | "
-                     f"{c.gmacs:.4f} | {c.flops_ratio:.2f} | {acc} | {wall} |")  # fmt: skip
+        lines.append(
+            f"| {c.alpha:g} | {c.beta:g} | {c.gamma:g} | {c.constraint:.3f} | {c.resolution} | {c.params:,} | "
+            f"{c.gmacs:.4f} | {c.flops_ratio:.2f} | {acc} | {wall} |"
+        )
     lines.append("")
     if best is not None:
         lines += [
-            f"**Best: alpha = {best.alpha:g}, beta = {best.beta:g}, gamma = {best.gamma:g}** (val/acc "
+            (f"**Best: alpha = {best.alpha:g}, beta = {best.beta:g}, gamma = {best.gamma:g}** (val/acc "
             f"{best.val_acc:.4f} at {best.flops_ratio:.2f}x the baseline's FLOPs). Scale further with "
-            f"`--model.variant {phi_name(2, best.alpha, best.beta, best.gamma)}` (phi = 2) and up.",
+            f"`--model.variant {phi_name(2, best.alpha, best.beta, best.gamma)}` (phi = 2) and up."),
         ]
     else:
         lines.append("No candidate finished training: see the fit.log files under candidates/.")
@@ -227,15 +295,19 @@ def search(
     resolution = base_resolution or base_resolution_of(configs)
     base = measure(0.0, ALPHA, BETA, GAMMA, resolution, num_classes, None, 1.0, 1.0)
     base.variant, base.within_budget = "b0", True
-    grid = list(itertools.product(alpha or DEFAULT_GRID["alpha"], beta or DEFAULT_GRID["beta"],
-                                  gamma or DEFAULT_GRID["gamma"]))  # fmt: skip
+    grid = list(
+        itertools.product(alpha or DEFAULT_GRID["alpha"], beta or DEFAULT_GRID["beta"], gamma or DEFAULT_GRID["gamma"])
+    )
     candidates = [measure(phi, a, b, g, resolution, num_classes, base.gmacs, budget, tolerance) for a, b, g in grid]
     for c in candidates:
         if not c.within_budget:
             c.status = "out of budget"
     kept = [c for c in candidates if c.within_budget]
-    print(f"scale-search: baseline B0 at {resolution} px, {base.gmacs:.4f} GMACs; {len(kept)} of {len(candidates)} "
-          f"candidates within {tolerance:.0%} of {budget:g}x: {', '.join(c.variant for c in kept) or 'none'}", flush=True)  # fmt: skip
+    print(
+        f"scale-search: baseline B0 at {resolution} px, {base.gmacs:.4f} GMACs; {len(kept)} of {len(candidates)} "
+        f"candidates within {tolerance:.0%} of {budget:g}x: {', '.join(c.variant for c in kept) or 'none'}",
+        flush=True,
+    )
     jobs = [(base, out / "candidates" / "baseline")] if baseline else []
     jobs += [(c, out / "candidates" / c.variant) for c in kept]
     slots: queue.Queue = queue.Queue()
@@ -258,13 +330,20 @@ def search(
             c = future.result()
             acc = f"{c.val_acc:.4f}" if c.val_acc is not None else "-"
             tqdm.write(f"  {c.variant}: {c.status}, val/acc {acc}, {c.flops_ratio:.2f}x FLOPs", file=sys.stdout)
-    settings = {"phi": phi, "budget": budget, "tolerance": tolerance, "base_resolution": resolution,
-                "fit": [f"--config {p}" for p in configs] + ([f"--trainer.max_epochs {epochs}"] if epochs else []) + fit_args}  # fmt: skip
+    settings = {
+        "phi": phi,
+        "budget": budget,
+        "tolerance": tolerance,
+        "base_resolution": resolution,
+        "fit": [f"--config {p}" for p in configs] + ([f"--trainer.max_epochs {epochs}"] if epochs else []) + fit_args,
+    }
     best = write_report(out, settings, base, candidates)
     print(f"scale-search: report in {out / 'report.md'}, {out / 'results.csv'}, {out / 'accuracy_vs_flops.png'}")
     if best is not None:
-        print(f"scale-search: best alpha={best.alpha:g} beta={best.beta:g} gamma={best.gamma:g}, val/acc "
-              f"{best.val_acc:.4f} at {best.flops_ratio:.2f}x the baseline's FLOPs")  # fmt: skip
+        print(
+            f"scale-search: best alpha={best.alpha:g} beta={best.beta:g} gamma={best.gamma:g}, val/acc "
+            f"{best.val_acc:.4f} at {best.flops_ratio:.2f}x the baseline's FLOPs"
+        )
     return best, candidates
 
 
@@ -272,14 +351,22 @@ def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     fit_args = argv[argv.index("--") + 1 :] if "--" in argv else []
     own = argv[: argv.index("--")] if "--" in argv else argv
-    parser = argparse.ArgumentParser(prog="python cli.py scale-search", description=__doc__.split("\n\n")[0],
-                                     epilog="Arguments after -- go to every fit (e.g. -- --data.root DIR).")  # fmt: skip
+    parser = argparse.ArgumentParser(
+        prog="python cli.py scale-search",
+        description=__doc__.split("\n\n")[0],
+        epilog="Arguments after -- go to every fit (e.g. -- --data.root DIR).",
+    )
     parser.add_argument("--config", action="append", default=[], help="base fit config (repeatable)")
     parser.add_argument("--phi", type=float, default=1.0, help="compound coefficient of every candidate (1)")
     grid = parser.add_argument_group("grid")
     for name in ("alpha", "beta", "gamma"):
-        grid.add_argument(f"--{name}", type=float, nargs="+", default=DEFAULT_GRID[name],
-                          help=f"bases to try (default {' '.join(map(str, DEFAULT_GRID[name]))})")  # fmt: skip
+        grid.add_argument(
+            f"--{name}",
+            type=float,
+            nargs="+",
+            default=DEFAULT_GRID[name],
+            help=f"bases to try (default {' '.join(map(str, DEFAULT_GRID[name]))})",
+        )
     parser.add_argument("--budget", type=float, default=2.0, help="candidate FLOPs / baseline FLOPs (2)")
     parser.add_argument("--tolerance", type=float, default=0.15, help="keep |ratio - budget| <= tolerance x budget")
     parser.add_argument("--epochs", type=int, default=None, help="max_epochs of every fit (default: the config's)")
@@ -290,17 +377,33 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--output-dir", default="runs/scale_search")
     args = parser.parse_args(own)
     owned = ("--model.variant", "--data.image_size", "--trainer.default_root_dir", "--config", "-c", "--ckpt_path") + (
-        ("--trainer.max_epochs",) if args.epochs is not None else ())
+        ("--trainer.max_epochs",) if args.epochs is not None else ()
+    )
     for arg in fit_args:
         if arg.split("=")[0] in owned:
-            raise ValueError(f"{arg.split('=')[0]} is set per candidate by the search: leave it out of the fit "
-                             f"arguments (base configs go before --; the base size is --base-resolution or the "
-                             f"config's data.image_size)")  # fmt: skip
+            raise ValueError(
+                f"{arg.split('=')[0]} is set per candidate by the search: leave it out of the fit "
+                f"arguments (base configs go before --; the base size is --base-resolution or the "
+                f"config's data.image_size)"
+            )
     for path in args.config:
         if not Path(path).is_file():
             raise FileNotFoundError(f"--config {path}: no such file")
     if args.budget <= 0 or not 0 < args.tolerance < 1 or args.workers < 1:
         raise ValueError("need --budget > 0, 0 < --tolerance < 1 and --workers >= 1")
-    search(args.config, fit_args, args.output_dir, phi=args.phi, alpha=args.alpha, beta=args.beta, gamma=args.gamma,
-           budget=args.budget, tolerance=args.tolerance, epochs=args.epochs, baseline=args.baseline,
-           workers=args.workers, devices=args.devices, base_resolution=args.base_resolution)  # fmt: skip
+    search(
+        args.config,
+        fit_args,
+        args.output_dir,
+        phi=args.phi,
+        alpha=args.alpha,
+        beta=args.beta,
+        gamma=args.gamma,
+        budget=args.budget,
+        tolerance=args.tolerance,
+        epochs=args.epochs,
+        baseline=args.baseline,
+        workers=args.workers,
+        devices=args.devices,
+        base_resolution=args.base_resolution,
+    )

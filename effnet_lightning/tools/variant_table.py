@@ -1,6 +1,6 @@
 """Resolution, parameters and GMACs of every variant, counted on the built network.
 
-    python -m effnet_lightning.tools.variant_table [--phi 1.5] [--alpha 1.2 --beta 1.1 --gamma 1.15]
+python -m effnet_lightning.tools.variant_table [--phi 1.5] [--alpha 1.2 --beta 1.1 --gamma 1.15]
 """
 
 from __future__ import annotations

@@ -80,8 +80,13 @@ class EMA(WeightAveraging):
         with torch.no_grad():
             logits = raw.eval()(images)
             loss = torch.nn.functional.cross_entropy(logits, targets, label_smoothing=pl_module.hparams.label_smoothing)
-        self._raw += torch.stack([loss.double() * len(targets), (logits.argmax(1) == targets).sum().double(),
-                                  torch.tensor(len(targets), dtype=torch.float64, device=logits.device)])  # fmt: skip
+        self._raw += torch.stack(
+            [
+                loss.double() * len(targets),
+                (logits.argmax(1) == targets).sum().double(),
+                torch.tensor(len(targets), dtype=torch.float64, device=logits.device),
+            ]
+        )
 
     def on_validation_epoch_end(self, trainer, pl_module):
         if self._average_model is not None and self.validate_raw and not trainer.sanity_checking:

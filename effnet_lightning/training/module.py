@@ -111,13 +111,20 @@ class EfficientNetModule(L.LightningModule):
         if class_names is not None and len(class_names) != num_classes:
             raise ValueError(f"{len(class_names)} class names for {num_classes} classes")
         if freeze_backbone_epochs < 0 or not 0 < backbone_lr_ratio <= 1:
-            raise ValueError(f"need freeze_backbone_epochs >= 0 and 0 < backbone_lr_ratio <= 1, got "
-                             f"{freeze_backbone_epochs} and {backbone_lr_ratio}")  # fmt: skip
+            raise ValueError(
+                f"need freeze_backbone_epochs >= 0 and 0 < backbone_lr_ratio <= 1, got "
+                f"{freeze_backbone_epochs} and {backbone_lr_ratio}"
+            )
         self.save_hyperparameters()
         self.model = create_model(
-            variant, num_classes=num_classes, weights=weights, weights_only=weights_only, drop_path_rate=drop_path_rate,
-            dropout=dropout, **{"lean_bn_act": lean_bn_act, **(model_options or {})},
-        )  # fmt: skip
+            variant,
+            num_classes=num_classes,
+            weights=weights,
+            weights_only=weights_only,
+            drop_path_rate=drop_path_rate,
+            dropout=dropout,
+            **{"lean_bn_act": lean_bn_act, **(model_options or {})},
+        )
         if zero_init_head and num_classes and not self.model.provenance.head_loaded:
             nn.init.zeros_(self.model.classifier.weight)
         if channels_last:
@@ -187,8 +194,15 @@ class EfficientNetModule(L.LightningModule):
         metrics = self.metrics[f"{stage}_metrics"]
         metrics(logits, labels)
         on_step = stage == "train"
-        self.log(f"{stage}/loss", loss, on_step=on_step, on_epoch=True, prog_bar=True, batch_size=len(labels),
-                 sync_dist=stage != "train")  # fmt: skip
+        self.log(
+            f"{stage}/loss",
+            loss,
+            on_step=on_step,
+            on_epoch=True,
+            prog_bar=True,
+            batch_size=len(labels),
+            sync_dist=stage != "train",
+        )
         self.log_dict(metrics, on_step=False, on_epoch=True, prog_bar=stage != "train", batch_size=len(labels))
         return {"loss": loss, "preds": logits.argmax(1)}
 
@@ -285,8 +299,15 @@ class EfficientNetModule(L.LightningModule):
         optimizer = make_optimizer(hp.optimizer, groups, self.scaled_lr(), hp.momentum, hp.nesterov)
         total_steps = max(1, int(self.trainer.estimated_stepping_batches))
         epochs = self.trainer.max_epochs if self.trainer.max_epochs and self.trainer.max_epochs > 0 else 1
-        factor = lr_lambda(hp.schedule, total_steps, total_steps / epochs, hp.warmup_epochs, hp.decay_rate,
-                           hp.decay_epochs, hp.min_lr_ratio)  # fmt: skip
+        factor = lr_lambda(
+            hp.schedule,
+            total_steps,
+            total_steps / epochs,
+            hp.warmup_epochs,
+            hp.decay_rate,
+            hp.decay_epochs,
+            hp.min_lr_ratio,
+        )
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 

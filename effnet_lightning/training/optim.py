@@ -51,11 +51,18 @@ class RMSpropTF(torch.optim.Optimizer):
     `weight_decay` adds wd * w to the gradient (L2 regularisation, as the TF recipe does).
     """
 
-    def __init__(self, params, lr: float = 0.016, alpha: float = 0.9, eps: float = 1e-3, momentum: float = 0.9,
-                 weight_decay: float = 0.0):  # fmt: skip
+    def __init__(
+        self,
+        params,
+        lr: float = 0.016,
+        alpha: float = 0.9,
+        eps: float = 1e-3,
+        momentum: float = 0.9,
+        weight_decay: float = 0.0,
+    ):
         if lr <= 0 or not 0 <= alpha < 1 or eps <= 0 or not 0 <= momentum < 1:
             raise ValueError(f"invalid RMSpropTF settings lr={lr} alpha={alpha} eps={eps} momentum={momentum}")
-        super().__init__(params, dict(lr=lr, alpha=alpha, eps=eps, momentum=momentum, weight_decay=weight_decay))
+        super().__init__(params, {"lr": lr, "alpha": alpha, "eps": eps, "momentum": momentum, "weight_decay": weight_decay})
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -120,7 +127,7 @@ def lr_lambda(
     """
     if schedule not in SCHEDULES:
         raise ValueError(f"unknown lr schedule {schedule!r}: choose one of {', '.join(SCHEDULES)}")
-    warmup_steps = int(round(warmup_epochs * steps_per_epoch))
+    warmup_steps = round(warmup_epochs * steps_per_epoch)
 
     def factor(step: int) -> float:
         if step < warmup_steps:
