@@ -1,6 +1,9 @@
 """Where W&B settings come from: explicit values, then W&B's environment variables, then ours; online
 exactly when wandb would find credentials for the server in use. Nothing here starts a run."""
 
+import logging
+import os
+
 import pytest
 
 from effnet_lightning.cli.loggers import WandbLogger, resolve_wandb_settings
@@ -9,8 +12,6 @@ from effnet_lightning.cli.loggers import WandbLogger, resolve_wandb_settings
 @pytest.fixture
 def home(tmp_path, monkeypatch):
     """An empty HOME and no WANDB_* / NETRC variables: no credentials anywhere."""
-    import os
-
     for key in list(os.environ):
         if key.startswith("WANDB_") or key == "NETRC":
             monkeypatch.delenv(key)
@@ -67,7 +68,7 @@ def test_netrc_path_from_NETRC_and_entries_without_a_key(home):
     assert resolve_wandb_settings(None, None, None, environ=env, netrc_path=other)[2] is False
     other.write_text("machine wandb.example.com\n  login user\n")  # no password: no API key
     assert settings({**env, "NETRC": str(other)})[2] is True
-    other.write_text("machine wandb.example.com password")  # unreadable: no credentials, no error
+    other.write_text("machine wandb.example.com\n  frobnicate x\n  password k\n")  # unparsable: offline, no error
     assert settings({**env, "NETRC": str(other)})[2] is True
 
 
@@ -98,12 +99,14 @@ def test_project_and_folder_from_the_environment_unless_given(home):
     assert settings({"HOME": str(home), "WANDB_PROJECT": "theirs"}, save_dir="out")[:2] == ("theirs", "out")
 
 
-def test_logger_passes_the_resolved_settings_to_wandb(home, monkeypatch, capsys):
+def test_logger_passes_the_resolved_settings_to_wandb(home, monkeypatch, caplog):
     monkeypatch.chdir(home)
     monkeypatch.setenv("WANDB_PROJECT", "theirs")
     monkeypatch.setenv("WANDB_DIR", str(home / "wb"))
     monkeypatch.setenv("WANDB_ENTITY", "team")
-    logger = WandbLogger()  # no credentials: offline, and no run starts until it is used
+    with caplog.at_level(logging.INFO):
+        logger = WandbLogger()  # no credentials: offline, and no run starts until it is used
+    assert f"W&B: no credentials for W&B, logging offline under {home / 'wb'}/wandb" in caplog.text
     init = logger._wandb_init
     assert (init["project"], init["dir"], logger._offline) == ("theirs", str(home / "wb"), True)
     assert "entity" not in init  # wandb reads WANDB_ENTITY itself unless one is given
