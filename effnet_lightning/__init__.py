@@ -1,7 +1,7 @@
 """EfficientNet B0-B7 and Lite, built from compound scaling, trained with Lightning.
 
-    from effnet_lightning import create_model
-    model = create_model("b3", num_classes=10, weights="imagenet")
+from effnet_lightning import create_model
+model = create_model("b3", num_classes=10, weights="imagenet")
 """
 
 __version__ = "0.1.0"

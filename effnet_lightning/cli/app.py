@@ -16,6 +16,7 @@ count and names follow the data, or the checkpoint when one is given.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import sys
@@ -35,6 +36,7 @@ from effnet_lightning.cli.checkpoints import (
     RunConfig,
     choose_what_to_run,
     given_model_settings,
+    given_settings,
     merge_checkpoint_settings,
     read_checkpoint_settings,
     read_run_record,
@@ -57,6 +59,7 @@ from effnet_lightning.cli.reports import (
     PredictionWriter,
     WandbValidationReport,
 )
+from effnet_lightning.data import demo
 from effnet_lightning.data.datamodule import ImageFolderDataModule
 from effnet_lightning.models.factory import checkpoint_hparams, imagenet_categories, preprocessing_for
 from effnet_lightning.models.scaling import get_variant
@@ -303,6 +306,21 @@ def refuse_automatic_optimizers(argv: list[str]) -> None:
             )
 
 
+def with_demo_settings(argv: list[str]) -> list[str]:
+    """`fit` without a data root trains on the demo data with its own settings
+    (`demo.FIT_SETTINGS`), given as the first config so that every flag and config file of the
+    user's wins; the demo's image size only while the variant is not chosen."""
+    if argv[:1] != ["fit"]:
+        return argv
+    _, given = given_settings(argv)
+    if "data.root" in given:
+        return argv
+    settings = {section: dict(values) for section, values in demo.FIT_SETTINGS.items()}
+    if "model.variant" in given:
+        settings["data"].pop("image_size")
+    return ["fit", "--config", json.dumps(settings), *argv[1:]]
+
+
 def main(args: list[str] | None = None) -> EffNetCLI | None:
     """Run the CLI; `args` lets tests drive it in-process. Known errors print one line and
     exit with status 2, a NaN / Inf loss with 1, a fit stopped by a signal with 128 + its
@@ -315,7 +333,10 @@ def main(args: list[str] | None = None) -> EffNetCLI | None:
 
             return search.main(argv[1:])
         refuse_automatic_optimizers(argv)
+        argv = with_demo_settings(argv)
         warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+        # The arguments are always handed over, so the demo settings can go in front of them.
+        warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended.*")
         if argv[:1] != ["fit"]:
             # Evaluating a checkpoint from another run; the message is about the callback's own
             # state, which only a resumed fit uses.
@@ -338,7 +359,7 @@ def main(args: list[str] | None = None) -> EffNetCLI | None:
             auto_configure_optimizers=False,  # the module's optimizer keeps its parameter groups and warm-up
             parser_kwargs={"epilog": SCALE_SEARCH_HELP},
             seed_everything_default=42,
-            args=args,
+            args=argv,
         )
     except SIGTERMException:  # the checkpoint callback has saved and said where
         sys.exit(128 + (received_signal() or signal.SIGTERM))

@@ -234,27 +234,40 @@ def _differs(a, b) -> bool:
     return a != b
 
 
-def given_model_settings(argv: list[str]) -> tuple[set[str], set[str]]:
-    """The `model.*` settings the user gave: (typed as flags, typed or set in --config files)."""
+def given_settings(argv: list[str]) -> tuple[set[str], set[str]]:
+    """The settings the user gave, as `section.name`: (typed as flags, typed or set in --config
+    files). Top-level settings are `name` alone."""
     typed, configs = set(), []
     for i, arg in enumerate(argv):
         name, _, inline = arg.partition("=")
-        if name.startswith("--model."):
-            typed.add(name[len("--model.") :].split(".")[0])
-        elif name == "--config":
+        if name == "--config":
             path = inline or (argv[i + 1] if i + 1 < len(argv) else None)
             if path:
                 configs.append(path)
+        elif name.startswith("--"):
+            typed.add(".".join(name[2:].split(".")[:2]))
     given = set(typed)
     for path in configs:
         try:
             content = yaml.safe_load(Path(path).read_text()) or {}
         except (OSError, yaml.YAMLError):
             continue  # the parser reports an unreadable config
-        model = content.get("model") if isinstance(content, dict) else None
-        if isinstance(model, dict):
-            given |= set(model.get("init_args", model))
+        for section, values in content.items() if isinstance(content, dict) else ():
+            if isinstance(values, dict) and section in ("model", "data", "trainer"):
+                given |= {f"{section}.{k}" for k in values.get("init_args", values)}
+            else:
+                given.add(section)
     return typed, given
+
+
+def given_model_settings(argv: list[str]) -> tuple[set[str], set[str]]:
+    """The `model.*` settings the user gave: (typed as flags, typed or set in --config files)."""
+    typed, given = given_settings(argv)
+    return _model_keys(typed), _model_keys(given)
+
+
+def _model_keys(keys: set[str]) -> set[str]:
+    return {k.removeprefix("model.") for k in keys if k.startswith("model.")}
 
 
 def read_checkpoint_settings(path: str) -> tuple[dict, str | None]:

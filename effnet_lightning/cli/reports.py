@@ -9,6 +9,7 @@ import json
 import math
 import time
 from pathlib import Path
+from typing import Literal
 
 import lightning as L
 import torch
@@ -201,14 +202,22 @@ class EvaluationReport(L.Callback):
 
             table = wandb.Table(columns=list(rows[0]), data=[list(r.values()) for r in rows])
             for lg in loggers:
-                lg.experiment.log({f"{stage}/per_class": table, f"{stage}/confusion": wandb.Image(f"{prefix}-confusion.png")})
+                lg.experiment.log(
+                    {f"{stage}/per_class": table, f"{stage}/confusion": wandb.Image(f"{prefix}-confusion.png")}
+                )
 
 
 class LearningRateLog(LearningRateMonitor):
     """Lightning's LearningRateMonitor, with the `enabled` switch every always-on callback has."""
 
-    def __init__(self, *args, enabled: bool = True, **kwargs):
-        super().__init__(*args, **kwargs)
+    def __init__(
+        self,
+        logging_interval: Literal["step", "epoch"] | None = None,
+        log_momentum: bool = False,
+        log_weight_decay: bool = False,
+        enabled: bool = True,
+    ):
+        super().__init__(logging_interval, log_momentum, log_weight_decay)
         self.enabled = enabled
 
 

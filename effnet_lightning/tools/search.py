@@ -243,9 +243,11 @@ def write_report(out: Path, settings: dict, baseline: Candidate, candidates: lis
         f"Baseline: B0 at {settings['base_resolution']} px, {baseline.gmacs:.4f} GMACs"
         + (f", val/acc {baseline.val_acc:.4f}" if baseline.val_acc is not None else "")
         + ".",
-        (f"Candidates: phi = {settings['phi']:g}, FLOPs budget {settings['budget']:g}x the baseline within "
-        f"{settings['tolerance']:.0%}; {len([c for c in candidates if c.within_budget])} of {len(candidates)} grid "
-        f"points kept. Training per candidate: `{' '.join(settings['fit'])}`."),
+        (
+            f"Candidates: phi = {settings['phi']:g}, FLOPs budget {settings['budget']:g}x the baseline within "
+            f"{settings['tolerance']:.0%}; {len([c for c in candidates if c.within_budget])} of {len(candidates)} grid "
+            f"points kept. Training per candidate: `{' '.join(settings['fit'])}`."
+        ),
         "",
         "| alpha | beta | gamma | alpha*beta^2*gamma^2 | res | params | GMACs | FLOPs ratio | val/acc | time |",
         "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
@@ -260,9 +262,11 @@ def write_report(out: Path, settings: dict, baseline: Candidate, candidates: lis
     lines.append("")
     if best is not None:
         lines += [
-            (f"**Best: alpha = {best.alpha:g}, beta = {best.beta:g}, gamma = {best.gamma:g}** (val/acc "
-            f"{best.val_acc:.4f} at {best.flops_ratio:.2f}x the baseline's FLOPs). Scale further with "
-            f"`--model.variant {phi_name(2, best.alpha, best.beta, best.gamma)}` (phi = 2) and up."),
+            (
+                f"**Best: alpha = {best.alpha:g}, beta = {best.beta:g}, gamma = {best.gamma:g}** (val/acc "
+                f"{best.val_acc:.4f} at {best.flops_ratio:.2f}x the baseline's FLOPs). Scale further with "
+                f"`--model.variant {phi_name(2, best.alpha, best.beta, best.gamma)}` (phi = 2) and up."
+            ),
         ]
     else:
         lines.append("No candidate finished training: see the fit.log files under candidates/.")

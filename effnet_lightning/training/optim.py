@@ -62,7 +62,9 @@ class RMSpropTF(torch.optim.Optimizer):
     ):
         if lr <= 0 or not 0 <= alpha < 1 or eps <= 0 or not 0 <= momentum < 1:
             raise ValueError(f"invalid RMSpropTF settings lr={lr} alpha={alpha} eps={eps} momentum={momentum}")
-        super().__init__(params, {"lr": lr, "alpha": alpha, "eps": eps, "momentum": momentum, "weight_decay": weight_decay})
+        super().__init__(
+            params, {"lr": lr, "alpha": alpha, "eps": eps, "momentum": momentum, "weight_decay": weight_decay}
+        )
 
     @torch.no_grad()
     def step(self, closure=None):
