@@ -62,7 +62,7 @@ def test_default_fit_learns_checkpoints_and_logs_to_wandb_offline(tmp_path):
     ckpt = torch.load(best, weights_only=True)
     hp = ckpt["hyper_parameters"]
     assert hp["class_names"] == sorted(demo.CLASSES) and hp["num_classes"] == 10
-    assert hp["preprocessing"]["crop_size"] == 96 and hp["preprocessing"]["interpolation"] == "bicubic"
+    assert hp["preprocessing"]["crop_size"] == 64 and hp["preprocessing"]["interpolation"] == "bicubic"
 
     runs = list((tmp_path / "runs" / "wandb").glob("offline-run-*/run-*.wandb"))
     assert len(runs) == 1
@@ -73,8 +73,8 @@ def test_default_fit_learns_checkpoints_and_logs_to_wandb_offline(tmp_path):
     assert any(h.get("val/predictions/count") == 16 for h in history)
     assert any("val/confusion_matrix_table/_type" in h for h in history)
     config = wandb_offline.config(runs[0])
-    assert config["variant"] == "b0" and config["batch_size"] == 32 and config["preprocessing"]["crop_size"] == 96
-    print(f"default fit on the demo (96 px, 10 epochs): val/acc per epoch {[round(a, 3) for a in val_acc]}")
+    assert config["variant"] == "b0" and config["batch_size"] == 32 and config["preprocessing"]["crop_size"] == 64
+    print(f"default fit on the demo (64 px, 10 epochs): val/acc per epoch {[round(a, 3) for a in val_acc]}")
     assert max(val_acc) >= 0.3  # chance is 0.1
 
 
@@ -252,7 +252,7 @@ def test_shipped_configs_parse(tmp_path, capsys, monkeypatch, demo_root):
             assert strategy["init_args"]["timeout"] in ("0:10:00", 600, "10:00")
         if path.stem == "default":
             assert config["model"]["variant"] == "b0" and config["data"]["root"] is None
-            assert config["data"]["image_size"] == 96 and config["data"]["crop_scale"] == [0.35, 1.0]
+            assert config["data"]["image_size"] == 64 and config["data"]["crop_scale"] == [0.35, 1.0]
             assert config["trainer"]["logger"] == defaults["trainer"]["logger"]  # W&B, as without --config
         if path.stem == "finetune":
             assert config["model"]["weights"] == "imagenet" and config["model"]["freeze_backbone_epochs"] == 1
@@ -267,3 +267,21 @@ def test_bad_variant_is_a_clear_error(tmp_path):
     out = run_cli(["fit", "--model.variant", "b9"], tmp_path, check=False)
     assert out.returncode == 2 and "Traceback" not in out.stderr
     assert "unknown EfficientNet variant 'b9': choose one of b0, b1" in out.stderr.strip().splitlines()[-1]
+
+
+def test_demo_settings_apply_only_to_the_demo_data_and_under_what_the_user_gives(tmp_path, capsys, monkeypatch):
+    demo_fit = yaml.safe_load(print_config(["fit"], capsys, monkeypatch, tmp_path))
+    assert demo_fit["data"]["image_size"] == 64 and demo_fit["trainer"]["max_epochs"] == 40
+    assert demo_fit["model"]["lr"] == 0.002 and demo_fit["data"]["crop_scale"] == [0.35, 1.0]
+    # a chosen variant keeps its resolution on the demo data; flags win over the demo's settings
+    b3 = yaml.safe_load(
+        print_config(["fit", "--model.variant", "b3", "--model.lr", "0.01"], capsys, monkeypatch, tmp_path)
+    )
+    assert b3["data"]["image_size"] is None and b3["model"]["lr"] == 0.01 and b3["trainer"]["max_epochs"] == 40
+    # the user's own data: none of the demo's settings
+    own = ["fit", "--config", ROOT / "configs" / "b3.yaml", "--data.root", tmp_path]
+    b3_own = yaml.safe_load(print_config(own, capsys, monkeypatch, tmp_path))
+    plain = yaml.safe_load(print_config(["fit", "--data.root", tmp_path], capsys, monkeypatch, tmp_path))
+    assert b3_own["data"]["image_size"] is None and b3_own["trainer"]["max_epochs"] == 100
+    assert b3_own["model"]["lr"] == plain["model"]["lr"] == 0.001
+    assert b3_own["data"]["crop_scale"] == plain["data"]["crop_scale"] == [0.08, 1.0]

@@ -18,8 +18,9 @@ def pair(**switches):
     torch.manual_seed(0)
     plain = EfficientNetModule("b0", num_classes=3, zero_init_head=False, drop_path_rate=0.0, dropout=0.0)
     randomise_batchnorm(plain.model)
-    switched = EfficientNetModule("b0", num_classes=3, zero_init_head=False, drop_path_rate=0.0, dropout=0.0,
-                                  **switches)
+    switched = EfficientNetModule(
+        "b0", num_classes=3, zero_init_head=False, drop_path_rate=0.0, dropout=0.0, **switches
+    )
     switched.load_state_dict(plain.state_dict())
     return plain, switched
 
@@ -86,6 +87,8 @@ def test_export_works_with_the_switches_on(tmp_path, monkeypatch):
     monkeypatch.setattr(torch, "compile", functools.partial(torch.compile, backend="eager"))
     module = EfficientNetModule("b0", num_classes=3, compile=True, grad_checkpointing=True, lean_bn_act=True)
     randomise_batchnorm(module.model)
-    module.model.provenance = module.model.provenance.with_preprocessing(module.model.provenance.preprocessing.resized(64))
+    module.model.provenance = module.model.provenance.with_preprocessing(
+        module.model.provenance.preprocessing.resized(64)
+    )
     info = export_model(module.model, tmp_path, class_names=["a", "b", "c"], formats=["torchscript", "safetensors"])
     assert max(info["max_abs_logit_difference"].values()) < 1e-4

@@ -24,7 +24,10 @@ def test_layout_and_counts(demo_root):
 def test_generation_is_deterministic(demo_root, tmp_path):
     again = demo.generate(tmp_path / "again")
     for name in ("train/ring/ring_007.png", "val/cross/cross_000.png", "test/star/star_019.png"):
-        assert hashlib.sha256((demo_root / name).read_bytes()).digest() == hashlib.sha256((again / name).read_bytes()).digest()
+        assert (
+            hashlib.sha256((demo_root / name).read_bytes()).digest()
+            == hashlib.sha256((again / name).read_bytes()).digest()
+        )
 
 
 def test_colour_and_brightness_do_not_give_the_class_away(demo_root):

@@ -1,3 +1,6 @@
+import subprocess
+import sys
+
 import pytest
 import torch
 import torchvision
@@ -150,3 +153,13 @@ def test_options_change_the_network():
 def test_create_model_unknown_variant_names_the_choices():
     with pytest.raises(ValueError, match="unknown EfficientNet variant 'b8': choose one of b0, b1"):
         create_model("b8")
+
+
+def test_the_network_code_never_imports_lightning():
+    code = (
+        "import sys, importlib, pkgutil, effnet_lightning.models as m\n"
+        "for info in pkgutil.iter_modules(m.__path__): importlib.import_module(f'effnet_lightning.models.{info.name}')\n"
+        "print(sorted(n for n in sys.modules if n.split('.')[0] in ('lightning', 'pytorch_lightning')))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True)
+    assert out.stdout.strip() == "[]"

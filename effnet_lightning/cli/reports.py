@@ -265,11 +265,11 @@ class FitSummary(L.Callback):
 
 
 class WandbValidationReport(L.Callback):
-    """At the end of each validation in fit: sample predictions and the confusion matrix, logged
-    to W&B (nothing happens with other loggers).
+    """At the end of each validation: sample predictions and the confusion matrix, logged to W&B
+    (nothing happens with other loggers).
 
-    The samples come from batches spread evenly over the epoch (in a split sorted by class the
-    first batch holds one class), each at most `num_samples` and preferring classes not shown yet.
+    The `num_samples` samples (at most) come from batches spread evenly over the epoch (in a split
+    sorted by class the first batch holds one class), preferring classes not shown yet.
     The confusion matrix is logged as a table of its non-zero cells (true, predicted, count) and as
     the picture of `confusion_figure`: both stay small with 1,000 classes, unlike a row per image.
     """
@@ -338,7 +338,6 @@ class WandbValidationReport(L.Callback):
         matrix = pl_module.val_confusion.compute().cpu()  # a collective: every rank calls it
         if not trainer.is_global_zero:
             return
-        import matplotlib.pyplot as plt
         import wandb
 
         names = pl_module.class_names
@@ -348,6 +347,8 @@ class WandbValidationReport(L.Callback):
         accuracy = float(matrix.diag().sum()) / max(total, 1)
         title = f"val epoch {trainer.current_epoch}: accuracy {accuracy:.4f} on {total} images"
         fig = confusion_figure(matrix, names, title)
+        import matplotlib.pyplot as plt  # (after confusion_figure has chosen the backend)
+
         log = {
             "val/confusion_matrix": wandb.Image(fig),
             "val/confusion_matrix_table": wandb.Table(columns=["true", "predicted", "count"], data=cells),
