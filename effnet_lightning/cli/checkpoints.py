@@ -297,16 +297,23 @@ class RunConfig(SaveConfigCallback):
     def __init__(self, parser, config, **kwargs):
         super().__init__(parser, config, **{**kwargs, "save_to_log_dir": False})
 
-    def save_config(self, trainer, pl_module, stage: str) -> None:
-        if stage == "fit":
-            return  # the checkpoint folder is known once the checkpoint callback is set up: on_fit_start
-        if stage == "predict":
+    def save_config(self, trainer, pl_module, stage) -> None:
+        """Nothing at setup: the checkpoint folder and the checkpoint evaluated are known only
+        once the run starts (the hooks below)."""
+
+    def on_validation_start(self, trainer, pl_module) -> None:
+        if trainer.state.fn == TrainerFn.VALIDATING and trainer.is_global_zero:
+            self.write(Path(f"{evaluation_base(trainer)}.val-config.yaml"))
+
+    def on_test_start(self, trainer, pl_module) -> None:
+        if trainer.is_global_zero:
+            self.write(Path(f"{evaluation_base(trainer)}.test-config.yaml"))
+
+    def on_predict_start(self, trainer, pl_module) -> None:
+        if trainer.is_global_zero:
             writer = next((c for c in trainer.callbacks if hasattr(c, "output_folder")), None)
             folder = writer.output_folder(trainer) if writer else Path(trainer.default_root_dir) / "predictions"
             self.write(folder / "config.yaml")
-        else:
-            name = "val" if stage == "validate" else stage
-            self.write(Path(f"{evaluation_base(trainer)}.{name}-config.yaml"))
 
     def on_fit_start(self, trainer, pl_module) -> None:
         ckpt = trainer.checkpoint_callback
