@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import importlib
 import json
 import multiprocessing as mp
 import os
@@ -134,12 +135,12 @@ def worker(conn, config: Config, args: argparse.Namespace) -> None:
     """Builds, warms up and measures memory, then answers ("train" | "infer", steps) with the
     seconds they took, until told "stop"."""
     sys.path.insert(0, str(REPO))
-    import timm  # noqa: F401  every library before the baseline, so it counts no library code
+    # Every library loaded before the memory baseline, so the baseline counts no library code.
+    importlib.import_module("timm")
+    importlib.import_module("torchvision")
+    importlib.import_module("effnet_lightning.training.module")
     import torch
     import torch.nn.functional as F
-    import torchvision  # noqa: F401
-
-    import effnet_lightning.training.module  # noqa: F401
 
     torch.manual_seed(0)
     device = torch.device(args.device)

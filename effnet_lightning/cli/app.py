@@ -69,6 +69,7 @@ from effnet_lightning.training.ema import EMA
 from effnet_lightning.training.module import EfficientNetModule
 
 RUNS_DIR = "runs"
+WANDB_LOGGER = "effnet_lightning.cli.loggers.WandbLogger"
 
 
 class EffNetTrainer(Trainer):
@@ -177,7 +178,9 @@ class EffNetCLI(LightningCLI):
         root, logger = config.trainer.default_root_dir, config.trainer.get("logger")
         init_args = logger.get("init_args") if hasattr(logger, "get") else None
         if root and init_args is not None and init_args.get("save_dir") == RUNS_DIR:
-            init_args.save_dir = root
+            # Neither folder given: a W&B run goes where WANDB_DIR says, else into runs/ (the logger decides).
+            wandb_default = logger.get("class_path") == WANDB_LOGGER and root == RUNS_DIR
+            init_args.save_dir = None if wandb_default else root
 
     def instantiate_trainer(self, **kwargs) -> Trainer:
         trainer = super().instantiate_trainer(**kwargs)

@@ -67,8 +67,10 @@ class PredictionWriter(L.Callback):
             return
         paths = trainer.datamodule.predict_paths()
         predicted = {row[0] for row in rows}
-        skipped = {**getattr(trainer.datamodule, "skipped", {}),
-                   **{path: "could not be decoded" for i, path in enumerate(paths) if i not in predicted}}  # fmt: skip
+        skipped = {
+            **getattr(trainer.datamodule, "skipped", {}),
+            **{path: "could not be decoded" for i, path in enumerate(paths) if i not in predicted},
+        }
         names = pl_module.class_names
         out = self.output_folder(trainer)
         out.mkdir(parents=True, exist_ok=True)
@@ -81,24 +83,33 @@ class PredictionWriter(L.Callback):
                 writer.writerow([paths[index]] + [v for c, p in zip(classes, probs) for v in (names[c], f"{p:.6f}")])
 
         def write_json(f):
-            json.dump({
-                "checkpoint": trainer.ckpt_path,
-                "weights": pl_module.hparams.get("weights"),
-                "top_k": k,
-                "images": len(rows),
-                "skipped": skipped,
-                "predictions": [
-                    {"path": paths[index], "top_k": [{"class": names[c], "prob": p} for c, p in zip(classes, probs)]}
-                    for index, classes, probs in rows
-                ],
-            }, f, indent=1)  # fmt: skip
+            json.dump(
+                {
+                    "checkpoint": trainer.ckpt_path,
+                    "weights": pl_module.hparams.get("weights"),
+                    "top_k": k,
+                    "images": len(rows),
+                    "skipped": skipped,
+                    "predictions": [
+                        {
+                            "path": paths[index],
+                            "top_k": [{"class": names[c], "prob": p} for c, p in zip(classes, probs)],
+                        }
+                        for index, classes, probs in rows
+                    ],
+                },
+                f,
+                indent=1,
+            )
             f.write("\n")
 
         write_atomically(out / "predictions.csv", write_csv)
         write_atomically(out / "predictions.json", write_json)
         note = f" ({len(skipped)} unreadable files skipped: see 'skipped' in the .json)" if skipped else ""
-        print(f"predict: {len(rows)} images, top-{k} classes written to {out / 'predictions.csv'} and .json{note}",
-              flush=True)  # fmt: skip
+        print(
+            f"predict: {len(rows)} images, top-{k} classes written to {out / 'predictions.csv'} and .json{note}",
+            flush=True,
+        )
 
 
 def per_class_rows(matrix: torch.Tensor, names: list[str]) -> list[dict]:
@@ -111,8 +122,16 @@ def per_class_rows(matrix: torch.Tensor, names: list[str]) -> list[dict]:
         acc = correct[i] / images[i] if images[i] else float("nan")
         prec = correct[i] / predicted[i] if predicted[i] else float("nan")
         f1 = 2 * prec * acc / (prec + acc) if images[i] and predicted[i] and prec + acc > 0 else 0.0
-        rows.append({"class": name, "images": int(images[i]), "correct": int(correct[i]), "accuracy": float(acc),
-                     "precision": float(prec), "f1": float(f1)})  # fmt: skip
+        rows.append(
+            {
+                "class": name,
+                "images": int(images[i]),
+                "correct": int(correct[i]),
+                "accuracy": float(acc),
+                "precision": float(prec),
+                "f1": float(f1),
+            }
+        )
     return rows
 
 
@@ -134,8 +153,15 @@ def confusion_figure(matrix: torch.Tensor, names: list[str], title: str):
         for i in range(n):
             for j in range(n):
                 if matrix[i, j]:
-                    ax.text(j, i, int(matrix[i, j]), ha="center", va="center",
-                            color="white" if shown[i, j] > 0.5 else "black", fontsize=8)  # fmt: skip
+                    ax.text(
+                        j,
+                        i,
+                        int(matrix[i, j]),
+                        ha="center",
+                        va="center",
+                        color="white" if shown[i, j] > 0.5 else "black",
+                        fontsize=8,
+                    )
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
     ax.set_title(title)
@@ -184,8 +210,10 @@ class EvaluationReport(L.Callback):
             f.write(f"{total} images, accuracy {overall:.4f}. Accuracy of a class = correct / its images (recall).\n\n")
             f.write("| class | images | correct | accuracy | precision | F1 |\n|---|---:|---:|---:|---:|---:|\n")
             for r in rows:
-                f.write(f"| {r['class']} | {r['images']} | {r['correct']} | {fmt(r['accuracy'])} | "
-                        f"{fmt(r['precision'])} | {fmt(r['f1'])} |\n")  # fmt: skip
+                f.write(
+                    f"| {r['class']} | {r['images']} | {r['correct']} | {fmt(r['accuracy'])} | "
+                    f"{fmt(r['precision'])} | {fmt(r['f1'])} |\n"
+                )
             f.write(f"\n![confusion matrix]({Path(prefix).name}-confusion.png)\n")
 
         write_atomically(Path(f"{prefix}-per-class.csv"), write_csv)
