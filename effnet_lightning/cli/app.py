@@ -194,6 +194,7 @@ class EffNetCLI(LightningCLI):
         return {**LightningCLI.subcommands(), "export": {"model", "datamodule"}}
 
     def _prepare_subcommand_parser(self, klass, subcommand: str, **kwargs):
+        # LightningCLI has no public hook to set per-subcommand defaults; this private one builds each parser.
         parser = super()._prepare_subcommand_parser(klass, subcommand, **kwargs)
         if subcommand == "predict":
             parser.set_defaults(return_predictions=False)  # the writer keeps what it needs

@@ -35,6 +35,9 @@ def read_run_record(root_dir: str | os.PathLike) -> dict | None:
         return None
 
 
+# ModelCheckpoint has no public way to save `last` on demand or to hook each save; the private
+# _save_last_checkpoint, _monitor_candidates, _save_checkpoint and _should_skip_saving_checkpoint
+# are its own machinery for exactly that, used here as Lightning uses them.
 class Checkpoint(ModelCheckpoint):
     """Lightning's ModelCheckpoint, except that `last.ckpt` follows every epoch (Lightning
     writes it only together with a new top-k checkpoint, so after an epoch that did not

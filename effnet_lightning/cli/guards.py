@@ -91,6 +91,8 @@ class GracefulInterrupt(L.Callback):
                 if not first:
                     raise KeyboardInterrupt
                 # Rank 0's flag reaches every process at the next batch (Lightning broadcasts it).
+                # No public API stops a fit at the next batch boundary across processes; Lightning's own
+                # SIGTERM handling sets this flag, so Ctrl+C takes the same path.
                 trainer._signal_connector.received_sigterm = True
                 say("Ctrl+C: stopping after this batch and saving a checkpoint (press again to stop at once)", err=True)
             elif callable(lightning_sigterm):

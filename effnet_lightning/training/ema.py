@@ -25,6 +25,8 @@ def ema_multi_avg_fn(decay: float, warmup: bool):
     return update
 
 
+# WeightAveraging exposes neither its averaged copy nor its swap publicly; `_average_model` and
+# `_swap_models` are its own state and step, read here to validate the raw weights too.
 class EMA(WeightAveraging):
     """Exponential moving average of the weights (and BatchNorm statistics), built on
     Lightning's `WeightAveraging`. Off unless `decay` is set (`--ema.decay 0.9999`).

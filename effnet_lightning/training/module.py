@@ -181,6 +181,7 @@ class EfficientNetModule(L.LightningModule):
 
     @property
     def backbone_frozen(self) -> bool:
+        # `self.trainer` raises when detached; LightningModule has no public "is attached" check.
         return self._trainer is not None and self.current_epoch < self.hparams.freeze_backbone_epochs
 
     def model_step(self, batch, stage: str) -> dict:
@@ -259,6 +260,8 @@ class EfficientNetModule(L.LightningModule):
             self.loss_weights = counts.sum() / (len(counts) * counts)
         if stage == "fit" and self.hparams.freeze_backbone_epochs and isinstance(self.trainer.strategy, DDPStrategy):
             # The frozen backbone gets no gradients in the first epochs; DDP must not wait for them.
+            # DDPStrategy takes find_unused_parameters only at construction (which the user's config
+            # owns); its kwargs are read when the model is wrapped, after this setup.
             self.trainer.strategy._ddp_kwargs["find_unused_parameters"] = True
 
     def _require_trained_classifier(self, stage: str) -> None:
