@@ -302,10 +302,10 @@ class WandbValidationReport(L.Callback):
     the picture of `confusion_figure`: both stay small with 1,000 classes, unlike a row per image.
     """
 
-    def __init__(self, num_samples: int = 16):
+    def __init__(self, num_samples: int = 16, enabled: bool = True):
         if num_samples < 0:
             raise ValueError(f"num_samples must be 0 or more, got {num_samples}")
-        self.num_samples = num_samples
+        self.num_samples, self.enabled = num_samples, enabled
         self.samples: list[tuple] = []  # (HWC uint8 image, true class, predicted class)
 
     @staticmethod
