@@ -23,7 +23,6 @@ import sys
 import warnings
 from pathlib import Path
 
-import yaml
 from lightning.pytorch import Trainer
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.plugins.io import CheckpointIO
@@ -33,7 +32,6 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from effnet_lightning.cli.checkpoints import (
     EVAL_SUBCOMMANDS,
     Checkpoint,
-    RunConfig,
     choose_what_to_run,
     given_model_settings,
     given_settings,
@@ -57,6 +55,7 @@ from effnet_lightning.cli.reports import (
     FitSummary,
     LearningRateLog,
     PredictionWriter,
+    RunConfig,
     WandbValidationReport,
 )
 from effnet_lightning.data import demo
@@ -288,36 +287,24 @@ SCALE_SEARCH_HELP = (
 )
 
 
-def refuse_automatic_optimizers(argv: list[str]) -> None:
+def refuse_automatic_optimizers(given: set[str]) -> None:
     """`--optimizer` / `--lr_scheduler` (LightningCLI's automatic optimizers) would replace the
-    module's optimizer, dropping its no-weight-decay groups and warm-up: refused in one line."""
-    configs = [argv[i + 1] for i, a in enumerate(argv[:-1]) if a == "--config"]
-    configs += [a.split("=", 1)[1] for a in argv if a.startswith("--config=")]
-    keys = {a.split("=")[0].split(".")[0] for a in argv if a.startswith("--")}
-    for path in configs:
-        try:
-            content = yaml.safe_load(Path(path).read_text())
-        except (OSError, yaml.YAMLError):
-            continue  # the parser reports an unreadable config
-        if isinstance(content, dict):
-            keys |= {f"--{k}" for k in content}
-    for key in ("--optimizer", "--lr_scheduler"):
-        if key in keys:
+    module's optimizer, dropping its no-weight-decay groups and warm-up: refused in one line,
+    as flags or as config file sections (`given`: the settings the user gave)."""
+    for key in ("optimizer", "lr_scheduler"):
+        if any(name == key or name.startswith(f"{key}.") for name in given):
             raise ValueError(
-                f"{key} is not supported: the optimizer is --model.optimizer (adamw, sgd or rmsprop_tf) with "
+                f"--{key} is not supported: the optimizer is --model.optimizer (adamw, sgd or rmsprop_tf) with "
                 f"--model.lr, --model.weight_decay, and the schedule --model.schedule (cosine, step, constant) with "
                 f"--model.warmup_epochs"
             )
 
 
-def with_demo_settings(argv: list[str]) -> list[str]:
+def with_demo_settings(argv: list[str], given: set[str]) -> list[str]:
     """`fit` without a data root trains on the demo data with its own settings
     (`demo.FIT_SETTINGS`), given as the first config so that every flag and config file of the
     user's wins; the demo's image size only while the variant is not chosen."""
-    if argv[:1] != ["fit"]:
-        return argv
-    _, given = given_settings(argv)
-    if "data.root" in given:
+    if argv[:1] != ["fit"] or "data.root" in given:
         return argv
     settings = {section: dict(values) for section, values in demo.FIT_SETTINGS.items()}
     if "model.variant" in given:
@@ -336,8 +323,9 @@ def main(args: list[str] | None = None) -> EffNetCLI | None:
             from effnet_lightning.tools import search
 
             return search.main(argv[1:])
-        refuse_automatic_optimizers(argv)
-        argv = with_demo_settings(argv)
+        _, given = given_settings(argv)
+        refuse_automatic_optimizers(given)
+        argv = with_demo_settings(argv, given)
         warnings.filterwarnings("ignore", message=".*does not have many workers.*")
         # The arguments are always handed over, so the demo settings can go in front of them.
         warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended.*")

@@ -1,5 +1,6 @@
 """Checkpoints: the checkpoint callback, the record of the latest fit that `--ckpt_path last`
-and the evaluation subcommands read, and the rule that picks what an evaluation runs."""
+and the evaluation subcommands read, the rule that picks what a subcommand runs, and how a
+checkpoint's settings meet the ones the user gave."""
 
 from __future__ import annotations
 
@@ -12,7 +13,6 @@ from pathlib import Path
 import torch
 import yaml
 from lightning.pytorch.callbacks import ModelCheckpoint
-from lightning.pytorch.cli import SaveConfigCallback
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
@@ -288,56 +288,3 @@ def read_checkpoint_settings(path: str) -> tuple[dict, str | None]:
         None,
     )
     return dict(checkpoint.get("hyper_parameters", {})), saved_dirpath
-
-
-class RunConfig(SaveConfigCallback):
-    """Writes the full configuration of each run where that run leaves its results, so no run
-    replaces another's: a fit's next to its checkpoints (`config.yaml`; a resumed fit in the
-    same folder adds `config-2.yaml`, ...), validate / test beside their report
-    (`<checkpoint>.<stage>-config.yaml`), predict in its output folder, export in the export
-    folder."""
-
-    def __init__(self, parser, config, **kwargs):
-        super().__init__(parser, config, **{**kwargs, "save_to_log_dir": False})
-
-    def save_config(self, trainer, pl_module, stage) -> None:
-        """Nothing at setup: the checkpoint folder and the checkpoint evaluated are known only
-        once the run starts (the hooks below)."""
-
-    def on_validation_start(self, trainer, pl_module) -> None:
-        if trainer.state.fn == TrainerFn.VALIDATING and trainer.is_global_zero:
-            self.write(Path(f"{evaluation_base(trainer)}.val-config.yaml"))
-
-    def on_test_start(self, trainer, pl_module) -> None:
-        if trainer.is_global_zero:
-            self.write(Path(f"{evaluation_base(trainer)}.test-config.yaml"))
-
-    def on_predict_start(self, trainer, pl_module) -> None:
-        if trainer.is_global_zero:
-            writer = next((c for c in trainer.callbacks if hasattr(c, "output_folder")), None)
-            folder = writer.output_folder(trainer) if writer else Path(trainer.default_root_dir) / "predictions"
-            self.write(folder / "config.yaml")
-
-    def on_fit_start(self, trainer, pl_module) -> None:
-        ckpt = trainer.checkpoint_callback
-        if not trainer.is_global_zero or not isinstance(ckpt, ModelCheckpoint) or not ckpt.dirpath:
-            return
-        folder = Path(ckpt.dirpath)
-        path, n = folder / "config.yaml", 1
-        while path.exists():
-            n += 1
-            path = folder / f"config-{n}.yaml"
-        self.write(path)
-
-    def write(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        text = self.parser.dump(self.config, skip_none=False)
-        write_atomically(path, lambda f: f.write(text))
-
-
-def evaluation_base(trainer) -> Path:
-    """Where validate / test put their files: beside the checkpoint they evaluate, else under
-    <default_root_dir>/reports."""
-    if trainer.ckpt_path:
-        return Path(trainer.ckpt_path).with_suffix("")
-    return Path(trainer.default_root_dir) / "reports" / "pretrained"

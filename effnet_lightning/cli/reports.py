@@ -1,6 +1,6 @@
-"""What a run reports: the predictions of every image (CSV and JSON), the per-class evaluation
-report (table and confusion-matrix image), the end-of-fit summary line and the W&B validation
-report."""
+"""What a run leaves behind: the predictions of every image (CSV and JSON), the per-class
+evaluation report (table and confusion-matrix image), the end-of-fit summary line, the W&B
+validation report, and each run's configuration."""
 
 from __future__ import annotations
 
@@ -14,11 +14,12 @@ from typing import Literal
 import lightning as L
 import torch
 import torch.distributed as dist
-from lightning.pytorch.callbacks import LearningRateMonitor
+from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.cli import SaveConfigCallback
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.trainer.states import TrainerFn
 
-from effnet_lightning.cli.checkpoints import evaluation_base, record_fit
+from effnet_lightning.cli.checkpoints import record_fit
 from effnet_lightning.cli.console import format_duration, say
 from effnet_lightning.cli.guards import write_atomically
 
@@ -389,3 +390,56 @@ class WandbValidationReport(L.Callback):
             ]
         for lg in loggers:
             lg.experiment.log(log)
+
+
+class RunConfig(SaveConfigCallback):
+    """Writes the full configuration of each run where that run leaves its results, so no run
+    replaces another's: a fit's next to its checkpoints (`config.yaml`; a resumed fit in the
+    same folder adds `config-2.yaml`, ...), validate / test beside their report
+    (`<checkpoint>.<stage>-config.yaml`), predict in its output folder, export in the export
+    folder."""
+
+    def __init__(self, parser, config, **kwargs):
+        super().__init__(parser, config, **{**kwargs, "save_to_log_dir": False})
+
+    def save_config(self, trainer, pl_module, stage) -> None:
+        """Nothing at setup: the checkpoint folder and the checkpoint evaluated are known only
+        once the run starts (the hooks below)."""
+
+    def on_validation_start(self, trainer, pl_module) -> None:
+        if trainer.state.fn == TrainerFn.VALIDATING and trainer.is_global_zero:
+            self.write(Path(f"{evaluation_base(trainer)}.val-config.yaml"))
+
+    def on_test_start(self, trainer, pl_module) -> None:
+        if trainer.is_global_zero:
+            self.write(Path(f"{evaluation_base(trainer)}.test-config.yaml"))
+
+    def on_predict_start(self, trainer, pl_module) -> None:
+        if trainer.is_global_zero:
+            writer = next((c for c in trainer.callbacks if isinstance(c, PredictionWriter)), None)
+            folder = writer.output_folder(trainer) if writer else Path(trainer.default_root_dir) / "predictions"
+            self.write(folder / "config.yaml")
+
+    def on_fit_start(self, trainer, pl_module) -> None:
+        ckpt = trainer.checkpoint_callback
+        if not trainer.is_global_zero or not isinstance(ckpt, ModelCheckpoint) or not ckpt.dirpath:
+            return
+        folder = Path(ckpt.dirpath)
+        path, n = folder / "config.yaml", 1
+        while path.exists():
+            n += 1
+            path = folder / f"config-{n}.yaml"
+        self.write(path)
+
+    def write(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        text = self.parser.dump(self.config, skip_none=False)
+        write_atomically(path, lambda f: f.write(text))
+
+
+def evaluation_base(trainer) -> Path:
+    """Where validate / test put their files: beside the checkpoint they evaluate, else under
+    <default_root_dir>/reports."""
+    if trainer.ckpt_path:
+        return Path(trainer.ckpt_path).with_suffix("")
+    return Path(trainer.default_root_dir) / "reports" / "pretrained"
