@@ -203,9 +203,9 @@ def choose_what_to_run(
 
 # Settings that define the trained network: a checkpoint's value may not be contradicted.
 NETWORK_SETTINGS = ("variant", "model_options")
-# Set from the data or the weights, not from the checkpoint's record of them.
+# Set from the data and the checkpoint's own classes and weights, not from its hyperparameters.
 LINKED_SETTINGS = ("num_classes", "class_names", "weights")
-# Chosen per run, never taken from the checkpoint: where the weights come from, how to evaluate.
+# Chosen per run, never taken from the checkpoint: how to evaluate.
 PER_RUN_SETTINGS = ("test_time_flip",)
 
 
@@ -217,8 +217,9 @@ def merge_checkpoint_settings(saved: dict, current: dict, given: set[str], typed
     settings to apply over `current`."""
     updates = {}
     for key, value in saved.items():
+        # ("_instantiator" and other underscored keys are Lightning's own)
         if key.startswith("_") or key in LINKED_SETTINGS + PER_RUN_SETTINGS or key not in current:
-            continue  # ("_instantiator" is Lightning's own)
+            continue
         if key in NETWORK_SETTINGS and key in typed and _differs(current[key], value):
             raise ValueError(
                 f"--model.{key} {current[key]} contradicts the checkpoint's {key} {value}: it defines the "
@@ -233,7 +234,7 @@ def merge_checkpoint_settings(saved: dict, current: dict, given: set[str], typed
 
 def _differs(a, b) -> bool:
     if isinstance(a, dict) or isinstance(b, dict):
-        return {**(a or {})} != {**(b or {})}
+        return (a or {}) != (b or {})
     return a != b
 
 
