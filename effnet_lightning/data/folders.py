@@ -1,0 +1,140 @@
+"""Image folders: listing classes and images, the seeded train/val split, finding files that
+are not readable images, and the dataset that reads them (skipping a file that fails to decode)."""
+
+from __future__ import annotations
+
+import logging
+import random
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from PIL import Image, UnidentifiedImageError
+from torch.utils.data import Dataset
+
+from effnet_lightning.data.decode import load_rgb
+
+log = logging.getLogger(__name__)
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
+# Loading tries this many samples in a row before giving up on a batch.
+LOAD_ATTEMPTS = 10
+
+
+def find_classes(folder: Path) -> list[str]:
+    """Class folders, sorted; hidden folders are not classes."""
+    return sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def list_images(folder: Path, classes: list[str]) -> list[tuple[str, int]]:
+    """(path, class index) for every image under folder/<class>/, in a fixed order."""
+    samples = []
+    for index, name in enumerate(classes):
+        class_dir = folder / name
+        if not class_dir.is_dir():
+            continue
+        samples += [(path, index) for path in list_all_images(class_dir)]
+    return samples
+
+
+def stratified_split(samples: list[tuple[str, int]], val_fraction: float, seed: int):
+    """Deterministic per-class split: the same seed gives the same split on every rank."""
+    by_class: dict[int, list[tuple[str, int]]] = {}
+    for s in samples:
+        by_class.setdefault(s[1], []).append(s)
+    train, val = [], []
+    for label in sorted(by_class):
+        items = by_class[label][:]
+        random.Random(seed + label).shuffle(items)
+        n_val = max(1, round(len(items) * val_fraction)) if len(items) > 1 else 0
+        val += items[:n_val]
+        train += items[n_val:]
+    return sorted(train), sorted(val)
+
+
+def list_all_images(folder: Path) -> list[str]:
+    """Every image under folder, at any depth, sorted; hidden files and folders are skipped.
+    (Dangling links are listed, so the check of the files reports them.)"""
+    return [
+        str(p)
+        for p in sorted(
+            p
+            for p in folder.rglob("*")
+            if p.suffix.lower() in IMAGE_EXTENSIONS
+            and not p.is_dir()
+            and not any(part.startswith(".") for part in p.relative_to(folder).parts)
+        )
+    ]
+
+
+class BadImageError(ValueError):
+    """An image file that cannot be read; the message names the file and what to do."""
+
+
+def image_problem(path: str) -> str | None:
+    """Why `path` is not a readable image, from its header (None: it looks fine). Truncated
+    files pass here and are caught when loaded."""
+    try:
+        with Image.open(path) as img:
+            width, height = img.size
+        return None if width > 0 and height > 0 else "empty image"
+    except UnidentifiedImageError:
+        return "not an image PIL can read" if Path(path).stat().st_size else "empty file"
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+        return f"{type(e).__name__}: {e}"
+
+
+def image_size(path: str) -> tuple[int, int]:
+    """(width, height) from the file's header; (0, 0) when it is not a readable image."""
+    try:
+        with Image.open(path) as image:
+            return image.size
+    except (OSError, UnidentifiedImageError, ValueError):
+        return (0, 0)
+
+
+def find_bad_images(paths: list[str], workers: int = 8) -> dict[str, str]:
+    """{path: problem} for the files among `paths` whose headers do not read as an image
+    (threads: the check waits on the disk, not the CPU)."""
+    with ThreadPoolExecutor(workers) as pool:
+        return {path: problem for path, problem in zip(paths, pool.map(image_problem, paths)) if problem}
+
+
+class ImageFileDataset(Dataset):
+    """(path, label) samples -> (transformed image, label).
+
+    `decode` reads a file: `load_rgb` (a PIL image, as the weights' reference evaluation
+    reads it) or `decode_rgb` (a uint8 tensor, faster for the training transforms). A file
+    that fails to load (e.g. a truncated JPEG, which only decoding finds) is replaced by the next
+    sample and named in the log once, so one bad file cannot end a long run; with `strict` it
+    raises `BadImageError` instead.
+    """
+
+    def __init__(self, samples: list[tuple[str, int]], transform, strict: bool = False, decode=load_rgb):
+        self.samples = samples
+        self.transform = transform
+        self.strict = strict
+        self.decode = decode
+        self.failed: set[str] = set()
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int):
+        attempts = min(len(self.samples), LOAD_ATTEMPTS)
+        for attempt in range(attempts):
+            path, label = self.samples[(index + attempt) % len(self.samples)]
+            try:
+                return self.transform(self.decode(path)), label
+            except (OSError, SyntaxError, ValueError) as e:
+                reason = f"{type(e).__name__}: {e}"
+                if self.strict:
+                    raise BadImageError(
+                        f"cannot load {path} ({reason}): remove or replace the file, or drop "
+                        f"--data.strict to skip unreadable files"
+                    ) from None
+                if path not in self.failed:
+                    self.failed.add(path)
+                    log.warning("skipping unreadable image %s (%s); using the next image instead", path, reason)
+        raise BadImageError(
+            f"{attempts} images in a row failed to load, the last {path} ({reason}): check the data folder"
+        )
