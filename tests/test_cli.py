@@ -278,13 +278,13 @@ def test_bad_variant_is_a_clear_error(tmp_path):
 
 def test_demo_settings_apply_only_to_the_demo_data_and_under_what_the_user_gives(tmp_path, capsys, monkeypatch):
     demo_fit = yaml.safe_load(print_config(["fit"], capsys, monkeypatch, tmp_path))
-    assert demo_fit["data"]["image_size"] == 64 and demo_fit["trainer"]["max_epochs"] == 40
+    assert demo_fit["data"]["image_size"] == 64 and demo_fit["trainer"]["max_epochs"] == 50
     assert demo_fit["model"]["lr"] == 0.002 and demo_fit["data"]["crop_scale"] == [0.35, 1.0]
     # a chosen variant keeps its resolution on the demo data; flags win over the demo's settings
     b3 = yaml.safe_load(
         print_config(["fit", "--model.variant", "b3", "--model.lr", "0.01"], capsys, monkeypatch, tmp_path)
     )
-    assert b3["data"]["image_size"] is None and b3["model"]["lr"] == 0.01 and b3["trainer"]["max_epochs"] == 40
+    assert b3["data"]["image_size"] is None and b3["model"]["lr"] == 0.01 and b3["trainer"]["max_epochs"] == 50
     # the user's own data: none of the demo's settings
     own = ["fit", "--config", ROOT / "configs" / "b3.yaml", "--data.root", tmp_path]
     b3_own = yaml.safe_load(print_config(own, capsys, monkeypatch, tmp_path))

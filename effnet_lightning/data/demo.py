@@ -42,7 +42,7 @@ FIT_SETTINGS = {
         "drop_path_rate": 0.05,
     },
     "data": {"image_size": 64, "crop_scale": [0.35, 1.0], "batch_size": 32, "num_workers": 2},
-    "trainer": {"max_epochs": 40},
+    "trainer": {"max_epochs": 50},
 }
 
 
