@@ -1,6 +1,7 @@
 """Fine-tuning: pretrained weights beat training from scratch, the staged schedule freezes and
 then trains the backbone, BatchNorm freezing, and the class-imbalance options."""
 
+import csv
 import shutil
 from collections import Counter
 
@@ -8,6 +9,7 @@ import lightning as L
 import pytest
 import torch
 from cli_helpers import CSV, ROOT, fit_summary, printed_metric, run_cli
+from PIL import Image
 
 from effnet_lightning.data import demo
 from effnet_lightning.data.datamodule import ImageFolderDataModule
@@ -245,3 +247,52 @@ def test_evaluating_needs_a_trained_classifier_but_a_trained_module_in_python_is
     trainer = _tiny_trainer(1)
     trainer.fit(fresh, datamodule=data)
     trainer.test(fresh, datamodule=data)  # trained in this process: allowed
+
+
+@pytest.fixture(scope="module")
+def small_gray(demo_root, tmp_path_factory):
+    """The demo shapes as 32-px grayscale images (100 train / 30 val per class): far from
+    ImageNet in size and look, as many users' data sets are."""
+    root = tmp_path_factory.mktemp("gray32")
+    for split in ("train", "val"):
+        for path in (demo_root / split).rglob("*.png"):
+            out = root / split / path.parent.name / path.name
+            out.parent.mkdir(parents=True, exist_ok=True)
+            Image.open(path).convert("L").resize((32, 32), Image.BILINEAR).save(out)
+    return root
+
+
+def _val_acc_per_epoch(folder) -> list[float]:
+    rows = csv.DictReader(next(folder.rglob("metrics.csv")).open())
+    return [float(r["val/acc"]) for r in rows if r.get("val/acc")]
+
+
+@pytest.mark.slow
+def test_finetune_config_does_not_degrade_after_unfreezing_where_batch_statistics_do(tmp_path, small_gray):
+    args = [
+        "fit",
+        "--config",
+        ROOT / "configs" / "finetune.yaml",
+        "--data.root",
+        small_gray,
+        "--model.variant",
+        "lite0",
+        "--model.weights",
+        "imagenet",
+        "--data.image_size",
+        "64",
+        "--data.num_workers",
+        "0",
+        "--trainer.max_epochs",
+        "3",
+        "--trainer.enable_progress_bar",
+        "false",
+        *CSV,
+    ]
+    run_cli([*args, "--trainer.default_root_dir", "new"], tmp_path)
+    run_cli([*args, "--trainer.default_root_dir", "old", "--model.freeze_bn", "false"], tmp_path)
+    new, old = _val_acc_per_epoch(tmp_path / "new"), _val_acc_per_epoch(tmp_path / "old")
+    print(f"val/acc per epoch (epoch 0: classifier only): configs/finetune.yaml {new}, freeze_bn false {old}")
+    assert len(new) == len(old) == 3 and new[0] == old[0]  # the same classifier-only epoch
+    assert old[-1] < old[0]  # training BatchNorm on these batches makes every later epoch worse
+    assert new[-1] >= new[0]  # the shipped config does not
