@@ -35,15 +35,16 @@ from effnet_lightning.models.state_dicts import read_checkpoint
 from effnet_lightning.training.module import EfficientNetModule
 
 
+def batchnorms(model: nn.Module) -> list[nn.Module]:
+    return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+
+
 def accuracy(model: nn.Module, loader: DataLoader, batch_stats: bool = False) -> float:
     """Top-1 in evaluation mode; with `batch_stats`, on a copy whose BatchNorm layers normalise
     each batch by its own statistics (training mode), everything else in evaluation mode."""
-    if batch_stats:
-        model = copy.deepcopy(model)
-    model.eval()
-    for m in model.modules():
-        if batch_stats and isinstance(m, nn.modules.batchnorm._BatchNorm):
-            m.train()
+    model = copy.deepcopy(model).eval() if batch_stats else model.eval()
+    for bn in batchnorms(model) if batch_stats else ():
+        bn.train()
     correct = total = 0
     with torch.no_grad():
         for images, targets in loader:
@@ -55,7 +56,7 @@ def accuracy(model: nn.Module, loader: DataLoader, batch_stats: bool = False) ->
 def recalibrate(model: nn.Module, loader: DataLoader) -> None:
     """Running statistics = exact averages over the loader's images (momentum None), with
     dropout and stochastic depth off."""
-    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    bns = batchnorms(model)
     momenta = [bn.momentum for bn in bns]
     model.eval()
     for bn in bns:
@@ -98,14 +99,14 @@ def main(argv: list[str] | None = None) -> dict:
         dataset = ImageFileDataset(data.splits[split], transform)
         return DataLoader(dataset, batch_size=args.batch_size, shuffle=shuffle, generator=generator)
 
-    stored_means = [m.running_mean.clone() for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+    stored_means = [bn.running_mean.clone() for bn in batchnorms(model)]
     result = {
         "stored": accuracy(model, loader("val")),
         "batch": accuracy(model, loader("val", shuffle=True), batch_stats=True),
     }
     recalibrate(model, loader("train"))
     result["recalibrated"] = accuracy(model, loader("val"))
-    new_means = [m.running_mean for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+    new_means = [bn.running_mean for bn in batchnorms(model)]
     result["max_relative_mean_shift"] = max(
         float((new - old).norm() / new.norm().clamp(min=1e-8)) for old, new in zip(stored_means, new_means)
     )
