@@ -1,5 +1,6 @@
 """Running the real command line from tests: `python cli.py ...` in a subprocess."""
 
+import csv
 import os
 import re
 import subprocess
@@ -54,3 +55,12 @@ def fit_summary(output: str) -> tuple[float, str]:
 def last_error_line(output) -> str:
     assert output.returncode == 2 and "Traceback" not in output.stderr, output.stderr[-3000:]
     return output.stderr.strip().splitlines()[-1]
+
+
+def train_losses(cwd: Path, metric: str = "train/loss_step") -> dict[int, float]:
+    """{step: training loss} (or another per-step `metric`) from every CSV log under cwd/runs."""
+    values = {}
+    for path in sorted((cwd / "runs").glob("version_*/metrics.csv")):
+        with open(path, newline="") as f:
+            values |= {int(r["step"]): float(r[metric]) for r in csv.DictReader(f) if r.get(metric)}
+    return values

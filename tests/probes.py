@@ -145,3 +145,42 @@ class ResumeStateProbe(L.Callback):
         }
         with open(os.environ["PROBE_FILE"], "w") as f:
             json.dump(record, f)
+
+
+class StopAfterEpoch(L.Callback):
+    """Stops the fit at the end of epoch $PROBE_EPOCH, as a job that ran out of time at an epoch
+    boundary would (the checkpoint callback has saved `last` by then)."""
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        if trainer.current_epoch == int(os.environ["PROBE_EPOCH"]):
+            trainer.should_stop = True
+
+
+class InputSizeProbe(L.Callback):
+    """Appends to $PROBE_FILE.<rank> one JSON line per batch: the stage of the run (train, val,
+    test), the epoch, the global step and the batch's image size (validation: per loader)."""
+
+    def _write(self, trainer, stage, batch, loader=0):
+        record = {
+            "stage": stage,
+            "epoch": trainer.current_epoch,
+            "step": trainer.global_step,
+            "size": list(batch[0].shape[-2:]),
+            "loader": loader,
+        }
+        with open(f"{os.environ['PROBE_FILE']}.{trainer.global_rank}", "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        self._write(trainer, "train", batch)
+
+    def on_validation_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0):
+        if not trainer.sanity_checking:
+            self._write(trainer, "val", batch, dataloader_idx)
+
+    def on_test_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0):
+        self._write(trainer, "test", batch, dataloader_idx)
+
+
+def read_input_sizes(probe_file, rank: int = 0) -> list[dict]:
+    return [json.loads(line) for line in Path(f"{probe_file}.{rank}").read_text().splitlines()]

@@ -2,7 +2,6 @@
 while a checkpoint is written, pickled code in a weights file, a NaN loss, and a process of a
 DDP job dying. Each test checks its row of docs/faults.md (see fault_doc.py)."""
 
-import csv
 import json
 import os
 import re
@@ -15,7 +14,7 @@ from pathlib import Path
 import lightning
 import pytest
 import torch
-from cli_helpers import CSV, ROOT, TINY, last_error_line, run_cli
+from cli_helpers import CSV, ROOT, TINY, last_error_line, run_cli, train_losses
 from fault_doc import expect, rows
 from probes import state_sums as sums
 
@@ -261,17 +260,6 @@ def test_ctrl_c_stops_at_the_batch_boundary_and_saves(tmp_path, small_root):
     assert "fit stopped by a signal at step 3 (epoch 0): saved runs/version_0/checkpoints/last.ckpt" in out.stdout
     assert torch.load(tmp_path / record(tmp_path)["last_model_path"], weights_only=True)["global_step"] == 3
     expect("sigint", "Ctrl+C: stopping after this batch and saving a checkpoint", "130")
-
-
-def train_losses(cwd: Path) -> dict[int, float]:
-    """{step: training loss} from every CSV log under cwd/runs."""
-    losses = {}
-    for path in sorted((cwd / "runs").glob("version_*/metrics.csv")):
-        with open(path, newline="") as f:
-            losses |= {
-                int(r["step"]): float(r["train/loss_step"]) for r in csv.DictReader(f) if r.get("train/loss_step")
-            }
-    return losses
 
 
 @pytest.mark.slow

@@ -66,6 +66,7 @@ from effnet_lightning.models.state_dicts import read_checkpoint
 from effnet_lightning.tools.export import FORMATS, Format, export_model
 from effnet_lightning.training.ema import EMA
 from effnet_lightning.training.module import EfficientNetModule
+from effnet_lightning.training.progressive import ProgressiveLearning
 
 RUNS_DIR = "runs"
 WANDB_LOGGER = "effnet_lightning.cli.loggers.WandbLogger"
@@ -157,6 +158,7 @@ class EffNetCLI(LightningCLI):
         parser.add_lightning_class_args(FitSummary, "summary")
         parser.add_lightning_class_args(WandbValidationReport, "wandb_report")
         parser.add_lightning_class_args(EMA, "ema")
+        parser.add_lightning_class_args(ProgressiveLearning, "stages")
         parser.add_lightning_class_args(EvaluationReport, "report")
         parser.add_lightning_class_args(PredictionWriter, "predictions")
         parser.add_lightning_class_args(GracefulInterrupt, "interrupt")

@@ -9,13 +9,17 @@ Grayscale, palette, RGBA (composited on white) and 16-bit images load as RGB. Fi
 not readable images (empty, truncated, another format under an image extension) are skipped
 and listed in the log, or stop the run with `strict`.
 The crop size follows the model variant (b3 -> 300) unless `image_size` overrides it; the
-resize, interpolation and normalisation follow the weights in use.
+evaluation crop is `eval_image_size` (by default the training size), resized first to
+size / crop fraction as the weights were evaluated; interpolation and normalisation follow the
+weights in use. Progressive learning (`stages`) grows the training size and regularisation over
+the run; the data module asks the schedule for each epoch's settings.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
 import lightning as L
@@ -36,6 +40,7 @@ from effnet_lightning.data.folders import (
     list_images,
     stratified_split,
 )
+from effnet_lightning.data.stages import Stage
 from effnet_lightning.data.transforms import Augment, MixCollate, eval_transform, train_transform
 from effnet_lightning.models.preprocessing import Preprocessing
 
@@ -53,13 +58,19 @@ class ImageFolderDataModule(L.LightningDataModule):
         root: folder with train/ and val/ (optional test/), or one folder of class folders.
             None: the built-in demo dataset, generated into data/demo on first use (predict
             and export with a checkpoint need no labelled folder).
-        image_size: crop size; None follows the model (b0 224, b3 300, ...).
+        image_size: training crop size; None follows the model (b0 224, b3 300, ...).
+        eval_image_size: evaluation crop size (validate, test, predict; `val/acc` is measured
+            at it), resized first to size / the weights' crop fraction. None: `image_size`
+            when given, else what the weights or the variant evaluate at.
+        extra_eval_sizes: more evaluation sizes validated in the same run, logged as
+            `val/acc@<size>`.
         batch_size: per device: the global batch is batch_size x devices x nodes.
         num_workers: loader processes per device.
         val_fraction: share of each class held out for validation when root has no val/.
         seed: for that split.
         augment: extra training augmentation: none, autoaugment, randaugment or
             trivialaugment.
+        randaugment_magnitude: RandAugment's magnitude (0-30; with `stages`, the last stage's).
         random_erasing: probability of erasing a random rectangle of a training image.
         mixup_alpha, cutmix_alpha: MixUp / CutMix of training batches (0: off; both on: one
             of the two per batch). Targets become class probabilities; the loss takes them.
@@ -85,11 +96,14 @@ class ImageFolderDataModule(L.LightningDataModule):
         self,
         root: str | None = None,
         image_size: int | None = None,
+        eval_image_size: int | None = None,
+        extra_eval_sizes: list[int] | None = None,
         batch_size: int = 32,
         num_workers: int = 2,
         val_fraction: float = 0.2,
         seed: int = 42,
         augment: Augment = "none",
+        randaugment_magnitude: int = 9,
         crop_scale: tuple[float, float] = (0.08, 1.0),
         random_erasing: float = 0.0,
         mixup_alpha: float = 0.0,
@@ -105,8 +119,13 @@ class ImageFolderDataModule(L.LightningDataModule):
         super().__init__()
         if batch_size < 1:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
-        if image_size is not None and image_size < 1:
-            raise ValueError(f"image_size must be positive, got {image_size}")
+        for name, size in [("image_size", image_size), ("eval_image_size", eval_image_size)] + [
+            ("extra_eval_sizes", s) for s in extra_eval_sizes or []
+        ]:
+            if size is not None and size < 1:
+                raise ValueError(f"{name} must be positive, got {size}")
+        if not 0 <= randaugment_magnitude <= 30:
+            raise ValueError(f"randaugment_magnitude must be in 0-30, got {randaugment_magnitude}")
         if not 0 < crop_scale[0] <= crop_scale[1] <= 1:
             raise ValueError(f"crop_scale must satisfy 0 < min <= max <= 1, got {tuple(crop_scale)}")
         if not 0 <= random_erasing <= 1 or mixup_alpha < 0 or cutmix_alpha < 0:
@@ -117,7 +136,13 @@ class ImageFolderDataModule(L.LightningDataModule):
         # The preprocessing and class names are logged once, by the model.
         self.save_hyperparameters(ignore=["preprocessing", "class_names"])
         pre = Preprocessing(**preprocessing) if preprocessing else Preprocessing.for_resolution(224)
-        self.preprocessing = pre.resized(image_size) if image_size else pre
+        self.train_size = image_size or pre.crop_size
+        eval_size = eval_image_size or image_size or pre.crop_size
+        self.preprocessing = pre.resized(eval_size) if eval_size != pre.crop_size else pre  # evaluation's
+        self.extra_eval_sizes = [s for s in dict.fromkeys(extra_eval_sizes or []) if s != eval_size]
+        # Progressive learning: epoch -> that epoch's training settings (set by the `stages` callback).
+        self.stage_at: Callable[[int], Stage] | None = None
+        self._loaders: dict[str, tuple[tuple, DataLoader]] = {}
         self.predict_root = Path(predict_root).expanduser() if predict_root else None
         if self.predict_root is not None and not self.predict_root.is_dir():
             raise FileNotFoundError(f"--data.predict_root {self.predict_root} is not a folder: give a folder of images")
@@ -191,10 +216,11 @@ class ImageFolderDataModule(L.LightningDataModule):
         digest = self._check_same_on_every_rank()
         counts = ", ".join(f"{k} {len(v)}" for k, v in self.splits.items())
         log.info(
-            "data: %s, %d classes, images: %s, crop %d, listing %s",
+            "data: %s, %d classes, images: %s, training crop %d, evaluation crop %d, listing %s",
             self.root,
             self.num_classes,
             counts,
+            self.train_size,
             self.preprocessing.crop_size,
             digest,
         )
@@ -206,7 +232,7 @@ class ImageFolderDataModule(L.LightningDataModule):
         cost in compute and no gain in detail."""
         paths = [path for path, _ in self.splits["train"][:: max(1, len(self.splits["train"]) // 20)]]
         sides = sorted(side for side in (min(image_size(path)) for path in paths) if side)
-        crop = self.preprocessing.crop_size
+        crop = self.train_size
         if sides and sides[len(sides) // 2] * 2 <= crop:
             log.warning(
                 "the training images are much smaller than the crop (median short side %d px, crop %d px): each is "
@@ -270,13 +296,33 @@ class ImageFolderDataModule(L.LightningDataModule):
     def predict_paths(self) -> list[str]:
         return [path for path, _ in self.splits["predict"]]
 
-    def _loader(self, split: str, train: bool) -> DataLoader:
+    def train_stage(self) -> Stage:
+        """The training settings of the current epoch: its stage's under progressive learning,
+        else the data module's own."""
+        epoch = self.trainer.current_epoch if self.trainer is not None else 0
+        if self.stage_at is not None:
+            return self.stage_at(epoch)
         hp = self.hparams
+        return Stage(0, 1, self.train_size, hp.randaugment_magnitude, hp.mixup_alpha, hp.cutmix_alpha)
+
+    def _loader(self, split: str, pre: Preprocessing, stage: Stage | None = None) -> DataLoader:
+        """The loader of `split` at `pre`'s size (training: with `stage`'s augmentation). The
+        trainer asks again every epoch under progressive learning: the same settings hand back
+        the same loader, so its worker processes live on."""
+        hp = self.hparams
+        distributed = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+        key = (pre, stage, distributed)
+        cached = self._loaders.get(f"{split}@{pre.crop_size}")
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        train = stage is not None
         if train:
-            transform = train_transform(self.preprocessing, hp.augment, hp.crop_scale, hp.random_erasing)
+            transform = train_transform(
+                pre.resized(stage.image_size), hp.augment, hp.crop_scale, hp.random_erasing, stage.randaugment_magnitude
+            )
         else:
-            transform = eval_transform(self.preprocessing)
-        mixing = train and (hp.mixup_alpha > 0 or hp.cutmix_alpha > 0)
+            transform = eval_transform(pre)
+        mixing = train and (stage.mixup_alpha > 0 or stage.cutmix_alpha > 0)
         # Training decodes straight to tensors (faster; see benchmarks/input_pipeline.py); evaluation
         # reads through PIL, as the pretrained weights were evaluated.
         decode = decode_rgb if train else load_rgb
@@ -287,12 +333,13 @@ class ImageFolderDataModule(L.LightningDataModule):
             counts = self.class_counts()
             weights = [1.0 / counts[label] for _, label in dataset.samples]
             sampler = WeightedRandomSampler(weights, num_samples=len(weights), replacement=True)
-        elif split in ("val", "test") and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        elif split in ("val", "test") and distributed:
             # Every image exactly once across ranks (no padding duplicates), so metrics equal a
             # single-process run. (Lightning does the same for predict.)
             sampler = UnrepeatedDistributedSampler(dataset, shuffle=False)
         workers = hp.num_workers
-        return DataLoader(
+        collate = MixCollate(self.num_classes, stage.mixup_alpha, stage.cutmix_alpha) if mixing else None
+        loader = DataLoader(
             dataset,
             batch_size=hp.batch_size,
             shuffle=train and sampler is None,
@@ -301,20 +348,26 @@ class ImageFolderDataModule(L.LightningDataModule):
             persistent_workers=workers > 0,
             pin_memory=torch.cuda.is_available(),
             drop_last=train and len(dataset) > hp.batch_size,
-            collate_fn=MixCollate(self.num_classes, hp.mixup_alpha, hp.cutmix_alpha) if mixing else None,
+            collate_fn=collate,
         )
+        self._loaders[f"{split}@{pre.crop_size}"] = (key, loader)
+        return loader
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader("train", train=True)
+        return self._loader("train", self.preprocessing, self.train_stage())
 
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val", train=False)
+    def val_dataloader(self) -> DataLoader | list[DataLoader]:
+        """At the evaluation size; with `extra_eval_sizes`, one more loader per size."""
+        main = self._loader("val", self.preprocessing)
+        if not self.extra_eval_sizes:
+            return main
+        return [main, *(self._loader("val", self.preprocessing.resized(size)) for size in self.extra_eval_sizes)]
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader("test", train=False)
+        return self._loader("test", self.preprocessing)
 
     def predict_dataloader(self) -> DataLoader:
-        return self._loader("predict", train=False)
+        return self._loader("predict", self.preprocessing)
 
 
 def check_same_listing(digests: list[str]) -> None:

@@ -15,11 +15,15 @@ Augment = Literal["none", "autoaugment", "randaugment", "trivialaugment"]
 
 
 def train_transform(
-    pre: Preprocessing, augment: str = "none", crop_scale=(0.08, 1.0), random_erasing: float = 0.0
+    pre: Preprocessing,
+    augment: str = "none",
+    crop_scale=(0.08, 1.0),
+    random_erasing: float = 0.0,
+    randaugment_magnitude: int = 9,
 ) -> v2.Compose:
     """Random-resized crop and flip, then `augment` (autoaugment: the ImageNet policy,
-    randaugment: 2 ops at magnitude 9, trivialaugment: TrivialAugment Wide) on uint8 images,
-    normalisation, and random erasing with probability `random_erasing`."""
+    randaugment: 2 ops at `randaugment_magnitude`, trivialaugment: TrivialAugment Wide) on uint8
+    images, normalisation, and random erasing with probability `random_erasing`."""
     interpolation = v2.InterpolationMode(pre.interpolation)
     crop = v2.RandomResizedCrop(pre.crop_size, scale=tuple(crop_scale), interpolation=interpolation, antialias=True)
     ops = [v2.ToImage(), crop, v2.RandomHorizontalFlip()]
@@ -27,7 +31,7 @@ def train_transform(
     if augment == "autoaugment":
         ops.append(v2.AutoAugment(v2.AutoAugmentPolicy.IMAGENET, interpolation=geometric))
     elif augment == "randaugment":
-        ops.append(v2.RandAugment(interpolation=geometric))
+        ops.append(v2.RandAugment(magnitude=int(randaugment_magnitude), interpolation=geometric))
     elif augment == "trivialaugment":
         ops.append(v2.TrivialAugmentWide(interpolation=geometric))
     elif augment != "none":

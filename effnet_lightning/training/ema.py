@@ -75,7 +75,7 @@ class EMA(WeightAveraging):
         self._raw = torch.zeros(3, dtype=torch.float64, device=pl_module.device)  # loss sum, correct, images
 
     def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
-        if self._average_model is None or not self.validate_raw:
+        if self._average_model is None or not self.validate_raw or dataloader_idx:
             return
         raw = self._average_model.module  # holds the raw weights while validation runs
         images, targets = batch

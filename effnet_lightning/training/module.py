@@ -1,7 +1,8 @@
 """The LightningModule: an EfficientNet from `create_model`, its loss, metrics and optimizer.
 
 Metrics are logged under `train/`, `val/`, `test/`: `loss`, `acc` (top-1) and `acc_top5`,
-micro-averaged over samples. `predict` returns class probabilities per image.
+micro-averaged over samples, at the data's evaluation size; `val/acc@<size>` at each of its
+extra evaluation sizes. `predict` returns class probabilities per image.
 """
 
 from __future__ import annotations
@@ -145,6 +146,7 @@ class EfficientNetModule(L.LightningModule):
         self.hparams["preprocessing"] = self.model.provenance.preprocessing.to_dict()
         self.hparams["model_options"] = {**self.model.provenance.build.changes(), **(model_options or {})} or None
         self.metrics = nn.ModuleDict({f"{stage}_metrics": self._make_metrics(num_classes, stage) for stage in STAGES})
+        self.extra_val_acc = nn.ModuleDict()  # size -> top-1 there (`extra_eval_sizes`), made in setup
         self.val_confusion = MulticlassConfusionMatrix(num_classes)
         self.test_confusion = MulticlassConfusionMatrix(num_classes)
 
@@ -203,14 +205,28 @@ class EfficientNetModule(L.LightningModule):
             prog_bar=True,
             batch_size=len(labels),
             sync_dist=stage != "train",
+            add_dataloader_idx=False,  # val/ names the evaluation size's loader; extra sizes log val/acc@<size>
         )
-        self.log_dict(metrics, on_step=False, on_epoch=True, prog_bar=stage != "train", batch_size=len(labels))
+        self.log_dict(
+            metrics,
+            on_step=False,
+            on_epoch=True,
+            prog_bar=stage != "train",
+            batch_size=len(labels),
+            add_dataloader_idx=False,
+        )
         return {"loss": loss, "preds": logits.argmax(1)}
 
     def training_step(self, batch, batch_idx):
         return self.model_step(batch, "train")
 
-    def validation_step(self, batch, batch_idx):
+    def validation_step(self, batch, batch_idx, dataloader_idx=0):
+        if dataloader_idx:  # an extra evaluation size
+            images, targets = batch
+            size = str(images.shape[-1])
+            self.extra_val_acc[size](self(images), targets)
+            self.log(f"val/acc@{size}", self.extra_val_acc[size], batch_size=len(targets), add_dataloader_idx=False)
+            return None
         out = self.model_step(batch, "val")
         self.val_confusion.update(out["preds"], batch[1])
         return out
@@ -253,6 +269,9 @@ class EfficientNetModule(L.LightningModule):
         if datamodule is not None and hasattr(datamodule, "preprocessing"):
             self.model.provenance = self.model.provenance.with_preprocessing(datamodule.preprocessing)
             self.hparams["preprocessing"] = datamodule.preprocessing.to_dict()
+        for size in getattr(datamodule, "extra_eval_sizes", []):
+            if str(size) not in self.extra_val_acc:
+                self.extra_val_acc[str(size)] = MulticlassAccuracy(self.hparams.num_classes, top_k=1, average="micro")
         if stage == "fit" and self.hparams.class_weighted_loss:
             if not hasattr(datamodule, "class_counts"):
                 raise ValueError("class_weighted_loss needs a data module with class_counts()")
@@ -329,6 +348,13 @@ class EfficientNetModule(L.LightningModule):
             f"{trainer.world_size} devices x {trainer.accumulate_grad_batches} accumulated): {lr:g}"
         )
         return lr
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        # The evaluation size is the preprocessing's crop (test / predict / export use it); the
+        # training size is recorded beside it.
+        datamodule = getattr(self.trainer, "datamodule", None)
+        if datamodule is not None and hasattr(datamodule, "train_size"):
+            checkpoint["image_sizes"] = {"train": datamodule.train_size, "eval": datamodule.preprocessing.crop_size}
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self._trained = True
