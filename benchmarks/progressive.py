@@ -53,10 +53,10 @@ def run(config: str, seed: int, args, work: Path) -> list[dict]:
     folder = work / f"{config}-seed{seed}"
     folder.mkdir(parents=True)
     clock = folder / "clock.jsonl"
-    cmd = [sys.executable, str(ROOT / "cli.py"), "fit", "--seed_everything", str(seed), *CONFIGS[config]]
-    cmd += ["--trainer.logger", "CSVLogger", "--trainer.enable_progress_bar", "false"]
+    # After the user's flags, so that a --config among them does not set the seed back.
+    cmd = [sys.executable, str(ROOT / "cli.py"), "fit", *args.fit_flags, "--seed_everything", str(seed)]
+    cmd += [*CONFIGS[config], "--trainer.logger", "CSVLogger", "--trainer.enable_progress_bar", "false"]
     cmd += ["--trainer.callbacks+=progressive.EpochClock", "--data.extra_eval_sizes", json.dumps(args.eval_sizes)]
-    cmd += args.fit_flags
     env = {**os.environ, "CLOCK_FILE": str(clock), "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'benchmarks'}"}
     if "--data.root" not in args.fit_flags:
         os.symlink(ROOT / "data", folder / "data")  # the demo data, generated once

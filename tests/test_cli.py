@@ -248,6 +248,7 @@ def test_shipped_configs_parse(tmp_path, capsys, monkeypatch, demo_root):
         "recipes/paper.yaml",
         "recipes/modern.yaml",
         "default.yaml",
+        "progressive.yaml",
     }
     for path in paths:
         config = yaml.safe_load(print_config(["fit", "--config", path], capsys, monkeypatch, tmp_path))
@@ -268,6 +269,8 @@ def test_shipped_configs_parse(tmp_path, capsys, monkeypatch, demo_root):
             assert config["data"]["augment"] == "autoaugment" and config["model"]["lr_base_batch"] == 256
         if path.stem == "modern":
             assert config["model"]["optimizer"] == "sgd" and config["data"]["mixup_alpha"] == 0.2
+        if path.stem == "progressive":
+            assert config["stages"] == {"count": 4, "start": 0.5, "ramp": ["randaugment", "mixup", "cutmix", "dropout"]}
 
 
 def test_bad_variant_is_a_clear_error(tmp_path):
