@@ -1,5 +1,6 @@
 import os
 import shutil
+import tempfile
 
 import pytest
 import torch
@@ -9,6 +10,9 @@ from effnet_lightning.data import demo
 # No test may reach the network or prompt for W&B credentials.
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
+# Hub weights come only from caches the tests build (test_hub.py), never from a real cache or the hub.
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["HF_HUB_CACHE"] = tempfile.mkdtemp(prefix="empty-hf-cache-")
 
 
 def randomise_batchnorm(model: torch.nn.Module, seed: int = 0, in_channels: int = 3, size: int = 64) -> torch.nn.Module:

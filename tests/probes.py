@@ -158,7 +158,8 @@ class StopAfterEpoch(L.Callback):
 
 class InputSizeProbe(L.Callback):
     """Appends to $PROBE_FILE.<rank> one JSON line per batch: the stage of the run (train, val,
-    test), the epoch, the global step and the batch's image size (validation: per loader)."""
+    test), the epoch, the global step, the batch's image size (validation: per loader) and its
+    smallest and largest normalised pixel."""
 
     def _write(self, trainer, stage, batch, loader=0):
         record = {
@@ -167,6 +168,8 @@ class InputSizeProbe(L.Callback):
             "step": trainer.global_step,
             "size": list(batch[0].shape[-2:]),
             "loader": loader,
+            "min": float(batch[0].min()),
+            "max": float(batch[0].max()),
         }
         with open(f"{os.environ['PROBE_FILE']}.{trainer.global_rank}", "a") as f:
             f.write(json.dumps(record) + "\n")

@@ -78,11 +78,18 @@ def test_imagenet_download_offline_says_where_to_put_the_file(tmp_path):
     assert last.endswith(f"without internet, fetch that file elsewhere and put it at {expected}")
 
 
-def test_no_imagenet_weights_for_unpublished_variants():
+def test_imagenet_weights_of_the_variants_without_a_local_source_say_where_they_are():
     with pytest.raises(
-        WeightsError, match="no ImageNet weights for variant 'lite4': they exist for b0-b7 and lite0-lite2"
+        WeightsError, match="no ImageNet weights for variant 'b8': .* \\(b8, l2: weights='ap' or 'ns'\\)"
     ):
+        create_model("b8", weights="imagenet")
+    # lite3 / lite4 come from the hub: offline with an empty cache, one line says how to fill it
+    with pytest.raises(WeightsError) as error:
         create_model("lite4", weights="imagenet")
+    assert str(error.value) == (
+        "timm/tf_efficientnet_lite4.in1k is not in the Hugging Face cache and the hub cannot be reached: run "
+        "`hf download timm/tf_efficientnet_lite4.in1k` where there is internet (or unset HF_HUB_OFFLINE)"
+    )
 
 
 def test_missing_lite_package_is_a_clear_error():

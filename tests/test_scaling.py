@@ -51,6 +51,9 @@ def test_table_holds_the_published_coefficients():
         "b5": (1.6, 2.2, 456, 0.4),
         "b6": (1.8, 2.6, 528, 0.5),
         "b7": (2.0, 3.1, 600, 0.5),
+        # TF's efficientnet_builder.py, for the AdvProp / NoisyStudent weights
+        "b8": (2.2, 3.6, 672, 0.5),
+        "l2": (4.3, 5.3, 800, 0.5),
     }
 
 

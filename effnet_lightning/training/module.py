@@ -29,9 +29,11 @@ class EfficientNetModule(L.LightningModule):
     """Train, validate and test an EfficientNet.
 
     Args:
-        variant: b0-b7, lite0-lite4 or phi<x>.
+        variant: b0-b8, l2, lite0-lite4 or phi<x>. None: the one hub weights are for, else b0
+            (checkpoints record the variant built).
         num_classes: set from the data by the CLI; nobody types it.
-        weights: None (from scratch), "imagenet", or a weights file (see `create_model`).
+        weights: None (from scratch), "imagenet", a published set ("ns", "ap", ...),
+            "hf-hub:<repo>[@revision]", or a weights file (see `create_model`).
         weights_only: read the weights file without running pickled code in it (torch.load's
             weights_only); false only for files you trust.
         class_names: set from the data by the CLI; saved in checkpoints.
@@ -76,7 +78,7 @@ class EfficientNetModule(L.LightningModule):
 
     def __init__(
         self,
-        variant: str = "b0",
+        variant: str | None = None,
         num_classes: int = 1000,
         weights: str | None = None,
         weights_only: bool = True,
@@ -143,6 +145,7 @@ class EfficientNetModule(L.LightningModule):
         self.class_names = list(class_names) if class_names else [str(i) for i in range(num_classes)]
         # Plain types, so the checkpoint loads with torch.load(weights_only=True). The settings the
         # weights chose (SAME padding, BatchNorm eps) are kept, so the checkpoint rebuilds this network.
+        self.hparams["variant"] = self.model.variant.name
         self.hparams["preprocessing"] = self.model.provenance.preprocessing.to_dict()
         self.hparams["model_options"] = {**self.model.provenance.build.changes(), **(model_options or {})} or None
         self.metrics = nn.ModuleDict({f"{stage}_metrics": self._make_metrics(num_classes, stage) for stage in STAGES})
