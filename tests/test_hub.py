@@ -154,7 +154,7 @@ def test_b8_and_l2_match_timms_networks():
     theirs = timm.create_model("tf_efficientnet_b8", pretrained=False)
     ours = create_model("b8", weights=theirs.state_dict())
     assert sum(p.numel() for p in ours.parameters()) == sum(p.numel() for p in theirs.parameters())
-    assert ours.provenance.build.padding == "same" and ours.variant.resolution == 672
+    assert ours.variant.resolution == 672
     # l2 (480 M parameters): the same count, without allocating it
     with torch.device("meta"):
         theirs = timm.create_model("tf_efficientnet_l2", pretrained=False)

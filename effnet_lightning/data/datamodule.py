@@ -33,6 +33,7 @@ from effnet_lightning.data.decode import decode_rgb, load_rgb
 from effnet_lightning.data.folders import (
     BadImageError,
     ImageFileDataset,
+    SeededOrder,
     find_bad_images,
     find_classes,
     image_size,
@@ -296,12 +297,19 @@ class ImageFolderDataModule(L.LightningDataModule):
     def predict_paths(self) -> list[str]:
         return [path for path, _ in self.splits["predict"]]
 
+    def next_epoch(self) -> int:
+        """The training epoch that runs next. (While a resumed fit builds its first loader,
+        `Trainer.current_epoch` still names the last finished epoch; the fit loop's progress
+        counter, which has no other public accessor, already names the next.)"""
+        if self.trainer is None:
+            return 0
+        return self.trainer.fit_loop.epoch_progress.current.processed
+
     def train_stage(self) -> Stage:
-        """The training settings of the current epoch: its stage's under progressive learning,
+        """The training settings of the next epoch: its stage's under progressive learning,
         else the data module's own."""
-        epoch = self.trainer.current_epoch if self.trainer is not None else 0
         if self.stage_at is not None:
-            return self.stage_at(epoch)
+            return self.stage_at(self.next_epoch())
         hp = self.hparams
         return Stage(0, 1, self.train_size, hp.randaugment_magnitude, hp.mixup_alpha, hp.cutmix_alpha)
 
@@ -333,6 +341,10 @@ class ImageFolderDataModule(L.LightningDataModule):
             counts = self.class_counts()
             weights = [1.0 / counts[label] for _, label in dataset.samples]
             sampler = WeightedRandomSampler(weights, num_samples=len(weights), replacement=True)
+        elif train:
+            # Order and augmentation from (seed, epoch) alone: resumes and rebuilt loaders replay
+            # them exactly (Lightning wraps the sampler for DDP, shuffling by seed and epoch).
+            sampler = SeededOrder(len(dataset), torch.initial_seed(), self.next_epoch)
         elif split in ("val", "test") and distributed:
             # Every image exactly once across ranks (no padding duplicates), so metrics equal a
             # single-process run. (Lightning does the same for predict.)
@@ -349,6 +361,9 @@ class ImageFolderDataModule(L.LightningDataModule):
             pin_memory=torch.cuda.is_available(),
             drop_last=train and len(dataset) > hp.batch_size,
             collate_fn=collate,
+            # Its own generator: starting an iteration (resumes and sanity checks start more of them)
+            # draws worker seeds from it, not from the global one that dropout and augmentation use.
+            generator=torch.Generator().manual_seed(torch.initial_seed()),
         )
         self._loaders[f"{split}@{pre.crop_size}"] = (key, loader)
         return loader

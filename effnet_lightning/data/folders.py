@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import logging
 import random
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import torch
 from PIL import Image, UnidentifiedImageError
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, Sampler
 
 from effnet_lightning.data.decode import load_rgb
 
@@ -99,6 +101,27 @@ def find_bad_images(paths: list[str], workers: int = 8) -> dict[str, str]:
         return {path: problem for path, problem in zip(paths, pool.map(image_problem, paths)) if problem}
 
 
+class SeededOrder(Sampler):
+    """The training order as a function of (seed, epoch) alone: a permutation of `n` indices
+    drawn from a generator seeded by both, each index paired with the seed of its sample's
+    augmentation. Resuming, or rebuilding the loader at a stage change, replays exactly the
+    order and the augmentation an uninterrupted run would have had. `epoch_of` says which
+    epoch is about to run (asked when iteration starts, so a loader kept across epochs, or
+    wrapped for DDP, follows along)."""
+
+    def __init__(self, n: int, seed: int, epoch_of: Callable[[], int]):
+        self.n, self.seed, self.epoch_of = n, seed, epoch_of
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self):
+        epoch = self.epoch_of()
+        base = (self.seed * 1_000_003 + epoch) * self.n
+        order = torch.randperm(self.n, generator=torch.Generator().manual_seed(base % 2**63))
+        return iter([((base + i) % 2**63, i) for i in order.tolist()])
+
+
 class ImageFileDataset(Dataset):
     """(path, label) samples -> (transformed image, label).
 
@@ -119,7 +142,18 @@ class ImageFileDataset(Dataset):
     def __len__(self) -> int:
         return len(self.samples)
 
-    def __getitem__(self, index: int):
+    def __getitem__(self, index: int | tuple[int, int]):
+        """`index`, or (seed, index) from `SeededOrder`: then the random transforms draw from a
+        generator seeded by it, so a sample's augmentation does not depend on which process
+        loads it, or on how often the loader was restarted."""
+        if isinstance(index, tuple):
+            seed, index = index
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed)
+                return self._load(index)
+        return self._load(index)
+
+    def _load(self, index: int):
         attempts = min(len(self.samples), LOAD_ATTEMPTS)
         for attempt in range(attempts):
             path, label = self.samples[(index + attempt) % len(self.samples)]
