@@ -1,6 +1,7 @@
 """Progressive learning (`--stages`) and evaluation sizes (`--data.eval_image_size`,
 `--data.extra_eval_sizes`): the schedule, the data module, and the real CLI."""
 
+import csv
 import importlib.util
 import json
 import math
@@ -8,7 +9,7 @@ import os
 
 import pytest
 import torch
-from cli_helpers import CSV, ROOT, TINY, printed_metric, run_cli, train_losses
+from cli_helpers import CSV, ROOT, TINY, run_cli, train_losses
 from PIL import Image
 from probes import read_input_sizes
 
@@ -81,6 +82,13 @@ def test_inside_a_stage_the_data_module_hands_back_the_same_training_loader(smal
     assert dm.val_dataloader() is dm.val_dataloader()
 
 
+def validation_metrics(cwd) -> dict[str, float]:
+    """The metrics of the newest CSV log under cwd/runs (one validate run)."""
+    newest = max((cwd / "runs").glob("version_*/metrics.csv"), key=lambda p: int(p.parent.name.split("_")[1]))
+    rows = list(csv.DictReader(newest.open()))
+    return {k: float(v) for row in rows for k, v in row.items() if k.startswith("val/") and v}
+
+
 def sizes_by_step(records: list[dict], stage: str = "train") -> dict[int, int]:
     return {r["step"]: r["size"][0] for r in records if r["stage"] == stage}
 
@@ -147,7 +155,10 @@ def test_extra_evaluation_sizes_equal_validating_at_each_size_alone_and_checkpoi
     tmp_path, small_root
 ):
     sizes = ["--data.image_size", "48", "--data.eval_image_size", "56", "--data.extra_eval_sizes", "[40, 72]"]
-    fit = [*TINY, *CSV, "--trainer.max_epochs", "3", "--trainer.limit_train_batches", "4", "--model.warmup_epochs", "0"]
+    fit = [*TINY, *CSV, "--trainer.max_epochs", "2", "--trainer.limit_train_batches", "4", "--model.warmup_epochs", "0"]
+    # A random head and BatchNorm statistics that follow the last batches: after these few steps the
+    # logits depend on the input, so sizes give different numbers.
+    fit += ["--model.zero_init_head", "false", "--model.model_options", '{"bn_momentum": 0.5}']
     run_cli(["fit", "--data.root", small_root, *fit, *sizes], tmp_path)
     best = json.loads((tmp_path / "runs" / "latest_fit.json").read_text())["best_model_path"]
     ckpt = torch.load(tmp_path / best, weights_only=True)
@@ -155,15 +166,22 @@ def test_extra_evaluation_sizes_equal_validating_at_each_size_alone_and_checkpoi
     assert ckpt["hyper_parameters"]["preprocessing"]["crop_size"] == 56
 
     check = ["--data.root", small_root, *TINY, *CSV, "--ckpt_path", best]
-    together = run_cli(["validate", *check, *sizes[2:]], tmp_path).stdout
-    measured = {size: printed_metric(together, f"val/acc@{size}") for size in (40, 72)}
-    measured[56] = printed_metric(together, "val/acc")
-    alone = {
-        size: printed_metric(run_cli(["validate", *check, "--data.eval_image_size", size], tmp_path).stdout, "val/acc")
-        for size in (40, 56, 72)
-    }
-    print(f"val/acc at 40, 56, 72 px: together {measured}, alone {alone}")
-    assert measured == pytest.approx(alone, abs=1e-6)
+    run_cli(["validate", *check, *sizes[2:]], tmp_path)
+    together = validation_metrics(tmp_path)
+    alone = {}
+    for size in (40, 56, 72):
+        probe = {**os.environ, "PROBE_FILE": str(tmp_path / f"val{size}.jsonl")}
+        validate = ["validate", *check, "--data.eval_image_size", size, "--trainer.callbacks+=probes.InputSizeProbe"]
+        run_cli(validate, tmp_path, env=probe)
+        alone[size] = validation_metrics(tmp_path)
+        assert {r["size"][0] for r in read_input_sizes(tmp_path / f"val{size}.jsonl")} == {size}
+    print(f"together {together}, alone {alone}")
+    for size in (40, 72):
+        for metric in ("acc", "loss"):
+            assert together[f"val/{metric}@{size}"] == pytest.approx(alone[size][f"val/{metric}"], abs=1e-6)
+    assert together["val/loss"] == pytest.approx(alone[56]["val/loss"], abs=1e-6)
+    losses = [together["val/loss@40"], together["val/loss"], together["val/loss@72"]]
+    assert len({round(loss, 5) for loss in losses}) == 3  # three sizes, three different results
 
     # test without sizes: at the recorded evaluation size, although TINY types image_size 64
     probe = {**os.environ, "PROBE_FILE": str(tmp_path / "test.jsonl")}

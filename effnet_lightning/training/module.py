@@ -1,8 +1,8 @@
 """The LightningModule: an EfficientNet from `create_model`, its loss, metrics and optimizer.
 
 Metrics are logged under `train/`, `val/`, `test/`: `loss`, `acc` (top-1) and `acc_top5`,
-micro-averaged over samples, at the data's evaluation size; `val/acc@<size>` at each of its
-extra evaluation sizes. `predict` returns class probabilities per image.
+micro-averaged over samples, at the data's evaluation size; `val/acc@<size>` and
+`val/loss@<size>` at each of its extra evaluation sizes. `predict` returns class probabilities per image.
 """
 
 from __future__ import annotations
@@ -226,9 +226,12 @@ class EfficientNetModule(L.LightningModule):
     def validation_step(self, batch, batch_idx, dataloader_idx=0):
         if dataloader_idx:  # an extra evaluation size
             images, targets = batch
-            size = str(images.shape[-1])
-            self.extra_val_acc[size](self(images), targets)
-            self.log(f"val/acc@{size}", self.extra_val_acc[size], batch_size=len(targets), add_dataloader_idx=False)
+            size, logits = str(images.shape[-1]), self(images)
+            loss = F.cross_entropy(logits, targets, label_smoothing=self.hparams.label_smoothing)
+            self.extra_val_acc[size](logits, targets)
+            logged = {"batch_size": len(targets), "add_dataloader_idx": False}
+            self.log(f"val/acc@{size}", self.extra_val_acc[size], **logged)
+            self.log(f"val/loss@{size}", loss, sync_dist=True, **logged)
             return None
         out = self.model_step(batch, "val")
         self.val_confusion.update(out["preds"], batch[1])
