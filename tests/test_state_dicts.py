@@ -159,5 +159,8 @@ def test_missing_and_corrupt_files(tmp_path):
     bad.write_bytes(b"not a safetensors file")
     with pytest.raises(WeightsError, match="cannot read .*bad.safetensors as safetensors"):
         create_model("b0", weights=bad)
-    with pytest.raises(WeightsError, match="weights must be None, 'imagenet', a file path or a state dict"):
+    with pytest.raises(
+        WeightsError,
+        match="weights must be None, 'imagenet', a short name, 'hf-hub:<repo>', a file path or a state dict",
+    ):
         create_model("b0", weights=42)

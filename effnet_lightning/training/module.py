@@ -310,9 +310,9 @@ class EfficientNetModule(L.LightningModule):
     def on_train_start(self) -> None:
         self._trained = True
         # Lightning logs the hyperparameters given at construction (after on_fit_start); add
-        # the resolved input.
+        # the resolved variant and input.
         for logger in self.loggers:
-            logger.log_hyperparams({"preprocessing": self.hparams["preprocessing"]})
+            logger.log_hyperparams({"variant": self.hparams["variant"], "preprocessing": self.hparams["preprocessing"]})
 
     def on_validation_epoch_end(self):
         # Callbacks (the W&B report) have read the matrix by now; start the next epoch clean.
