@@ -1,3 +1,4 @@
+import atexit
 import os
 import shutil
 import tempfile
@@ -13,6 +14,8 @@ os.environ.setdefault("WANDB_SILENT", "true")
 # Hub weights come only from caches the tests build (test_hub.py), never from a real cache or the hub.
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["HF_HUB_CACHE"] = tempfile.mkdtemp(prefix="empty-hf-cache-")
+atexit.register(shutil.rmtree, os.environ["HF_HUB_CACHE"], ignore_errors=True)
+os.environ.pop("HF_TOKEN", None)  # uploads are tested with the upload call replaced
 
 
 def randomise_batchnorm(model: torch.nn.Module, seed: int = 0, in_channels: int = 3, size: int = 64) -> torch.nn.Module:

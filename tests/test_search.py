@@ -7,18 +7,22 @@ import torch
 from cli_helpers import ROOT, run_cli
 
 from effnet_lightning import create_model
+from effnet_lightning.data import demo
 from effnet_lightning.models.efficientnet import count_gmacs
-from effnet_lightning.tools.search import scaled_resolution
+from effnet_lightning.tools.search import base_resolution_of, scaled_resolution
 
 
 @pytest.mark.slow
-def test_three_candidate_search_trains_reports_the_best_and_resumes(small_root, tmp_path):
+def test_search_trains_each_distinct_network_once_reports_the_best_against_the_seed_spread_and_resumes(
+    small_root, tmp_path
+):
     args = [
         "scale-search",
         "--config",
         ROOT / "configs" / "debug.yaml",
         "--alpha",
         "1.1",
+        "1.2",
         "1.3",
         "--beta",
         "1.1",
@@ -29,6 +33,9 @@ def test_three_candidate_search_trains_reports_the_best_and_resumes(small_root, 
         "64",
         "--epochs",
         "1",
+        "--baseline-seeds",
+        "1",
+        "2",
         "--output-dir",
         "search",
         "--",
@@ -39,40 +46,59 @@ def test_three_candidate_search_trains_reports_the_best_and_resumes(small_root, 
     ]
     out = run_cli([*args[:1], "--workers", "2", *args[1:]], tmp_path)  # two fits at a time
     with open(tmp_path / "search" / "results.csv", newline="") as f:
-        rows = {r["variant"]: r for r in csv.DictReader(f)}
-    assert set(rows) == {"b0", "phi1_a1.1_b1.1_g1", "phi1_a1.1_b1.2_g1", "phi1_a1.3_b1.1_g1", "phi1_a1.3_b1.2_g1"}
+        rows = list(csv.DictReader(f))
+    baselines = [r for r in rows if r["variant"] == "b0"]
+    rows = {r["variant"]: r for r in rows if r["variant"] != "b0"}
+    assert [r["seed"] for r in baselines] == ["1", "2"] and all(r["status"] == "trained" for r in baselines)
+    assert set(rows) == {f"phi1_a{a}_b{b}_g1" for a in ("1.1", "1.2", "1.3") for b in ("1.1", "1.2")}
     base_gmacs = count_gmacs(create_model("b0"), 64)
     trained = []
     for name, row in rows.items():
         # the FLOPs ratio, counted again here on the network the variant name builds
-        resolution = scaled_resolution(64, float(row["gamma"]), 1.0 if name != "b0" else 0.0)
-        assert int(row["resolution"]) == resolution
-        ratio = count_gmacs(create_model(name), resolution) / base_gmacs
+        assert int(row["resolution"]) == scaled_resolution(64, float(row["gamma"]), 1.0) == 64
+        ratio = count_gmacs(create_model(name), 64) / base_gmacs
         assert float(row["flops_ratio"]) == pytest.approx(ratio, abs=1e-3)
-        if name != "b0":  # the baseline is always trained, for reference
-            assert (row["within_budget"] == "True") == (abs(ratio - 2) <= 0.3), name
-        if row["within_budget"] == "True":
-            assert row["status"] == "trained" and 0 <= float(row["val_acc"]) <= 1
+        assert (row["within_budget"] == "True") == (abs(ratio - 2) <= 0.3), name
+        if row["status"] == "trained":
+            assert row["seed"] == "1" and 0 <= float(row["val_acc"]) <= 1
             checkpoint = torch.load(tmp_path / row["checkpoint"], weights_only=True)
             hp = checkpoint["hyper_parameters"]  # trained through fit, at the candidate's size
-            assert hp["variant"] == name and hp["preprocessing"]["crop_size"] == resolution
-            if name != "b0":
-                trained.append(row)
-        else:
+            assert hp["variant"] == name and hp["preprocessing"]["crop_size"] == 64
+            trained.append(row)
+        elif row["within_budget"] == "False":
             assert row["status"] == "out of budget" and row["val_acc"] == ""
-    print({name: (round(float(r["flops_ratio"]), 2), r["val_acc"]) for name, r in rows.items()})
-    assert len(trained) == 3  # (1.1, 1.1, 1.0) is out of budget: 1.69x
+    # alpha 1.1 and 1.2 round B0's repeats to the same counts: one network, trained once
+    twin = rows["phi1_a1.2_b1.2_g1"]
+    assert twin["status"] == "same network as phi1_a1.1_b1.2_g1" and twin["wall_s"] == ""
+    assert (
+        twin["val_acc"] == rows["phi1_a1.1_b1.2_g1"]["val_acc"]
+        and twin["params"] == rows["phi1_a1.1_b1.2_g1"]["params"]
+    )
+    print({name: (round(float(r["flops_ratio"]), 2), r["status"], r["val_acc"]) for name, r in rows.items()})
+    assert len(trained) == 3  # (1.1, 1.1, 1) and (1.2, 1.1, 1) are out of budget: 1.69x
     best = max(trained, key=lambda r: (float(r["val_acc"]), -float(r["gmacs"])))
     report = (tmp_path / "search" / "report.md").read_text()
     assert f"**Best: alpha = {float(best['alpha']):g}, beta = {float(best['beta']):g}, gamma = 1**" in report
+    scores = sorted(float(r["val_acc"]) for r in baselines)
+    assert f"median {sum(scores) / 2:.4f}, seed spread (max - min) {scores[1] - scores[0]:.4f}" in report
+    assert f"{float(best['val_acc']) - sum(scores) / 2:+.4f}" in report  # the best against the baseline's median
     assert f"val/acc {float(best['val_acc']):.4f}" in out.stdout
-    assert (tmp_path / "search" / "accuracy_vs_flops.png").stat().st_size > 10_000
-    assert out.stdout.count(": trained, val/acc") == 4
+    assert out.stdout.count(": trained, val/acc") == 5  # 2 baseline seeds + 3 distinct networks
 
     again = run_cli(args, tmp_path)  # one at a time now; finished candidates are not trained again
-    assert again.stdout.count(": cached, val/acc") == 4 and ": trained" not in again.stdout
+    assert again.stdout.count(": cached, val/acc") == 5 and ": trained" not in again.stdout
     with open(tmp_path / "search" / "results.csv", newline="") as f:
-        assert {r["variant"]: r["val_acc"] for r in csv.DictReader(f)} == {n: r["val_acc"] for n, r in rows.items()}
+        again_rows = {r["variant"]: r["val_acc"] for r in csv.DictReader(f) if r["variant"] != "b0"}
+    assert again_rows == {n: r["val_acc"] for n, r in rows.items()}
+
+
+def test_the_base_resolution_follows_the_data_the_fits_train_on(tmp_path):
+    config = tmp_path / "base.yaml"
+    config.write_text("data:\n  batch_size: 8\n")
+    assert base_resolution_of([str(config)]) == demo.FIT_SETTINGS["data"]["image_size"] == 64  # the demo data
+    assert base_resolution_of([str(config)], ["--data.root", "images"]) == 224  # B0's own
+    config.write_text("data:\n  root: images\n  image_size: 96\n")
+    assert base_resolution_of([str(config)]) == 96
 
 
 def test_bad_search_arguments_are_one_line_errors(tmp_path):

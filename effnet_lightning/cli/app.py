@@ -57,10 +57,12 @@ from effnet_lightning.cli.reports import (
     PredictionWriter,
     RunConfig,
     WandbValidationReport,
+    saved_reports,
 )
 from effnet_lightning.data import demo
 from effnet_lightning.data.datamodule import ImageFolderDataModule
-from effnet_lightning.models.factory import checkpoint_hparams, imagenet_categories, preprocessing_for
+from effnet_lightning.models import hub
+from effnet_lightning.models.factory import checkpoint_hparams, preprocessing_for, pretrained_source
 from effnet_lightning.models.state_dicts import read_checkpoint
 from effnet_lightning.tools.export import FORMATS, Format, export_model
 from effnet_lightning.training.ema import EMA
@@ -88,19 +90,28 @@ class EffNetTrainer(Trainer):
         output_dir: str | None = None,
         formats: list[Format] | None = None,
         tolerance: float = 1e-4,
+        push_to: str | None = None,
     ) -> dict:
-        """Export the network to ONNX, TorchScript and safetensors, each checked against PyTorch.
+        """Export the network to ONNX, TorchScript and safetensors (and the hub folder on
+        request), each checked against PyTorch.
 
         Args:
             ckpt_path: the checkpoint to export; None: --model.weights when typed, else the best
                 checkpoint of the latest fit.
             output_dir: None: <default_root_dir>/export/<run>-<checkpoint name>. Files there are
                 replaced only once the new export has passed its checks.
-            formats: any of onnx, torchscript, safetensors.
+            formats: any of onnx, torchscript, safetensors, hub (default: the first three). hub:
+                a `hub/` folder in timm's Hugging Face layout (timm key names, config.json,
+                model card with the checkpoint's evaluation reports).
             tolerance: largest allowed |logit difference| of a reloaded export.
+            push_to: a Hugging Face repository (user/name) to upload the hub folder to, created
+                private if missing; needs a token (HF_TOKEN or `hf auth login`). Adds hub to the
+                formats.
         """
-        if formats is None:
-            formats = list(FORMATS)
+        formats = list(FORMATS) if formats is None else list(formats)
+        if push_to:
+            hub.require_token(push_to)
+            formats += [] if "hub" in formats else ["hub"]
         if not self.is_global_zero:  # under torchrun / srun: one process exports
             return {}
         if ckpt_path:
@@ -122,10 +133,14 @@ class EffNetTrainer(Trainer):
             formats=formats,
             tolerance=tolerance,
             source=ckpt_path or model.hparams.weights,
+            evaluation=saved_reports(ckpt_path) if ckpt_path else {},
+            hub_repo=push_to,
         )
         for callback in self.callbacks:
             if isinstance(callback, RunConfig):
                 callback.write(out / "config.yaml")
+        if push_to:
+            print(f"export: pushed {out / 'hub'} to {hub.push_folder(out / 'hub', push_to)}", flush=True)
         return info
 
 
@@ -247,16 +262,20 @@ class EffNetCLI(LightningCLI):
     @staticmethod
     def _pretrained_class_names(subcommand: str, config) -> list[str] | None:
         """The classes of weights used without --ckpt_path: a checkpoint's own (so the data
-        folder is checked against them), ImageNet's for predict / export with ImageNet weights,
-        else the data folder's (None)."""
+        folder is checked against them), the published weights' own (ImageNet's, a hub
+        repository's label names) for predict / export, else the data folder's (None)."""
         weights = config.model.weights
         names = (checkpoint_hparams(weights) or {}).get("class_names")
         if names:
             return list(names)
         if subcommand not in ("predict", "export") or not weights:
             return None
-        if weights == "imagenet":
-            return list(imagenet_categories())
+        try:
+            source = pretrained_source(config.model.variant, weights)
+        except ValueError:
+            source = None  # the model refuses these weights, with the whole message
+        if source is not None and source.categories:
+            return list(source.categories)
         if config.data.root:
             return None  # the folder's class folders name the classes
         raise ValueError(

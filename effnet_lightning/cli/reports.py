@@ -194,7 +194,7 @@ class EvaluationReport(L.Callback):
         rows = per_class_rows(matrix, names)
         base = evaluation_base(trainer)
         base.parent.mkdir(parents=True, exist_ok=True)
-        prefix = f"{base}.{stage}"
+        prefix = report_prefix(base, stage)
         total = int(matrix.sum())
         overall = float(matrix.diag().sum() / max(total, 1))
 
@@ -435,6 +435,18 @@ class RunConfig(SaveConfigCallback):
         path.parent.mkdir(parents=True, exist_ok=True)
         text = self.parser.dump(self.config, skip_none=False)
         write_atomically(path, lambda f: f.write(text))
+
+
+def report_prefix(base: Path, stage: str) -> str:
+    """`<checkpoint without suffix>.<stage>`: the start of every report file's name."""
+    return f"{base}.{stage}"
+
+
+def saved_reports(checkpoint: str) -> dict[str, str]:
+    """{stage: report markdown} of the test and validate runs evaluated on `checkpoint`."""
+    base = Path(checkpoint).with_suffix("")
+    found = {stage: Path(f"{report_prefix(base, stage)}-report.md") for stage in ("test", "val")}
+    return {stage: path.read_text() for stage, path in found.items() if path.is_file()}
 
 
 def evaluation_base(trainer) -> Path:

@@ -138,7 +138,7 @@ class ImageFolderDataModule(L.LightningDataModule):
         self.save_hyperparameters(ignore=["preprocessing", "class_names"])
         pre = Preprocessing(**preprocessing) if preprocessing else Preprocessing.for_resolution(224)
         self.train_size = image_size or pre.crop_size
-        eval_size = eval_image_size or image_size or pre.crop_size
+        eval_size = eval_image_size or image_size or pre.test_size or pre.crop_size
         self.preprocessing = pre.resized(eval_size) if eval_size != pre.crop_size else pre  # evaluation's
         self.extra_eval_sizes = [s for s in dict.fromkeys(extra_eval_sizes or []) if s != eval_size]
         # Progressive learning: epoch -> that epoch's training settings (set by the `stages` callback).

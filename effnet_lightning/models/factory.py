@@ -6,6 +6,7 @@
     create_model(weights="hf-hub:timm/tf_efficientnet_b3.ns_jft_in1k")   # hub weights, variant b3
     create_model("b7", weights="ns")                         # a published set by short name (hub.py)
     create_model("b0", num_classes=5, weights="file.pth")    # any known layout, new 5-class head
+    create_model(weights="export/run/hub")                   # a folder in the hub layout, its classes
 
 The returned model declares where its weights came from and what they need in
 `model.provenance` (source, preprocessing, build options, class names, classifier loaded).
@@ -28,6 +29,7 @@ from effnet_lightning.models.preprocessing import IMAGENET_MEAN, IMAGENET_STD, T
 from effnet_lightning.models.provenance import TF_BATCHNORM, TF_BUILD, BuildOptions, Provenance
 from effnet_lightning.models.scaling import Variant, get_variant
 from effnet_lightning.models.state_dicts import (
+    CLASSIFIERS,
     WeightsError,
     detect_layout,
     load_weights,
@@ -103,7 +105,8 @@ def imagenet_source(variant: Variant) -> PretrainedSource:
 
 
 def hub_source(name: str) -> PretrainedSource:
-    """`hf-hub:<repo>[@revision]`, read through huggingface_hub (see `hub.py`)."""
+    """`hf-hub:<repo>[@revision]`, read through huggingface_hub, or a local folder in the hub
+    layout (see `hub.py`)."""
     found = hub.hub_weights(name)
     categories = found.categories or (imagenet_categories() if found.num_classes == 1000 else ())
     return PretrainedSource(
@@ -121,13 +124,16 @@ def pretrained_source(variant: str | None, weights) -> PretrainedSource | None:
     """The published weights `weights` names ("imagenet", a short name such as "ns", or
     `hf-hub:<repo>`) for `variant` (None: the one the weights are for, else b0); None for a
     file, a state dict or no weights. A variant that contradicts the weights is an error."""
-    if not isinstance(weights, str):
+    if hub.is_hub_folder(weights):
+        name = str(weights)
+    elif not isinstance(weights, str):
         return None
-    if weights.lower() == "imagenet":
+    elif weights.lower() == "imagenet":
         return imagenet_source(get_variant(variant or "b0"))
-    name = hub.resolve_short_name(weights, get_variant(variant or "b0").name) or weights
-    if not hub.is_hub_name(name):
-        return None
+    else:
+        name = hub.resolve_short_name(weights, get_variant(variant or "b0").name) or weights
+        if not hub.is_hub_name(name):
+            return None
     source = hub_source(name)
     if variant is not None and get_variant(variant).name != source.variant:
         raise WeightsError(
@@ -212,7 +218,7 @@ def preprocessing_for(variant: str | Variant | None, weights=None) -> Preprocess
 
 def create_model(
     variant: str | Variant | None = None,
-    num_classes: int = 1000,
+    num_classes: int | None = None,
     weights: str | os.PathLike | Mapping[str, torch.Tensor] | None = None,
     weights_only: bool = True,
     **overrides,
@@ -222,8 +228,9 @@ def create_model(
     Args:
         variant: b0-b8, l2, lite0-lite4, phi<x> (custom compound scaling) or a `scaling.Variant`.
             None: the one hub weights are for, else b0.
-        num_classes: classifier outputs. If the weights' classifier differs, the backbone loads
-            and the classifier is freshly initialised (logged).
+        num_classes: classifier outputs. None: as many as the weights' classifier has (1000
+            without weights). If the weights' classifier differs, the backbone loads and the
+            classifier is freshly initialised (logged).
         weights: None (the paper's initialisation), "imagenet", a published set by short name
             ("tf", "ns", "ap", "aa", "ra", "ra2": `hub.SHORT_NAMES`), "hf-hub:<repo>[@revision]",
             a weights file (.pth, .pt, .safetensors, Lightning .ckpt) or a state dict, in
@@ -258,8 +265,12 @@ def create_model(
             f"weights must be None, 'imagenet', a short name, 'hf-hub:<repo>', a file path or a state dict, got "
             f"{type(weights).__name__}"
         )
+    layout = detect_layout(state_dict) if state_dict is not None else None
     if build is None:
-        build = layout_build(detect_layout(state_dict)[0], v) if state_dict is not None else BuildOptions()
+        build = layout_build(layout[0], v) if layout else BuildOptions()
+    if num_classes is None:
+        head = layout[1].get(f"{CLASSIFIERS[layout[0]]}.weight") if layout else None
+        num_classes = head.shape[0] if head is not None and head.ndim == 2 else 1000
     build_names = {f.name for f in fields(BuildOptions)}
     build = replace(build, **{k: o for k, o in overrides.items() if k in build_names})
     others = {k: o for k, o in overrides.items() if k not in build_names}

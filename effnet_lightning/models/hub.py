@@ -3,25 +3,30 @@
     create_model(weights="hf-hub:timm/tf_efficientnet_b3.ns_jft_in1k")       # the variant from the repo
     create_model("b3", weights="hf-hub:timm/tf_efficientnet_b3.ns_jft_in1k@<commit>")
     create_model("b3", weights="ns")                                        # a short name (`SHORT_NAMES`)
+    create_model(weights="export/run/hub")                                  # a folder in the same layout
 
-A repository holds `config.json` (`architecture`, `num_classes`, optional `label_names`, and
-`pretrained_cfg` with the input size, crop fraction, interpolation, mean and std) and
-`model.safetensors` in timm's key names. The architecture gives the variant and the build
-(`tf_` weights are TensorFlow ports: SAME padding and TF BatchNorm), the config the
-preprocessing and classes. Downloads go through `huggingface_hub` (its cache, `HF_TOKEN`,
-`HF_HUB_OFFLINE`); the resolved commit is recorded as the weights' revision.
+A repository holds `config.json` (`architecture`, `num_classes`, optional `label_names` and
+`model_args`, and `pretrained_cfg` with the input size, crop fraction, interpolation, mean
+and std) and `model.safetensors` in timm's key names. The architecture gives the variant and
+the build (`tf_` weights are TensorFlow ports: SAME padding and TF BatchNorm; `model_args` may
+change the BatchNorm and input channels), the config the preprocessing and classes. Downloads
+go through `huggingface_hub` (its cache, `HF_TOKEN`, `HF_HUB_OFFLINE`); the resolved commit is
+recorded as the weights' revision. `write_folder` writes a network of this project in the same
+layout (what `export --formats hub` and `--push_to` use).
 """
 
 from __future__ import annotations
 
 import json
+import math
+import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from effnet_lightning.models.preprocessing import INTERPOLATIONS, Preprocessing
 from effnet_lightning.models.provenance import TF_BUILD, BuildOptions
-from effnet_lightning.models.state_dicts import WeightsError, read_state_dict
+from effnet_lightning.models.state_dicts import WeightsError, key_map, read_state_dict
 
 PREFIX = "hf-hub:"
 # timm architecture names this project builds: (tf_)efficientnet_<variant>
@@ -56,26 +61,30 @@ IMAGENET_FROM_HUB = {"lite3": "timm/tf_efficientnet_lite3.in1k", "lite4": "timm/
 
 @dataclass(frozen=True)
 class HubWeights:
-    """What a hub repository says about its weights (downloaded and read on `load`). `categories`
-    are the config's label names (empty when it has none)."""
+    """What a hub repository (or a local folder in its layout) says about its weights,
+    downloaded and read on `load`. `categories` are the config's label names (empty when it has
+    none)."""
 
-    repo: str
-    revision: str  # the resolved commit
+    repo: str  # or the local folder
+    revision: str | None  # the resolved commit; None for a local folder
     architecture: str
     variant: str
     build: BuildOptions
     preprocessing: Preprocessing
     num_classes: int
     categories: tuple[str, ...]
-    test_size: int | None = None
 
     @property
     def name(self) -> str:
-        return f"{PREFIX}{self.repo}@{self.revision}"
+        return f"{PREFIX}{self.repo}@{self.revision}" if self.revision else self.repo
 
     def load(self):
         """The weights of the resolved commit, as a state dict in timm's key names."""
         for filename in ("model.safetensors", "pytorch_model.bin"):
+            if self.revision is None:
+                if (Path(self.repo) / filename).is_file():
+                    return read_state_dict(Path(self.repo) / filename)
+                continue
             try:
                 return read_state_dict(_download(self.repo, filename, self.revision))
             except FileNotFoundError:
@@ -85,6 +94,11 @@ class HubWeights:
 
 def is_hub_name(weights) -> bool:
     return isinstance(weights, str) and weights.startswith(PREFIX)
+
+
+def is_hub_folder(weights) -> bool:
+    """A local folder in the hub layout (what `export --formats hub` writes)."""
+    return isinstance(weights, (str, os.PathLike)) and (Path(weights).expanduser() / "config.json").is_file()
 
 
 def resolve_short_name(weights, variant: str | None) -> str | None:
@@ -101,19 +115,29 @@ def resolve_short_name(weights, variant: str | None) -> str | None:
     return PREFIX + table[variant]
 
 
-def parse_architecture(architecture: str) -> tuple[str, BuildOptions]:
-    """(variant, build options) of a timm architecture name; other networks are refused."""
+def parse_architecture(architecture: str, model_args: dict | None = None) -> tuple[str, BuildOptions]:
+    """(variant, build options) of a timm architecture name and its `model_args` (input
+    channels, BatchNorm, padding); other networks are refused."""
     match = _ARCHITECTURE.match(architecture or "")
     if not match:
         raise WeightsError(
             f"the repository holds a {architecture!r}, not an EfficientNet this project builds "
             f"((tf_)efficientnet_b0-b8, l2, lite0-lite4)"
         )
-    return match.group(2), (TF_BUILD if match.group(1) else BuildOptions())
+    build, args = (TF_BUILD if match.group(1) else BuildOptions()), model_args or {}
+    changes = {
+        "in_channels": args.get("in_chans"),
+        "bn_eps": args.get("bn_eps"),
+        "bn_momentum": args.get("bn_momentum"),
+    }
+    if "pad_type" in args:
+        changes["padding"] = "same" if args["pad_type"] == "same" else "symmetric"
+    return match.group(2), replace(build, **{k: v for k, v in changes.items() if v is not None})
 
 
-def preprocessing_from_config(cfg: dict) -> tuple[Preprocessing, int | None]:
-    """timm's pretrained_cfg -> (our preprocessing, the test size if the config has one)."""
+def preprocessing_from_config(cfg: dict) -> Preprocessing:
+    """timm's pretrained_cfg -> our preprocessing (its test size, where it has one, becomes the
+    default evaluation size)."""
     if cfg.get("crop_mode", "center") != "center":
         raise WeightsError(f"crop_mode {cfg['crop_mode']!r} is not supported: only centre crops")
     interpolation = cfg.get("interpolation", "bicubic")
@@ -128,7 +152,7 @@ def preprocessing_from_config(cfg: dict) -> tuple[Preprocessing, int | None]:
         interpolation=interpolation,
     )
     test = cfg.get("test_input_size")
-    return pre, (int(test[-1]) if test else None)
+    return replace(pre, test_size=int(test[-1])) if test and int(test[-1]) != size else pre
 
 
 def _download(repo: str, filename: str, revision: str | None) -> Path:
@@ -162,26 +186,177 @@ def _download(repo: str, filename: str, revision: str | None) -> Path:
         raise FileNotFoundError(f"{repo} has no {filename}") from None
 
 
-def hub_weights(name: str) -> HubWeights:
-    """Read `hf-hub:<repo>[@revision]`'s config (downloading it and, on `load`, its weights)."""
-    spec = name[len(PREFIX) :]
-    repo, _, revision = spec.partition("@")
-    try:
-        config_file = _download(repo, "config.json", revision or None)
-    except FileNotFoundError:
-        raise WeightsError(f"{repo} has no config.json: not a timm model repository") from None
+def hub_weights(name: str | os.PathLike) -> HubWeights:
+    """Read `hf-hub:<repo>[@revision]`'s config (downloading it and, on `load`, its weights),
+    or a local folder's."""
+    if is_hub_name(name):
+        repo, _, revision = str(name)[len(PREFIX) :].partition("@")
+        try:
+            config_file = _download(repo, "config.json", revision or None)
+        except FileNotFoundError:
+            raise WeightsError(f"{repo} has no config.json: not a timm model repository") from None
+        revision = config_file.parent.name  # the cache keeps each commit's files under snapshots/<commit>/
+    else:
+        config_file, revision = Path(name).expanduser() / "config.json", None
+        repo = str(config_file.parent)
     config = json.loads(config_file.read_text())
-    variant, build = parse_architecture(config.get("architecture", ""))
-    pre, test_size = preprocessing_from_config(config.get("pretrained_cfg", config))
+    variant, build = parse_architecture(config.get("architecture", ""), config.get("model_args"))
     return HubWeights(
         repo=repo,
-        # The cache keeps each commit's files under snapshots/<commit>/.
-        revision=config_file.parent.name,
+        revision=revision,
         architecture=config["architecture"],
         variant=variant,
         build=build,
-        preprocessing=pre,
+        preprocessing=preprocessing_from_config(config.get("pretrained_cfg", config)),
         num_classes=int(config.get("num_classes", 1000)),
         categories=tuple(config.get("label_names") or ()),
-        test_size=test_size,
     )
+
+
+def timm_architecture(model) -> tuple[str, dict]:
+    """timm's architecture name and `model_args` for one of our networks; networks timm has no
+    architecture for are refused in one line."""
+    variant, build = model.variant.name, model.provenance.build
+    lite = variant.startswith("lite")
+    if not _ARCHITECTURE.match(f"efficientnet_{variant}"):
+        raise WeightsError(
+            f"variant {variant} is a custom compound scaling that timm has no architecture for: export it as "
+            f"onnx, torchscript or safetensors instead of hub"
+        )
+    if build.activation is not None or (not build.se and not lite):
+        raise WeightsError(
+            f"{variant} built with {'activation ' + build.activation if build.activation else 'no squeeze-and-excitation'}"
+            f" has no timm architecture: export it as onnx, torchscript or safetensors instead of hub"
+        )
+    architecture = f"{'tf_' if build.padding == 'same' else ''}efficientnet_{variant}"
+    implied = parse_architecture(architecture)[1]
+    args = {"in_chans": build.in_channels, "num_classes": model.num_classes}
+    for ours, theirs in (("bn_eps", "bn_eps"), ("bn_momentum", "bn_momentum")):
+        if getattr(build, ours) != getattr(implied, ours):
+            args[theirs] = getattr(build, ours)
+    return architecture, args
+
+
+def _crop_pct(pre: Preprocessing) -> float:
+    """The crop fraction whose floor(crop / fraction) is our resize size, as timm computes it."""
+    pct = pre.crop_size / pre.resize_size
+    while math.floor(pre.crop_size / pct) < pre.resize_size:
+        pct = math.nextafter(pct, 0.0)
+    return pct
+
+
+def hub_config(model, class_names: list[str]) -> dict:
+    """timm's `config.json` for our network: architecture, classes, preprocessing."""
+    architecture, args = timm_architecture(model)
+    pre, channels = model.provenance.preprocessing, model.provenance.build.in_channels
+    mean, std = list(pre.mean), list(pre.std)
+    if channels != len(mean):  # one grey channel: the mean of the RGB statistics, as timm does
+        mean, std = [sum(mean) / len(mean)] * channels, [sum(std) / len(std)] * channels
+    size = pre.crop_size
+    pretrained_cfg = {
+        "input_size": [channels, size, size],
+        "fixed_input_size": False,
+        "interpolation": pre.interpolation,
+        "crop_pct": _crop_pct(pre),
+        "crop_mode": "center",
+        "mean": mean,
+        "std": std,
+        "num_classes": model.num_classes,
+        "pool_size": [math.ceil(size / 32)] * 2,
+        "first_conv": "conv_stem",
+        "classifier": "classifier",
+    }
+    if pre.test_size:
+        pretrained_cfg["test_input_size"] = [channels, pre.test_size, pre.test_size]
+    return {
+        "architecture": architecture,
+        "num_classes": model.num_classes,
+        "num_features": model.num_features,
+        "global_pool": "avg",
+        "model_args": args,
+        "label_names": list(class_names),
+        "pretrained_cfg": pretrained_cfg,
+    }
+
+
+def write_folder(model, folder: Path, class_names: list[str], card: str) -> dict:
+    """`config.json`, `model.safetensors` (timm's key names) and the model card `README.md` in
+    `folder`; returns the config."""
+    from safetensors.torch import save_file
+
+    config = hub_config(model, class_names)
+    folder.mkdir(parents=True, exist_ok=True)
+    names = key_map(model, "timm")
+    state = {names[k]: v.detach().contiguous() for k, v in model.state_dict().items()}
+    save_file(state, str(folder / "model.safetensors"), metadata={"format": "pt"})
+    (folder / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    (folder / "README.md").write_text(card)
+    return config
+
+
+def model_card(config: dict, source: str | None, evaluation: dict[str, str], repo: str | None = None) -> str:
+    """The repository's README.md: what the network is, its classes and preprocessing, how to
+    load it (from `repo` where known), and the evaluation reports (`{stage: report markdown}`)
+    of the checkpoint exported."""
+    cfg, names = config["pretrained_cfg"], config["label_names"]
+    name = f"hf-hub:{repo}" if repo else "hf-hub:<user>/<repository>"
+    size = cfg["input_size"][-1]
+    resize = math.floor(size / cfg["crop_pct"])
+    lines = [
+        "---",
+        "library_name: timm",
+        "tags:",
+        "- image-classification",
+        "- timm",
+        "- efficientnet",
+        "---",
+        "",
+        f"# {config['architecture']}, {config['num_classes']} classes",
+        "",
+        f"An EfficientNet ({config['architecture']}) fine-tuned or trained with effnet-lightning"
+        + (f", from `{source}`" if source else "")
+        + ".",
+        "",
+        f"- Classes ({len(names)}): {', '.join(names[:20])}{', ...' if len(names) > 20 else ''}",
+        f"- Input: {cfg['input_size'][0]} x {size} x {size}: {resize} px short side ({cfg['interpolation']}), "
+        + f"centre crop, mean {[round(m, 4) for m in cfg['mean']]}, std {[round(s, 4) for s in cfg['std']]}",
+        "",
+        "## Use",
+        "",
+        "```python",
+        "import timm",
+        f'model = timm.create_model("{name}", pretrained=True).eval()',
+        "",
+        "from effnet_lightning import create_model",
+        f'model = create_model(weights="{name}").eval()',
+        "```",
+        "",
+        "## Evaluation",
+        "",
+    ]
+    if not evaluation:
+        lines.append("No evaluation report was found beside the exported checkpoint.")
+    for stage, report in evaluation.items():
+        body = report.split("\n", 1)[1] if report.startswith("# ") else report
+        lines += [f"### {stage}", "", body.strip().split("\n![", 1)[0].strip(), ""]
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def require_token(repo: str) -> None:
+    """A one-line error, before any work, when there is no token to upload to `repo` with."""
+    from huggingface_hub import get_token
+
+    if not get_token():
+        raise WeightsError(f"--push_to {repo} needs a Hugging Face token: set HF_TOKEN or run `hf auth login`")
+
+
+def push_folder(folder: Path, repo: str, private: bool = True) -> str:
+    """Upload `folder` to the hub repository `repo` (created, private, if missing); returns the
+    commit's URL."""
+    from huggingface_hub import HfApi
+
+    require_token(repo)
+    api = HfApi()
+    api.create_repo(repo, repo_type="model", private=private, exist_ok=True)
+    info = api.upload_folder(repo_id=repo, folder_path=str(folder), repo_type="model", commit_message="Upload model")
+    return str(getattr(info, "commit_url", info))

@@ -20,13 +20,16 @@ INTERPOLATIONS = ("bicubic", "bilinear", "nearest")
 @dataclass(frozen=True)
 class Preprocessing:
     """Eval: resize the short side to `resize_size`, centre-crop `crop_size`, normalise.
-    Training uses `crop_size` for the random-resized crop."""
+    Training uses `crop_size` for the random-resized crop. `test_size`: the evaluation size the
+    weights were published with where it is above their crop (timm's `test_input_size`), the
+    default evaluation size of a fine-tune that sets no size."""
 
     crop_size: int
     resize_size: int
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
     interpolation: str = "bicubic"
+    test_size: int | None = None
 
     def __post_init__(self):
         if self.crop_size <= 0 or self.resize_size < self.crop_size:
@@ -54,7 +57,7 @@ class Preprocessing:
         return cls(int(resolution), math.floor(resolution / crop_pct), tuple(mean), tuple(std), interpolation)
 
     def resized(self, crop_size: int) -> Preprocessing:
-        """The same recipe at another resolution, keeping the crop fraction."""
+        """The same recipe at another resolution, keeping the crop fraction (and no test size)."""
         return Preprocessing.for_resolution(crop_size, self.crop_pct, self.mean, self.std, self.interpolation)
 
     def to_dict(self) -> dict:

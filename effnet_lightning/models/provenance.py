@@ -70,7 +70,6 @@ class Provenance:
     categories: the classifier's class names where the weights name them (ImageNet's).
     head_loaded: the classifier came with the weights (False: freshly initialised).
     revision: the resolved commit of hub weights.
-    eval_size: the size the weights evaluate best at, where it differs from the crop size.
     bn_recalibrated: BatchNorm statistics were recomputed on the training data.
     form: "plain", or an inference form ("folded": BatchNorm in the convolutions; "int8").
     """
@@ -81,7 +80,6 @@ class Provenance:
     categories: tuple[str, ...] = ()
     head_loaded: bool = False
     revision: str | None = None
-    eval_size: int | None = None
     bn_recalibrated: bool = False
     form: Form = "plain"
 

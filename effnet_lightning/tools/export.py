@@ -1,9 +1,11 @@
 """Export a trained network for deployment: ONNX, TorchScript and safetensors, plus a JSON file
-with the class names and preprocessing. Every file is loaded back and its logits compared with
-the PyTorch model's before the export counts as done.
+with the class names and preprocessing, and on request a folder in timm's Hugging Face Hub
+layout. Every file is loaded back and its logits compared with the PyTorch model's before the
+export counts as done.
 
     python cli.py export                                  # best checkpoint of the latest fit
     python cli.py export --ckpt_path runs/.../last.ckpt --output_dir deploy/ --formats [onnx]
+    python cli.py export --formats [hub] --push_to me/my-effnet   # hub/ folder, uploaded
 
 The exported networks take float32 NCHW images, already resized, cropped and normalised as
 `preprocessing` in the JSON says, and return logits (any batch size).
@@ -20,10 +22,12 @@ from typing import Literal
 
 import torch
 
+from effnet_lightning.models import hub
 from effnet_lightning.models.factory import create_model
 
-Format = Literal["onnx", "torchscript", "safetensors"]
-FORMATS: tuple[str, ...] = ("onnx", "torchscript", "safetensors")
+Format = Literal["onnx", "torchscript", "safetensors", "hub"]
+FORMATS: tuple[str, ...] = ("onnx", "torchscript", "safetensors")  # the default
+ALL_FORMATS: tuple[str, ...] = (*FORMATS, "hub")
 
 
 def _reference_input(channels: int, size: int, batch: int, seed: int) -> torch.Tensor:
@@ -74,6 +78,27 @@ def _export_safetensors(model, path: Path, variant: str, num_classes: int, build
     return create_model(variant, num_classes=num_classes, weights=str(path), **build_options).eval()
 
 
+def _export_hub(model, folder: Path, class_names: list[str], card: str):
+    """The hub folder, loaded back by this project and, where timm is installed, by timm; the
+    returned network gives the larger of the two differences."""
+    hub.write_folder(model, folder, class_names, card)
+    ours = create_model(weights=folder).eval()
+    try:
+        import timm
+    except ImportError:
+        print("export: hub         (timm is not installed here: checked with this project's loader only)")
+        return ours
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        theirs = timm.create_model(f"local-dir:{folder}", pretrained=True).eval()
+
+    def farther(x):  # of the two loaders' logits, those farther from the model's
+        expected, a, b = model(x), ours(x), theirs(x)
+        return a if (a - expected).abs().max() >= (b - expected).abs().max() else b
+
+    return farther
+
+
 def export_model(
     model: torch.nn.Module,
     output_dir: str | Path,
@@ -83,15 +108,21 @@ def export_model(
     tolerance: float = 1e-4,
     opset: int | None = None,
     source: str | None = None,
+    evaluation: dict[str, str] | None = None,
+    hub_repo: str | None = None,
 ) -> dict:
     """Write the chosen formats and model.json into output_dir (other files there stay); returns
     the JSON's content. The variant, preprocessing and build options come from the network's
-    `provenance`. Raises ValueError, writing nothing, when a reloaded export's logits
-    differ by more than `tolerance`."""
-    unknown = set(formats) - set(FORMATS)
+    `provenance`; `evaluation` ({stage: report markdown}) and `hub_repo` (where it will be
+    pushed) go into the hub format's model card.
+    Raises ValueError, writing nothing, when a reloaded export's logits differ by more than
+    `tolerance`, or when the hub format is asked of a network timm cannot build."""
+    unknown = set(formats) - set(ALL_FORMATS)
     if unknown or not formats:
         what = f"unknown export formats {sorted(unknown)}" if unknown else "no export format given"
-        raise ValueError(f"{what}: choose from {', '.join(FORMATS)}")
+        raise ValueError(f"{what}: choose from {', '.join(ALL_FORMATS)}")
+    if "hub" in formats:
+        hub.timm_architecture(model)  # refused before anything is exported
     out = Path(output_dir).expanduser()
     # Written into a hidden side folder and moved into output_dir file by file once every check
     # has passed: a failed export replaces nothing, and other files in output_dir are left alone.
@@ -100,8 +131,12 @@ def export_model(
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir()
     try:
-        info = _export_into(work, out, model, class_names, formats, tolerance, opset, source)
+        info = _export_into(
+            work, out, model, class_names, formats, tolerance, opset, source, (evaluation or {}, hub_repo)
+        )
         for name in [*info["files"].values(), "model.json"]:
+            if (out / name).is_dir():  # a folder (the hub format) replaces the last export's
+                shutil.rmtree(out / name)
             os.replace(work / name, out / name)
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -111,7 +146,7 @@ def export_model(
     return info
 
 
-def _export_into(work, out, model, class_names, formats, tolerance, opset, source):
+def _export_into(work, out, model, class_names, formats, tolerance, opset, source, card_facts):
     model = model.float().eval().to(device="cpu", memory_format=torch.contiguous_format)
     variant, provenance = model.variant.name, model.provenance
     preprocessing, build_options = provenance.preprocessing.to_dict(), provenance.build.changes()
@@ -128,9 +163,13 @@ def _export_into(work, out, model, class_names, formats, tolerance, opset, sourc
         elif fmt == "torchscript":
             path = work / "model.torchscript.pt"
             run = _export_torchscript(model, example, path)
-        else:
+        elif fmt == "safetensors":
             path = work / "model.safetensors"
             run = _export_safetensors(model, path, variant, len(class_names), build_options)
+        else:
+            path = work / "hub"
+            card = hub.model_card(hub.hub_config(model, class_names), source, *card_facts)
+            run = _export_hub(model, path, class_names, card)
         with torch.no_grad():
             diff = (run(check) - expected).abs().max().item()
         files[fmt], diffs[fmt] = path.name, diff

@@ -8,9 +8,12 @@ within a tolerance, train and validate each through the real `fit`, and report w
         --gamma 1.0 1.15 1.3 --budget 2 --workers 2 --devices 0 1 -- --data.root ~/images
 
 Arguments after `--` go to every `fit`. The baseline is B0 at the base config's image size
-(`data.image_size`, else 224); a candidate trains at that size x gamma^phi, rounded to a
-multiple of 8. Finished candidates are cached in the output folder, so a re-run resumes where
-the last one stopped. Then scale further with `--model.variant phi2_a<alpha>_b<beta>_g<gamma>`.
+(`data.image_size`; on the demo data the demo's, else 224); a candidate trains at that size x
+gamma^phi, rounded to a multiple of 8. Grid points that build the same network (alpha 1.1 and
+1.2 round B0's repeats to the same counts) train once. `--baseline-seeds` trains the baseline
+once per seed, so the report can set the candidates' differences against its seed spread.
+Finished candidates are cached in the output folder, so a re-run resumes where the last one
+stopped. Then scale further with `--model.variant phi2_a<alpha>_b<beta>_g<gamma>`.
 """
 
 from __future__ import annotations
@@ -21,15 +24,17 @@ import itertools
 import json
 import os
 import queue
+import statistics
 import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import yaml
 
+from effnet_lightning.data import demo
 from effnet_lightning.models.scaling import ALPHA, BETA, GAMMA, from_phi, phi_name
 
 DEFAULT_GRID = {"alpha": [1.1, 1.2, 1.3], "beta": [1.0, 1.1, 1.2], "gamma": [1.0, 1.15, 1.3]}
@@ -49,8 +54,10 @@ class Candidate:
     within_budget: bool
     val_acc: float | None = None
     wall_s: float | None = None
-    status: str = "not run"  # not run, trained, cached, failed, out of budget
+    status: str = "not run"  # not run, trained, cached, failed, out of budget, same network as <variant>
     checkpoint: str | None = None
+    seed: int | None = None
+    architecture: tuple = field(default=(), repr=False, compare=False)
     extra: dict = field(default_factory=dict)
 
     @property
@@ -93,16 +100,18 @@ def measure(
         gmacs=gmacs,
         flops_ratio=ratio,
         within_budget=abs(ratio - budget) <= tolerance * budget,
+        architecture=(resolution, *((name, tuple(t.shape)) for name, t in model.state_dict().items())),
     )
 
 
-def base_resolution_of(config_files: list[str]) -> int:
-    """data.image_size of the base configs (the last one setting it), else B0's 224."""
-    size = None
+def base_resolution_of(config_files: list[str], fit_args: list[str] = ()) -> int:
+    """data.image_size of the base configs (the last one setting it); without a data root
+    anywhere the fits train on the demo data, at the demo's size; else B0's 224."""
+    size, root = None, any(arg.split("=")[0] == "--data.root" for arg in fit_args)
     for path in config_files:
         data = (yaml.safe_load(Path(path).read_text()) or {}).get("data") or {}
-        size = data.get("image_size", size)
-    return int(size or 224)
+        size, root = data.get("image_size", size), root or data.get("root") is not None
+    return int(size or (224 if root else demo.FIT_SETTINGS["data"]["image_size"]))
 
 
 def _fit_command(candidate: Candidate, configs: list[str], fit_args: list[str], epochs: int | None, run_dir: Path):
@@ -121,6 +130,8 @@ def _fit_command(candidate: Candidate, configs: list[str], fit_args: list[str], 
     ]
     if epochs is not None:
         command += ["--trainer.max_epochs", str(epochs)]
+    if candidate.seed is not None:
+        command += ["--seed_everything", str(candidate.seed)]
     return command + list(fit_args)
 
 
@@ -171,7 +182,7 @@ def train(candidate: Candidate, command: list[str], run_dir: Path, device: str |
     return candidate
 
 
-def _plot(path: Path, baseline: Candidate, candidates: list[Candidate], best: Candidate | None) -> None:
+def _plot(path: Path, baselines: list[Candidate], candidates: list[Candidate], best: Candidate | None) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -188,8 +199,10 @@ def _plot(path: Path, baseline: Candidate, candidates: list[Candidate], best: Ca
             xytext=(4, 4),
             fontsize=8,
         )
-    if baseline.val_acc is not None:
-        ax.scatter([baseline.gmacs], [baseline.val_acc], color="tab:gray", marker="s", label="baseline (phi = 0)")
+    trained = [b for b in baselines if b.val_acc is not None]
+    if trained:
+        label = "baseline (phi = 0)" + (f", {len(trained)} seeds" if len(trained) > 1 else "")
+        ax.scatter([b.gmacs for b in trained], [b.val_acc for b in trained], color="tab:gray", marker="s", label=label)
     if best is not None:
         ax.scatter([best.gmacs], [best.val_acc], s=160, facecolors="none", edgecolors="tab:red", label="best")
     ax.set_xlabel("GMACs per image (measured)")
@@ -202,9 +215,26 @@ def _plot(path: Path, baseline: Candidate, candidates: list[Candidate], best: Ca
     plt.close(fig)
 
 
-def write_report(out: Path, settings: dict, baseline: Candidate, candidates: list[Candidate]) -> Candidate | None:
+def _baseline_line(settings: dict, baselines: list[Candidate]) -> tuple[str, float | None]:
+    """The report's baseline sentence and the baseline's median val/acc (None if untrained)."""
+    line = f"Baseline: B0 at {settings['base_resolution']} px, {baselines[0].gmacs:.4f} GMACs"
+    scores = sorted(b.val_acc for b in baselines if b.val_acc is not None)
+    if not scores:
+        return line + ".", None
+    median = statistics.median(scores)
+    if len(baselines) == 1:
+        return line + f", val/acc {median:.4f}.", median
+    each = ", ".join(f"{b.val_acc:.4f} (seed {b.seed})" for b in baselines if b.val_acc is not None)
+    return (
+        line + f", val/acc {each}: median {median:.4f}, seed spread (max - min) {scores[-1] - scores[0]:.4f}.",
+        median,
+    )
+
+
+def write_report(
+    out: Path, settings: dict, baselines: list[Candidate], candidates: list[Candidate]
+) -> Candidate | None:
     """results.csv, accuracy_vs_flops.png and report.md in out; returns the best candidate."""
-    rows = [baseline] + candidates
     columns = [
         "variant",
         "alpha",
@@ -218,6 +248,7 @@ def write_report(out: Path, settings: dict, baseline: Candidate, candidates: lis
         "flops_ratio",
         "within_budget",
         "status",
+        "seed",
         "val_acc",
         "wall_s",
         "checkpoint",
@@ -225,7 +256,7 @@ def write_report(out: Path, settings: dict, baseline: Candidate, candidates: lis
     with open(out / "results.csv", "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(columns)
-        for c in rows:
+        for c in baselines + candidates:
             values = {
                 **asdict(c),
                 "constraint": round(c.constraint, 4),
@@ -234,30 +265,32 @@ def write_report(out: Path, settings: dict, baseline: Candidate, candidates: lis
             }
             writer.writerow([values[k] if values[k] is not None else "" for k in columns])
     trained = [c for c in candidates if c.val_acc is not None]
-    # Best accuracy; ties go to the cheaper network.
+    # Best accuracy; ties go to the cheaper network, then to the grid point that was trained.
     best = max(trained, key=lambda c: (c.val_acc, -c.gmacs)) if trained else None
-    _plot(out / "accuracy_vs_flops.png", baseline, candidates, best)
+    _plot(out / "accuracy_vs_flops.png", baselines, candidates, best)
+    baseline_line, median = _baseline_line(settings, baselines)
     lines = [
         "# Compound-scaling search",
         "",
-        f"Baseline: B0 at {settings['base_resolution']} px, {baseline.gmacs:.4f} GMACs"
-        + (f", val/acc {baseline.val_acc:.4f}" if baseline.val_acc is not None else "")
-        + ".",
+        baseline_line,
         (
             f"Candidates: phi = {settings['phi']:g}, FLOPs budget {settings['budget']:g}x the baseline within "
             f"{settings['tolerance']:.0%}; {len([c for c in candidates if c.within_budget])} of {len(candidates)} grid "
             f"points kept. Training per candidate: `{' '.join(settings['fit'])}`."
         ),
         "",
-        "| alpha | beta | gamma | alpha*beta^2*gamma^2 | res | params | GMACs | FLOPs ratio | val/acc | time |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| alpha | beta | gamma | alpha*beta^2*gamma^2 | res | params | GMACs | FLOPs ratio | val/acc | vs baseline | time |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for c in sorted(candidates, key=lambda c: (c.val_acc is None, -(c.val_acc or 0), c.gmacs)):
         acc = f"{c.val_acc:.4f}" if c.val_acc is not None else c.status
+        if c.status.startswith("same network"):
+            acc += f" ({c.status})"
+        versus = f"{c.val_acc - median:+.4f}" if c.val_acc is not None and median is not None else ""
         wall = f"{c.wall_s:.0f} s" if c.wall_s is not None else ""
         lines.append(
             f"| {c.alpha:g} | {c.beta:g} | {c.gamma:g} | {c.constraint:.3f} | {c.resolution} | {c.params:,} | "
-            f"{c.gmacs:.4f} | {c.flops_ratio:.2f} | {acc} | {wall} |"
+            f"{c.gmacs:.4f} | {c.flops_ratio:.2f} | {acc} | {versus} | {wall} |"
         )
     lines.append("")
     if best is not None:
@@ -268,6 +301,18 @@ def write_report(out: Path, settings: dict, baseline: Candidate, candidates: lis
                 f"`--model.variant {phi_name(2, best.alpha, best.beta, best.gamma)}` (phi = 2) and up."
             ),
         ]
+        scores = [b.val_acc for b in baselines if b.val_acc is not None]
+        if len(scores) > 1:
+            spread = max(scores) - min(scores)
+            gaps = sorted(best.val_acc - c.val_acc for c in trained if c is not best and c.val_acc != best.val_acc)
+            verdict = "within" if not gaps or gaps[0] <= spread else "beyond"
+            lines += [
+                "",
+                (
+                    f"The baseline's seed spread is {spread:.4f}; the best leads the next-best distinct score by "
+                    f"{gaps[0] if gaps else 0:.4f}, {verdict} that spread."
+                ),
+            ]
     else:
         lines.append("No candidate finished training: see the fit.log files under candidates/.")
     lines += ["", "![accuracy against FLOPs](accuracy_vs_flops.png)", ""]
@@ -291,12 +336,14 @@ def search(
     devices: list[str] | None = None,
     base_resolution: int | None = None,
     num_classes: int = 1000,
+    baseline_seeds: list[int] | None = None,
 ) -> tuple[Candidate | None, list[Candidate]]:
-    """Measure the grid, train the candidates within budget (and the baseline), write the
-    report; returns (best, every candidate). FLOPs are counted with a `num_classes` head."""
+    """Measure the grid, train the candidates within budget (and the baseline, once per seed
+    of `baseline_seeds`; the candidates then train with the first), write the report; returns
+    (best, every candidate). FLOPs are counted with a `num_classes` head."""
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    resolution = base_resolution or base_resolution_of(configs)
+    resolution = base_resolution or base_resolution_of(configs, fit_args)
     base = measure(0.0, ALPHA, BETA, GAMMA, resolution, num_classes, None, 1.0, 1.0)
     base.variant, base.within_budget = "b0", True
     grid = list(
@@ -307,13 +354,25 @@ def search(
         if not c.within_budget:
             c.status = "out of budget"
     kept = [c for c in candidates if c.within_budget]
+    distinct: dict[tuple, Candidate] = {}
+    for c in kept:
+        distinct.setdefault(c.architecture, c)
+    seeds = baseline_seeds or [None]
+    for c in distinct.values():
+        c.seed = seeds[0]
     print(
         f"scale-search: baseline B0 at {resolution} px, {base.gmacs:.4f} GMACs; {len(kept)} of {len(candidates)} "
-        f"candidates within {tolerance:.0%} of {budget:g}x: {', '.join(c.variant for c in kept) or 'none'}",
+        f"candidates within {tolerance:.0%} of {budget:g}x: {', '.join(c.variant for c in kept) or 'none'}"
+        f" ({len(distinct)} distinct networks)",
         flush=True,
     )
-    jobs = [(base, out / "candidates" / "baseline")] if baseline else []
-    jobs += [(c, out / "candidates" / c.variant) for c in kept]
+    baselines = [replace(base, seed=s, extra={}) for s in seeds]
+    jobs = []
+    if baseline:
+        jobs = [
+            (b, out / "candidates" / ("baseline" if b.seed is None else f"baseline_seed{b.seed}")) for b in baselines
+        ]
+    jobs += [(c, out / "candidates" / c.variant) for c in distinct.values()]
     slots: queue.Queue = queue.Queue()
     for i in range(max(1, workers)):
         slots.put(devices[i % len(devices)] if devices else None)
@@ -333,15 +392,24 @@ def search(
         for future in tqdm(as_completed(futures), total=len(futures), desc="candidates", unit="fit", file=sys.stdout):
             c = future.result()
             acc = f"{c.val_acc:.4f}" if c.val_acc is not None else "-"
-            tqdm.write(f"  {c.variant}: {c.status}, val/acc {acc}, {c.flops_ratio:.2f}x FLOPs", file=sys.stdout)
+            seed = f" (seed {c.seed})" if c.variant == "b0" and c.seed is not None else ""
+            tqdm.write(f"  {c.variant}{seed}: {c.status}, val/acc {acc}, {c.flops_ratio:.2f}x FLOPs", file=sys.stdout)
+    for c in kept:
+        first = distinct[c.architecture]
+        if first is not c:
+            c.val_acc, c.checkpoint, c.seed = first.val_acc, first.checkpoint, first.seed
+            c.status = f"same network as {first.variant}"
     settings = {
         "phi": phi,
         "budget": budget,
         "tolerance": tolerance,
         "base_resolution": resolution,
-        "fit": [f"--config {p}" for p in configs] + ([f"--trainer.max_epochs {epochs}"] if epochs else []) + fit_args,
+        "fit": [f"--config {p}" for p in configs]
+        + ([f"--trainer.max_epochs {epochs}"] if epochs else [])
+        + ([f"--seed_everything {seeds[0]}"] if seeds[0] is not None else [])
+        + fit_args,
     }
-    best = write_report(out, settings, base, candidates)
+    best = write_report(out, settings, baselines if baseline else [base], candidates)
     print(f"scale-search: report in {out / 'report.md'}, {out / 'results.csv'}, {out / 'accuracy_vs_flops.png'}")
     if best is not None:
         print(
@@ -375,13 +443,27 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--tolerance", type=float, default=0.15, help="keep |ratio - budget| <= tolerance x budget")
     parser.add_argument("--epochs", type=int, default=None, help="max_epochs of every fit (default: the config's)")
     parser.add_argument("--no-baseline", dest="baseline", action="store_false", help="do not train B0 for reference")
+    parser.add_argument(
+        "--baseline-seeds",
+        type=int,
+        nargs="+",
+        default=None,
+        help="train the baseline once per seed (its spread goes in the report); candidates use the first",
+    )
     parser.add_argument("--workers", type=int, default=1, help="candidates trained at the same time (1)")
     parser.add_argument("--devices", nargs="+", default=None, help="GPU ids, given to the workers in turn")
-    parser.add_argument("--base-resolution", type=int, default=None, help="default: the config's data.image_size")
+    parser.add_argument(
+        "--base-resolution",
+        type=int,
+        default=None,
+        help="default: the config's data.image_size, else the demo's or 224",
+    )
     parser.add_argument("--output-dir", default="runs/scale_search")
     args = parser.parse_args(own)
-    owned = ("--model.variant", "--data.image_size", "--trainer.default_root_dir", "--config", "-c", "--ckpt_path") + (
-        ("--trainer.max_epochs",) if args.epochs is not None else ()
+    owned = (
+        ("--model.variant", "--data.image_size", "--trainer.default_root_dir", "--config", "-c", "--ckpt_path")
+        + (("--trainer.max_epochs",) if args.epochs is not None else ())
+        + (("--seed_everything",) if args.baseline_seeds else ())
     )
     for arg in fit_args:
         if arg.split("=")[0] in owned:
@@ -410,4 +492,5 @@ def main(argv: list[str] | None = None) -> None:
         workers=args.workers,
         devices=args.devices,
         base_resolution=args.base_resolution,
+        baseline_seeds=args.baseline_seeds,
     )
