@@ -187,3 +187,36 @@ class InputSizeProbe(L.Callback):
 
 def read_input_sizes(probe_file, rank: int = 0) -> list[dict]:
     return [json.loads(line) for line in Path(f"{probe_file}.{rank}").read_text().splitlines()]
+
+
+def batchnorm_count(module: torch.nn.Module) -> int:
+    return sum(isinstance(m, torch.nn.BatchNorm2d) for m in module.modules())
+
+
+class NetworkFormProbe(L.Callback):
+    """Appends to $PROBE_FILE one JSON line per evaluation batch: the stage, the form of the
+    network the module runs (`provenance.form`) and its BatchNorm layers, and those of the
+    module's own (checkpointed) network."""
+
+    def _write(self, trainer, pl_module, stage):
+        network = pl_module.network
+        network = getattr(network, "module", network)  # under compile: the network compiled
+        record = {
+            "stage": stage,
+            "fn": trainer.state.fn.value,
+            "form": network.provenance.form,
+            "batchnorms": batchnorm_count(network),
+            "model_batchnorms": batchnorm_count(pl_module.model),
+        }
+        with open(os.environ["PROBE_FILE"], "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+    def on_validation_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0):
+        if not trainer.sanity_checking:
+            self._write(trainer, pl_module, "val")
+
+    def on_test_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0):
+        self._write(trainer, pl_module, "test")
+
+    def on_predict_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0):
+        self._write(trainer, pl_module, "predict")

@@ -3,6 +3,7 @@ the test, on the packaged real Lite0 ImageNet weights, and with a folder of the 
 
 import csv
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -14,10 +15,12 @@ import wandb_offline
 from cli_helpers import CSV, TINY, last_error_line, printed_metric, run_cli
 from conftest import randomise_batchnorm
 from PIL import Image
+from probes import batchnorm_count
 
 from effnet_lightning import create_model
 from effnet_lightning.data import demo
 from effnet_lightning.data.datamodule import eval_transform, load_rgb
+from effnet_lightning.models.inference import fold_batchnorm
 from effnet_lightning.models.preprocessing import Preprocessing
 from effnet_lightning.tools.export import export_model
 from effnet_lightning.training.module import EfficientNetModule
@@ -334,3 +337,61 @@ def test_a_failed_export_replaces_nothing_and_an_export_touches_only_its_files(t
     info = export_model(model, out, class_names=["a", "b", "c"], formats=["safetensors"])
     assert json.loads((out / "model.json").read_text()) == info and (out / "notes.txt").read_text() == "the user's"
     assert sorted(p.name for p in out.iterdir()) == ["model.json", "model.safetensors", "notes.txt"]
+
+
+def test_folded_network_gives_the_plain_networks_logits():
+    for i, (variant, options) in enumerate([("b0", {}), ("lite0", {"padding": "same", "bn_eps": 1e-3})]):
+        model = randomise_batchnorm(create_model(variant, num_classes=10, **options), seed=i).eval()
+        model = model.to(memory_format=torch.channels_last)
+        before = {k: v.clone() for k, v in model.state_dict().items()}
+        folded = fold_batchnorm(model)
+        assert folded.provenance.form == "folded" and model.provenance.form == "plain"
+        assert batchnorm_count(folded) == 0 and batchnorm_count(model) > 0
+        x = torch.randn(4, 3, 64, 64, generator=torch.Generator().manual_seed(i))
+        with torch.no_grad():
+            plain, fast = model(x), folded(x)
+        assert (fast - plain).abs().max() <= 1e-4 * plain.abs().max() and plain.std() > 1  # float32 rounding only
+        assert torch.equal(fast.argmax(1), plain.argmax(1))
+        assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # the original untouched
+
+
+@pytest.mark.slow
+def test_validate_test_and_predict_run_the_folded_network_and_fit_never_does(
+    trained, small_root, images_to_predict, tmp_path
+):
+    cwd, ckpt = trained
+    probe = tmp_path / "probe.jsonl"
+    env = {**os.environ, "PROBE_FILE": str(probe)}
+    common = [
+        "--ckpt_path",
+        ckpt,
+        "--data.root",
+        small_root,
+        *TINY,
+        *CSV,
+        "--trainer.callbacks+=probes.NetworkFormProbe",
+    ]
+    folded = run_cli(["test", *common], cwd, env=env)
+    plain = run_cli(["test", *common, "--model.fold_bn", "false"], cwd, env=env)
+    assert printed_metric(folded.stdout, "test/acc") == printed_metric(plain.stdout, "test/acc")
+    assert printed_metric(folded.stdout, "test/loss") == pytest.approx(
+        printed_metric(plain.stdout, "test/loss"), abs=1e-4
+    )
+    run_cli(["validate", *common], cwd, env=env)
+    run_cli(["predict", *common, "--data.predict_root", images_to_predict], cwd, env=env)
+    fit = ["fit", "--data.root", small_root, *TINY, *CSV, "--trainer.max_epochs", "1"]
+    run_cli(
+        [*fit, "--trainer.limit_train_batches", "1", "--trainer.callbacks+=probes.NetworkFormProbe"], tmp_path, env=env
+    )
+    records = [json.loads(line) for line in probe.read_text().splitlines()]
+    forms = {}
+    for r in records:
+        forms.setdefault((r["fn"], r["form"]), set()).add(r["batchnorms"] == 0)
+        assert r["model_batchnorms"] > 0  # the module's own network, the one checkpointed, stays plain
+    assert forms == {
+        ("test", "folded"): {True},
+        ("test", "plain"): {False},
+        ("validate", "folded"): {True},
+        ("predict", "folded"): {True},
+        ("fit", "plain"): {False},
+    }

@@ -15,8 +15,9 @@ from typing import Literal
 from effnet_lightning.models.preprocessing import Preprocessing
 
 Padding = Literal["symmetric", "same"]
-# The forms a network can take for inference; "plain" is the trainable network.
-Form = Literal["plain", "folded", "int8"]
+# The forms a network takes: "plain" is the trainable network, "folded" its inference form
+# (BatchNorm folded into the convolutions, `inference.fold_batchnorm`).
+Form = Literal["plain", "folded"]
 
 
 @dataclass(frozen=True)
@@ -70,8 +71,7 @@ class Provenance:
     categories: the classifier's class names where the weights name them (ImageNet's).
     head_loaded: the classifier came with the weights (False: freshly initialised).
     revision: the resolved commit of hub weights.
-    bn_recalibrated: BatchNorm statistics were recomputed on the training data.
-    form: "plain", or an inference form ("folded": BatchNorm in the convolutions; "int8").
+    form: "plain", or "folded" (BatchNorm in the convolutions: for evaluation only).
     """
 
     preprocessing: Preprocessing
@@ -80,11 +80,13 @@ class Provenance:
     categories: tuple[str, ...] = ()
     head_loaded: bool = False
     revision: str | None = None
-    bn_recalibrated: bool = False
     form: Form = "plain"
 
     def with_preprocessing(self, preprocessing: Preprocessing) -> Provenance:
         return replace(self, preprocessing=preprocessing)
+
+    def folded(self) -> Provenance:
+        return replace(self, form="folded")
 
     def without_head(self) -> Provenance:
         """After the classifier was replaced by a fresh one."""

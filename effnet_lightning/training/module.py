@@ -19,6 +19,7 @@ from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionM
 
 from effnet_lightning.models.compilation import CompiledOrEager
 from effnet_lightning.models.factory import create_model
+from effnet_lightning.models.inference import fold_batchnorm
 from effnet_lightning.models.preprocessing import Preprocessing
 from effnet_lightning.training.optim import Optimizer, Schedule, lr_lambda, make_optimizer, param_groups, scale_lr
 
@@ -71,6 +72,9 @@ class EfficientNetModule(L.LightningModule):
             rare classes count as much as common ones.
         test_time_flip: whenever the network evaluates (validation during fit too, validate,
             test, predict), average the logits of each image and its mirror image.
+        fold_bn: validate, test and predict run a copy of the network with each BatchNorm
+            folded into its convolution (`inference.fold_batchnorm`: the same logits, faster);
+            fit never does, and checkpoints keep the plain network.
         model_options: further `EfficientNet` options (padding, bn_eps, in_channels, ...).
         preprocessing: the input the network expects (resize, crop, mean/std); None: what the
             weights need. Set from checkpoints, so a trained model keeps its preprocessing.
@@ -107,6 +111,7 @@ class EfficientNetModule(L.LightningModule):
         freeze_bn: bool = False,
         class_weighted_loss: bool = False,
         test_time_flip: bool = False,
+        fold_bn: bool = True,
         model_options: dict | None = None,
         preprocessing: dict | None = None,
     ):
@@ -134,6 +139,7 @@ class EfficientNetModule(L.LightningModule):
             self.model = self.model.to(memory_format=torch.channels_last)
         self.model.set_grad_checkpointing(grad_checkpointing)
         self._compiled: CompiledOrEager | None = None  # made at the first call, see `network`
+        self._inference_form: tuple[nn.Module, ...] = ()  # (the folded network,) in validate / test / predict
         if preprocessing:
             self.model.provenance = self.model.provenance.with_preprocessing(Preprocessing(**preprocessing))
         self.batchnorms = [m for m in self.model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
@@ -176,13 +182,19 @@ class EfficientNetModule(L.LightningModule):
 
     @property
     def network(self):
-        """`model`, compiled when `compile` is on. The compiled function is not a submodule, so
-        checkpoints hold the plain network's keys."""
+        """`model` (its folded copy in validate / test / predict), compiled when `compile` is on.
+        Neither is a submodule, so checkpoints hold the plain network's keys."""
+        model = self._inference_form[0] if self._inference_form and not self.training else self.model
         if not self.hparams.compile:
-            return self.model
-        if self._compiled is None or self._compiled.module is not self.model:
-            self._compiled = CompiledOrEager(self.model)
+            return model
+        if self._compiled is None or self._compiled.module is not model:
+            self._compiled = CompiledOrEager(model)
         return self._compiled
+
+    def _evaluate_folded(self, start: bool) -> None:
+        """At the start of validate / test / predict, fold the weights being evaluated (`fold_bn`);
+        at the end, drop the copy."""
+        self._inference_form = (fold_batchnorm(self.model),) if start and self.hparams.fold_bn else ()
 
     @property
     def backbone_frozen(self) -> bool:
@@ -300,12 +312,24 @@ class EfficientNetModule(L.LightningModule):
     def on_validation_start(self) -> None:
         if self.trainer.state.fn == TrainerFn.VALIDATING:
             self._require_trained_classifier("validate")
+            self._evaluate_folded(True)
+
+    def on_validation_end(self) -> None:
+        self._evaluate_folded(False)
 
     def on_test_start(self) -> None:
         self._require_trained_classifier("test")
+        self._evaluate_folded(True)
+
+    def on_test_end(self) -> None:
+        self._evaluate_folded(False)
 
     def on_predict_start(self) -> None:
         self._require_trained_classifier("predict")
+        self._evaluate_folded(True)
+
+    def on_predict_end(self) -> None:
+        self._evaluate_folded(False)
 
     def on_train_start(self) -> None:
         self._trained = True
