@@ -182,18 +182,21 @@ def train(candidate: Candidate, command: list[str], run_dir: Path, device: str |
     return candidate
 
 
-def _plot(path: Path, baselines: list[Candidate], candidates: list[Candidate], best: Candidate | None) -> None:
+def plot(path: Path, baselines: list[Candidate], candidates: list[Candidate], best: Candidate | None):
+    """accuracy_vs_flops.png: one point per trained network, the baseline's seeds, the best
+    circled; returns the (closed) figure."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 5), dpi=110)
-    done = [c for c in candidates if c.val_acc is not None]
+    done = [c for c in candidates if c.val_acc is not None and not c.status.startswith("same network")]
     ax.scatter([c.gmacs for c in done], [c.val_acc for c in done], color="tab:blue", label="candidates (phi = 1)")
-    for c in done:
+    for c in done:  # grid points that built this same network share its point: alphas joined
+        alphas = [t.alpha for t in candidates if t.architecture == c.architecture and t.val_acc is not None]
         ax.annotate(
-            f"{c.alpha:g}, {c.beta:g}, {c.gamma:g}",
+            f"{'/'.join(f'{a:g}' for a in alphas)}, {c.beta:g}, {c.gamma:g}",
             (c.gmacs, c.val_acc),
             textcoords="offset points",
             xytext=(4, 4),
@@ -208,11 +211,12 @@ def _plot(path: Path, baselines: list[Candidate], candidates: list[Candidate], b
     ax.set_xlabel("GMACs per image (measured)")
     ax.set_ylabel("best val/acc")
     ax.set_title("compound-scaling search: labels are (alpha, beta, gamma)")
-    ax.legend(loc="lower right", fontsize=8)
+    ax.legend(loc="best", fontsize=8)
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
+    return fig
 
 
 def _baseline_line(settings: dict, baselines: list[Candidate]) -> tuple[str, float | None]:
@@ -267,7 +271,7 @@ def write_report(
     trained = [c for c in candidates if c.val_acc is not None]
     # Best accuracy; ties go to the cheaper network, then to the grid point that was trained.
     best = max(trained, key=lambda c: (c.val_acc, -c.gmacs)) if trained else None
-    _plot(out / "accuracy_vs_flops.png", baselines, candidates, best)
+    plot(out / "accuracy_vs_flops.png", baselines, candidates, best)
     baseline_line, median = _baseline_line(settings, baselines)
     lines = [
         "# Compound-scaling search",
