@@ -158,7 +158,7 @@ class StopAfterEpoch(L.Callback):
 
 class InputSizeProbe(L.Callback):
     """Appends to $PROBE_FILE.<rank> one JSON line per batch: the stage of the run (train, val,
-    test), the epoch, the global step, the batch's image size (validation: per loader) and its
+    test, predict), the epoch, the global step, the batch's image size (validation: per loader) and its
     smallest and largest normalised pixel."""
 
     def _write(self, trainer, stage, batch, loader=0):
@@ -183,6 +183,9 @@ class InputSizeProbe(L.Callback):
 
     def on_test_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0):
         self._write(trainer, "test", batch, dataloader_idx)
+
+    def on_predict_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0):
+        self._write(trainer, "predict", batch, dataloader_idx)
 
 
 def read_input_sizes(probe_file, rank: int = 0) -> list[dict]:

@@ -305,9 +305,20 @@ def test_fine_tuning_from_a_hub_name_keeps_its_preprocessing_through_test(tmp_pa
     shutil.rmtree(cache / "models--timm--tf_efficientnet_b0.ap_in1k")
     test = ["test", "--data.root", small_root, *TINY, *CSV, "--ckpt_path", best]
     run_cli([*test, "--trainer.callbacks+=probes.InputSizeProbe"], tmp_path, env=env)
-    batches = [r for r in read_input_sizes(tmp_path / "probe.jsonl") if r["stage"] == "test"]
-    assert batches and min(r["min"] for r in batches) >= -1.0001 and max(r["max"] for r in batches) <= 1.0001
-    assert min(r["min"] for r in batches) < -0.8  # dark pixels exist: ImageNet's statistics would give < -1.5
+    predict = [
+        "predict",
+        "--data.predict_root",
+        small_root / "val" / min(hparams["class_names"]),
+        *TINY,
+        *CSV,
+        "--ckpt_path",
+        best,
+    ]
+    run_cli([*predict, "--trainer.callbacks+=probes.InputSizeProbe"], tmp_path, env=env)
+    for stage in ("test", "predict"):
+        batches = [r for r in read_input_sizes(tmp_path / "probe.jsonl") if r["stage"] == stage]
+        assert batches and min(r["min"] for r in batches) >= -1.0001 and max(r["max"] for r in batches) <= 1.0001
+        assert min(r["min"] for r in batches) < -0.8  # dark pixels exist: ImageNet's statistics would give < -1.5
     # back to the hub layout: the fine-tuned network in timm, with the test report in its card
     run_cli(["export", "--ckpt_path", best, "--formats", "[hub]", "--output_dir", "exported"], tmp_path, env=env)
     folder = tmp_path / "exported" / "hub"
