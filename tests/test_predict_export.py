@@ -397,3 +397,34 @@ def test_validate_test_and_predict_run_the_folded_network_and_fit_never_does(
         ("predict", "folded"): {True},
         ("fit", "plain"): {False},
     }
+
+
+@pytest.mark.slow
+def test_predict_from_an_exported_onnx_gives_the_checkpoints_top1_for_every_image(trained, images_to_predict, tmp_path):
+    cwd, ckpt = trained
+    run_cli(["export", "--ckpt_path", ckpt, "--formats", "[onnx]", "--output_dir", tmp_path / "exp"], cwd)
+    common = ["predict", "--data.predict_root", images_to_predict, *CSV]
+    run_cli([*common, "--ckpt_path", ckpt, *TINY, "--predictions.output_dir", tmp_path / "ckpt"], cwd)
+    # nothing about the model typed: classes, size and normalisation come from model.json
+    onnx = tmp_path / "exp" / "model.onnx"
+    out = run_cli([*common, "--onnx", onnx, "--predictions.output_dir", tmp_path / "onnx"], cwd)
+    assert "predict: 7 images, top-5 classes written to" in out.stdout
+    from_ckpt, _ = read_predictions(tmp_path / "ckpt")
+    from_onnx, data = read_predictions(tmp_path / "onnx")
+    assert [r["path"] for r in from_onnx] == [r["path"] for r in from_ckpt] and len(from_onnx) == 7
+    assert [r["class_1"] for r in from_onnx] == [r["class_1"] for r in from_ckpt]
+    for a, b in zip(from_onnx, from_ckpt):
+        assert float(a["prob_1"]) == pytest.approx(float(b["prob_1"]), abs=1e-4)
+    assert data["weights"] == str(onnx) and data["checkpoint"] is None
+    # an export whose model.json went missing, or a size the file does not take: one line each
+    shutil.copy(onnx, tmp_path / "alone.onnx")
+    bad = run_cli([*common, "--onnx", tmp_path / "alone.onnx"], cwd, check=False)
+    assert bad.returncode == 2 and last_error_line(bad) == (
+        f"error: --onnx {tmp_path / 'alone.onnx'}: no model.json beside it, so its classes and preprocessing are "
+        f"unknown: keep the export's folder together"
+    )
+    bad = run_cli([*common, "--onnx", onnx, "--data.image_size", "96"], cwd, check=False)
+    assert bad.returncode == 2 and last_error_line(bad) == (
+        "error: the ONNX file takes 64-px images (its model.json) but the data module crops 96 px: leave "
+        "--data.image_size and --data.eval_image_size out"
+    )

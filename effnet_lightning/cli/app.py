@@ -7,7 +7,9 @@
     python cli.py fit --config configs/b3.yaml --data.root ~/my_images
     python cli.py fit --config configs/finetune.yaml --data.root ~/my_images --model.weights imagenet
     python cli.py predict --data.predict_root ~/new_images     # CSV + JSON of top-5 classes
+    python cli.py predict --onnx export/model.onnx --data.predict_root ~/new_images   # with onnxruntime
     python cli.py export                                       # ONNX, TorchScript, safetensors
+    python cli.py export --formats "[hub]" --push_to me/my-effnet   # timm's hub layout, uploaded
     python cli.py scale-search --config configs/default.yaml   # search alpha, beta, gamma (see search.py)
 
 Links: the crop size and normalisation follow the model's variant and weights; the class
@@ -50,6 +52,7 @@ from effnet_lightning.cli.guards import (
     StopOnNonFiniteLoss,
     received_signal,
 )
+from effnet_lightning.cli.onnx_predict import OnnxPredictor, read_export_info
 from effnet_lightning.cli.reports import (
     EvaluationReport,
     FitSummary,
@@ -81,6 +84,26 @@ class EffNetTrainer(Trainer):
         if not any(isinstance(p, CheckpointIO) for p in plugins):
             kwargs["plugins"] = [*plugins, AtomicCheckpointIO()]
         super().__init__(*args, **kwargs)
+
+    def predict(
+        self,
+        model=None,
+        dataloaders=None,
+        datamodule=None,
+        return_predictions: bool | None = None,
+        ckpt_path: str | None = None,
+        weights_only: bool | None = None,
+        onnx: str | None = None,
+    ):
+        """Lightning's predict; with `onnx`, an exported model.onnx (its model.json beside it gives
+        the classes and preprocessing) runs through onnxruntime instead of the network.
+
+        Args:
+            onnx: path of a model.onnx written by export.
+        """
+        if onnx:
+            model, ckpt_path = OnnxPredictor(onnx), None
+        return super().predict(model, dataloaders, datamodule, return_predictions, ckpt_path, weights_only)
 
     def export(
         self,
@@ -230,6 +253,9 @@ class EffNetCLI(LightningCLI):
         if not subcommand:
             return
         config = self.config[subcommand]
+        if subcommand == "predict" and config.get("onnx"):
+            self._apply_export_settings(subcommand, config.onnx)
+            return
         root = config.trainer.default_root_dir or RUNS_DIR
         choice = choose_what_to_run(
             subcommand,
@@ -248,6 +274,21 @@ class EffNetCLI(LightningCLI):
                 self._continue_in_checkpoint_folder(self.config[subcommand], choice.ckpt_path, saved_dirpath)
         elif subcommand in EVAL_SUBCOMMANDS and not config.data.class_names:
             config.data.class_names = self._pretrained_class_names(subcommand, config)
+
+    def _apply_export_settings(self, subcommand: str, onnx: str) -> None:
+        """predict --onnx: the export's classes and preprocessing (its model.json) for the data;
+        no checkpoint and no weights are read."""
+        if self.config[subcommand].get("ckpt_path"):
+            raise ValueError("give --onnx or --ckpt_path, not both")
+        info = read_export_info(onnx)
+        self.config[subcommand].data.class_names = list(info["class_names"])
+        model = {
+            "variant": info["variant"],
+            "weights": None,
+            "preprocessing": info["preprocessing"],
+            "model_options": info["model_options"],
+        }
+        self.config = self.parser.parse_object({subcommand: {"model": model}}, self.config)  # links follow
 
     @staticmethod
     def _continue_in_checkpoint_folder(config, ckpt_path: str, saved_dirpath: str | None) -> None:

@@ -1,0 +1,57 @@
+"""`predict --onnx <export>/model.onnx`: an exported network run by onnxruntime on a folder, with
+the class names and preprocessing of the export's `model.json`, writing the same predictions
+as a checkpoint's predict.
+
+    python cli.py predict --onnx runs/export/<run>-best/model.onnx --data.predict_root ~/unlabelled
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import lightning as L
+import torch
+
+
+def read_export_info(onnx: str | Path) -> dict:
+    """The `model.json` beside an exported ONNX file."""
+    path = Path(onnx).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(f"--onnx {path}: no such file (give the model.onnx that export wrote)")
+    info_file = path.with_name("model.json")
+    if not info_file.is_file():
+        raise FileNotFoundError(
+            f"--onnx {path}: no model.json beside it, so its classes and preprocessing are unknown: keep the "
+            f"export's folder together"
+        )
+    return json.loads(info_file.read_text())
+
+
+class OnnxPredictor(L.LightningModule):
+    """predict_step through an onnxruntime session; outputs as `EfficientNetModule.predict_step`'s."""
+
+    def __init__(self, onnx: str | Path):
+        super().__init__()
+        try:
+            import onnxruntime
+        except ImportError:
+            raise ValueError("--onnx needs onnxruntime: pip install onnxruntime") from None
+        self.info = read_export_info(onnx)
+        self.class_names = list(self.info["class_names"])
+        self.save_hyperparameters({"weights": str(onnx)})
+        self.session = onnxruntime.InferenceSession(str(onnx), providers=["CPUExecutionProvider"])
+        self.input_name = self.session.get_inputs()[0].name
+
+    def on_predict_start(self) -> None:
+        size, expected = self.trainer.datamodule.preprocessing.crop_size, self.info["preprocessing"]["crop_size"]
+        if size != expected:
+            raise ValueError(
+                f"the ONNX file takes {expected}-px images (its model.json) but the data module crops {size} px: "
+                f"leave --data.image_size and --data.eval_image_size out"
+            )
+
+    def predict_step(self, batch, batch_idx):
+        images, indices = batch
+        logits = self.session.run(None, {self.input_name: images.float().contiguous().cpu().numpy()})[0]
+        return {"index": indices, "probs": torch.from_numpy(logits).softmax(1)}
