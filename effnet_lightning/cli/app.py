@@ -67,7 +67,7 @@ from effnet_lightning.data.datamodule import ImageFolderDataModule
 from effnet_lightning.models import hub
 from effnet_lightning.models.factory import checkpoint_hparams, preprocessing_for, pretrained_source
 from effnet_lightning.models.state_dicts import read_checkpoint
-from effnet_lightning.tools.export import FORMATS, Format, export_model
+from effnet_lightning.tools.export import FORMATS, Format, Int8Check, export_model
 from effnet_lightning.training.ema import EMA
 from effnet_lightning.training.module import EfficientNetModule
 from effnet_lightning.training.progressive import ProgressiveLearning
@@ -114,6 +114,8 @@ class EffNetTrainer(Trainer):
         formats: list[Format] | None = None,
         tolerance: float = 1e-4,
         push_to: str | None = None,
+        calibration_images: int = 200,
+        int8_max_drop: float = 1.0,
     ) -> dict:
         """Export the network to ONNX, TorchScript and safetensors (and the hub folder on
         request), each checked against PyTorch.
@@ -123,13 +125,18 @@ class EffNetTrainer(Trainer):
                 checkpoint of the latest fit.
             output_dir: None: <default_root_dir>/export/<run>-<checkpoint name>. Files there are
                 replaced only once the new export has passed its checks.
-            formats: any of onnx, torchscript, safetensors, hub (default: the first three). hub:
+            formats: any of onnx, torchscript, safetensors, hub, onnx_int8 (default: the first
+                three). onnx_int8: statically quantized ONNX (needs the data: --data.root). hub:
                 a `hub/` folder in timm's Hugging Face layout (timm key names, config.json,
                 model card with the checkpoint's evaluation reports).
             tolerance: largest allowed |logit difference| of a reloaded export.
             push_to: a Hugging Face repository (user/name) to upload the hub folder to, created
                 private if missing; needs a token (HF_TOKEN or `hf auth login`). Adds hub to the
                 formats.
+            calibration_images: onnx_int8: training images (under the evaluation transform) that
+                calibrate the activation ranges.
+            int8_max_drop: onnx_int8: the largest allowed top-1 drop against fp32 on the validation
+                images, in points; a larger drop writes nothing.
         """
         formats = list(FORMATS) if formats is None else list(formats)
         if push_to:
@@ -149,6 +156,13 @@ class EffNetTrainer(Trainer):
         else:
             name = f"{model.hparams.variant}-pretrained"
         out = Path(output_dir or os.path.join(self.default_root_dir, "export", name))
+        int8 = None
+        if "onnx_int8" in formats:
+            if calibration_images < 1:
+                raise ValueError(f"--calibration_images must be positive, got {calibration_images}")
+            images, labels = datamodule.evaluation_images("val")
+            calibration, _ = datamodule.evaluation_images("train", calibration_images)
+            int8 = Int8Check(calibration, images, labels, int8_max_drop)
         info = export_model(
             model.model,
             out,
@@ -158,6 +172,7 @@ class EffNetTrainer(Trainer):
             source=ckpt_path or model.hparams.weights,
             evaluation=saved_reports(ckpt_path) if ckpt_path else {},
             hub_repo=push_to,
+            int8=int8,
         )
         for callback in self.callbacks:
             if isinstance(callback, RunConfig):

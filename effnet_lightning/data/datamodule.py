@@ -384,6 +384,21 @@ class ImageFolderDataModule(L.LightningDataModule):
     def predict_dataloader(self) -> DataLoader:
         return self._loader("predict", self.preprocessing)
 
+    def evaluation_images(self, split: str, limit: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(images, labels) of `split` under the evaluation transform, all in memory: every image,
+        or `limit` of them drawn with the data seed (e.g. calibration images for INT8 export)."""
+        self.setup("validate")
+        samples = self.splits[split]
+        if limit is not None and limit < len(samples):
+            order = torch.randperm(len(samples), generator=torch.Generator().manual_seed(self.hparams.seed))
+            samples = [samples[i] for i in sorted(order[:limit].tolist())]
+        dataset = ImageFileDataset(
+            samples, eval_transform(self.preprocessing), strict=self.hparams.strict, decode=load_rgb
+        )
+        loader = DataLoader(dataset, batch_size=self.hparams.batch_size, num_workers=self.hparams.num_workers)
+        images, labels = zip(*loader)
+        return torch.cat(images), torch.cat(labels)
+
 
 def check_same_listing(digests: list[str]) -> None:
     """Raise unless every rank's data digest equals rank 0's."""

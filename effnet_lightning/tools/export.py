@@ -17,6 +17,7 @@ import json
 import os
 import shutil
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -25,9 +26,20 @@ import torch
 from effnet_lightning.models import hub
 from effnet_lightning.models.factory import create_model
 
-Format = Literal["onnx", "torchscript", "safetensors", "hub"]
+Format = Literal["onnx", "torchscript", "safetensors", "hub", "onnx_int8"]
 FORMATS: tuple[str, ...] = ("onnx", "torchscript", "safetensors")  # the default
-ALL_FORMATS: tuple[str, ...] = (*FORMATS, "hub")
+ALL_FORMATS: tuple[str, ...] = (*FORMATS, "hub", "onnx_int8")
+
+
+@dataclass(frozen=True)
+class Int8Check:
+    """What INT8 export calibrates on and is measured against: images under the evaluation
+    transform, and the largest allowed top-1 drop (in points) on the validation images."""
+
+    calibration: torch.Tensor
+    images: torch.Tensor
+    labels: torch.Tensor
+    max_drop: float = 1.0
 
 
 def _reference_input(channels: int, size: int, batch: int, seed: int) -> torch.Tensor:
@@ -78,6 +90,66 @@ def _export_safetensors(model, path: Path, variant: str, num_classes: int, build
     return create_model(variant, num_classes=num_classes, weights=str(path), **build_options).eval()
 
 
+def _onnx_logits(path: Path, images: torch.Tensor) -> torch.Tensor:
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return torch.cat([torch.from_numpy(session.run(None, {"images": b.numpy()})[0]) for b in images.split(32)])
+
+
+def _export_onnx_int8(fp32: Path, path: Path, check: Int8Check) -> dict:
+    """Static INT8 quantization of the fp32 ONNX file (QDQ, per-channel int8 weights, uint8
+    activations, min-max calibration), measured on the validation images; raises ValueError
+    when top-1 drops by more than `check.max_drop` points."""
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    class Calibration(CalibrationDataReader):
+        def __init__(self):
+            self.batches = iter(check.calibration.split(16))
+
+        def get_next(self):
+            batch = next(self.batches, None)
+            return None if batch is None else {"images": batch.numpy()}
+
+    prepared = path.with_name(".prepared.onnx")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        quant_pre_process(str(fp32), str(prepared))
+        quantize_static(
+            str(prepared),
+            str(path),
+            Calibration(),
+            quant_format=QuantFormat.QDQ,
+            per_channel=True,
+            weight_type=QuantType.QInt8,
+            activation_type=QuantType.QUInt8,
+        )
+    prepared.unlink()
+    full, int8 = _onnx_logits(fp32, check.images), _onnx_logits(path, check.images)
+    quality = {
+        "calibration_images": len(check.calibration),
+        "images": len(check.images),
+        "top1_agreement": (full.argmax(1) == int8.argmax(1)).float().mean().item(),
+        "fp32_accuracy": (full.argmax(1) == check.labels).float().mean().item(),
+        "int8_accuracy": (int8.argmax(1) == check.labels).float().mean().item(),
+    }
+    quality["drop_points"] = 100 * (quality["fp32_accuracy"] - quality["int8_accuracy"])
+    print(
+        f"export: onnx_int8   {len(check.images)} validation images: top-1 agreement with fp32 "
+        f"{quality['top1_agreement']:.4f}, accuracy {quality['fp32_accuracy']:.4f} (fp32) -> "
+        f"{quality['int8_accuracy']:.4f} (int8), a drop of {quality['drop_points']:.2f} points"
+        + (" (under 300 images: a rough estimate)" if len(check.images) < 300 else ""),
+        flush=True,
+    )
+    if quality["drop_points"] > check.max_drop:
+        raise ValueError(
+            f"INT8 quantization drops top-1 by {quality['drop_points']:.2f} points on {len(check.images)} validation "
+            f"images (allowed: --int8_max_drop {check.max_drop:g}): nothing was written; export onnx (fp32) instead"
+        )
+    return quality
+
+
 def _export_hub(model, folder: Path, class_names: list[str], card: str):
     """The hub folder, loaded back by this project and, where timm is installed, by timm; the
     returned network gives the larger of the two differences."""
@@ -110,11 +182,12 @@ def export_model(
     source: str | None = None,
     evaluation: dict[str, str] | None = None,
     hub_repo: str | None = None,
+    int8: Int8Check | None = None,
 ) -> dict:
     """Write the chosen formats and model.json into output_dir (other files there stay); returns
     the JSON's content. The variant, preprocessing and build options come from the network's
     `provenance`; `evaluation` ({stage: report markdown}) and `hub_repo` (where it will be
-    pushed) go into the hub format's model card.
+    pushed) go into the hub format's model card; `int8` is what the onnx_int8 format needs.
     Raises ValueError, writing nothing, when a reloaded export's logits differ by more than
     `tolerance`, or when the hub format is asked of a network timm cannot build."""
     unknown = set(formats) - set(ALL_FORMATS)
@@ -123,6 +196,8 @@ def export_model(
         raise ValueError(f"{what}: choose from {', '.join(ALL_FORMATS)}")
     if "hub" in formats:
         hub.timm_architecture(model)  # refused before anything is exported
+    if "onnx_int8" in formats and int8 is None:
+        raise ValueError("the onnx_int8 format needs images to calibrate on and measure: give a data root")
     out = Path(output_dir).expanduser()
     # Written into a hidden side folder and moved into output_dir file by file once every check
     # has passed: a failed export replaces nothing, and other files in output_dir are left alone.
@@ -132,7 +207,7 @@ def export_model(
     work.mkdir()
     try:
         info = _export_into(
-            work, out, model, class_names, formats, tolerance, opset, source, (evaluation or {}, hub_repo)
+            work, out, model, class_names, formats, tolerance, opset, source, (evaluation or {}, hub_repo), int8
         )
         for name in [*info["files"].values(), "model.json"]:
             if (out / name).is_dir():  # a folder (the hub format) replaces the last export's
@@ -146,7 +221,7 @@ def export_model(
     return info
 
 
-def _export_into(work, out, model, class_names, formats, tolerance, opset, source, card_facts):
+def _export_into(work, out, model, class_names, formats, tolerance, opset, source, card_facts, int8):
     model = model.float().eval().to(device="cpu", memory_format=torch.contiguous_format)
     variant, provenance = model.variant.name, model.provenance
     preprocessing, build_options = provenance.preprocessing.to_dict(), provenance.build.changes()
@@ -155,8 +230,15 @@ def _export_into(work, out, model, class_names, formats, tolerance, opset, sourc
     example, check = _reference_input(channels, size, 2, 0), _reference_input(channels, size, 3, 1)
     with torch.no_grad():
         expected = model(check)
-    files, diffs = {}, {}
+    files, diffs, quality = {}, {}, {}
     for fmt in formats:
+        if fmt == "onnx_int8":
+            fp32 = work / "model.onnx" if "onnx" in files else work / ".fp32.onnx"
+            if not fp32.exists():
+                _export_onnx(model, example, fp32, opset)
+            quality = _export_onnx_int8(fp32, work / "model.int8.onnx", int8)
+            files[fmt] = "model.int8.onnx"
+            continue
         if fmt == "onnx":
             path = work / "model.onnx"
             run = _export_onnx(model, example, path, opset)
@@ -194,6 +276,7 @@ def _export_into(work, out, model, class_names, formats, tolerance, opset, sourc
         "output": {"name": "logits", "shape": ["batch", len(class_names)]},
         "files": files,
         "max_abs_logit_difference": diffs,
+        **({"int8": quality} if quality else {}),
         "source": source,
     }
     (work / "model.json").write_text(json.dumps(info, indent=2) + "\n")
