@@ -46,7 +46,9 @@ def _reference_input(channels: int, size: int, batch: int, seed: int) -> torch.T
     return torch.randn(batch, channels, size, size, generator=torch.Generator().manual_seed(seed))
 
 
-def _export_onnx(model, example: torch.Tensor, path: Path, opset: int | None):
+def export_onnx(model, example: torch.Tensor, path: Path, opset: int | None):
+    """`model` to an ONNX file (dynamic batch size, input "images", output "logits"); returns a
+    function that runs the file with onnxruntime."""
     try:
         import onnxruntime
     except ImportError:
@@ -97,7 +99,7 @@ def _onnx_logits(path: Path, images: torch.Tensor) -> torch.Tensor:
     return torch.cat([torch.from_numpy(session.run(None, {"images": b.numpy()})[0]) for b in images.split(32)])
 
 
-def _export_onnx_int8(fp32: Path, path: Path, check: Int8Check) -> dict:
+def quantize_onnx_int8(fp32: Path, path: Path, check: Int8Check) -> dict:
     """Static INT8 quantization of the fp32 ONNX file (QDQ, per-channel int8 weights, uint8
     activations, min-max calibration), measured on the validation images; raises ValueError
     when top-1 drops by more than `check.max_drop` points."""
@@ -235,13 +237,13 @@ def _export_into(work, out, model, class_names, formats, tolerance, opset, sourc
         if fmt == "onnx_int8":
             fp32 = work / "model.onnx" if "onnx" in files else work / ".fp32.onnx"
             if not fp32.exists():
-                _export_onnx(model, example, fp32, opset)
-            quality = _export_onnx_int8(fp32, work / "model.int8.onnx", int8)
+                export_onnx(model, example, fp32, opset)
+            quality = quantize_onnx_int8(fp32, work / "model.int8.onnx", int8)
             files[fmt] = "model.int8.onnx"
             continue
         if fmt == "onnx":
             path = work / "model.onnx"
-            run = _export_onnx(model, example, path, opset)
+            run = export_onnx(model, example, path, opset)
         elif fmt == "torchscript":
             path = work / "model.torchscript.pt"
             run = _export_torchscript(model, example, path)

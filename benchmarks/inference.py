@@ -1,0 +1,114 @@
+"""Inference speed of every path a user can run, side by side in one process (round-robin, so
+machine noise hits each alike): torchvision and timm eager, this project's plain and folded
+networks (what validate / test / predict run), and its ONNX exports through onnxruntime, fp32
+and static INT8 (QDQ, per-channel).
+
+    python benchmarks/inference.py                              # b0 and lite0, 224 px, batch 16
+    python benchmarks/inference.py --variants b0 --size 224 --batch 16 --rounds 7
+
+The INT8 file is calibrated here on random images: for speed only (its accuracy is measured by
+`export --formats onnx_int8` on real data, see the README). Reported: images per second,
+median over the rounds, and the ratio to torchvision eager (median of per-round ratios).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from effnet_lightning import create_model
+from effnet_lightning.models.inference import fold_batchnorm
+from effnet_lightning.tools.export import Int8Check, export_onnx, quantize_onnx_int8
+
+
+def paths(variant: str, size: int, batch: int, folder: Path) -> dict:
+    """{name: callable(images) -> logits} for one variant."""
+    import onnxruntime
+    import timm
+    import torchvision
+
+    torch.manual_seed(0)
+    runs = {}
+    if variant.startswith("b"):
+        tv = getattr(torchvision.models, f"efficientnet_{variant}")().eval()
+        runs["torchvision eager"] = tv
+    timm_name = f"efficientnet_{variant}" if variant.startswith("b") else f"tf_efficientnet_{variant}"
+    runs["timm eager, channels_last"] = timm.create_model(timm_name).eval().to(memory_format=torch.channels_last)
+    ours = create_model(variant).eval().to(memory_format=torch.channels_last)
+    runs["ours plain (channels_last)"] = ours
+    runs["ours folded (validate / test / predict)"] = fold_batchnorm(ours)
+    example = torch.randn(2, 3, size, size)
+    fp32 = folder / f"{variant}.onnx"
+    export_onnx(copy.deepcopy(ours).to(memory_format=torch.contiguous_format), example, fp32, None)
+    calibration = torch.randn(32, 3, size, size)
+    check = Int8Check(calibration, calibration[:batch], torch.zeros(batch, dtype=torch.long), max_drop=100.0)
+    int8 = folder / f"{variant}.int8.onnx"
+    quantize_onnx_int8(fp32, int8, check)
+    options = onnxruntime.SessionOptions()
+    # Its threads would otherwise spin after each run and slow the torch paths measured next.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    for name, path in (("onnxruntime fp32", fp32), ("onnxruntime int8", int8)):
+        session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        runs[name] = lambda x, s=session: s.run(None, {"images": x.numpy()})[0]
+    return runs
+
+
+def measure(runs: dict, size: int, batch: int, rounds: int, steps: int) -> list[dict]:
+    images = torch.randn(batch, 3, size, size)
+    channels_last = images.contiguous(memory_format=torch.channels_last)
+    inputs = {name: channels_last if "channels_last" in name or "ours" in name else images for name in runs}
+    with torch.inference_mode():
+        for name, run in runs.items():  # warm-up
+            run(inputs[name])
+        times = {name: [] for name in runs}
+        for _ in range(rounds):
+            for name, run in runs.items():
+                start = time.perf_counter()
+                for _ in range(steps):
+                    run(inputs[name])
+                times[name].append(steps * batch / (time.perf_counter() - start))
+    base = "torchvision eager" if "torchvision eager" in runs else next(iter(runs))
+    return [
+        {
+            "path": name,
+            "img_s": statistics.median(rates),
+            "vs": statistics.median(r / b for r, b in zip(rates, times[base])),
+            "base": base,
+        }
+        for name, rates in times.items()
+    ]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--variants", nargs="+", default=["b0", "lite0"])
+    parser.add_argument("--size", type=int, default=224)
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--steps", type=int, default=3)
+    args = parser.parse_args()
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.size} px, batch {args.batch}, fp32 input"
+    )
+    with tempfile.TemporaryDirectory() as folder:
+        for variant in args.variants:
+            rows = measure(
+                paths(variant, args.size, args.batch, Path(folder)), args.size, args.batch, args.rounds, args.steps
+            )
+            print(f"\n{variant}: medians of {args.rounds} rounds x {args.steps} batches")
+            print(f"| path | img/s | vs {rows[0]['base']} |\n|---|---|---|")
+            for r in rows:
+                print(f"| {r['path']} | {r['img_s']:.1f} | {r['vs']:.2f}x |")
+
+
+if __name__ == "__main__":
+    main()
