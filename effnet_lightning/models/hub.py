@@ -231,9 +231,9 @@ def timm_architecture(model) -> tuple[str, dict]:
     architecture = f"{'tf_' if build.padding == 'same' else ''}efficientnet_{variant}"
     implied = parse_architecture(architecture)[1]
     args = {"in_chans": build.in_channels, "num_classes": model.num_classes}
-    for ours, theirs in (("bn_eps", "bn_eps"), ("bn_momentum", "bn_momentum")):
-        if getattr(build, ours) != getattr(implied, ours):
-            args[theirs] = getattr(build, ours)
+    for key in ("bn_eps", "bn_momentum"):  # timm's keyword names are ours
+        if getattr(build, key) != getattr(implied, key):
+            args[key] = getattr(build, key)
     return architecture, args
 
 
