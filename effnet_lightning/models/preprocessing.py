@@ -63,6 +63,8 @@ class Preprocessing:
     def to_dict(self) -> dict:
         d = asdict(self)
         d["mean"], d["std"] = list(self.mean), list(self.std)
+        if d["test_size"] is None:  # most weights have none: checkpoints and model.json stay as they were
+            del d["test_size"]
         return d
 
     @classmethod
