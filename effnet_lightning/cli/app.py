@@ -73,6 +73,9 @@ from effnet_lightning.training.module import EfficientNetModule
 from effnet_lightning.training.progressive import ProgressiveLearning
 
 RUNS_DIR = "runs"
+# INT8 export measures its accuracy drop on the validation split, up to this many images (drawn
+# with the data seed), held in memory as float tensors: a whole ImageNet validation set would not fit.
+INT8_EVAL_IMAGES = 2000
 WANDB_LOGGER = "effnet_lightning.cli.loggers.WandbLogger"
 
 
@@ -136,7 +139,7 @@ class EffNetTrainer(Trainer):
             calibration_images: onnx_int8: training images (under the evaluation transform) that
                 calibrate the activation ranges.
             int8_max_drop: onnx_int8: the largest allowed top-1 drop against fp32 on the validation
-                images, in points; a larger drop writes nothing.
+                images (all of them, at most 2,000), in points; a larger drop writes nothing.
         """
         formats = list(FORMATS) if formats is None else list(formats)
         if push_to:
@@ -160,7 +163,7 @@ class EffNetTrainer(Trainer):
         if "onnx_int8" in formats:
             if calibration_images < 1:
                 raise ValueError(f"--calibration_images must be positive, got {calibration_images}")
-            images, labels = datamodule.evaluation_images("val")
+            images, labels = datamodule.evaluation_images("val", INT8_EVAL_IMAGES)
             calibration, _ = datamodule.evaluation_images("train", calibration_images)
             int8 = Int8Check(calibration, images, labels, int8_max_drop)
         info = export_model(
