@@ -190,7 +190,8 @@ def test_exported_hub_folder_loads_in_timm_and_back_with_identical_logits(offlin
         model = randomise_batchnorm(model, seed=i, in_channels=channels).eval()
         model.provenance = model.provenance.with_preprocessing(pre)
         info = export_model(model, tmp_path / name, class_names=classes, formats=["hub"], source="run.ckpt")
-        assert info["files"] == {"hub": "hub"} and info["max_abs_logit_difference"]["hub"] == 0
+        # measured 0.0 here: the same operations in both libraries; float rounding at most elsewhere
+        assert info["files"] == {"hub": "hub"} and info["max_abs_logit_difference"]["hub"] <= 1e-5
         config = json.loads((tmp_path / name / "hub" / "config.json").read_text())
         assert config["architecture"] == ("tf_" if "tf" in name else "") + f"efficientnet_{variant}"
         assert config["label_names"] == classes and config["model_args"]["in_chans"] == channels
@@ -201,8 +202,8 @@ def test_exported_hub_folder_loads_in_timm_and_back_with_identical_logits(offlin
         x = torch.randn(3, channels, 72, 72, generator=torch.Generator().manual_seed(i))
         with torch.no_grad():
             expected = model(x)
-            assert (theirs(x) - expected).abs().max().item() == 0, name
-            assert (back(x) - expected).abs().max().item() == 0, name
+            assert (theirs(x) - expected).abs().max().item() <= 1e-6 * expected.abs().max().item(), name
+            assert (back(x) - expected).abs().max().item() == 0, name  # this project's own network, reloaded
         assert expected.std() > 0.1  # logits that depend on the input, not a washed-out constant
         assert back.variant.name == variant and back.provenance.build == model.provenance.build
         # one grey channel: the mean of the RGB statistics, as timm reads them
