@@ -2,13 +2,14 @@
 then trains the backbone, BatchNorm freezing, and the class-imbalance options."""
 
 import csv
+import re
 import shutil
 from collections import Counter
 
 import lightning as L
 import pytest
 import torch
-from cli_helpers import CSV, ROOT, fit_summary, printed_metric, run_cli
+from cli_helpers import CSV, ROOT, fit_summary, last_error_line, printed_metric, run_cli
 from PIL import Image
 
 from effnet_lightning.data import demo
@@ -172,6 +173,117 @@ def test_staged_finetuning_trains_the_head_first_then_everything_at_a_lower_back
     assert [lr for lr, scale in lrs if scale == 1.0] == pytest.approx([1e-2, 1e-2])  # the classifier's
     assert [lr for lr, scale in lrs if scale != 1.0] == pytest.approx([1e-3, 1e-3])  # the backbone's: lr x 0.1
     assert len(lrs) == 4  # backbone / head, each with and without weight decay
+
+
+class GroupChanges(L.Callback):
+    """Per training epoch, which block groups' weights and BatchNorm statistics moved (from
+    the input up), and each parameter's learning rate."""
+
+    def __init__(self):
+        self.moved, self.stats_moved, self.lr_of = [], [], {}
+
+    @staticmethod
+    def _state(pl_module):
+        return [
+            [t.detach().clone() for m in modules for t in m.state_dict().values() if t.is_floating_point()]
+            for modules in pl_module.model.block_groups()
+        ]
+
+    def on_train_epoch_start(self, trainer, pl_module):
+        self.start = self._state(pl_module)
+        self.lr_of = {id(p): g["lr"] for g in trainer.optimizers[0].param_groups for p in g["params"]}
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        end = self._state(pl_module)
+        self.moved.append([any(not torch.equal(a, b) for a, b in zip(s, e)) for s, e in zip(self.start, end)])
+
+
+@pytest.mark.slow
+def test_gradual_unfreezing_trains_block_groups_from_the_top_with_layer_wise_rates(small_root):
+    torch.manual_seed(0)
+    data = _datamodule(small_root)
+    module = EfficientNetModule(
+        "lite0",
+        weights="imagenet",
+        num_classes=10,
+        class_names=data.class_names,
+        freeze_backbone_epochs=1,
+        unfreeze_groups_per_epoch=4,
+        backbone_lr_ratio=0.5,
+        layer_lr_decay=0.8,
+        warmup_epochs=0,
+        schedule="constant",
+        lr=1e-2,
+    )
+    groups = module.model.block_groups()
+    assert len(groups) == 9  # stem, seven rows of blocks, head convolution
+    changes = GroupChanges()
+    _tiny_trainer(3, [changes]).fit(module, datamodule=data)
+    # epoch 0 the classifier only; then the top four groups; then the top eight (the stem still frozen)
+    assert changes.moved == [[False] * 9, [False] * 5 + [True] * 4, [False] + [True] * 8]
+    for depth, modules in enumerate(reversed(groups)):
+        rates = [changes.lr_of[id(p)] for m in modules for p in m.parameters() if id(p) in changes.lr_of]
+        assert rates and rates == pytest.approx([1e-2 * 0.5 * 0.8**depth] * len(rates)), depth
+    assert changes.lr_of[id(module.model.classifier.weight)] == pytest.approx(1e-2)
+
+
+@pytest.mark.slow
+def test_lr_find_from_the_cli_sets_the_classifiers_rate_for_the_global_batch(tmp_path, small_root):
+    """`--lr_find.enabled true` with the fine-tuning config: the sweep runs in the frozen epoch,
+    the rate found is the classifier's at this run's global batch (lr_base_batch converts it
+    back), the optimizer starts at it, and the checkpoint records the `lr` behind it."""
+    args = [
+        "fit",
+        "--config",
+        ROOT / "configs" / "finetune.yaml",
+        "--data.root",
+        small_root,
+        "--model.variant",
+        "lite0",
+        "--model.weights",
+        "imagenet",
+        "--data.image_size",
+        "32",
+        "--data.batch_size",
+        "4",
+        "--data.num_workers",
+        "0",
+        "--model.schedule",
+        "constant",
+        "--model.warmup_epochs",
+        "0",
+        "--model.lr_base_batch",
+        "16",
+        "--trainer.max_epochs",
+        "1",
+        "--trainer.log_every_n_steps",
+        "1",
+        "--trainer.enable_progress_bar",
+        "false",
+        "--lr_find.enabled",
+        "true",
+        "--lr_find.num_training_steps",
+        "40",  # more than the 25 steps of the frozen epoch: the sweep stops there
+        *CSV,
+    ]
+    out = run_cli(args, tmp_path)
+    match = re.search(
+        r"lr_find: learning rate (\S+) for the classifier, at the global batch of 4: lr (\S+) per 16", out.stderr
+    )
+    assert match, out.stderr[-3000:]
+    found, lr = float(match.group(1)), float(match.group(2))
+    assert "after 25 steps" in out.stderr
+    assert lr == pytest.approx(found * 16 / 4, rel=1e-2)
+    rows = list(csv.DictReader(next(tmp_path.rglob("metrics.csv")).open()))
+    first = next(r for r in rows if r.get("lr-AdamW/pg1"))
+    assert float(first["lr-AdamW/pg1"]) == pytest.approx(found, rel=1e-2)  # the classifier's group
+    assert float(first["lr-AdamW/pg3"]) == pytest.approx(found * 0.1, rel=1e-2)  # the backbone's: x backbone_lr_ratio
+    _, best = fit_summary(out.stdout)
+    saved = torch.load(tmp_path / best, weights_only=True)
+    assert saved["hyper_parameters"]["lr"] == pytest.approx(lr, rel=1e-2)
+    assert not list(tmp_path.rglob(".lr_find_*.ckpt"))  # the sweep's checkpoint is gone
+    refused = run_cli([*args, "--model.freeze_backbone_epochs", "0"], tmp_path, check=False)
+    assert "lr_find sweeps one rate" in last_error_line(refused)
 
 
 @pytest.mark.slow

@@ -65,3 +65,26 @@ def test_backbone_groups_get_a_scaled_learning_rate():
         assert group["lr"] == pytest.approx(0.5 if all(in_head) else 0.05)
     assert sum(len(g["params"]) for g in optimizer.param_groups) == len(list(model.parameters()))
     assert [len(g["params"]) for g in optimizer.param_groups][:2] == [1, 1]  # classifier weight, bias
+
+
+def test_layer_decay_gives_each_block_group_its_rate():
+    """The head convolution at lr x backbone scale, each block group below at 0.5 of the one
+    above (B0: stem, seven rows of blocks, head convolution), the classifier at lr."""
+    model = EfficientNet("b0", num_classes=10)
+    groups = model.block_groups()
+    assert len(groups) == 9 and groups[0] == [model.stem] and groups[-1] == [model.head]
+    assert sum(len(g) for g in groups[1:-1]) == len(model.blocks) == 16
+    optimizer = make_optimizer("sgd", param_groups(model, 1e-5, 0.1, layer_decay=0.5), lr=0.4, momentum=0.9)
+    lr_of = {id(p): g["lr"] for g in optimizer.param_groups for p in g["params"]}
+    assert len(lr_of) == len(list(model.parameters()))  # every parameter, once
+    for p in model.classifier.parameters():
+        assert lr_of[id(p)] == pytest.approx(0.4)
+    for depth, modules in enumerate(reversed(groups)):
+        rates = [lr_of[id(p)] for m in modules for p in m.parameters()]
+        assert rates == pytest.approx([0.4 * 0.1 * 0.5**depth] * len(rates)), depth
+    assert min(lr_of.values()) == pytest.approx(0.04 / 256)  # the stem: 0.5^8 below the head convolution
+    # without a backbone scale the head convolution learns at lr, and decay works alone
+    optimizer = make_optimizer("sgd", param_groups(model, 1e-5, layer_decay=0.5), lr=0.4, momentum=0.9)
+    lr_of = {id(p): g["lr"] for g in optimizer.param_groups for p in g["params"]}
+    assert lr_of[id(model.head.conv.weight)] == lr_of[id(model.classifier.weight)] == pytest.approx(0.4)
+    assert lr_of[id(model.stem.conv.weight)] == pytest.approx(0.4 / 256)

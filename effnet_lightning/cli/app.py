@@ -69,6 +69,7 @@ from effnet_lightning.models.factory import checkpoint_hparams, preprocessing_fo
 from effnet_lightning.models.state_dicts import read_checkpoint
 from effnet_lightning.tools.export import FORMATS, Format, Int8Check, export_model
 from effnet_lightning.training.ema import EMA
+from effnet_lightning.training.lr_finder import LRFinder
 from effnet_lightning.training.module import EfficientNetModule
 from effnet_lightning.training.progressive import ProgressiveLearning
 
@@ -213,6 +214,7 @@ class EffNetCLI(LightningCLI):
         parser.add_lightning_class_args(WandbValidationReport, "wandb_report")
         parser.add_lightning_class_args(EMA, "ema")
         parser.add_lightning_class_args(ProgressiveLearning, "stages")
+        parser.add_lightning_class_args(LRFinder, "lr_find")
         parser.add_lightning_class_args(EvaluationReport, "report")
         parser.add_lightning_class_args(PredictionWriter, "predictions")
         parser.add_lightning_class_args(GracefulInterrupt, "interrupt")

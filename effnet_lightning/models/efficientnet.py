@@ -118,6 +118,16 @@ class EfficientNet(nn.Module):
     def get_classifier(self) -> nn.Module:
         return self.classifier
 
+    def block_groups(self) -> list[list[nn.Module]]:
+        """The backbone in groups, from the input up: the stem; the blocks of each row of the
+        architecture's block table (blocks of one kernel, expansion and width; seven rows for B0
+        and Lite0); the head convolution. Fine-tuning unfreezes the groups and decays their
+        learning rates one group at a time."""
+        rows: dict[int, list[nn.Module]] = {}
+        for block in self.blocks:
+            rows.setdefault(block.cfg.stage, []).append(block)
+        return [[self.stem], *rows.values(), [self.head]]
+
     def reset_classifier(self, num_classes: int) -> None:
         """A freshly initialised classifier with `num_classes` outputs (0: none)."""
         self.num_classes = num_classes

@@ -61,11 +61,19 @@ class EfficientNetModule(L.LightningModule):
         zero_init_head: start a classifier that the weights did not provide at zero. The
             paper's U(+-1/sqrt(classes)) is sized for 1000 classes; with few classes it gives
             large initial logits that stall training on small data sets.
-        freeze_backbone_epochs: fine-tuning in two stages: for this many epochs only the
+        freeze_backbone_epochs: fine-tuning in two steps: for this many epochs only the
             classifier trains (the backbone runs without gradients, its BatchNorm on the stored
             statistics), then everything trains.
+        unfreeze_groups_per_epoch: gradual unfreezing: after the frozen epochs, the backbone's
+            block groups (`EfficientNet.block_groups`: stem, one per row of the block table,
+            head convolution) start training this many per epoch, from the classifier down;
+            groups not yet training run as in the frozen epochs. 0: all at once.
         backbone_lr_ratio: the backbone's learning rate as a fraction of `lr` (the classifier
             gets `lr`); below 1 for fine-tuning.
+        layer_lr_decay: layer-wise learning-rate decay: the head convolution learns at
+            lr x backbone_lr_ratio, each block group below it at this fraction of the rate of
+            the group above (0.7: the stem of B0 at 0.7^8 of the head convolution's). 1: the
+            whole backbone at lr x backbone_lr_ratio.
         freeze_bn: keep every BatchNorm layer on its stored statistics and its scale and shift
             fixed for the whole run (small batches, or data close to the weights' own).
         class_weighted_loss: weight the loss by total / (classes x images of the class), so
@@ -107,7 +115,9 @@ class EfficientNetModule(L.LightningModule):
         lean_bn_act: bool = False,
         zero_init_head: bool = True,
         freeze_backbone_epochs: int = 0,
+        unfreeze_groups_per_epoch: int = 0,
         backbone_lr_ratio: float = 1.0,
+        layer_lr_decay: float = 1.0,
         freeze_bn: bool = False,
         class_weighted_loss: bool = False,
         test_time_flip: bool = False,
@@ -118,10 +128,15 @@ class EfficientNetModule(L.LightningModule):
         super().__init__()
         if class_names is not None and len(class_names) != num_classes:
             raise ValueError(f"{len(class_names)} class names for {num_classes} classes")
-        if freeze_backbone_epochs < 0 or not 0 < backbone_lr_ratio <= 1:
+        if freeze_backbone_epochs < 0 or unfreeze_groups_per_epoch < 0:
             raise ValueError(
-                f"need freeze_backbone_epochs >= 0 and 0 < backbone_lr_ratio <= 1, got "
-                f"{freeze_backbone_epochs} and {backbone_lr_ratio}"
+                f"need freeze_backbone_epochs >= 0 and unfreeze_groups_per_epoch >= 0, got "
+                f"{freeze_backbone_epochs} and {unfreeze_groups_per_epoch}"
+            )
+        if not (0 < backbone_lr_ratio <= 1 and 0 < layer_lr_decay <= 1):
+            raise ValueError(
+                f"need 0 < backbone_lr_ratio <= 1 and 0 < layer_lr_decay <= 1, got {backbone_lr_ratio} and "
+                f"{layer_lr_decay}"
             )
         self.save_hyperparameters()
         self.model = create_model(
@@ -201,6 +216,19 @@ class EfficientNetModule(L.LightningModule):
         # `self.trainer` raises when detached; LightningModule has no public "is attached" check.
         return self._trainer is not None and self.current_epoch < self.hparams.freeze_backbone_epochs
 
+    def frozen_groups(self, epoch: int | None = None) -> list[list[nn.Module]]:
+        """The block groups that do not train in this epoch (or `epoch`), from the input up:
+        all of them in the frozen epochs, then fewer by `unfreeze_groups_per_epoch` each epoch."""
+        if epoch is None and self._trainer is None:
+            return []
+        groups, hp = self.model.block_groups(), self.hparams
+        unfrozen_epochs = (self.current_epoch if epoch is None else epoch) - hp.freeze_backbone_epochs + 1
+        if unfrozen_epochs <= 0:
+            return groups
+        if not hp.unfreeze_groups_per_epoch:
+            return []
+        return groups[: max(0, len(groups) - hp.unfreeze_groups_per_epoch * unfrozen_epochs)]
+
     def model_step(self, batch, stage: str) -> dict:
         """Targets are class indices, or class probabilities (MixUp / CutMix; the metrics then
         count the largest share as the label)."""
@@ -260,15 +288,23 @@ class EfficientNetModule(L.LightningModule):
         return {"index": indices, "probs": self(images).float().softmax(1)}
 
     def on_train_epoch_start(self) -> None:
-        frozen = self.backbone_frozen
-        if self.hparams.freeze_backbone_epochs and self.current_epoch == self.hparams.freeze_backbone_epochs:
-            rank_zero_info(f"epoch {self.current_epoch}: the backbone trains from now on")
-        fixed = {id(p) for bn in self.batchnorms for p in bn.parameters()} if self.hparams.freeze_bn else set()
+        hp, epoch = self.hparams, self.current_epoch
+        frozen_groups, total = self.frozen_groups(), len(self.model.block_groups())
+        before = len(self.frozen_groups(epoch - 1)) if epoch else total
+        if (hp.freeze_backbone_epochs or hp.unfreeze_groups_per_epoch) and len(frozen_groups) < before:
+            training = total - len(frozen_groups)
+            rank_zero_info(
+                f"epoch {epoch}: the backbone trains from now on"
+                if not frozen_groups
+                else f"epoch {epoch}: the top {training} of the backbone's {total} block groups train"
+            )
+        fixed = {id(p) for bn in self.batchnorms for p in bn.parameters()} if hp.freeze_bn else set()
+        frozen = {id(p) for modules in frozen_groups for m in modules for p in m.parameters()}
         head = {id(p) for p in self.model.classifier.parameters()}
         for p in self.model.parameters():
             if id(p) not in head and id(p) not in fixed:
-                p.requires_grad_(not frozen)
-        self.model.train()  # undo the frozen stage's eval mode; on_train_batch_start sets it again where due
+                p.requires_grad_(id(p) not in frozen)
+        self.model.train()  # undo the frozen epochs' eval mode; on_train_batch_start sets it again where due
 
     def on_train_batch_start(self, batch, batch_idx) -> None:
         # Lightning switches the module to train mode around validation; frozen BatchNorm
@@ -279,6 +315,10 @@ class EfficientNetModule(L.LightningModule):
         if self.backbone_frozen:
             for m in self.model.modules():
                 if m is not self.model.classifier and m is not self.model.dropout:
+                    m.eval()
+        else:
+            for modules in self.frozen_groups():
+                for m in modules:
                     m.eval()
 
     def setup(self, stage: str) -> None:
@@ -295,7 +335,8 @@ class EfficientNetModule(L.LightningModule):
                 raise ValueError("class_weighted_loss needs a data module with class_counts()")
             counts = torch.tensor(datamodule.class_counts(), dtype=torch.float32).clamp(min=1)
             self.loss_weights = counts.sum() / (len(counts) * counts)
-        if stage == "fit" and self.hparams.freeze_backbone_epochs and isinstance(self.trainer.strategy, DDPStrategy):
+        freezes = self.hparams.freeze_backbone_epochs or self.hparams.unfreeze_groups_per_epoch
+        if stage == "fit" and freezes and isinstance(self.trainer.strategy, DDPStrategy):
             # The frozen backbone gets no gradients in the first epochs; DDP must not wait for them.
             # DDPStrategy takes find_unused_parameters only at construction (which the user's config
             # owns); its kwargs are read when the model is wrapped, after this setup.
@@ -347,7 +388,7 @@ class EfficientNetModule(L.LightningModule):
 
     def configure_optimizers(self):
         hp = self.hparams
-        groups = param_groups(self.model, hp.weight_decay, hp.backbone_lr_ratio)
+        groups = param_groups(self.model, hp.weight_decay, hp.backbone_lr_ratio, hp.layer_lr_decay)
         optimizer = make_optimizer(hp.optimizer, groups, self.scaled_lr(), hp.momentum, hp.nesterov)
         total_steps = max(1, int(self.trainer.estimated_stepping_batches))
         epochs = self.trainer.max_epochs if self.trainer.max_epochs and self.trainer.max_epochs > 0 else 1

@@ -1,6 +1,7 @@
 """Optimizers and learning-rate schedules for EfficientNet training.
 
-- `param_groups`: no weight decay on BatchNorm and bias parameters.
+- `param_groups`: no weight decay on BatchNorm and bias parameters; the backbone's learning-rate
+  scales (a lower rate for the backbone, layer-wise decay across its block groups).
 - `RMSpropTF`: RMSProp as TensorFlow computes it (the paper's optimizer).
 - `scale_lr`: the linear scaling rule for the global batch.
 - `lr_lambda`: linear warm-up, then cosine or the paper's step-exponential decay.
@@ -20,25 +21,36 @@ Optimizer = Literal["sgd", "adamw", "rmsprop_tf"]
 Schedule = Literal["cosine", "step", "constant"]
 
 
-def param_groups(model: nn.Module, weight_decay: float, backbone_lr_scale: float = 1.0) -> list[dict]:
+def param_groups(
+    model: nn.Module, weight_decay: float, backbone_lr_scale: float = 1.0, layer_decay: float = 1.0
+) -> list[dict]:
     """Conv / linear weights with weight decay; BN and bias parameters without. With a
-    `backbone_lr_scale` other than 1, the classifier gets groups of its own, and the rest's
-    groups carry `lr_scale` (their learning rate is lr x scale). Frozen parameters are left out."""
-    head = model.get_classifier() if backbone_lr_scale != 1 else None
-    head_ids = {id(p) for p in head.parameters()} if head is not None else set()
-    groups = {}
+    `backbone_lr_scale` or a `layer_decay` other than 1, the classifier gets groups of its own
+    and the backbone's groups carry `lr_scale` (their learning rate is lr x scale): the block
+    group next to the classifier (`model.block_groups()`, the head convolution)
+    `backbone_lr_scale`, each group below it `layer_decay` times the one above. Frozen
+    parameters are left out."""
+    scales: dict[int, float] = {}  # id(parameter) -> lr_scale; empty: one learning rate for all
+    if backbone_lr_scale != 1 or layer_decay != 1:
+        for depth, modules in enumerate(reversed(model.block_groups())):
+            for module in modules:
+                scales.update({id(p): backbone_lr_scale * layer_decay**depth for p in module.parameters()})
+        head = {id(p) for p in model.get_classifier().parameters()}
+        scales.update(
+            {id(p): backbone_lr_scale for p in model.parameters() if id(p) not in scales and id(p) not in head}
+        )
+    buckets: dict[tuple[float | None, bool], list[nn.Parameter]] = {}
     for p in model.parameters():
         if p.requires_grad:
-            key = (id(p) not in head_ids and head is not None, p.ndim > 1)
-            groups.setdefault(key, []).append(p)
+            buckets.setdefault((scales.get(id(p)), p.ndim > 1), []).append(p)
     result = []
-    for is_backbone in (False, True):
+    for scale in [None, *sorted({s for s, _ in buckets if s is not None}, reverse=True)]:
         for decays in (True, False):
-            params = groups.get((is_backbone, decays))
-            if params or (not is_backbone and head is None):  # the plain two groups always exist
+            params = buckets.get((scale, decays))
+            if params or not scales:  # the plain two groups always exist
                 group = {"params": params or [], "weight_decay": weight_decay if decays else 0.0}
-                if is_backbone:
-                    group["lr_scale"] = backbone_lr_scale
+                if scale is not None:
+                    group["lr_scale"] = scale
                 result.append(group)
     return result
 
