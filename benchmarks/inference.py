@@ -1,10 +1,12 @@
 """Inference speed of every path a user can run, side by side in one process (round-robin, so
-machine noise hits each alike): torchvision and timm eager, this project's plain and folded
-networks (what validate / test / predict run), and its ONNX exports through onnxruntime, fp32
-and static INT8 (QDQ, per-channel).
+machine noise hits each alike): torchvision and timm eager and through onnxruntime, this
+project's plain and folded networks (what validate / test / predict run), the folded network
+compiled with inductor's freezing (`--model.compile true`; with `--compile`, minutes of
+compiling first), and its ONNX exports through onnxruntime, fp32 and static INT8 (QDQ,
+per-channel).
 
     python benchmarks/inference.py                              # b0 and lite0, 224 px, batch 16
-    python benchmarks/inference.py --variants b0 --size 224 --batch 16 --rounds 7
+    python benchmarks/inference.py --variants b0 --size 224 --batch 16 --rounds 7 --compile
 
 The INT8 file is calibrated here on random images: for speed only (its accuracy is measured by
 `export --formats onnx_int8` on real data, see the README). Reported: images per second,
@@ -30,7 +32,7 @@ from effnet_lightning.models.inference import fold_batchnorm
 from effnet_lightning.tools.export import Int8Check, export_onnx, quantize_onnx_int8
 
 
-def paths(variant: str, size: int, batch: int, folder: Path) -> dict:
+def paths(variant: str, size: int, batch: int, folder: Path, compile_frozen: bool = False) -> dict:
     """{name: callable(images) -> logits} for one variant."""
     import onnxruntime
     import timm
@@ -45,10 +47,23 @@ def paths(variant: str, size: int, batch: int, folder: Path) -> dict:
     runs["timm eager, channels_last"] = timm.create_model(timm_name).eval().to(memory_format=torch.channels_last)
     ours = create_model(variant).eval().to(memory_format=torch.channels_last)
     runs["ours plain (channels_last)"] = ours
-    runs["ours folded (validate / test / predict)"] = fold_batchnorm(ours)
+    runs["ours folded (validate / test / predict)"] = folded = fold_batchnorm(ours)
+    if compile_frozen:
+        runs["ours folded, compiled with freezing"] = torch.compile(folded, options={"freezing": True})
     example = torch.randn(2, 3, size, size)
     fp32 = folder / f"{variant}.onnx"
     export_onnx(copy.deepcopy(ours).to(memory_format=torch.contiguous_format), example, fp32, None)
+    peers = {"torchvision": runs.get("torchvision eager"), "timm": runs["timm eager, channels_last"]}
+    onnx_files = {}
+    for peer, model in peers.items():
+        if model is not None:
+            onnx_files[f"{peer} onnxruntime fp32"] = folder / f"{peer}-{variant}.onnx"
+            export_onnx(
+                copy.deepcopy(model).to(memory_format=torch.contiguous_format),
+                example,
+                onnx_files[f"{peer} onnxruntime fp32"],
+                None,
+            )
     calibration = torch.randn(32, 3, size, size)
     check = Int8Check(calibration, calibration[:batch], torch.zeros(batch, dtype=torch.long), max_drop=100.0)
     int8 = folder / f"{variant}.int8.onnx"
@@ -56,7 +71,8 @@ def paths(variant: str, size: int, batch: int, folder: Path) -> dict:
     options = onnxruntime.SessionOptions()
     # Its threads would otherwise spin after each run and slow the torch paths measured next.
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    for name, path in (("onnxruntime fp32", fp32), ("onnxruntime int8", int8)):
+    onnx_files.update({"ours onnxruntime fp32": fp32, "ours onnxruntime int8": int8})
+    for name, path in onnx_files.items():
         session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         runs[name] = lambda x, s=session: s.run(None, {"images": x.numpy()})[0]
     return runs
@@ -65,7 +81,9 @@ def paths(variant: str, size: int, batch: int, folder: Path) -> dict:
 def measure(runs: dict, size: int, batch: int, rounds: int, steps: int) -> list[dict]:
     images = torch.randn(batch, 3, size, size)
     channels_last = images.contiguous(memory_format=torch.channels_last)
-    inputs = {name: channels_last if "channels_last" in name or "ours" in name else images for name in runs}
+    # The torch networks of this project and timm's take NHWC; onnxruntime and torchvision a plain NCHW tensor.
+    nhwc = {name for name in runs if ("channels_last" in name or "ours" in name) and "onnxruntime" not in name}
+    inputs = {name: channels_last if name in nhwc else images for name in runs}
     with torch.inference_mode():
         for name, run in runs.items():  # warm-up
             run(inputs[name])
@@ -95,6 +113,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--compile", action="store_true", help="add the compiled, frozen folded network")
     args = parser.parse_args()
     print(
         f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.size} px, batch {args.batch}, fp32 input"
@@ -102,7 +121,11 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as folder:
         for variant in args.variants:
             rows = measure(
-                paths(variant, args.size, args.batch, Path(folder)), args.size, args.batch, args.rounds, args.steps
+                paths(variant, args.size, args.batch, Path(folder), args.compile),
+                args.size,
+                args.batch,
+                args.rounds,
+                args.steps,
             )
             print(f"\n{variant}: medians of {args.rounds} rounds x {args.steps} batches")
             print(f"| path | img/s | vs {rows[0]['base']} |\n|---|---|---|")

@@ -38,6 +38,29 @@ def test_compiled_module_gives_the_plain_outputs_and_keys(monkeypatch):
     assert list(compiled.state_dict()) == list(plain.state_dict())  # the compiled function is no submodule
 
 
+def test_the_inference_form_compiles_with_freezing_and_training_without(monkeypatch):
+    """validate / test / predict compile the folded network with inductor's freezing (its
+    weights are constants); training compiles the plain network without it."""
+    calls, real_compile = [], torch.compile
+
+    def recording_compile(module, **options):
+        calls.append((module, options))
+        return real_compile(module, backend="eager")  # graph capture for real, no inductor
+
+    monkeypatch.setattr(torch, "compile", recording_compile)
+    plain, compiled = pair(compile=True)
+    x = torch.randn(2, 3, 64, 64)
+    compiled._evaluate_folded(True)  # what on_validation_start / on_test_start / on_predict_start do
+    with torch.no_grad():
+        expected = plain.eval()(x)
+        got = compiled.eval()(x)
+    folded_module, options = calls[-1]
+    assert options == {"options": {"freezing": True}} and folded_module is compiled._inference_form[0]
+    assert folded_module is not compiled.model and (got - expected).abs().max() <= 1e-4
+    compiled.train()
+    assert compiled.network.module is compiled.model and calls[-1] == (compiled.model, {})
+
+
 def test_failing_compile_warns_once_and_runs_eagerly(monkeypatch):
     def broken_compile(module, **options):
         def run(*args):

@@ -53,7 +53,9 @@ class EfficientNetModule(L.LightningModule):
             classifier (None: the variant's).
         channels_last: run the network in NHWC memory format (faster on CPU and GPU).
         compile: run the network through `torch.compile` (the first steps compile, minutes on a
-            CPU); where compiling is unavailable, one warning and eager execution.
+            CPU, again for each new input size); validate / test / predict compile the folded
+            network with inductor's freezing (weights folded into the graph as constants). Where
+            compiling is unavailable, one warning and eager execution.
         grad_checkpointing: recompute each block's activations in backward instead of storing
             them: less memory for large variants and images, more compute per step.
         lean_bn_act: in training, each BatchNorm + SiLU stores only its input and recomputes
@@ -199,11 +201,13 @@ class EfficientNetModule(L.LightningModule):
     def network(self):
         """`model` (its folded copy in validate / test / predict), compiled when `compile` is on.
         Neither is a submodule, so checkpoints hold the plain network's keys."""
-        model = self._inference_form[0] if self._inference_form and not self.training else self.model
+        inference = bool(self._inference_form) and not self.training
+        model = self._inference_form[0] if inference else self.model
         if not self.hparams.compile:
             return model
         if self._compiled is None or self._compiled.module is not model:
-            self._compiled = CompiledOrEager(model)
+            # The inference form's weights are constants: inductor's freezing folds them into the graph.
+            self._compiled = CompiledOrEager(model, **({"options": {"freezing": True}} if inference else {}))
         return self._compiled
 
     def _evaluate_folded(self, start: bool) -> None:
