@@ -349,8 +349,13 @@ def test_folded_network_gives_the_plain_networks_logits():
         assert folded.provenance.form == "folded" and model.provenance.form == "plain"
         assert batchnorm_count(folded) == 0 and batchnorm_count(model) > 0
         x = torch.randn(4, 3, 64, 64, generator=torch.Generator().manual_seed(i))
+        images = x.clone()
         with torch.no_grad():
             plain, fast = model(x), folded(x)
+        with torch.inference_mode():
+            assert torch.equal(folded(x), fast)
+        # in place only on the folded copy's own tensors: the caller's images and the plain network are untouched
+        assert torch.equal(x, images) and not any(getattr(m, "inplace", False) for m in model.modules())
         # float32 rounding only: within 1e-4 of the largest logit
         assert (fast - plain).abs().max() <= 1e-4 * plain.abs().max() and plain.std() > 1
         assert torch.equal(fast.argmax(1), plain.argmax(1))

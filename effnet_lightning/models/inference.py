@@ -5,7 +5,10 @@
 Each `ConvBNAct` (conv -> BatchNorm -> activation) becomes conv-with-bias -> activation, module
 by module, so it works for SAME padding (whose amount depends on the input size, which is why
 graph tracing cannot fold these networks) and leaves the network's structure otherwise as it
-is. Only for evaluation: the folded network has no running statistics to train.
+is. The activations, the squeeze-and-excitation gates and the residual sums then work in place,
+on tensors the network itself made (never its input): eager CPU inference is bound by memory
+traffic, and a fresh output per elementwise step costs as much as the step. Only for
+evaluation, without gradients: the folded network has no running statistics to train.
 """
 
 from __future__ import annotations
@@ -37,6 +40,8 @@ def fold_batchnorm(model: EfficientNet) -> EfficientNet:
         if isinstance(module, ConvBNAct) and isinstance(module.bn, nn.BatchNorm2d):
             fold_conv_bn(module.conv, module.bn)
             module.bn = nn.Identity()
+        if hasattr(module, "inplace"):  # activations, SqueezeExcite, MBConv (and Dropout, an identity in eval)
+            module.inplace = True
     folded.requires_grad_(False)
     folded.provenance = folded.provenance.folded()
     return folded

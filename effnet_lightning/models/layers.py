@@ -99,17 +99,21 @@ class ConvBNAct(nn.Sequential):
 
 
 class SqueezeExcite(nn.Module):
-    """Channel gating: global pool -> 1x1 reduce -> activation -> 1x1 expand -> sigmoid."""
+    """Channel gating: global pool -> 1x1 reduce -> activation -> 1x1 expand -> sigmoid.
+
+    `inplace` (the inference form sets it): gate `x` in place instead of allocating the output.
+    """
 
     def __init__(self, channels: int, se_channels: int, activation: str = "swish"):
         super().__init__()
         self.reduce = nn.Conv2d(channels, se_channels, 1)
         self.act = make_activation(activation)
         self.expand = nn.Conv2d(se_channels, channels, 1)
+        self.inplace = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        scale = self.expand(self.act(self.reduce(x.mean((2, 3), keepdim=True))))
-        return x * scale.sigmoid()
+        scale = self.expand(self.act(self.reduce(x.mean((2, 3), keepdim=True)))).sigmoid()
+        return x.mul_(scale) if self.inplace else x * scale
 
 
 class DropPath(nn.Module):
@@ -164,9 +168,11 @@ class MBConv(nn.Module):
         self.has_residual = cfg.has_residual
         # Blocks without a residual have no stochastic depth (there is no branch to drop).
         self.drop_path = DropPath(drop_path_rate) if self.has_residual and drop_path_rate > 0 else nn.Identity()
+        self.inplace = False  # the inference form sets it: the residual sum overwrites the branch's output
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.project(self.se(self.dw(self.expand(x))))
         if self.has_residual:
-            out = self.drop_path(out) + x
+            out = self.drop_path(out)
+            out = out.add_(x) if self.inplace else out + x
         return out
