@@ -284,6 +284,40 @@ def test_a_run_stopped_at_an_epoch_boundary_and_resumed_reproduces_the_uninterru
     expect("resume-reproduces", "the 4 losses of the second epoch equal the uninterrupted run's")
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "workers, extra",
+    [("0", []), ("2", ["--data.mixup_alpha", "0.4", "--data.cutmix_alpha", "1.0", "--data.weighted_sampler", "true"])],
+)
+def test_a_run_stopped_mid_epoch_by_sigterm_resumes_with_the_uninterrupted_runs_batches(
+    tmp_path, small_root, workers, extra
+):
+    """The training loader's position is in the checkpoint: stopped at step 6 of a 12-step
+    epoch and resumed, every later step has the uninterrupted run's loss (random crops, flips,
+    dropout; with two loader workers also MixUp / CutMix and the weighted sampler)."""
+    args = ["fit", "--data.root", small_root, *TINY, *CSV, "--data.num_workers", workers, *extra]
+    args += ["--trainer.log_every_n_steps", "1", "--trainer.limit_val_batches", "1", "--model.dropout", "0.3"]
+    args += ["--trainer.max_epochs", "2"]
+    (tmp_path / "whole").mkdir()
+    run_cli(args, tmp_path / "whole")
+    (tmp_path / "split").mkdir()
+    stopped = run_cli(
+        [*args, "--trainer.callbacks+=probes.SignalAtStep"],
+        tmp_path / "split",
+        check=False,
+        env=probe_env(step=6, signal="SIGTERM"),
+    )
+    assert stopped.returncode == 128 + signal.SIGTERM, stopped.stderr[-2000:]
+    resumed = run_cli([*args, "--ckpt_path", "last"], tmp_path / "split")
+    assert "not resumable" not in resumed.stderr
+    whole, split = train_losses(tmp_path / "whole"), train_losses(tmp_path / "split")
+    assert sorted(whole) == sorted(split) == list(range(24))  # 100 images, batches of 8: 12 steps an epoch
+    print(f"steps 6-11: uninterrupted {[whole[s] for s in range(6, 12)]}, resumed {[split[s] for s in range(6, 12)]}")
+    assert [split[s] for s in range(24)] == pytest.approx([whole[s] for s in range(24)], abs=1e-6)
+    assert len({round(whole[s], 4) for s in range(6, 24)}) == 18  # varied losses, not a constant
+    expect("resume-mid-epoch", "all 18 losses after the stop equal the uninterrupted run's")
+
+
 # -- checkpoint safety ------------------------------------------------------------------------
 
 CRASHING_WRITER = """

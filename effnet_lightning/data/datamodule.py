@@ -26,7 +26,8 @@ import lightning as L
 import torch
 import torch.distributed as dist
 from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
-from torch.utils.data import DataLoader, WeightedRandomSampler
+from torch.utils.data import DataLoader
+from torchdata.stateful_dataloader import StatefulDataLoader
 
 from effnet_lightning.data import demo
 from effnet_lightning.data.decode import decode_rgb, load_rgb
@@ -144,6 +145,9 @@ class ImageFolderDataModule(L.LightningDataModule):
         # Progressive learning: epoch -> that epoch's training settings (set by the `stages` callback).
         self.stage_at: Callable[[int], Stage] | None = None
         self._loaders: dict[str, tuple[tuple, DataLoader]] = {}
+        self._train_loader: StatefulDataLoader | None = None  # the one training draws from now
+        self._train_position: dict | None = None  # a checkpoint's, for the next training loader
+        self._resume_epoch = 0  # a checkpoint's next training epoch
         self.predict_root = Path(predict_root).expanduser() if predict_root else None
         if self.predict_root is not None and not self.predict_root.is_dir():
             raise FileNotFoundError(f"--data.predict_root {self.predict_root} is not a folder: give a folder of images")
@@ -300,10 +304,12 @@ class ImageFolderDataModule(L.LightningDataModule):
     def next_epoch(self) -> int:
         """The training epoch that runs next. (While a resumed fit builds its first loader,
         `Trainer.current_epoch` still names the last finished epoch; the fit loop's progress
-        counter, which has no other public accessor, already names the next.)"""
+        counter, which has no other public accessor, already names the next. Before the loops are
+        restored, when the trainer first builds the loader to count its steps, the checkpoint's
+        epoch, from this data module's state, stands in.)"""
         if self.trainer is None:
-            return 0
-        return self.trainer.fit_loop.epoch_progress.current.processed
+            return self._resume_epoch
+        return max(self._resume_epoch, self.trainer.fit_loop.epoch_progress.current.processed)
 
     def train_stage(self) -> Stage:
         """The training settings of the next epoch: its stage's under progressive learning,
@@ -334,24 +340,23 @@ class ImageFolderDataModule(L.LightningDataModule):
         # Training decodes straight to tensors (faster; see benchmarks/input_pipeline.py); evaluation
         # reads through PIL, as the pretrained weights were evaluated.
         decode = decode_rgb if train else load_rgb
-        dataset = ImageFileDataset(self.splits[split], transform, strict=hp.strict, decode=decode)
+        dataset = ImageFileDataset(self.splits[split], transform, strict=hp.strict, decode=decode, with_seed=mixing)
         sampler = None
-        if train and hp.weighted_sampler:
-            # Lightning wraps it in a distributed sampler under DDP.
-            counts = self.class_counts()
-            weights = [1.0 / counts[label] for _, label in dataset.samples]
-            sampler = WeightedRandomSampler(weights, num_samples=len(weights), replacement=True)
-        elif train:
-            # Order and augmentation from (seed, epoch) alone: resumes and rebuilt loaders replay
-            # them exactly (Lightning wraps the sampler for DDP, shuffling by seed and epoch).
-            sampler = SeededOrder(len(dataset), torch.initial_seed(), self.next_epoch)
+        if train:
+            # Order, augmentation and mixing from (seed, epoch) alone: resumes and rebuilt loaders
+            # replay them exactly (Lightning wraps the sampler for DDP, shuffling by seed and epoch).
+            counts = self.class_counts() if hp.weighted_sampler else None
+            weights = [1.0 / counts[label] for _, label in dataset.samples] if counts else None
+            sampler = SeededOrder(len(dataset), torch.initial_seed(), self.next_epoch, weights)
         elif split in ("val", "test") and distributed:
             # Every image exactly once across ranks (no padding duplicates), so metrics equal a
             # single-process run. (Lightning does the same for predict.)
             sampler = UnrepeatedDistributedSampler(dataset, shuffle=False)
         workers = hp.num_workers
         collate = MixCollate(self.num_classes, stage.mixup_alpha, stage.cutmix_alpha) if mixing else None
-        loader = DataLoader(
+        # The training loader's position (batches handed out this epoch) goes into checkpoints: a fit
+        # stopped mid-epoch resumes with the very batches the uninterrupted run would have had next.
+        loader = (StatefulDataLoader if train else DataLoader)(
             dataset,
             batch_size=hp.batch_size,
             shuffle=train and sampler is None,
@@ -369,7 +374,33 @@ class ImageFolderDataModule(L.LightningDataModule):
         return loader
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader("train", self.preprocessing, self.train_stage())
+        loader = self._loader("train", self.preprocessing, self.train_stage())
+        if self._train_position is not None:
+            loader.load_state_dict(self._train_position)  # before its first iteration: it starts there
+            self._train_position = None
+        self._train_loader = loader
+        return loader
+
+    def state_dict(self) -> dict:
+        """The epoch a resumed fit trains next and the training loader's position in it (batches
+        handed out; with workers, theirs too): checkpoints save them, and a fit resumed from one
+        draws the batches that follow. At the end of an epoch (also one cut short by
+        `limit_train_batches`) there is no position: the resumed fit starts the next epoch afresh."""
+        trainer = self.trainer
+        if self._train_loader is None or trainer is None:
+            return {}
+        done = trainer.fit_loop.epoch_loop.batch_progress.current.completed >= trainer.num_training_batches
+        if done:
+            return {"epoch": trainer.current_epoch + 1}
+        return {"epoch": trainer.current_epoch, "train_loader": self._train_loader.state_dict()}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        # Lightning restores the data module before the fit first asks for the training loader. That
+        # first loader is built and iterated before the loops are restored (the scheduler's step count
+        # asks for it), and a resumed fit keeps that iterator, so the epoch and position it starts from
+        # come from here. (Lightning's own copy of the position is restored into no loader then.)
+        self._resume_epoch = state_dict.get("epoch", 0)
+        self._train_position = state_dict.get("train_loader")
 
     def val_dataloader(self) -> DataLoader | list[DataLoader]:
         """At the evaluation size; with `extra_eval_sizes`, one more loader per size."""

@@ -107,10 +107,12 @@ class SeededOrder(Sampler):
     augmentation. Resuming, or rebuilding the loader at a stage change, replays exactly the
     order and the augmentation an uninterrupted run would have had. `epoch_of` says which
     epoch is about to run (asked when iteration starts, so a loader kept across epochs, or
-    wrapped for DDP, follows along)."""
+    wrapped for DDP, follows along). With `weights`, `n` draws with replacement in proportion
+    to them instead (the weighted sampler), each draw with a seed of its own."""
 
-    def __init__(self, n: int, seed: int, epoch_of: Callable[[], int]):
+    def __init__(self, n: int, seed: int, epoch_of: Callable[[], int], weights: list[float] | None = None):
         self.n, self.seed, self.epoch_of = n, seed, epoch_of
+        self.weights = torch.as_tensor(weights, dtype=torch.float64) if weights is not None else None
 
     def __len__(self) -> int:
         return self.n
@@ -118,7 +120,11 @@ class SeededOrder(Sampler):
     def __iter__(self):
         epoch = self.epoch_of()
         base = (self.seed * 1_000_003 + epoch) * self.n
-        order = torch.randperm(self.n, generator=torch.Generator().manual_seed(base % 2**63))
+        generator = torch.Generator().manual_seed(base % 2**63)
+        if self.weights is not None:
+            draws = torch.multinomial(self.weights, self.n, replacement=True, generator=generator)
+            return iter([((base + position) % 2**63, i) for position, i in enumerate(draws.tolist())])
+        order = torch.randperm(self.n, generator=generator)
         return iter([((base + i) % 2**63, i) for i in order.tolist()])
 
 
@@ -132,8 +138,11 @@ class ImageFileDataset(Dataset):
     raises `BadImageError` instead.
     """
 
-    def __init__(self, samples: list[tuple[str, int]], transform, strict: bool = False, decode=load_rgb):
+    def __init__(
+        self, samples: list[tuple[str, int]], transform, strict: bool = False, decode=load_rgb, with_seed: bool = False
+    ):
         self.samples = samples
+        self.with_seed = with_seed  # (image, label, seed) for a seeded index: MixCollate seeds the batch by it
         self.transform = transform
         self.strict = strict
         self.decode = decode
@@ -150,7 +159,8 @@ class ImageFileDataset(Dataset):
             seed, index = index
             with torch.random.fork_rng(devices=[]):
                 torch.default_generator.manual_seed(seed)  # the CPU generator alone: 20x cheaper than torch.manual_seed
-                return self._load(index)
+                item = self._load(index)
+            return (*item, seed) if self.with_seed else item
         return self._load(index)
 
     def _load(self, index: int):

@@ -44,7 +44,9 @@ def train_transform(
 
 class MixCollate:
     """Collates a batch, then applies MixUp or CutMix (one of them, chosen per batch, when both
-    are on): targets become class probabilities that sum to 1 per sample."""
+    are on): targets become class probabilities that sum to 1 per sample. Samples that carry
+    their augmentation seed, (image, label, seed), are mixed from a generator seeded by the
+    first one's: the batch's mixing then does not depend on the process or the restart."""
 
     def __init__(self, num_classes: int, mixup_alpha: float, cutmix_alpha: float):
         mixers = []
@@ -55,6 +57,12 @@ class MixCollate:
         self.mix = mixers[0] if len(mixers) == 1 else v2.RandomChoice(mixers)
 
     def __call__(self, samples):
+        if len(samples[0]) == 3:
+            seed = samples[0][2]
+            images, targets = default_collate([sample[:2] for sample in samples])
+            with torch.random.fork_rng(devices=[]):
+                torch.default_generator.manual_seed((seed + 1) % 2**63)  # not the first sample's own stream
+                return self.mix(images, targets)
         images, targets = default_collate(samples)
         return self.mix(images, targets)
 
