@@ -14,12 +14,14 @@ from pathlib import Path
 import lightning
 import pytest
 import torch
+import wandb_offline
 from cli_helpers import CSV, ROOT, TINY, last_error_line, run_cli, train_losses
 from fault_doc import expect, rows
 from probes import state_sums as sums
 
 from effnet_lightning import create_model
 from effnet_lightning.cli.app import main
+from effnet_lightning.cli.slurm import requeue_job
 from effnet_lightning.training.module import EfficientNetModule
 
 # 4 optimizer steps per epoch, 2 validation batches: small and quick, every path still taken.
@@ -316,6 +318,90 @@ def test_a_run_stopped_mid_epoch_by_sigterm_resumes_with_the_uninterrupted_runs_
     assert [split[s] for s in range(24)] == pytest.approx([whole[s] for s in range(24)], abs=1e-6)
     assert len({round(whole[s], 4) for s in range(6, 24)}) == 18  # varied losses, not a constant
     expect("resume-mid-epoch", "all 18 losses after the stop equal the uninterrupted run's")
+
+
+SLURM_JOB = {
+    "SLURM_JOB_ID": "4242",
+    "SLURM_JOB_NAME": "effnet",
+    "SLURM_NTASKS": "1",
+    "SLURM_PROCID": "0",
+    "SLURM_LOCALID": "0",
+    "SLURM_NODEID": "0",
+    "SLURM_NODELIST": "localhost",
+}
+
+
+@pytest.mark.slow
+def test_slurm_sigusr1_checkpoints_requeues_the_job_and_the_requeued_job_logs_on_into_the_same_wandb_run(
+    tmp_path, small_root
+):
+    """What configs/slurm.sbatch runs, as SLURM would run it (only `scontrol` is replaced, by a
+    script that records its arguments): SIGUSR1 at step 3 stops the fit with last.ckpt, the job
+    is requeued, and the requeued job resumes at step 3 in the same checkpoint folder and W&B run."""
+    script = (ROOT / "configs" / "slurm.sbatch").read_text()
+    assert "#SBATCH --signal=SIGUSR1@90" in script and "#SBATCH --requeue" in script
+    assert re.search(r"^srun python cli.py fit .*--ckpt_path last$", script.replace("\\\n", ""), re.MULTILINE)
+    assert subprocess.run(["bash", "-n", str(ROOT / "configs" / "slurm.sbatch")], check=False).returncode == 0
+    tools = tmp_path / "bin"
+    tools.mkdir()
+    (tools / "scontrol").write_text('#!/bin/sh\necho "$@" >> "$SCONTROL_LOG"\n')
+    (tools / "scontrol").chmod(0o755)
+    env = {**os.environ, **SLURM_JOB, "WANDB_MODE": "offline", "SCONTROL_LOG": str(tmp_path / "scontrol.log")}
+    env["PATH"] = f"{tools}{os.pathsep}{env['PATH']}"
+    args = ["fit", "--data.root", small_root, *TINY, "--trainer.limit_train_batches", "4"]
+    args += ["--trainer.limit_val_batches", "1", "--trainer.max_epochs", "2", "--trainer.log_every_n_steps", "1"]
+    args += ["--ckpt_path", "last"]
+    job = tmp_path / "job"
+    job.mkdir()
+    first = run_cli(
+        [*args, "--trainer.callbacks+=probes.SignalAtStep"],
+        job,
+        check=False,
+        env={**env, "PROBE_STEP": "3", "PROBE_SIGNAL": "SIGUSR1"},
+    )
+    assert first.returncode == 128 + signal.SIGUSR1, first.stderr[-2000:]
+    assert "SIGUSR1: stopping after this batch, saving a checkpoint and requeueing the job" in first.stderr
+    assert "SIGUSR1: requeued SLURM job 4242; it resumes from last.ckpt" in first.stderr
+    assert (tmp_path / "scontrol.log").read_text().split() == ["requeue", "4242"]
+    assert not list(job.rglob("hpc_ckpt*"))  # Lightning's own requeue stayed off
+    last = job / record(job)["last_model_path"]
+    saved = torch.load(last, weights_only=True)
+    (wandb_file,) = (job / "runs" / "wandb").glob("offline-run-*/run-*.wandb")
+    run_id = wandb_file.stem.removeprefix("run-")
+    assert saved["global_step"] == 3 and saved["wandb_run"] == {"id": run_id, "project": "effnet-lightning"}
+
+    requeued = run_cli(args, job, env={**env, "SLURM_RESTART_COUNT": "1"})
+    assert f"W&B: resuming run {run_id} of the checkpoint" in requeued.stdout + requeued.stderr
+    assert job / record(job)["last_model_path"] == last  # the same checkpoint folder
+    assert torch.load(last, weights_only=True)["global_step"] == 8
+    runs = sorted((job / "runs" / "wandb").glob("offline-run-*/run-*.wandb"))
+    assert [r.stem for r in runs] == [f"run-{run_id}"] * 2  # one W&B run, logged to by both jobs
+    steps = [h["trainer/global_step"] for h in wandb_offline.history(runs[1]) if "train/loss_step" in h]
+    assert steps and min(steps) >= 3 and max(steps) >= 7
+    assert (tmp_path / "scontrol.log").read_text().split() == ["requeue", "4242"]  # finished: not requeued again
+    print(f"W&B run {run_id}: the requeued job logged steps {min(steps)}-{max(steps)}")
+    expect("slurm-requeue", "SIGUSR1: requeued SLURM job 4242", "scontrol requeue 4242", "138", "W&B: resuming run")
+
+
+def test_requeue_runs_scontrol_once_from_the_first_task_and_says_what_happened(tmp_path, monkeypatch, capsys):
+    tools = tmp_path / "bin"
+    tools.mkdir()
+    log = tmp_path / "scontrol.log"
+    (tools / "scontrol").write_text(
+        f'#!/bin/sh\necho "$@" >> {log}\n[ "$2" != 7 ] || {{ echo "Invalid job id" >&2; exit 1; }}\n'
+    )
+    (tools / "scontrol").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tools}{os.pathsep}{os.environ['PATH']}")
+    requeue_job({})
+    requeue_job({"SLURM_JOB_ID": "5", "SLURM_PROCID": "1"})  # another task of the job: leaves it to the first
+    requeue_job({"SLURM_JOB_ID": "5", "SLURM_PROCID": "0"})
+    requeue_job({"SLURM_JOB_ID": "7"})
+    assert log.read_text().split("\n")[:-1] == ["requeue 5", "requeue 7"]
+    assert capsys.readouterr().err.splitlines() == [
+        "SIGUSR1: not a SLURM job, so nothing to requeue; resume with --ckpt_path last",
+        "SIGUSR1: requeued SLURM job 5; it resumes from last.ckpt",
+        "SIGUSR1: scontrol requeue 7 failed (Invalid job id); resubmit it with --ckpt_path last",
+    ]
 
 
 # -- checkpoint safety ------------------------------------------------------------------------

@@ -52,6 +52,7 @@ from effnet_lightning.cli.guards import (
     StopOnNonFiniteLoss,
     received_signal,
 )
+from effnet_lightning.cli.loggers import WandbRunInCheckpoint, saved_wandb_run
 from effnet_lightning.cli.onnx_predict import OnnxPredictor, read_export_info
 from effnet_lightning.cli.reports import (
     EvaluationReport,
@@ -62,6 +63,7 @@ from effnet_lightning.cli.reports import (
     WandbValidationReport,
     saved_reports,
 )
+from effnet_lightning.cli.slurm import cluster_plugins, requeue_job
 from effnet_lightning.data import demo
 from effnet_lightning.data.datamodule import ImageFolderDataModule
 from effnet_lightning.models import hub
@@ -86,7 +88,8 @@ class EffNetTrainer(Trainer):
         plugins = kwargs.get("plugins") or []
         plugins = list(plugins) if isinstance(plugins, (list, tuple)) else [plugins]
         if not any(isinstance(p, CheckpointIO) for p in plugins):
-            kwargs["plugins"] = [*plugins, AtomicCheckpointIO()]
+            plugins = [*plugins, AtomicCheckpointIO()]
+        kwargs["plugins"] = cluster_plugins(plugins)  # under SLURM: the project's requeue, not Lightning's
         super().__init__(*args, **kwargs)
 
     def predict(
@@ -219,6 +222,7 @@ class EffNetCLI(LightningCLI):
         parser.add_lightning_class_args(PredictionWriter, "predictions")
         parser.add_lightning_class_args(GracefulInterrupt, "interrupt")
         parser.add_lightning_class_args(ResumableRNG, "rng_state")
+        parser.add_lightning_class_args(WandbRunInCheckpoint, "wandb_run")
         parser.add_lightning_class_args(StopOnNonFiniteLoss, "nonfinite")
         parser.add_lightning_class_args(ProcessWatchdog, "watchdog")
         parser.link_arguments(
@@ -292,6 +296,7 @@ class EffNetCLI(LightningCLI):
             saved_dirpath = self._apply_checkpoint_settings(subcommand, choice.ckpt_path)
             if subcommand == "fit":  # (the config object was replaced by the checkpoint's settings)
                 self._continue_in_checkpoint_folder(self.config[subcommand], choice.ckpt_path, saved_dirpath)
+                self._continue_wandb_run(self.config[subcommand], choice.ckpt_path)
         elif subcommand in EVAL_SUBCOMMANDS and not config.data.class_names:
             config.data.class_names = self._pretrained_class_names(subcommand, config)
 
@@ -319,6 +324,20 @@ class EffNetCLI(LightningCLI):
         if config.checkpoint.get("dirpath") or not saved_dirpath or os.path.realpath(saved_dirpath) != folder:
             return
         config.checkpoint.dirpath = saved_dirpath
+
+    @staticmethod
+    def _continue_wandb_run(config, ckpt_path: str) -> None:
+        """Resuming a fit that logged to W&B: into the same run (its id is in the checkpoint), unless
+        the logger is given another run id or project."""
+        logger = config.trainer.get("logger")
+        init_args = logger.get("init_args") if hasattr(logger, "get") else None
+        if init_args is None or not str(logger.get("class_path", "")).endswith("WandbLogger") or init_args.get("id"):
+            return
+        run = saved_wandb_run(read_checkpoint(ckpt_path))
+        if run is None or init_args.get("project") not in (None, run.get("project")):
+            return
+        init_args.id = run["id"]
+        say(f"W&B: resuming run {run['id']} of the checkpoint")
 
     @staticmethod
     def _pretrained_class_names(subcommand: str, config) -> list[str] | None:
@@ -434,6 +453,8 @@ def main(args: list[str] | None = None) -> EffNetCLI | None:
             args=argv,
         )
     except SIGTERMException:  # the checkpoint callback has saved and said where
+        if received_signal() == signal.SIGUSR1:
+            requeue_job()
         sys.exit(128 + (received_signal() or signal.SIGTERM))
     except (ValueError, FileNotFoundError, FileExistsError, NonFiniteLossError) as e:
         if os.environ.get("EFFNET_DEBUG"):

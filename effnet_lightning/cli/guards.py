@@ -1,5 +1,5 @@
 """What keeps a long run safe: checkpoints written atomically, a clean stop with a checkpoint on
-SIGTERM / Ctrl+C, resumes that continue the random streams, a stop at the first NaN or Inf
+SIGTERM / SIGUSR1 / Ctrl+C, resumes that continue the random streams, a stop at the first NaN or Inf
 loss, and a multi-process job that ends when one of its processes dies.
 
 The CLI adds all of these to every run (`--interrupt`, `--rng_state`, `--nonfinite`,
@@ -67,12 +67,13 @@ def received_signal() -> int | None:
 
 
 class GracefulInterrupt(L.Callback):
-    """SIGTERM (a scheduler's preemption, `kill`) and the first Ctrl+C stop a fit at the next
-    batch boundary; the checkpoint callback then writes `last.ckpt` and the process exits with
-    128 + the signal number. A second Ctrl+C stops at once, without a checkpoint.
+    """SIGTERM (a scheduler's preemption, `kill`), SIGUSR1 (SLURM's warning before a time limit,
+    see `slurm.py`) and the first Ctrl+C stop a fit at the next batch boundary; the checkpoint
+    callback then writes `last.ckpt` and the process exits with 128 + the signal number (after
+    SIGUSR1, once the job is requeued). A second Ctrl+C stops at once, without a checkpoint.
 
     Lightning already turns SIGTERM into a stop at a batch boundary, agreed across processes;
-    this routes Ctrl+C the same way instead of raising KeyboardInterrupt mid-step."""
+    this routes Ctrl+C and SIGUSR1 the same way instead of raising KeyboardInterrupt mid-step."""
 
     def __init__(self, enabled: bool = True):
         self.enabled = enabled
@@ -87,19 +88,25 @@ class GracefulInterrupt(L.Callback):
             global _received_signal
             first = _received_signal is None
             _received_signal = _received_signal or signum
-            if signum == signal.SIGINT:
-                if not first:
-                    raise KeyboardInterrupt
+            if signum == signal.SIGINT and not first:
+                raise KeyboardInterrupt
+            if signum in (signal.SIGINT, signal.SIGUSR1):
                 # Rank 0's flag reaches every process at the next batch (Lightning broadcasts it).
                 # No public API stops a fit at the next batch boundary across processes; Lightning's own
-                # SIGTERM handling sets this flag, so Ctrl+C takes the same path.
+                # SIGTERM handling sets this flag, so Ctrl+C and SIGUSR1 take the same path.
                 trainer._signal_connector.received_sigterm = True
-                say("Ctrl+C: stopping after this batch and saving a checkpoint (press again to stop at once)", err=True)
+                if signum == signal.SIGINT:
+                    say(
+                        "Ctrl+C: stopping after this batch and saving a checkpoint (press again to stop at once)",
+                        err=True,
+                    )
+                elif first:
+                    say("SIGUSR1: stopping after this batch, saving a checkpoint and requeueing the job", err=True)
             elif callable(lightning_sigterm):
                 lightning_sigterm(signum, frame)
 
         if threading.current_thread() is threading.main_thread():
-            for signum in (signal.SIGINT, signal.SIGTERM):
+            for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1):
                 self._previous[signum] = signal.getsignal(signum)
                 signal.signal(signum, on_signal)
 
