@@ -142,3 +142,35 @@ def test_the_report_and_plot_show_one_point_per_network_and_the_baseline_spread(
     assert points["baseline (phi = 0), 3 seeds"] == [[0.05, 0.4], [0.05, 0.3], [0.05, 0.6]]
     assert points["best"] == [[0.11, 0.45]]
     assert [t.get_text() for t in ax.texts] == ["1.1/1.2, 1.2, 1", "1.3, 1.1, 1"]
+
+
+@pytest.mark.slow
+def test_the_slurm_launcher_trains_each_candidate_as_a_submitit_job_into_the_same_cache_and_report(
+    small_root, tmp_path
+):
+    """`--launcher slurm` through submitit's local executor (`submitit-local`: the same jobs, no
+    cluster): every fit its own job, results in the per-candidate cache the local pool reads."""
+    args = ["scale-search", "--config", ROOT / "configs" / "debug.yaml", "--alpha", "1.3", "--beta", "1.1"]
+    args += ["--gamma", "1.0", "--base-resolution", "64", "--epochs", "1", "--output-dir", "search"]
+    fit = ["--", "--data.root", small_root, "--trainer.limit_train_batches", "2"]
+    out = run_cli([*args, "--launcher", "submitit-local", "--slurm-gpus", "0", *fit], tmp_path)
+    assert "scale-search: submitted 2 jobs (" in out.stdout
+    with open(tmp_path / "search" / "results.csv", newline="") as f:
+        rows = {r["variant"]: r for r in csv.DictReader(f)}
+    assert set(rows) == {"b0", "phi1_a1.3_b1.1_g1"}
+    assert all(r["status"] == "trained" and 0 <= float(r["val_acc"]) <= 1 for r in rows.values())
+    candidate = rows["phi1_a1.3_b1.1_g1"]
+    hp = torch.load(tmp_path / candidate["checkpoint"], weights_only=True)["hyper_parameters"]
+    assert hp["variant"] == "phi1_a1.3_b1.1_g1" and hp["preprocessing"]["crop_size"] == 64
+    job_logs = sorted((tmp_path / "search" / "jobs").glob("*_result.pkl"))
+    assert len(job_logs) == 2  # submitit's own record of each job
+    report = (tmp_path / "search" / "report.md").read_text()
+    assert f"{float(candidate['val_acc']):.4f}" in report
+
+    again = run_cli([*args, *fit], tmp_path)  # the local pool finds the jobs' results in the cache
+    assert again.stdout.count(": cached, val/acc") == 2 and ": trained" not in again.stdout
+
+    refused = run_cli([*args, "--launcher", "slurm", *fit], tmp_path, check=False)
+    assert refused.returncode == 2 and refused.stderr.strip().splitlines()[-1] == (
+        "error: --launcher slurm: no sbatch here; run scale-search on a SLURM login node, or use --launcher local"
+    )

@@ -13,7 +13,9 @@ gamma^phi, rounded to a multiple of 8. Grid points that build the same network (
 1.2 round B0's repeats to the same counts) train once. `--baseline-seeds` trains the baseline
 once per seed, so the report can set the candidates' differences against its seed spread.
 Finished candidates are cached in the output folder, so a re-run resumes where the last one
-stopped. Then scale further with `--model.variant phi2_a<alpha>_b<beta>_g<gamma>`.
+stopped. `--launcher slurm` submits each fit as its own SLURM job through submitit (one job
+array; `--slurm-partition`, `--slurm-timeout-min`, `--slurm-gpus`, `--slurm-cpus`) and waits for
+them, into the same cache and report. Then scale further with `--model.variant phi2_a<alpha>_b<beta>_g<gamma>`.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import itertools
 import json
 import os
 import queue
+import shutil
 import statistics
 import subprocess
 import sys
@@ -180,6 +183,70 @@ def train(candidate: Candidate, command: list[str], run_dir: Path, device: str |
         )
     )
     return candidate
+
+
+def train_locally(commands: list[tuple[Candidate, list[str], Path]], workers: int, devices: list[str] | None):
+    """Train on this machine, `workers` fits at a time (GPU ids from `devices` in turn); yields
+    each candidate as it finishes."""
+    slots: queue.Queue = queue.Queue()
+    for i in range(max(1, workers)):
+        slots.put(devices[i % len(devices)] if devices else None)
+
+    def run(job):
+        candidate, command, run_dir = job
+        device = slots.get()
+        try:
+            return train(candidate, command, run_dir, device)
+        finally:
+            slots.put(device)
+
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        for future in as_completed([pool.submit(run, job) for job in commands]):
+            yield future.result()
+
+
+def slurm_executor(launcher: str, folder: Path, partition: str | None, timeout_min: int, gpus: int, cpus: int):
+    """A submitit executor that runs each candidate as its own SLURM job (`launcher` "slurm"),
+    or as its own process on this machine through submitit's local executor ("submitit-local",
+    the same path without a cluster); job scripts and logs go under `folder`."""
+    try:
+        import submitit
+    except ImportError:
+        raise ValueError(f"--launcher {launcher} needs submitit: pip install submitit") from None
+    cluster = "slurm" if launcher == "slurm" else "local"
+    if cluster == "slurm" and shutil.which("sbatch") is None:
+        raise ValueError(
+            "--launcher slurm: no sbatch here; run scale-search on a SLURM login node, or use --launcher local"
+        )
+    executor = submitit.AutoExecutor(folder=folder, cluster=cluster)
+    options = {"slurm_partition": partition} if partition else {}
+    executor.update_parameters(
+        name="scale-search", timeout_min=timeout_min, gpus_per_node=gpus, cpus_per_task=cpus, **options
+    )
+    return executor
+
+
+def train_as_jobs(commands: list[tuple[Candidate, list[str], Path]], executor):
+    """Submit every candidate as its own job (one SLURM job array), wait, and yield each
+    candidate as its job ends: results land in the same per-candidate cache as local training."""
+    import submitit
+
+    # The jobs unpickle `train` from this package: they import it from where this process does.
+    package_parent = str(Path(__file__).resolve().parents[1])
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [package_parent, os.environ.get("PYTHONPATH")]))
+    with executor.batch():
+        submitted = [(executor.submit(train, c, command, run_dir, None), c) for c, command, run_dir in commands]
+    print(f"scale-search: submitted {len(submitted)} jobs ({', '.join(j.job_id for j, _ in submitted)})", flush=True)
+    originals = {job.job_id: candidate for job, candidate in submitted}
+    for job in submitit.helpers.as_completed([job for job, _ in submitted]):
+        candidate = originals[job.job_id]
+        try:
+            vars(candidate).update(vars(job.result()))  # the job's copy, back into the report's candidate
+        except Exception as e:  # the job itself died (time limit, node failure): its log says why
+            candidate.status = "failed"
+            candidate.extra["log"] = str(job.paths.stderr)
+            candidate.extra["error"] = type(e).__name__
+        yield candidate
 
 
 def plot(path: Path, baselines: list[Candidate], candidates: list[Candidate], best: Candidate | None):
@@ -341,10 +408,12 @@ def search(
     base_resolution: int | None = None,
     num_classes: int = 1000,
     baseline_seeds: list[int] | None = None,
+    executor=None,
 ) -> tuple[Candidate | None, list[Candidate]]:
     """Measure the grid, train the candidates within budget (and the baseline, once per seed
     of `baseline_seeds`; the candidates then train with the first), write the report; returns
-    (best, every candidate). FLOPs are counted with a `num_classes` head."""
+    (best, every candidate). FLOPs are counted with a `num_classes` head. Training runs on this
+    machine, `workers` at a time, or, given a submitit `executor` (`slurm_executor`), as jobs."""
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     resolution = base_resolution or base_resolution_of(configs, fit_args)
@@ -377,27 +446,14 @@ def search(
             (b, out / "candidates" / ("baseline" if b.seed is None else f"baseline_seed{b.seed}")) for b in baselines
         ]
     jobs += [(c, out / "candidates" / c.variant) for c in distinct.values()]
-    slots: queue.Queue = queue.Queue()
-    for i in range(max(1, workers)):
-        slots.put(devices[i % len(devices)] if devices else None)
-
-    def run(job):
-        candidate, run_dir = job
-        device = slots.get()
-        try:
-            return train(candidate, _fit_command(candidate, configs, fit_args, epochs, run_dir), run_dir, device)
-        finally:
-            slots.put(device)
-
+    commands = [(c, _fit_command(c, configs, fit_args, epochs, run_dir), run_dir) for c, run_dir in jobs]
     from tqdm import tqdm
 
-    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        futures = [pool.submit(run, job) for job in jobs]
-        for future in tqdm(as_completed(futures), total=len(futures), desc="candidates", unit="fit", file=sys.stdout):
-            c = future.result()
-            acc = f"{c.val_acc:.4f}" if c.val_acc is not None else "-"
-            seed = f" (seed {c.seed})" if c.variant == "b0" and c.seed is not None else ""
-            tqdm.write(f"  {c.variant}{seed}: {c.status}, val/acc {acc}, {c.flops_ratio:.2f}x FLOPs", file=sys.stdout)
+    trained = train_locally(commands, workers, devices) if executor is None else train_as_jobs(commands, executor)
+    for c in tqdm(trained, total=len(commands), desc="candidates", unit="fit", file=sys.stdout):
+        acc = f"{c.val_acc:.4f}" if c.val_acc is not None else "-"
+        seed = f" (seed {c.seed})" if c.variant == "b0" and c.seed is not None else ""
+        tqdm.write(f"  {c.variant}{seed}: {c.status}, val/acc {acc}, {c.flops_ratio:.2f}x FLOPs", file=sys.stdout)
     for c in kept:
         first = distinct[c.architecture]
         if first is not c:
@@ -463,6 +519,18 @@ def main(argv: list[str] | None = None) -> None:
         help="default: the config's data.image_size, else the demo's or 224",
     )
     parser.add_argument("--output-dir", default="runs/scale_search")
+    cluster = parser.add_argument_group("cluster")
+    cluster.add_argument(
+        "--launcher",
+        choices=("local", "slurm", "submitit-local"),
+        default="local",
+        help="local: --workers fits at a time on this machine (default); slurm: each candidate its own SLURM job, "
+        "through submitit; submitit-local: the same jobs as processes on this machine",
+    )
+    cluster.add_argument("--slurm-partition", default=None, help="the jobs' partition (default: the cluster's)")
+    cluster.add_argument("--slurm-timeout-min", type=int, default=240, help="each job's time limit, minutes (240)")
+    cluster.add_argument("--slurm-gpus", type=int, default=1, help="GPUs per job (1)")
+    cluster.add_argument("--slurm-cpus", type=int, default=8, help="CPUs per job (8)")
     args = parser.parse_args(own)
     owned = (
         ("--model.variant", "--data.image_size", "--trainer.default_root_dir", "--config", "-c", "--ckpt_path")
@@ -481,6 +549,12 @@ def main(argv: list[str] | None = None) -> None:
             raise FileNotFoundError(f"--config {path}: no such file")
     if args.budget <= 0 or not 0 < args.tolerance < 1 or args.workers < 1:
         raise ValueError("need --budget > 0, 0 < --tolerance < 1 and --workers >= 1")
+    executor = None
+    if args.launcher != "local":
+        folder = Path(args.output_dir) / "jobs"
+        executor = slurm_executor(
+            args.launcher, folder, args.slurm_partition, args.slurm_timeout_min, args.slurm_gpus, args.slurm_cpus
+        )
     search(
         args.config,
         fit_args,
@@ -497,4 +571,5 @@ def main(argv: list[str] | None = None) -> None:
         devices=args.devices,
         base_resolution=args.base_resolution,
         baseline_seeds=args.baseline_seeds,
+        executor=executor,
     )
