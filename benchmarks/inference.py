@@ -10,13 +10,15 @@ per-channel).
 
 The INT8 file is calibrated here on random images: for speed only (its accuracy is measured by
 `export --formats onnx_int8` on real data, see the README). Reported: images per second,
-median over the rounds, and the ratio to torchvision eager (median of per-round ratios).
+median over the rounds, the ratio to torchvision eager (median of per-round ratios), and the
+peak resident memory one batch adds above the loaded network (after the warm-up).
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import ctypes
 import statistics
 import sys
 import tempfile
@@ -78,6 +80,27 @@ def paths(variant: str, size: int, batch: int, folder: Path, compile_frozen: boo
     return runs
 
 
+def _status_mb(field: str) -> float:
+    with open("/proc/self/status") as f:
+        line = next(line for line in f if line.startswith(f"{field}:"))
+    return int(line.split()[1]) / 1024
+
+
+def peak_memory_mb(run, images) -> float | None:
+    """Peak resident memory one batch of `run` adds above what the process holds before it
+    (Linux: the high-water mark is reset through /proc/self/clear_refs; freed heap is handed back
+    to the system first, so a path does not look lean by reusing an earlier path's memory)."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")  # resets VmHWM to the current resident size
+        before = _status_mb("VmRSS")
+        run(images)
+        return _status_mb("VmHWM") - before
+    except OSError:
+        return None  # not Linux / glibc
+
+
 def measure(runs: dict, size: int, batch: int, rounds: int, steps: int) -> list[dict]:
     images = torch.randn(batch, 3, size, size)
     channels_last = images.contiguous(memory_format=torch.channels_last)
@@ -87,6 +110,7 @@ def measure(runs: dict, size: int, batch: int, rounds: int, steps: int) -> list[
     with torch.inference_mode():
         for name, run in runs.items():  # warm-up
             run(inputs[name])
+        peaks = {name: peak_memory_mb(run, inputs[name]) for name, run in runs.items()}
         times = {name: [] for name in runs}
         for _ in range(rounds):
             for name, run in runs.items():
@@ -101,6 +125,7 @@ def measure(runs: dict, size: int, batch: int, rounds: int, steps: int) -> list[
             "img_s": statistics.median(rates),
             "vs": statistics.median(r / b for r, b in zip(rates, times[base])),
             "base": base,
+            "peak_mb": peaks[name],
         }
         for name, rates in times.items()
     ]
@@ -128,9 +153,10 @@ def main() -> None:
                 args.steps,
             )
             print(f"\n{variant}: medians of {args.rounds} rounds x {args.steps} batches")
-            print(f"| path | img/s | vs {rows[0]['base']} |\n|---|---|---|")
+            print(f"| path | img/s | vs {rows[0]['base']} | peak MB over the network |\n|---|---|---|---|")
             for r in rows:
-                print(f"| {r['path']} | {r['img_s']:.1f} | {r['vs']:.2f}x |")
+                peak = f"{r['peak_mb']:.0f}" if r["peak_mb"] is not None else "-"
+                print(f"| {r['path']} | {r['img_s']:.1f} | {r['vs']:.2f}x | {peak} |")
 
 
 if __name__ == "__main__":
