@@ -169,6 +169,8 @@ def test_the_slurm_launcher_trains_each_candidate_as_a_submitit_job_into_the_sam
 
     again = run_cli([*args, *fit], tmp_path)  # the local pool finds the jobs' results in the cache
     assert again.stdout.count(": cached, val/acc") == 2 and ": trained" not in again.stdout
+    again = run_cli([*args, "--launcher", "submitit-local", "--slurm-gpus", "0", *fit], tmp_path)
+    assert again.stdout.count(": cached, val/acc") == 2 and "submitted" not in again.stdout  # no job for those
 
     refused = run_cli([*args, "--launcher", "slurm", *fit], tmp_path, check=False)
     assert refused.returncode == 2 and refused.stderr.strip().splitlines()[-1] == (

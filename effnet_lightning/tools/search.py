@@ -138,19 +138,24 @@ def _fit_command(candidate: Candidate, configs: list[str], fit_args: list[str], 
     return command + list(fit_args)
 
 
+def load_cached(candidate: Candidate, command: list[str], run_dir: Path) -> bool:
+    """Fill in the candidate's result from an earlier fit of the same command, if there was one."""
+    result_file = run_dir / "result.json"
+    if not result_file.exists():
+        return False
+    saved = json.loads(result_file.read_text())
+    if saved.get("command") != command[1:]:  # the interpreter may differ between runs
+        return False
+    candidate.val_acc, candidate.wall_s, candidate.checkpoint = saved["val_acc"], saved["wall_s"], saved["checkpoint"]
+    candidate.status = "cached"
+    return True
+
+
 def train(candidate: Candidate, command: list[str], run_dir: Path, device: str | None) -> Candidate:
     """Run `fit` for one candidate (cached: the same command again reuses the result)."""
+    if load_cached(candidate, command, run_dir):
+        return candidate
     result_file = run_dir / "result.json"
-    if result_file.exists():
-        saved = json.loads(result_file.read_text())
-        if saved.get("command") == command[1:]:  # the interpreter may differ between runs
-            candidate.val_acc, candidate.wall_s, candidate.checkpoint = (
-                saved["val_acc"],
-                saved["wall_s"],
-                saved["checkpoint"],
-            )
-            candidate.status = "cached"
-            return candidate
     run_dir.mkdir(parents=True, exist_ok=True)
     package_parent = str(Path(__file__).resolve().parents[1])
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [package_parent, os.environ.get("PYTHONPATH")]))}
@@ -227,10 +232,17 @@ def slurm_executor(launcher: str, folder: Path, partition: str | None, timeout_m
 
 
 def train_as_jobs(commands: list[tuple[Candidate, list[str], Path]], executor):
-    """Submit every candidate as its own job (one SLURM job array), wait, and yield each
-    candidate as its job ends: results land in the same per-candidate cache as local training."""
+    """Submit every candidate not in the cache as its own job (one SLURM job array), wait, and
+    yield each candidate as its job ends: results land in the same per-candidate cache as local
+    training."""
     import submitit
 
+    for candidate, command, run_dir in commands:
+        if load_cached(candidate, command, run_dir):
+            yield candidate
+    commands = [(c, command, run_dir) for c, command, run_dir in commands if c.status != "cached"]
+    if not commands:
+        return
     # The jobs unpickle `train` from this package: they import it from where this process does.
     package_parent = str(Path(__file__).resolve().parents[1])
     os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [package_parent, os.environ.get("PYTHONPATH")]))
