@@ -34,7 +34,9 @@ from effnet_lightning.models.inference import fold_batchnorm
 from effnet_lightning.tools.export import Int8Check, export_onnx, quantize_onnx_int8
 
 
-def paths(variant: str, size: int, batch: int, folder: Path, compile_frozen: bool = False) -> dict:
+def paths(
+    variant: str, size: int, batch: int, folder: Path, compile_frozen: bool = False, openvino: bool = False
+) -> dict:
     """{name: callable(images) -> logits} for one variant."""
     import onnxruntime
     import timm
@@ -77,6 +79,13 @@ def paths(variant: str, size: int, batch: int, folder: Path, compile_frozen: boo
     for name, path in onnx_files.items():
         session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         runs[name] = lambda x, s=session: s.run(None, {"images": x.numpy()})[0]
+    if openvino:
+        import openvino as ov
+
+        core = ov.Core()
+        for kind, path in (("fp32", fp32), ("int8", int8)):
+            compiled = core.compile_model(str(path), "CPU", {"PERFORMANCE_HINT": "LATENCY"})
+            runs[f"ours openvino {kind}"] = lambda x, c=compiled: c(x.numpy())[0]
     return runs
 
 
@@ -139,6 +148,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--compile", action="store_true", help="add the compiled, frozen folded network")
+    parser.add_argument(
+        "--openvino", action="store_true", help="add the ONNX files through OpenVINO (pip install openvino)"
+    )
     args = parser.parse_args()
     print(
         f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.size} px, batch {args.batch}, fp32 input"
@@ -146,7 +158,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as folder:
         for variant in args.variants:
             rows = measure(
-                paths(variant, args.size, args.batch, Path(folder), args.compile),
+                paths(variant, args.size, args.batch, Path(folder), args.compile, args.openvino),
                 args.size,
                 args.batch,
                 args.rounds,
