@@ -322,8 +322,14 @@ def test_class_weighted_loss_and_weighted_sampler_balance_an_imbalanced_folder(d
     module.setup("fit")
     assert module.loss_weights.tolist() == pytest.approx([44 / (3 * 32), 44 / (3 * 8), 44 / (3 * 4)])
     sampler = data.train_dataloader().sampler
-    torch.manual_seed(0)
-    drawn = Counter(data.splits["train"][i][1] for _ in range(50) for i in sampler)
+    # The draws follow from (seed, epoch): the same epoch draws the same again, the next one anew.
+    assert list(sampler) == list(sampler)
+    drawn, by_epoch = Counter(), []
+    for epoch in range(50):
+        sampler.epoch_of = lambda epoch=epoch: epoch
+        by_epoch.append([i for _, i in sampler])
+        drawn.update(data.splits["train"][i][1] for i in by_epoch[-1])
+    assert all(len(draws) == 44 for draws in by_epoch) and len({tuple(d) for d in by_epoch}) == 50
     shares = [drawn[c] / sum(drawn.values()) for c in range(3)]
     print(f"weighted sampler: class shares {[round(s, 3) for s in shares]} from 32/8/4 images")
     assert all(abs(s - 1 / 3) < 0.03 for s in shares)
