@@ -11,6 +11,7 @@
     python cli.py export                                       # ONNX, TorchScript, safetensors
     python cli.py export --formats "[hub]" --push_to me/my-effnet   # timm's hub layout, uploaded
     python cli.py scale-search --config configs/default.yaml   # search alpha, beta, gamma (see search.py)
+    python cli.py prepare --data.root ~/my_images --output_dir ~/my_shards   # then --data.root ~/my_shards
 
 Links: the crop size and normalisation follow the model's variant and weights; the class
 count and names follow the data, or the checkpoint when one is given.
@@ -381,8 +382,9 @@ class EffNetCLI(LightningCLI):
 
 
 SCALE_SEARCH_HELP = (
-    "one more subcommand: scale-search  the compound-scaling search: alpha, beta, gamma trained through fit "
-    "(python cli.py scale-search --help)"
+    "two more subcommands: scale-search  the compound-scaling search: alpha, beta, gamma trained through fit "
+    "(python cli.py scale-search --help); prepare  an image folder into shards for --data.root "
+    "(python cli.py prepare --help)"
 )
 
 
@@ -422,6 +424,10 @@ def main(args: list[str] | None = None) -> EffNetCLI | None:
             from effnet_lightning.tools import search
 
             return search.main(argv[1:])
+        if argv[:1] == ["prepare"]:
+            from effnet_lightning.tools import prepare
+
+            return prepare.main(argv[1:])
         _, given = given_settings(argv)
         refuse_automatic_optimizers(given)
         argv = with_demo_settings(argv, given)

@@ -2,6 +2,7 @@
 
     root/train/<class>/*.jpg, root/val/<class>/*.jpg [, root/test/<class>/*.jpg]
 or  root/<class>/*.jpg                      (split into train/val: seeded, stratified)
+or  a shard folder written by `prepare`     (the same splits, read from litdata chunks)
 and predict_root/**/*.jpg                   (any layout: every image once, for `predict`)
 
 With no root, the built-in demo dataset (`demo`) is generated on first use.
@@ -37,11 +38,12 @@ from effnet_lightning.data.folders import (
     SeededOrder,
     find_bad_images,
     find_classes,
+    folder_splits,
     image_size,
     list_all_images,
-    list_images,
-    stratified_split,
+    sample_labels,
 )
+from effnet_lightning.data.shards import Shards, is_shard_folder, open_shards
 from effnet_lightning.data.stages import Stage
 from effnet_lightning.data.transforms import Augment, MixCollate, eval_transform, train_transform
 from effnet_lightning.models.preprocessing import Preprocessing
@@ -57,7 +59,9 @@ class ImageFolderDataModule(L.LightningDataModule):
     """Image folders in, normalised batches out.
 
     Args:
-        root: folder with train/ and val/ (optional test/), or one folder of class folders.
+        root: folder with train/ and val/ (optional test/), or one folder of class folders,
+            or a shard folder that `python cli.py prepare` wrote from one (no files are listed
+            or checked at start-up: prepare did that once).
             None: the built-in demo dataset, generated into data/demo on first use (predict
             and export with a checkpoint need no labelled folder).
         image_size: training crop size; None follows the model (b0 224, b3 300, ...).
@@ -154,6 +158,7 @@ class ImageFolderDataModule(L.LightningDataModule):
         self.splits: dict[str, list[tuple[str, int]]] = {}
         self.skipped: dict[str, str] = {}  # path: why it is not a readable image
         self.root: Path | None = Path(root).expanduser() if root else None
+        self.shards: Shards | None = None
         if class_names:
             # From a checkpoint: the folder is checked when it is needed (predict and export
             # need none, so the demo data is not generated for them).
@@ -171,7 +176,11 @@ class ImageFolderDataModule(L.LightningDataModule):
         if not self.root.is_dir():
             raise FileNotFoundError(f"--data.root {self.root} is not a folder: give a folder of class folders")
         train_dir = self.root / "train"
-        found = find_classes(train_dir if train_dir.is_dir() else self.root)
+        if is_shard_folder(self.root):
+            self.shards = open_shards(self.root)
+            found = self.shards.class_names
+        else:
+            found = find_classes(train_dir if train_dir.is_dir() else self.root)
         if not found:
             raise FileNotFoundError(f"no class folders in {self.root}: expected {self.root}/<class>/<images>")
         expected = getattr(self, "class_names", None)
@@ -198,22 +207,13 @@ class ImageFolderDataModule(L.LightningDataModule):
         if self.root is None:
             self._check_root()
         hp = self.hparams
-        train_dir = self.root / "train"
-        if train_dir.is_dir():
-            val_dir = self.root / "val"
-            if not val_dir.is_dir():
-                raise FileNotFoundError(f"{self.root} has train/ but no val/: add {val_dir} with the same classes")
-            self.splits["train"] = self._readable(list_images(train_dir, self.class_names))
-            self.splits["val"] = self._readable(list_images(val_dir, self.class_names))
+        if self.shards is not None:
+            self.splits.update(self.shards.splits)  # listed and checked once, by `prepare`
+            self.skipped.update(self.shards.bad_files)
         else:
-            self.splits["train"], self.splits["val"] = stratified_split(
-                self._readable(list_images(self.root, self.class_names)), hp.val_fraction, hp.seed
+            self.splits.update(
+                folder_splits(self.root, self.class_names, hp.val_fraction, hp.seed, readable=self._readable)
             )
-        test_dir = self.root / "test"
-        has_test = test_dir.is_dir()
-        self.splits["test"] = (
-            self._readable(list_images(test_dir, self.class_names)) if has_test else self.splits["val"]
-        )
         for split in ("train", "val"):
             if not self.splits[split]:
                 raise FileNotFoundError(f"no readable images for {split} under {self.root}")
@@ -294,7 +294,7 @@ class ImageFolderDataModule(L.LightningDataModule):
     def class_counts(self) -> list[int]:
         """Training images per class (after setup)."""
         counts = [0] * self.num_classes
-        for _, label in self.splits["train"]:
+        for label in sample_labels(self.splits["train"]):
             counts[label] += 1
         return counts
 
@@ -346,7 +346,7 @@ class ImageFolderDataModule(L.LightningDataModule):
             # Order, augmentation and mixing from (seed, epoch) alone: resumes and rebuilt loaders
             # replay them exactly (Lightning wraps the sampler for DDP, shuffling by seed and epoch).
             counts = self.class_counts() if hp.weighted_sampler else None
-            weights = [1.0 / counts[label] for _, label in dataset.samples] if counts else None
+            weights = [1.0 / counts[label] for label in sample_labels(dataset.samples)] if counts else None
             sampler = SeededOrder(len(dataset), torch.initial_seed(), self.next_epoch, weights)
         elif split in ("val", "test") and distributed:
             # Every image exactly once across ranks (no padding duplicates), so metrics equal a

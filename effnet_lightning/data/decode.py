@@ -8,11 +8,16 @@ Only 8-bit RGB and grayscale JPEG and PNG files take the tensor path: their pixe
 ones `load_rgb` gives (JPEG within the rounding of the decoder's colour conversion). Every
 other file (CMYK, 16-bit, palette or transparency, which `load_rgb` composites on white, other
 formats) goes through `load_rgb`. The header is read by PIL, which decodes no pixels for it.
+
+Both read a path or an `EncodedImage`: a file's bytes as shards store them, decoded exactly as
+the file would be.
 """
 
 from __future__ import annotations
 
+import io
 import warnings
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -21,10 +26,29 @@ from torchvision.io import ImageReadMode, decode_image, read_file
 from torchvision.transforms.v2.functional import pil_to_tensor
 
 
-def load_rgb(path: str) -> Image.Image:
+@dataclass(frozen=True, repr=False)
+class EncodedImage:
+    """An image file's encoded bytes (as shards hold them), named by the file's path in the folder
+    it came from: messages about it name that file."""
+
+    name: str
+    data: bytes
+
+    def __str__(self) -> str:
+        return self.name
+
+    __repr__ = __str__
+
+
+def open_image(source: str | EncodedImage) -> Image.Image:
+    """PIL's lazy image of a file or of an `EncodedImage` (pixels are decoded on `load`)."""
+    return Image.open(io.BytesIO(source.data) if isinstance(source, EncodedImage) else source)
+
+
+def load_rgb(path: str | EncodedImage) -> Image.Image:
     """An 8-bit RGB image from any file PIL reads: transparency is composited on white, 16-bit
     and 32-bit grayscale is scaled to 8 bits, CMYK / palette / grayscale are converted."""
-    with Image.open(path) as img:
+    with open_image(path) as img:
         img.load()
         if img.mode == "P" and "transparency" in img.info:
             img = img.convert("RGBA")
@@ -53,14 +77,19 @@ warnings.filterwarnings(
 FAST_KINDS = {("JPEG", "RGB"), ("JPEG", "L"), ("PNG", "RGB"), ("PNG", "L")}
 
 
-def decode_rgb(path: str) -> torch.Tensor:
+def decode_rgb(path: str | EncodedImage) -> torch.Tensor:
     """An 8-bit RGB image as a (3, H, W) uint8 tensor; odd modes as `load_rgb` converts them."""
-    with Image.open(path) as img:
+    with open_image(path) as img:
         # A PNG's transparency chunk, even on an RGB image, makes load_rgb composite on white.
         fast = (img.format, img.mode) in FAST_KINDS and "transparency" not in img.info
     if fast:
         try:
-            return decode_image(read_file(str(path)), mode=ImageReadMode.RGB)
+            data = (
+                torch.frombuffer(bytearray(path.data), dtype=torch.uint8)
+                if isinstance(path, EncodedImage)
+                else read_file(str(path))
+            )
+            return decode_image(data, mode=ImageReadMode.RGB)
         except RuntimeError:
             pass  # a truncated or unusual file: PIL decodes it, or raises its own clear error
     return pil_to_tensor(load_rgb(path))

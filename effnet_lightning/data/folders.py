@@ -13,7 +13,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset, Sampler
 
-from effnet_lightning.data.decode import load_rgb
+from effnet_lightning.data.decode import EncodedImage, load_rgb, open_image
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +53,34 @@ def stratified_split(samples: list[tuple[str, int]], val_fraction: float, seed: 
     return sorted(train), sorted(val)
 
 
+def sample_labels(samples) -> list[int]:
+    """The labels of (image, label) samples, without reading the images when the samples know
+    them (`ShardSamples.labels`)."""
+    labels = getattr(samples, "labels", None)
+    return labels if labels is not None else [label for _, label in samples]
+
+
+def folder_splits(
+    root: Path, classes: list[str], val_fraction: float, seed: int, readable: Callable[[list], list] = list
+) -> dict[str, list[tuple[str, int]]]:
+    """The train, val and test samples of an image folder: its train/ and val/ (and test/)
+    folders, or one folder of class folders split by `stratified_split`. Without test/, test is
+    the val list itself. `readable` filters each listing (e.g. to the files that read as images)
+    before it is split."""
+    train_dir = root / "train"
+    if train_dir.is_dir():
+        val_dir = root / "val"
+        if not val_dir.is_dir():
+            raise FileNotFoundError(f"{root} has train/ but no val/: add {val_dir} with the same classes")
+        splits = {"train": readable(list_images(train_dir, classes)), "val": readable(list_images(val_dir, classes))}
+    else:
+        train, val = stratified_split(readable(list_images(root, classes)), val_fraction, seed)
+        splits = {"train": train, "val": val}
+    test_dir = root / "test"
+    splits["test"] = readable(list_images(test_dir, classes)) if test_dir.is_dir() else splits["val"]
+    return splits
+
+
 def list_all_images(folder: Path) -> list[str]:
     """Every image under folder, at any depth, sorted; hidden files and folders are skipped.
     (Dangling links are listed, so the check of the files reports them.)"""
@@ -85,10 +113,10 @@ def image_problem(path: str) -> str | None:
         return f"{type(e).__name__}: {e}"
 
 
-def image_size(path: str) -> tuple[int, int]:
+def image_size(path: str | EncodedImage) -> tuple[int, int]:
     """(width, height) from the file's header; (0, 0) when it is not a readable image."""
     try:
-        with Image.open(path) as image:
+        with open_image(path) as image:
             return image.size
     except (OSError, UnidentifiedImageError, ValueError):
         return (0, 0)

@@ -1,0 +1,234 @@
+"""Shards: an image folder converted once into litdata's chunks, and read back by index.
+
+    python cli.py prepare --data.root ~/images --output_dir ~/images-shards
+    python cli.py fit --data.root ~/images-shards
+
+    SHARDS/effnet_shards.json   class names; per split, the labels in the folder's order
+    SHARDS/train/, val/, test/  litdata chunks: per image, the file's original encoded bytes,
+                                its label, its position in the folder's listing and its name
+    SHARDS/bad_files.txt        the folder's files that are not readable images, and why
+
+`write_shards` lists and splits the folder as training from it does (train/val/test folders,
+or the seeded stratified split), decodes every file once, in parallel (so truncated files are
+found too), and writes the readable ones with litdata's `optimize`. Interrupted, the same
+command continues: the listing and finished splits are kept, and litdata resumes the split it
+was writing from its own checkpoints.
+
+`ShardSamples` is one split as a sequence of (EncodedImage, label) in the folder's order, read
+by random access (litdata's `StreamingDataset`). The data module uses it where a folder gives
+(path, label) pairs: the same seeded order, decoding, transforms, resume and DDP sampling, so
+training from shards is training from the folder, minus listing and checking files at start-up.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import multiprocessing
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from PIL import Image
+
+from effnet_lightning.data.decode import EncodedImage, load_rgb
+from effnet_lightning.data.folders import find_classes, folder_splits, image_problem
+
+SHARDS_INFO = "effnet_shards.json"
+LISTING = "listing.json"  # an unfinished prepare's listing and checks, so that running it again continues
+FORMAT = 1
+SPLITS = ("train", "val", "test")
+
+
+def is_shard_folder(root: Path) -> bool:
+    return (root / SHARDS_INFO).is_file()
+
+
+class ShardSamples(Sequence):
+    """One split of a shard folder: `samples[i]` is (EncodedImage, label) of the folder's i-th
+    image. `labels` are at hand without reading an image. Each process opens its own reader."""
+
+    def __init__(self, folder: Path, labels: list[int], order: list[int] | None = None):
+        self.folder, self.labels, self.order = folder, labels, order
+        self._reader, self._pid = None, None
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        if not 0 <= index < len(self):
+            raise IndexError(f"image {index} of {len(self)}")
+        if self._pid != os.getpid():  # a worker process, or the first read
+            from litdata import StreamingDataset
+
+            self._reader, self._pid = StreamingDataset(str(self.folder)), os.getpid()
+        item = self._reader[self.order[index] if self.order else index]
+        return EncodedImage(item["name"], bytes(item["image"])), int(item["label"])
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_reader": None, "_pid": None}
+
+    def __repr__(self) -> str:
+        digest = hashlib.sha1(repr(self.labels).encode()).hexdigest()[:12]
+        return f"ShardSamples({self.folder}, {len(self)} images, labels {digest})"
+
+
+@dataclass
+class Shards:
+    root: Path
+    class_names: list[str]
+    splits: dict[str, Sequence]  # train, val, test (val's own samples when the folder had no test/)
+    bad_files: dict[str, str]
+
+
+def open_shards(root: Path) -> Shards:
+    """The shard folder `root` written by `write_shards` (its info file and splits checked)."""
+    info = json.loads((root / SHARDS_INFO).read_text())
+    if info.get("format") != FORMAT:
+        raise ValueError(f"{root} holds shards of format {info.get('format')}, not {FORMAT}: run prepare again")
+    splits = {}
+    for split, saved in info["splits"].items():
+        if saved["labels"] and not (root / split / "index.json").is_file():
+            raise FileNotFoundError(f"{root / split} has no index.json: run the prepare that wrote {root} again")
+        splits[split] = ShardSamples(root / split, saved["labels"], saved.get("order"))
+    splits.setdefault("test", splits["val"])
+    return Shards(root, info["class_names"], splits, info.get("bad_files", {}))
+
+
+def decode_problem(path: str) -> str | None:
+    """Why `path` is not a readable image (None: it decodes), from its header and then from
+    decoding all of it (which finds truncated files too)."""
+    problem = image_problem(path)
+    if problem:
+        return problem
+    try:
+        load_rgb(path)
+        return None
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+        return f"{type(e).__name__}: {e}"
+
+
+def _shard_item(entry: tuple[int, str, str, int]) -> dict:
+    position, path, name, label = entry
+    return {"position": position, "label": label, "name": name, "image": Path(path).read_bytes()}
+
+
+def write_shards(
+    root: str | Path,
+    output_dir: str | Path,
+    val_fraction: float = 0.2,
+    seed: int = 42,
+    workers: int | None = None,
+    chunk_bytes: str = "64MB",
+    say: Callable[[str], None] = print,
+) -> Shards:
+    """Convert the image folder `root` into shards in `output_dir` (see the module's notes);
+    `workers` processes check and write (default: one per CPU core)."""
+    root, out = Path(root).expanduser(), Path(output_dir).expanduser()
+    if not root.is_dir():
+        raise FileNotFoundError(f"--data.root {root} is not a folder: give a folder of class folders")
+    if is_shard_folder(root):
+        raise ValueError(f"--data.root {root} already holds shards: train from it with --data.root {root}")
+    if is_shard_folder(out):
+        raise FileExistsError(f"{out} already holds shards: give another --output_dir, or delete {out} first")
+    if out.resolve() == root.resolve() or root.resolve() in out.resolve().parents:
+        raise ValueError(f"--output_dir {out} is inside --data.root {root}: give a folder outside it")
+    workers = workers or os.cpu_count() or 1
+    out.mkdir(parents=True, exist_ok=True)
+    listing = _checked_listing(root, out, val_fraction, seed, workers, say)
+    info = {"format": FORMAT, "source": str(root.resolve()), "class_names": listing["class_names"], "splits": {}}
+    for split, samples in listing["splits"].items():
+        info["splits"][split] = _write_split(root, out / split, samples, workers, chunk_bytes, say)
+    info["bad_files"] = listing["bad_files"]
+    (out / "bad_files.txt").write_text("".join(f"{path}\t{why}\n" for path, why in listing["bad_files"].items()))
+    partial = out / f".{SHARDS_INFO}.partial"
+    partial.write_text(json.dumps(info))
+    partial.replace(out / SHARDS_INFO)  # the shards are complete once this file is there
+    (out / LISTING).unlink()
+    return open_shards(out)
+
+
+def _checked_listing(root: Path, out: Path, val_fraction: float, seed: int, workers: int, say) -> dict:
+    """The folder's classes and splits, its unreadable files left out and listed; kept in
+    `out` until the shards are complete, so an interrupted prepare does not check again."""
+    settings = {"source": str(root.resolve()), "val_fraction": val_fraction, "seed": seed}
+    saved = out / LISTING
+    if saved.is_file():
+        listing = json.loads(saved.read_text())
+        if {k: listing[k] for k in settings} != settings:
+            raise FileExistsError(
+                f"{out} holds an unfinished prepare of {listing['source']} (val_fraction {listing['val_fraction']}, "
+                f"seed {listing['seed']}): run that command again to finish it, or delete {out}"
+            )
+        say(f"continuing the unfinished prepare in {out}")
+        return listing
+    train_dir = root / "train"
+    classes = find_classes(train_dir if train_dir.is_dir() else root)
+    if not classes:
+        raise FileNotFoundError(f"no class folders in {root}: expected {root}/<class>/<images>")
+    bad: dict[str, str] = {}
+
+    def readable(samples: list[tuple[str, int]]) -> list[tuple[str, int]]:
+        paths = [path for path, _ in samples]
+        with multiprocessing.get_context().Pool(workers) as pool:
+            problems = pool.map(decode_problem, paths, chunksize=max(1, min(256, len(paths) // (4 * workers) or 1)))
+        bad.update({path: problem for path, problem in zip(paths, problems) if problem})
+        return [sample for sample, problem in zip(samples, problems) if not problem]
+
+    splits = folder_splits(root, classes, val_fraction, seed, readable=readable)
+    if splits["test"] is splits["val"]:
+        del splits["test"]  # no test/ folder: test is val, as for the folder
+    for split in ("train", "val"):
+        if not splits[split]:
+            raise FileNotFoundError(f"no readable images for {split} under {root}")
+    say(
+        f"{root}: {len(classes)} classes, "
+        + ", ".join(f"{split} {len(samples)}" for split, samples in splits.items())
+        + f" images, {len(bad)} unreadable files left out"
+    )
+    listing = {**settings, "class_names": classes, "splits": splits, "bad_files": bad}
+    saved.write_text(json.dumps(listing))
+    return listing
+
+
+def _write_split(root: Path, folder: Path, samples: list, workers: int, chunk_bytes: str, say) -> dict:
+    """One split's chunks (resumed by litdata when an earlier run stopped part-way), read back
+    whole: every image of the listing once. Returns the labels and, unless the chunks keep the
+    listing's order, where each image is."""
+    labels = [label for _, label in samples]
+    if not samples:
+        return {"labels": []}
+    if not (folder / "index.json").is_file():
+        from litdata import optimize
+
+        say(f"writing {len(samples)} {folder.name} images to {folder}")
+        entries = [(i, path, str(Path(path).relative_to(root)), label) for i, (path, label) in enumerate(samples)]
+        optimize(
+            fn=_shard_item,
+            inputs=entries,
+            output_dir=str(folder),
+            chunk_bytes=chunk_bytes,
+            num_workers=min(workers, len(entries)),
+            use_checkpoint=True,  # an interrupted run is continued where it stopped
+            reorder_files=False,
+            # litdata sets the start method for the whole process; this keeps the one in use.
+            start_method=multiprocessing.get_start_method(),
+            verbose=False,
+        )
+    from litdata import StreamingDataset
+
+    reader = StreamingDataset(str(folder))
+    positions = [int(reader[i]["position"]) for i in range(len(reader))]
+    if sorted(positions) != list(range(len(samples))):
+        raise ValueError(
+            f"{folder} holds {len(positions)} images, not the {len(samples)} listed: delete it and run again"
+        )
+    if positions == list(range(len(samples))):
+        return {"labels": labels}
+    order = [0] * len(samples)
+    for index, position in enumerate(positions):
+        order[position] = index
+    return {"labels": labels, "order": order}
