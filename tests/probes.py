@@ -223,3 +223,25 @@ class NetworkFormProbe(L.Callback):
 
     def on_predict_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0):
         self._write(trainer, pl_module, "predict")
+
+
+class SampleProbe(L.Callback):
+    """Per epoch, the indices of the training images this process's sampler draws, its training
+    steps and the indices of the validation images it evaluates, to $PROBE_FILE.<rank> (JSON)."""
+
+    def __init__(self):
+        self.epochs = []
+
+    def on_train_epoch_start(self, trainer, pl_module):
+        drawn = [index for _, index in trainer.train_dataloader.sampler]  # (augmentation seed, index)
+        self.epochs.append({"train": drawn, "steps": 0, "val": []})
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self.epochs[-1]["steps"] += 1
+
+    def on_validation_epoch_start(self, trainer, pl_module):
+        if not trainer.sanity_checking:
+            self.epochs[-1]["val"] = list(trainer.val_dataloaders.sampler)
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        Path(f"{os.environ['PROBE_FILE']}.{trainer.global_rank}").write_text(json.dumps(self.epochs))
