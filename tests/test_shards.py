@@ -158,7 +158,7 @@ def test_training_from_shards_stopped_mid_epoch_and_resumed_equals_training_from
     assert sorted(fit_metrics(tmp_path / "folder")) == [0, 1]
     record = json.loads((tmp_path / "shards" / "runs" / "latest_fit.json").read_text())
     saved = torch.load(tmp_path / "shards" / record["last_model_path"], weights_only=True)
-    assert saved["class_names"] == find_classes(small_root / "train")
+    assert saved["hyper_parameters"]["class_names"] == find_classes(small_root / "train")
 
 
 @pytest.mark.slow

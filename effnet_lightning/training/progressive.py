@@ -70,10 +70,18 @@ class ProgressiveLearning(L.Callback):
             self.schedule.stage, max_epochs=trainer.max_epochs, image_size=data.train_size, final=final
         )
 
+    def on_train_start(self, trainer, pl_module):
+        # A fit resumed in the middle of an epoch starts without `on_train_epoch_start` for it.
+        if self.active:
+            self._enter(trainer, pl_module, trainer.datamodule.next_epoch())
+
     def on_train_epoch_start(self, trainer, pl_module):
-        if not self.active:
-            return
-        stage = trainer.datamodule.stage_at(trainer.current_epoch)
+        if self.active:
+            self._enter(trainer, pl_module, trainer.current_epoch)
+
+    def _enter(self, trainer, pl_module, epoch: int) -> None:
+        """The model's part of `epoch`'s stage (dropout), announced once per stage."""
+        stage = trainer.datamodule.stage_at(epoch)
         pl_module.model.dropout.p = stage.dropout
         if stage.index != self._announced:
             self._announced = stage.index
@@ -85,7 +93,7 @@ class ProgressiveLearning(L.Callback):
                 "dropout": True,
             }
             shown = tuple(name for name in self.schedule.ramp if on[name])
-            rank_zero_info(f"epoch {trainer.current_epoch}: {stage.describe(shown)}")
+            rank_zero_info(f"epoch {epoch}: {stage.describe(shown)}")
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         if self.active:
