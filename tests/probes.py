@@ -233,7 +233,9 @@ class SampleProbe(L.Callback):
         self.epochs = []
 
     def on_train_epoch_start(self, trainer, pl_module):
-        drawn = [index for _, index in trainer.train_dataloader.sampler]  # (augmentation seed, index)
+        # Under DDP Lightning hands the loader its distributed sampler inside the batch sampler.
+        sampler = trainer.train_dataloader.batch_sampler.sampler
+        drawn = [index for _, index in sampler]  # (augmentation seed, index)
         self.epochs.append({"train": drawn, "steps": 0, "val": []})
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
@@ -241,7 +243,7 @@ class SampleProbe(L.Callback):
 
     def on_validation_epoch_start(self, trainer, pl_module):
         if not trainer.sanity_checking:
-            self.epochs[-1]["val"] = list(trainer.val_dataloaders.sampler)
+            self.epochs[-1]["val"] = list(trainer.val_dataloaders.batch_sampler.sampler)
 
     def on_train_epoch_end(self, trainer, pl_module):
         Path(f"{os.environ['PROBE_FILE']}.{trainer.global_rank}").write_text(json.dumps(self.epochs))
