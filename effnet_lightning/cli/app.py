@@ -35,6 +35,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from effnet_lightning.cli.checkpoints import (
     EVAL_SUBCOMMANDS,
     Checkpoint,
+    SavedSettings,
     choose_what_to_run,
     given_model_settings,
     given_settings,
@@ -53,7 +54,7 @@ from effnet_lightning.cli.guards import (
     StopOnNonFiniteLoss,
     received_signal,
 )
-from effnet_lightning.cli.loggers import WandbRunInCheckpoint, saved_wandb_run
+from effnet_lightning.cli.loggers import WandbRunInCheckpoint
 from effnet_lightning.cli.onnx_predict import OnnxPredictor, read_export_info
 from effnet_lightning.cli.reports import (
     EvaluationReport,
@@ -294,10 +295,10 @@ class EffNetCLI(LightningCLI):
             (rank_zero_warn if choice.warn else say)(choice.note)
         config.ckpt_path = choice.ckpt_path
         if choice.ckpt_path:
-            saved_dirpath = self._apply_checkpoint_settings(subcommand, choice.ckpt_path)
+            saved = self._apply_checkpoint_settings(subcommand, choice.ckpt_path)
             if subcommand == "fit":  # (the config object was replaced by the checkpoint's settings)
-                self._continue_in_checkpoint_folder(self.config[subcommand], choice.ckpt_path, saved_dirpath)
-                self._continue_wandb_run(self.config[subcommand], choice.ckpt_path)
+                self._continue_in_checkpoint_folder(self.config[subcommand], choice.ckpt_path, saved.dirpath)
+                self._continue_wandb_run(self.config[subcommand], saved.wandb_run)
         elif subcommand in EVAL_SUBCOMMANDS and not config.data.class_names:
             config.data.class_names = self._pretrained_class_names(subcommand, config)
 
@@ -327,14 +328,13 @@ class EffNetCLI(LightningCLI):
         config.checkpoint.dirpath = saved_dirpath
 
     @staticmethod
-    def _continue_wandb_run(config, ckpt_path: str) -> None:
-        """Resuming a fit that logged to W&B: into the same run (its id is in the checkpoint), unless
-        the logger is given another run id or project."""
+    def _continue_wandb_run(config, run: dict | None) -> None:
+        """Resuming a fit that logged to W&B: into the same `run` (the checkpoint's), unless the
+        logger is given another run id or project."""
         logger = config.trainer.get("logger")
         init_args = logger.get("init_args") if hasattr(logger, "get") else None
         if init_args is None or not str(logger.get("class_path", "")).endswith("WandbLogger") or init_args.get("id"):
             return
-        run = saved_wandb_run(read_checkpoint(ckpt_path))
         if run is None or init_args.get("project") not in (None, run.get("project")):
             return
         init_args.id = run["id"]
@@ -364,10 +364,11 @@ class EffNetCLI(LightningCLI):
             f"--data.class_names [...], or --data.root with one folder per class"
         )
 
-    def _apply_checkpoint_settings(self, subcommand: str, ckpt_path: str) -> str | None:
+    def _apply_checkpoint_settings(self, subcommand: str, ckpt_path: str) -> SavedSettings:
         """The checkpoint's model settings under the ones the user gave, and its classes; returns
-        the folder its run checkpointed into (None if unknown)."""
-        saved, saved_dirpath = read_checkpoint_settings(ckpt_path)
+        what else the checkpoint holds for a resumed run."""
+        settings = read_checkpoint_settings(ckpt_path)
+        saved = settings.hparams
         if saved.get("class_names"):
             # The data must have the checkpoint's classes (checked by the data module), and
             # predict / export label with them.
@@ -378,7 +379,7 @@ class EffNetCLI(LightningCLI):
         )
         updates["weights"] = None  # the checkpoint carries the trained weights
         self.config = self.parser.parse_object({subcommand: {"model": updates}}, self.config)
-        return saved_dirpath
+        return settings
 
 
 SCALE_SEARCH_HELP = (

@@ -18,6 +18,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from effnet_lightning.cli.console import say
 from effnet_lightning.cli.guards import write_atomically
+from effnet_lightning.cli.loggers import saved_wandb_run
 from effnet_lightning.models.state_dicts import WeightsError, read_checkpoint
 
 RUN_RECORD = "latest_fit.json"
@@ -274,8 +275,17 @@ def _model_keys(keys: set[str]) -> set[str]:
     return {k.removeprefix("model.") for k in keys if k.startswith("model.")}
 
 
-def read_checkpoint_settings(path: str) -> tuple[dict, str | None]:
-    """A checkpoint's hyperparameters and the folder its run checkpointed into (None if unknown)."""
+@dataclass(frozen=True)
+class SavedSettings:
+    """What a resumed or evaluated run takes from its checkpoint, read in one go."""
+
+    hparams: dict
+    dirpath: str | None  # the folder its run checkpointed into (None if unknown)
+    wandb_run: dict | None  # the W&B run it logged to ({"id", "project"}), None if none
+
+
+def read_checkpoint_settings(path: str) -> SavedSettings:
+    """A checkpoint's hyperparameters, the folder its run checkpointed into and its W&B run."""
     try:
         checkpoint = read_checkpoint(path)
     except WeightsError as e:
@@ -288,4 +298,4 @@ def read_checkpoint_settings(path: str) -> tuple[dict, str | None]:
         ),
         None,
     )
-    return dict(checkpoint.get("hyper_parameters", {})), saved_dirpath
+    return SavedSettings(dict(checkpoint.get("hyper_parameters", {})), saved_dirpath, saved_wandb_run(checkpoint))
