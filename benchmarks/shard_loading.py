@@ -44,11 +44,12 @@ CLASSES = 10
 
 
 class FirstStepClock(L.Callback):
-    """Writes the wall-clock time of the first training batch to $FIRST_STEP_FILE and stops."""
+    """Writes the wall-clock time of the first training batch to $FIRST_STEP_FILE and ends the
+    process there (what follows is not measured)."""
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
         Path(os.environ["FIRST_STEP_FILE"]).write_text(repr(time.time()))
-        trainer.should_stop = True
+        os._exit(0)
 
 
 def write_folder(root: Path, files: int, seed: int = 0) -> None:

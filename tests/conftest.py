@@ -16,6 +16,9 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["HF_HUB_CACHE"] = tempfile.mkdtemp(prefix="empty-hf-cache-")
 atexit.register(shutil.rmtree, os.environ["HF_HUB_CACHE"], ignore_errors=True)
 os.environ.pop("HF_TOKEN", None)  # uploads are tested with the upload call replaced
+# Shards read from a URL are cached by litdata in a folder the tests own.
+os.environ["LITDATA_CACHE_DIR"] = tempfile.mkdtemp(prefix="litdata-cache-")
+atexit.register(shutil.rmtree, os.environ["LITDATA_CACHE_DIR"], ignore_errors=True)
 
 
 def randomise_batchnorm(model: torch.nn.Module, seed: int = 0, in_channels: int = 3, size: int = 64) -> torch.nn.Module:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from cli_helpers import CSV, TINY, last_error_line, run_cli, train_losses
+from cli_helpers import CSV, ROOT, TINY, last_error_line, run_cli, train_losses
 from conftest import make_bad_folder
 from fault_doc import expect
 
@@ -124,6 +124,26 @@ def fit_metrics(cwd: Path) -> dict[int, float]:
     return values
 
 
+def test_shards_at_a_url_are_read_through_litdatas_downloader_and_an_unreadable_url_is_one_line(small_shards):
+    """`local:` is litdata's URL for a folder read the way it reads an object store: the info
+    file through its downloader, the chunks copied into its cache."""
+    by_url = ImageFolderDataModule(root=f"local:{small_shards}", image_size=32, batch_size=8, num_workers=0)
+    by_path = ImageFolderDataModule(root=str(small_shards), image_size=32, batch_size=8, num_workers=0)
+    for data in (by_url, by_path):
+        data.setup("fit")
+    assert by_url.class_names == by_path.class_names and by_url.class_counts() == by_path.class_counts()
+    url_images, url_labels = next(iter(by_url.val_dataloader()))
+    path_images, path_labels = next(iter(by_path.val_dataloader()))
+    assert torch.equal(url_images, path_images) and torch.equal(url_labels, path_labels)
+    assert list(Path(os.environ["LITDATA_CACHE_DIR"]).rglob("chunk-*.bin"))  # the chunks went through the cache
+
+    with pytest.raises(FileNotFoundError) as refused:
+        ImageFolderDataModule(root="local:/nowhere/shards")
+    message = str(refused.value)
+    assert message.startswith("cannot read local:/nowhere/shards/effnet_shards.json (") and "\n" not in message
+    assert message.endswith("check the URL, the network and the store's credentials, or give a local shard folder")
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize(
     "workers, extra",
@@ -186,3 +206,18 @@ def test_two_process_ddp_from_shards_draws_every_training_image_once_an_epoch_pl
         validated = sorted(ranks[0][epoch]["val"] + ranks[1][epoch]["val"])
         assert validated == list(range(71))
     assert ranks[0][0]["train"] != ranks[0][1]["train"]  # a new order each epoch
+
+
+def test_the_readme_quotes_the_shard_benchmarks_results():
+    results = json.loads((ROOT / "docs" / "shards" / "results.json").read_text())
+    readme = (ROOT / "README.md").read_text()
+    setup = f"| {results['folder_setup_s']:.1f} s | {results['shards_setup_s']:.3f} s | "
+    setup += f"{results['folder_setup_s'] / results['shards_setup_s']:.0f}x shorter |"
+    start = f"| {results['folder_first_step_s']:.1f} s | {results['shards_first_step_s']:.1f} s | "
+    start += f"{results['folder_first_step_s'] / results['shards_first_step_s']:.1f}x shorter |"
+    loader = f"| {results['folder_loader_img_s']:.0f} img/s | {results['shards_loader_img_s']:.0f} img/s | "
+    loader += f"{results['shards_loader_img_s'] / results['folder_loader_img_s']:.2f}x |"
+    for row in (setup, start, loader, f"| {results['prepare_s']:.0f} s |"):
+        assert row in readme, row
+    assert results["folder_setup_s"] / results["shards_setup_s"] >= 10  # the target
+    assert results["files"] == 100_000 and results["folder_train_images"] == results["shards_train_images"]

@@ -43,7 +43,7 @@ from effnet_lightning.data.folders import (
     list_all_images,
     sample_labels,
 )
-from effnet_lightning.data.shards import Shards, is_shard_folder, open_shards
+from effnet_lightning.data.shards import Shards, is_shard_folder, is_shard_url, open_shards
 from effnet_lightning.data.stages import Stage
 from effnet_lightning.data.transforms import Augment, MixCollate, eval_transform, train_transform
 from effnet_lightning.models.preprocessing import Preprocessing
@@ -61,7 +61,8 @@ class ImageFolderDataModule(L.LightningDataModule):
     Args:
         root: folder with train/ and val/ (optional test/), or one folder of class folders,
             or a shard folder that `python cli.py prepare` wrote from one (no files are listed
-            or checked at start-up: prepare did that once).
+            or checked at start-up: prepare did that once), also as an object-store URL
+            (s3://bucket/shards, gs://, azure://, hf://).
             None: the built-in demo dataset, generated into data/demo on first use (predict
             and export with a checkpoint need no labelled folder).
         image_size: training crop size; None follows the model (b0 224, b3 300, ...).
@@ -157,7 +158,7 @@ class ImageFolderDataModule(L.LightningDataModule):
             raise FileNotFoundError(f"--data.predict_root {self.predict_root} is not a folder: give a folder of images")
         self.splits: dict[str, list[tuple[str, int]]] = {}
         self.skipped: dict[str, str] = {}  # path: why it is not a readable image
-        self.root: Path | None = Path(root).expanduser() if root else None
+        self.root: Path | str | None = root if is_shard_url(root) else Path(root).expanduser() if root else None
         self.shards: Shards | None = None
         if class_names:
             # From a checkpoint: the folder is checked when it is needed (predict and export
@@ -173,13 +174,13 @@ class ImageFolderDataModule(L.LightningDataModule):
         """Resolve the labelled folder (the demo data by default) and its classes."""
         if self.root is None:
             self.root = demo.generate(DEMO_ROOT)
-        if not self.root.is_dir():
-            raise FileNotFoundError(f"--data.root {self.root} is not a folder: give a folder of class folders")
-        train_dir = self.root / "train"
         if is_shard_folder(self.root):
             self.shards = open_shards(self.root)
             found = self.shards.class_names
+        elif not self.root.is_dir():
+            raise FileNotFoundError(f"--data.root {self.root} is not a folder: give a folder of class folders")
         else:
+            train_dir = self.root / "train"
             found = find_classes(train_dir if train_dir.is_dir() else self.root)
         if not found:
             raise FileNotFoundError(f"no class folders in {self.root}: expected {self.root}/<class>/<images>")

@@ -15,7 +15,9 @@ command continues: the listing and finished splits are kept, and litdata resumes
 was writing from its own checkpoints.
 
 `ShardSamples` is one split as a sequence of (EncodedImage, label) in the folder's order, read
-by random access (litdata's `StreamingDataset`). The data module uses it where a folder gives
+by random access (litdata's `StreamingDataset`). A shard folder copied to an object store is read
+from its URL (`s3://`, `gs://`, `azure://`, `hf://`; or `local:/path` to read a folder the same
+way), litdata downloading the chunks into its cache as they are needed. The data module uses it where a folder gives
 (path, label) pairs: the same seeded order, decoding, transforms, resume and DDP sampling, so
 training from shards is training from the folder, minus listing and checking files at start-up.
 """
@@ -26,6 +28,7 @@ import hashlib
 import json
 import multiprocessing
 import os
+import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,18 +41,22 @@ from effnet_lightning.data.folders import find_classes, folder_splits, image_pro
 SHARDS_INFO = "effnet_shards.json"
 LISTING = "listing.json"  # an unfinished prepare's listing and checks, so that running it again continues
 FORMAT = 1
-SPLITS = ("train", "val", "test")
+URL_PREFIXES = ("s3://", "gs://", "r2://", "azure://", "hf://", "local:")  # what litdata reads as a remote folder
 
 
-def is_shard_folder(root: Path) -> bool:
-    return (root / SHARDS_INFO).is_file()
+def is_shard_url(root: str | Path) -> bool:
+    return isinstance(root, str) and root.startswith(URL_PREFIXES)
+
+
+def is_shard_folder(root: str | Path) -> bool:
+    return is_shard_url(root) or (Path(root) / SHARDS_INFO).is_file()
 
 
 class ShardSamples(Sequence):
     """One split of a shard folder: `samples[i]` is (EncodedImage, label) of the folder's i-th
     image. `labels` are at hand without reading an image. Each process opens its own reader."""
 
-    def __init__(self, folder: Path, labels: list[int], order: list[int] | None = None):
+    def __init__(self, folder: str | Path, labels: list[int], order: list[int] | None = None):
         self.folder, self.labels, self.order = folder, labels, order
         self._reader, self._pid = None, None
 
@@ -86,18 +93,36 @@ class Shards:
     bad_files: dict[str, str]
 
 
-def open_shards(root: Path) -> Shards:
-    """The shard folder `root` written by `write_shards` (its info file and splits checked)."""
-    info = json.loads((root / SHARDS_INFO).read_text())
+def open_shards(root: str | Path) -> Shards:
+    """The shard folder (or URL) `root` written by `write_shards`, its info file and splits checked."""
+    remote = is_shard_url(root)
+    info = json.loads(_read_remote_info(root) if remote else (Path(root) / SHARDS_INFO).read_text())
     if info.get("format") != FORMAT:
         raise ValueError(f"{root} holds shards of format {info.get('format')}, not {FORMAT}: run prepare again")
     splits = {}
     for split, saved in info["splits"].items():
-        if saved["labels"] and not (root / split / "index.json").is_file():
-            raise FileNotFoundError(f"{root / split} has no index.json: run the prepare that wrote {root} again")
-        splits[split] = ShardSamples(root / split, saved["labels"], saved.get("order"))
+        folder = f"{root.rstrip('/')}/{split}" if remote else Path(root) / split
+        if saved["labels"] and not remote and not (folder / "index.json").is_file():
+            raise FileNotFoundError(f"{folder} has no index.json: run the prepare that wrote {root} again")
+        splits[split] = ShardSamples(folder, saved["labels"], saved.get("order"))
     splits.setdefault("test", splits["val"])
     return Shards(root, info["class_names"], splits, info.get("bad_files", {}))
+
+
+def _read_remote_info(url: str) -> str:
+    """The info file of the shards at `url`, through litdata's downloader for that store."""
+    from litdata.streaming.downloader import get_downloader
+
+    with tempfile.TemporaryDirectory() as cache:
+        local = Path(cache) / SHARDS_INFO
+        try:
+            get_downloader(url, cache, []).download_file(f"{url.rstrip('/')}/{SHARDS_INFO}", str(local))
+            return local.read_text()
+        except Exception as e:  # each store's client raises its own errors: all mean "not readable"
+            raise FileNotFoundError(
+                f"cannot read {url.rstrip('/')}/{SHARDS_INFO} ({type(e).__name__}: {str(e).splitlines()[0][:200]}): "
+                f"check the URL, the network and the store's credentials, or give a local shard folder"
+            ) from None
 
 
 def decode_problem(path: str) -> str | None:
