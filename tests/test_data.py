@@ -10,10 +10,9 @@ from effnet_lightning.data.datamodule import (
     ImageFolderDataModule,
     check_same_listing,
     eval_transform,
-    list_images,
     load_rgb,
-    stratified_split,
 )
+from effnet_lightning.data.folders import list_images, stratified_split
 from effnet_lightning.models.preprocessing import Preprocessing
 
 

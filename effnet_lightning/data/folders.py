@@ -157,7 +157,7 @@ class SeededOrder(Sampler):
 
 
 class ImageFileDataset(Dataset):
-    """(path, label) samples -> (transformed image, label).
+    """(path, label) samples (or, from shards, (EncodedImage, label)) -> (transformed image, label).
 
     `decode` reads a file: `load_rgb` (a PIL image, as the weights' reference evaluation
     reads it) or `decode_rgb` (a uint8 tensor, faster for the training transforms). A file

@@ -15,11 +15,12 @@ command continues: the listing and finished splits are kept, and litdata resumes
 was writing from its own checkpoints.
 
 `ShardSamples` is one split as a sequence of (EncodedImage, label) in the folder's order, read
-by random access (litdata's `StreamingDataset`). A shard folder copied to an object store is read
-from its URL (`s3://`, `gs://`, `azure://`, `hf://`; or `local:/path` to read a folder the same
-way), litdata downloading the chunks into its cache as they are needed. The data module uses it where a folder gives
+by random access (litdata's `StreamingDataset`). The data module uses it where a folder gives
 (path, label) pairs: the same seeded order, decoding, transforms, resume and DDP sampling, so
 training from shards is training from the folder, minus listing and checking files at start-up.
+A shard folder copied to an object store is read from its URL (`s3://`, `gs://`, `azure://`,
+`hf://`; `local:/path` reads a folder the same way), litdata downloading the chunks into its
+cache as they are needed.
 """
 
 from __future__ import annotations
@@ -87,7 +88,7 @@ class ShardSamples(Sequence):
 
 @dataclass
 class Shards:
-    root: Path
+    root: Path | str  # a folder, or an object-store URL
     class_names: list[str]
     splits: dict[str, Sequence]  # train, val, test (val's own samples when the folder had no test/)
     bad_files: dict[str, str]

@@ -31,15 +31,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--chunk_bytes", default="64MB", help="size of one chunk file (64MB)")
     args = parser.parse_args(argv)
     start = time.perf_counter()
-    shards = write_shards(
-        args.root,
-        args.output_dir,
-        val_fraction=args.val_fraction,
-        seed=args.seed,
-        workers=args.num_workers,
-        chunk_bytes=args.chunk_bytes,
-        say=lambda line: print(line, file=sys.stderr),
-    )
+    try:
+        shards = write_shards(
+            args.root,
+            args.output_dir,
+            val_fraction=args.val_fraction,
+            seed=args.seed,
+            workers=args.num_workers,
+            chunk_bytes=args.chunk_bytes,
+            say=lambda line: print(line, file=sys.stderr),
+        )
+    except KeyboardInterrupt:
+        print(f"prepare stopped: run the same command again to continue in {args.output_dir}", file=sys.stderr)
+        sys.exit(130)
     counts = ", ".join(f"{split} {len(samples)}" for split, samples in shards.splits.items())
     print(
         f"wrote {shards.root} in {time.perf_counter() - start:.0f} s: {len(shards.class_names)} classes, images: "
