@@ -37,7 +37,7 @@ from effnet_lightning.data.folders import (
     ImageFileDataset,
     SeededOrder,
     find_bad_images,
-    find_classes,
+    folder_classes,
     folder_splits,
     image_size,
     list_all_images,
@@ -180,10 +180,7 @@ class ImageFolderDataModule(L.LightningDataModule):
         elif not self.root.is_dir():
             raise FileNotFoundError(f"--data.root {self.root} is not a folder: give a folder of class folders")
         else:
-            train_dir = self.root / "train"
-            found = find_classes(train_dir if train_dir.is_dir() else self.root)
-        if not found:
-            raise FileNotFoundError(f"no class folders in {self.root}: expected {self.root}/<class>/<images>")
+            found = folder_classes(self.root)
         expected = getattr(self, "class_names", None)
         if expected is not None and expected != found:
             raise ValueError(

@@ -27,6 +27,16 @@ def find_classes(folder: Path) -> list[str]:
     return sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
 
 
+def folder_classes(root: Path) -> list[str]:
+    """The classes of an image folder: the class folders under root/train/ when there is one,
+    else under root; an error naming the expected layout when there are none."""
+    train_dir = root / "train"
+    classes = find_classes(train_dir if train_dir.is_dir() else root)
+    if not classes:
+        raise FileNotFoundError(f"no class folders in {root}: expected {root}/<class>/<images>")
+    return classes
+
+
 def list_images(folder: Path, classes: list[str]) -> list[tuple[str, int]]:
     """(path, class index) for every image under folder/<class>/, in a fixed order."""
     samples = []

@@ -37,7 +37,7 @@ from pathlib import Path
 from PIL import Image
 
 from effnet_lightning.data.decode import EncodedImage, load_rgb
-from effnet_lightning.data.folders import find_classes, folder_splits, image_problem
+from effnet_lightning.data.folders import folder_classes, folder_splits, image_problem
 
 SHARDS_INFO = "effnet_shards.json"
 LISTING = "listing.json"  # an unfinished prepare's listing and checks, so that running it again continues
@@ -193,10 +193,7 @@ def _checked_listing(root: Path, out: Path, val_fraction: float, seed: int, work
             )
         say(f"continuing the unfinished prepare in {out}")
         return listing
-    train_dir = root / "train"
-    classes = find_classes(train_dir if train_dir.is_dir() else root)
-    if not classes:
-        raise FileNotFoundError(f"no class folders in {root}: expected {root}/<class>/<images>")
+    classes = folder_classes(root)
     bad: dict[str, str] = {}
 
     def readable(samples: list[tuple[str, int]]) -> list[tuple[str, int]]:
