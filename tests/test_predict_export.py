@@ -20,7 +20,9 @@ from probes import batchnorm_count
 from effnet_lightning import create_model
 from effnet_lightning.data import demo
 from effnet_lightning.data.datamodule import eval_transform, load_rgb
+from effnet_lightning.models import inference
 from effnet_lightning.models.inference import fold_batchnorm
+from effnet_lightning.models.layers import ConvBNAct
 from effnet_lightning.models.preprocessing import Preprocessing
 from effnet_lightning.tools.export import export_model
 from effnet_lightning.training.module import EfficientNetModule
@@ -360,6 +362,40 @@ def test_folded_network_gives_the_plain_networks_logits():
         assert (fast - plain).abs().max() <= 1e-4 * plain.abs().max() and plain.std() > 1
         assert torch.equal(fast.argmax(1), plain.argmax(1))
         assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # the original untouched
+
+
+def test_folded_network_runs_each_conv_and_activation_as_one_onednn_call_on_cpu(monkeypatch):
+    calls = []
+
+    def counting(*args):
+        calls.append(args[7])  # the activation oneDNN applies
+        return conv_act(*args)
+
+    conv_act = inference._CONV_ACT
+    monkeypatch.setattr(inference, "_CONV_ACT", counting)
+    for i, (variant, options, activations) in enumerate(
+        [("b0", {}, {"swish", "none"}), ("lite0", {"padding": "same"}, {"hardtanh", "none"})]
+    ):
+        model = randomise_batchnorm(create_model(variant, num_classes=10, **options), seed=i).eval()
+        folded = fold_batchnorm(model.to(memory_format=torch.channels_last))
+        pairs = [m for m in folded.modules() if isinstance(m, inference.FoldedConvAct)]
+        x = torch.randn(2, 3, 72, 72, generator=torch.Generator().manual_seed(i))  # odd sizes for SAME's padding
+        calls.clear()
+        with torch.inference_mode():
+            fused = folded(x)
+        assert len(calls) == len(pairs) == sum(isinstance(m, ConvBNAct) for m in model.modules()) and pairs
+        assert set(calls) == activations
+        with torch.no_grad():
+            plain = model(x)
+        assert (fused - plain).abs().max() <= 1e-4 * plain.abs().max() and plain.std() > 1
+        calls.clear()
+        with torch.enable_grad():  # any of these: conv then activation, the same logits
+            assert torch.allclose(folded(x), fused, rtol=0, atol=1e-4 * plain.abs().max())
+        with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+            assert folded(x).dtype == torch.bfloat16  # autocast's own convolutions ran
+        with torch.inference_mode():
+            compiled = torch.compile(folded, backend="eager")(x)
+        assert calls == [] and torch.allclose(compiled, fused, rtol=0, atol=1e-4 * plain.abs().max())
 
 
 @pytest.mark.slow

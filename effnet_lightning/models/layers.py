@@ -31,10 +31,13 @@ class Conv2dSame(nn.Conv2d):
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(self.pad(x), self.weight, self.bias, self.stride, 0, self.dilation, self.groups)
+
+    def pad(self, x: torch.Tensor) -> torch.Tensor:
+        """`x` with SAME's padding for this convolution added."""
         pad_h = same_padding(x.shape[-2], self.kernel_size[0], self.stride[0])
         pad_w = same_padding(x.shape[-1], self.kernel_size[1], self.stride[1])
-        x = F.pad(x, [pad_w // 2, pad_w - pad_w // 2, pad_h // 2, pad_h - pad_h // 2])
-        return F.conv2d(x, self.weight, self.bias, self.stride, 0, self.dilation, self.groups)
+        return F.pad(x, [pad_w // 2, pad_w - pad_w // 2, pad_h // 2, pad_h - pad_h // 2])
 
 
 def same_padding(size: int, kernel_size: int, stride: int) -> int:
