@@ -274,6 +274,16 @@ def test_shipped_configs_parse(tmp_path, capsys, monkeypatch, demo_root):
             assert config["stages"] == {"count": 4, "start": 0.5, "ramp": ["randaugment", "mixup", "cutmix", "dropout"]}
 
 
+def test_fit_with_checkpointing_off_trains_and_writes_no_checkpoint(tmp_path, small_root):
+    for switch in (["--trainer.enable_checkpointing", "false"], ["--checkpoint.enabled", "false"]):
+        cwd = tmp_path / switch[0].strip("-")
+        cwd.mkdir()
+        args = ["fit", "--data.root", small_root, *TINY, *CSV, "--trainer.max_epochs", "1", *switch]
+        out = run_cli([*args, "--trainer.limit_train_batches", "2"], cwd)
+        assert "fit done: best val/acc" in out.stdout and "no checkpoint" in out.stdout
+        assert not list(cwd.rglob("*.ckpt")) and list(cwd.rglob("metrics.csv"))
+
+
 def test_bad_variant_is_a_clear_error(tmp_path):
     out = run_cli(["fit", "--model.variant", "b9"], tmp_path, check=False)
     assert out.returncode == 2 and "Traceback" not in out.stderr

@@ -252,6 +252,13 @@ class EffNetCLI(LightningCLI):
         trainer.callbacks = [c for c in trainer.callbacks if getattr(c, "enabled", True) is not False]
         return trainer
 
+    # LightningCLI has no public hook to leave out a callback it made from class arguments before
+    # the Trainer is built, and the Trainer refuses a ModelCheckpoint under enable_checkpointing=False.
+    def _instantiate_trainer(self, config: dict, callbacks: list) -> Trainer:
+        if config.get("enable_checkpointing") is False:  # what the user typed wins over the project's default
+            callbacks = [c for c in callbacks if not isinstance(c, Checkpoint)]
+        return super()._instantiate_trainer(config, callbacks)
+
     @staticmethod
     def subcommands() -> dict[str, set[str]]:
         return {**LightningCLI.subcommands(), "export": {"model", "datamodule"}}
