@@ -379,7 +379,7 @@ def test_folded_network_runs_each_conv_and_activation_as_one_onednn_call_on_cpu(
         model = randomise_batchnorm(create_model(variant, num_classes=10, **options), seed=i).eval()
         folded = fold_batchnorm(model.to(memory_format=torch.channels_last))
         pairs = [m for m in folded.modules() if isinstance(m, inference.FoldedConvAct)]
-        x = torch.randn(2, 3, 72, 72, generator=torch.Generator().manual_seed(i))  # odd sizes for SAME's padding
+        x = torch.randn(2, 3, 72, 72, generator=torch.Generator().manual_seed(i))  # SAME pads one side more here
         calls.clear()
         with torch.inference_mode():
             fused = folded(x)
