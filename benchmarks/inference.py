@@ -1,6 +1,7 @@
 """Inference speed of every path a user can run, side by side in one process (round-robin, so
 machine noise hits each alike): torchvision and timm eager and through onnxruntime, this
-project's plain and folded networks (what validate / test / predict run), the folded network
+project's plain and folded networks (what validate / test / predict run: the folded network in
+cache-sized slices of the batch, and for comparison the whole batch at once), the folded network
 compiled with inductor's freezing (`--model.compile true`; with `--compile`, minutes of
 compiling first), and its ONNX exports through onnxruntime, fp32 and static INT8 (QDQ,
 per-channel).
@@ -30,7 +31,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from effnet_lightning import create_model
-from effnet_lightning.models.inference import fold_batchnorm
+from effnet_lightning.models.inference import fold_batchnorm, in_chunks
 from effnet_lightning.tools.export import Int8Check, export_onnx, quantize_onnx_int8
 
 
@@ -51,9 +52,12 @@ def paths(
     runs["timm eager, channels_last"] = timm.create_model(timm_name).eval().to(memory_format=torch.channels_last)
     ours = create_model(variant).eval().to(memory_format=torch.channels_last)
     runs["ours plain (channels_last)"] = ours
-    runs["ours folded (validate / test / predict)"] = folded = fold_batchnorm(ours)
+    folded = fold_batchnorm(ours)
+    runs["ours folded, whole batch at once"] = folded
+    runs["ours folded (validate / test / predict)"] = lambda x: in_chunks(folded, x)
     if compile_frozen:
-        runs["ours folded, compiled with freezing"] = torch.compile(folded, options={"freezing": True})
+        compiled = torch.compile(folded, options={"freezing": True})
+        runs["ours folded, compiled with freezing"] = lambda x: in_chunks(compiled, x)
     example = torch.randn(2, 3, size, size)
     fp32 = folder / f"{variant}.onnx"
     export_onnx(copy.deepcopy(ours).to(memory_format=torch.contiguous_format), example, fp32, None)

@@ -398,6 +398,39 @@ def test_folded_network_runs_each_conv_and_activation_as_one_onednn_call_on_cpu(
         assert calls == [] and torch.allclose(compiled, fused, rtol=0, atol=1e-4 * plain.abs().max())
 
 
+def test_cpu_evaluation_runs_large_images_in_cache_sized_slices_with_the_same_logits():
+    model = randomise_batchnorm(create_model("b0", num_classes=10), seed=3).eval()
+    folded = fold_batchnorm(model.to(memory_format=torch.channels_last))
+    seen = []
+
+    def recording(x):
+        seen.append(x.shape[0])
+        return folded(x)
+
+    x = torch.randn(12, 3, 224, 224).contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode():
+        whole = folded(x)
+        sliced = inference.in_chunks(recording, x)
+        assert seen == [5, 5, 2]  # 262,144 pixels a slice: 5 images of 224 x 224
+        assert (sliced - whole).abs().max() <= 1e-4 * whole.abs().max() and whole.std() > 1
+        seen.clear()
+        inference.in_chunks(recording, x[:5])
+        inference.in_chunks(recording, torch.randn(32, 3, 64, 64))  # small images: the whole batch
+        assert seen == [5, 32]
+    seen.clear()
+    inference.in_chunks(recording, x[:6])  # with gradients (training): the whole batch
+    assert seen == [6]
+
+    # the module's evaluation forward slices, its training forward does not
+    module = EfficientNetModule("b0", num_classes=10)
+    sizes = []
+    module.model.register_forward_pre_hook(lambda _, args: sizes.append(args[0].shape[0]))
+    with torch.inference_mode():
+        module.eval()(x)
+    module.train()(x[:6])
+    assert sizes == [5, 5, 2, 6]
+
+
 @pytest.mark.slow
 def test_validate_test_and_predict_run_the_folded_network_and_fit_never_does(
     trained, small_root, images_to_predict, tmp_path

@@ -19,7 +19,7 @@ from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionM
 
 from effnet_lightning.models.compilation import CompiledOrEager
 from effnet_lightning.models.factory import create_model
-from effnet_lightning.models.inference import fold_batchnorm
+from effnet_lightning.models.inference import fold_batchnorm, in_chunks
 from effnet_lightning.models.preprocessing import Preprocessing
 from effnet_lightning.training.optim import Optimizer, Schedule, lr_lambda, make_optimizer, param_groups, scale_lr
 
@@ -193,9 +193,11 @@ class EfficientNetModule(L.LightningModule):
             with torch.no_grad():
                 features = self.model.forward_features(x)
             return self.model.forward_head(features)
-        if not self.training and self.hparams.test_time_flip:
-            return (self.network(x) + self.network(x.flip(3))) / 2
-        return self.network(x)
+        if self.training:
+            return self.network(x)
+        if self.hparams.test_time_flip:
+            return (in_chunks(self.network, x) + in_chunks(self.network, x.flip(3))) / 2
+        return in_chunks(self.network, x)
 
     @property
     def network(self):
