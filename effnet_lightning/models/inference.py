@@ -30,9 +30,9 @@ from effnet_lightning.models.layers import Conv2dSame, ConvBNAct
 # algorithm). Missing (a build without oneDNN), the folded network runs conv then activation.
 _CONV_ACT = getattr(torch.ops.mkldnn, "_convolution_pointwise", None) if torch.backends.mkldnn.is_available() else None
 # Pixels per slice of a batch in CPU inference (`in_chunks`): 5 images at 224 px, 2 at 380.
-# Measured on 2-core EPYCs with a 32 MB L3 cache (folded B0 / Lite0 at 224 px, B3 at 300, B4 at
-# 380, batch 16 or less), slices of this size ran 1.0-1.4x the whole batch's speed; at 128 px and
-# below, the whole batch of 32 was as fast or faster than any slice of it.
+# Measured on a 2-core EPYC with a 32 MB L3 cache (folded B0 / Lite0 at 224 and 256 px, B3 at
+# 300, B4 at 380, batch 16 or less), slices of about this size ran 1.0-1.6x the whole batch's
+# speed; at 128 px, slices of 16 were as fast as the whole batch of 32, and smaller ones slower.
 CHUNK_PIXELS = 256 * 1024
 _ONEDNN_ACTIVATIONS = {nn.SiLU: ("swish", []), nn.ReLU: ("relu", []), nn.ReLU6: ("hardtanh", [0.0, 6.0])}
 
