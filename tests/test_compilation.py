@@ -56,7 +56,8 @@ def test_the_inference_form_compiles_with_freezing_and_training_without(monkeypa
         got = compiled.eval()(x)
     folded_module, options = calls[-1]
     assert options == {"options": {"freezing": True}} and folded_module is compiled._inference_form[0]
-    assert folded_module is not compiled.model and (got - expected).abs().max() <= 1e-4
+    # float32 rounding only (the folded weights round differently): within 1e-4 of the largest logit
+    assert folded_module is not compiled.model and (got - expected).abs().max() <= 1e-4 * expected.abs().max()
     compiled.train()
     assert compiled.network.module is compiled.model and calls[-1] == (compiled.model, {})
 

@@ -399,7 +399,9 @@ def test_folded_network_runs_each_conv_and_activation_as_one_onednn_call_on_cpu(
 
 
 def test_cpu_evaluation_runs_large_images_in_cache_sized_slices_with_the_same_logits():
-    model = randomise_batchnorm(create_model("b0", num_classes=10), seed=3).eval()
+    # BatchNorm statistics of 224 px images: logits near unit scale (with statistics of other
+    # sizes, random weights blow the activations up and any rounding with them)
+    model = randomise_batchnorm(create_model("b0", num_classes=10), seed=3, size=224).eval()
     folded = fold_batchnorm(model.to(memory_format=torch.channels_last))
     seen = []
 
@@ -407,12 +409,13 @@ def test_cpu_evaluation_runs_large_images_in_cache_sized_slices_with_the_same_lo
         seen.append(x.shape[0])
         return folded(x)
 
-    x = torch.randn(12, 3, 224, 224).contiguous(memory_format=torch.channels_last)
+    x = torch.randn(12, 3, 224, 224, generator=torch.Generator().manual_seed(0))
+    x = x.contiguous(memory_format=torch.channels_last)
     with torch.inference_mode():
         whole = folded(x)
         sliced = inference.in_chunks(recording, x)
         assert seen == [5, 5, 2]  # 262,144 pixels a slice: 5 images of 224 x 224
-        assert (sliced - whole).abs().max() <= 1e-4 * whole.abs().max() and whole.std() > 1
+        assert (sliced - whole).abs().max() <= 1e-4 and whole.std() > 1
         seen.clear()
         inference.in_chunks(recording, x[:5])
         inference.in_chunks(recording, torch.randn(32, 3, 64, 64))  # small images: the whole batch
