@@ -29,11 +29,6 @@ from effnet_lightning.models.layers import Conv2dSame, ConvBNAct
 # oneDNN op (input, weight, bias, padding, stride, dilation, groups, activation, its scalars,
 # algorithm). Missing (a build without oneDNN), the folded network runs conv then activation.
 _CONV_ACT = getattr(torch.ops.mkldnn, "_convolution_pointwise", None) if torch.backends.mkldnn.is_available() else None
-# Pixels per slice of a batch in CPU inference (`in_chunks`): 5 images at 224 px, 2 at 380.
-# Measured on a 2-core EPYC with a 32 MB L3 cache (folded B0 / Lite0 at 224 and 256 px, B3 at
-# 300, B4 at 380, batch 16 or less), slices of about this size ran 1.0-1.6x the whole batch's
-# speed; at 128 px, slices of 16 were as fast as the whole batch of 32, and smaller ones slower.
-CHUNK_PIXELS = 256 * 1024
 _ONEDNN_ACTIVATIONS = {nn.SiLU: ("swish", []), nn.ReLU: ("relu", []), nn.ReLU6: ("hardtanh", [0.0, 6.0])}
 
 
@@ -98,14 +93,20 @@ def fold_batchnorm(model: EfficientNet) -> EfficientNet:
     return folded
 
 
+# Pixels per slice of a batch in CPU inference (`in_chunks`): 5 images at 224 px, 2 at 380.
+# Measured on a 2-core EPYC with a 32 MB L3 cache (folded B0 / Lite0 at 224 and 256 px, B3 at
+# 300, B4 at 380, batch 16 or less), slices of about this size ran 1.0-1.6x the whole batch's
+# speed; at 128 px, slices of 16 were as fast as the whole batch of 32, and smaller ones slower.
+CHUNK_PIXELS = 256 * 1024
+
+
 def in_chunks(network, images: torch.Tensor) -> torch.Tensor:
     """`network(images)`; without gradients on a CPU, in slices of the batch of about
     `CHUNK_PIXELS` pixels each. Eager CPU inference is bound by memory traffic: a slice keeps the
     largest activation maps in cache (at 224 px, B0's widest one is 4.8 MB an image), where the
     whole batch would stream them through memory. The logits are the same to float32 rounding."""
-    if images.device.type != "cpu" or torch.is_grad_enabled() or images.dim() != 4:
-        return network(images)
-    per_slice = max(1, round(CHUNK_PIXELS / (images.shape[-2] * images.shape[-1])))
-    if images.shape[0] <= per_slice:
-        return network(images)
-    return torch.cat([network(part) for part in images.split(per_slice)])
+    if images.device.type == "cpu" and not torch.is_grad_enabled() and images.dim() == 4:
+        per_slice = max(1, round(CHUNK_PIXELS / (images.shape[-2] * images.shape[-1])))
+        if images.shape[0] > per_slice:
+            return torch.cat([network(part) for part in images.split(per_slice)])
+    return network(images)
