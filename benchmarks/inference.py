@@ -13,6 +13,12 @@ The INT8 file is calibrated here on random images: for speed only (its accuracy 
 `export --formats onnx_int8` on real data, see the README). Reported: images per second,
 median over the rounds, the ratio to torchvision eager (median of per-round ratios), and the
 peak resident memory one batch adds above the loaded network (after the warm-up).
+
+The torch paths of an AVX2 CPU can be measured on an AVX-512 one by capping the instruction set
+of oneDNN (convolutions) and of torch's own kernels, inductor's generated code included;
+onnxruntime keeps its own choice:
+
+    ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2 python benchmarks/inference.py --compile
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ from __future__ import annotations
 import argparse
 import copy
 import ctypes
+import os
 import statistics
 import sys
 import tempfile
@@ -157,7 +164,9 @@ def main() -> None:
     )
     args = parser.parse_args()
     print(
-        f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.size} px, batch {args.batch}, fp32 input"
+        f"torch {torch.__version__} ({torch.backends.cpu.get_cpu_capability()} kernels, oneDNN up to"
+        f" {os.environ.get('ONEDNN_MAX_CPU_ISA', 'the CPU')}), {torch.get_num_threads()} threads,"
+        f" {args.size} px, batch {args.batch}, fp32 input"
     )
     with tempfile.TemporaryDirectory() as folder:
         for variant in args.variants:
