@@ -8,11 +8,17 @@ per-channel).
 
     python benchmarks/inference.py                              # b0 and lite0, 224 px, batch 16
     python benchmarks/inference.py --variants b0 --size 224 --batch 16 --rounds 7 --compile
+    python benchmarks/inference.py --device cuda --batch 64 --compile   # GPU rows: fp32 and bf16
 
 The INT8 file is calibrated here on random images: for speed only (its accuracy is measured by
 `export --formats onnx_int8` on real data, see the README). Reported: images per second,
 median over the rounds, the ratio to torchvision eager (median of per-round ratios), and the
-peak resident memory one batch adds above the loaded network (after the warm-up).
+peak resident memory one batch adds above the loaded network (after the warm-up; on a GPU, the
+peak of torch.cuda.max_memory_allocated above what the networks hold).
+
+On a GPU (`--device cuda`) the rows are the torch paths, channels_last, in fp32 and under bf16
+autocast (what `--trainer.precision bf16-mixed` runs in test / predict): torchvision, timm, this
+project's plain and folded networks, and with `--compile` the folded one compiled with freezing.
 
 The torch paths of an AVX2 CPU can be measured on an AVX-512 one by capping the instruction set
 of oneDNN (convolutions) and of torch's own kernels, inductor's generated code included;
@@ -55,8 +61,9 @@ def paths(
     if variant.startswith("b"):
         tv = getattr(torchvision.models, f"efficientnet_{variant}")().eval()
         runs["torchvision eager"] = tv
-    timm_name = f"efficientnet_{variant}" if variant.startswith("b") else f"tf_efficientnet_{variant}"
-    runs["timm eager, channels_last"] = timm.create_model(timm_name).eval().to(memory_format=torch.channels_last)
+    runs["timm eager, channels_last"] = (
+        timm.create_model(_timm_name(variant)).eval().to(memory_format=torch.channels_last)
+    )
     ours = create_model(variant).eval().to(memory_format=torch.channels_last)
     runs["ours plain (channels_last)"] = ours
     folded = fold_batchnorm(ours)
@@ -100,6 +107,42 @@ def paths(
     return runs
 
 
+def gpu_paths(variant: str, compile_frozen: bool = False, device: str = "cuda") -> dict:
+    """{name: callable(images) -> logits} on `device` for one variant: each network channels_last,
+    in fp32 and in bf16 autocast, with torchvision's eager fp32 as the baseline."""
+    import timm
+    import torchvision
+
+    torch.manual_seed(0)
+    nets = {}
+    if variant.startswith("b"):
+        nets["torchvision"] = getattr(torchvision.models, f"efficientnet_{variant}")()
+    nets["timm"] = timm.create_model(_timm_name(variant))
+    nets["ours plain"] = create_model(variant)
+    to_device = {name: net.eval().to(device, memory_format=torch.channels_last) for name, net in nets.items()}
+    to_device["ours folded"] = fold_batchnorm(to_device["ours plain"])
+    if compile_frozen:
+        to_device["ours folded, compiled with freezing"] = torch.compile(
+            to_device["ours folded"], options={"freezing": True}
+        )
+    runs = {}
+    if "torchvision" in nets:
+        runs["torchvision eager"] = copy.deepcopy(nets["torchvision"]).to(memory_format=torch.contiguous_format)
+    for name, net in to_device.items():
+        runs[f"{name}, channels_last fp32"] = net
+        runs[f"{name}, channels_last bf16"] = lambda x, n=net: _bf16(n, x)
+    return runs
+
+
+def _bf16(network, images: torch.Tensor) -> torch.Tensor:
+    with torch.autocast(images.device.type, dtype=torch.bfloat16):
+        return network(images)
+
+
+def _timm_name(variant: str) -> str:
+    return f"efficientnet_{variant}" if variant.startswith("b") else f"tf_efficientnet_{variant}"
+
+
 def _status_mb(field: str) -> float:
     with open("/proc/self/status") as f:
         line = next(line for line in f if line.startswith(f"{field}:"))
@@ -107,9 +150,17 @@ def _status_mb(field: str) -> float:
 
 
 def peak_memory_mb(run, images) -> float | None:
-    """Peak resident memory one batch of `run` adds above what the process holds before it
-    (Linux: the high-water mark is reset through /proc/self/clear_refs; freed heap is handed back
-    to the system first, so a path does not look lean by reusing an earlier path's memory)."""
+    """Peak memory one batch of `run` adds above what the process holds before it: on a GPU,
+    allocated device memory; on a CPU, resident memory (Linux: the high-water mark is reset
+    through /proc/self/clear_refs; freed heap is handed back to the system first, so a path does
+    not look lean by reusing an earlier path's memory)."""
+    if images.is_cuda:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        before = torch.cuda.memory_allocated()
+        run(images)
+        torch.cuda.synchronize()
+        return (torch.cuda.max_memory_allocated() - before) / 2**20
     try:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
         with open("/proc/self/clear_refs", "w") as f:
@@ -121,8 +172,9 @@ def peak_memory_mb(run, images) -> float | None:
         return None  # not Linux / glibc
 
 
-def measure(runs: dict, size: int, batch: int, rounds: int, steps: int) -> list[dict]:
-    images = torch.randn(batch, 3, size, size)
+def measure(runs: dict, size: int, batch: int, rounds: int, steps: int, device: str = "cpu") -> list[dict]:
+    images = torch.randn(batch, 3, size, size, device=device)
+    sync = torch.cuda.synchronize if images.is_cuda else lambda: None
     channels_last = images.contiguous(memory_format=torch.channels_last)
     # The torch networks of this project and timm's take NHWC; onnxruntime and torchvision a plain NCHW tensor.
     nhwc = {name for name in runs if ("channels_last" in name or "ours" in name) and "onnxruntime" not in name}
@@ -134,9 +186,11 @@ def measure(runs: dict, size: int, batch: int, rounds: int, steps: int) -> list[
         times = {name: [] for name in runs}
         for _ in range(rounds):
             for name, run in runs.items():
+                sync()
                 start = time.perf_counter()
                 for _ in range(steps):
                     run(inputs[name])
+                sync()
                 times[name].append(steps * batch / (time.perf_counter() - start))
     base = "torchvision eager" if "torchvision eager" in runs else next(iter(runs))
     return [
@@ -159,24 +213,26 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--compile", action="store_true", help="add the compiled, frozen folded network")
+    parser.add_argument("--device", default="cpu", help="cpu (every path), or cuda (the torch paths, fp32 and bf16)")
     parser.add_argument(
         "--openvino", action="store_true", help="add the ONNX files through OpenVINO (pip install openvino)"
     )
     args = parser.parse_args()
-    print(
-        f"torch {torch.__version__} ({torch.backends.cpu.get_cpu_capability()} kernels, oneDNN up to"
-        f" {os.environ.get('ONEDNN_MAX_CPU_ISA', 'the CPU')}), {torch.get_num_threads()} threads,"
-        f" {args.size} px, batch {args.batch}, fp32 input"
-    )
+    if args.device == "cpu":
+        machine = (
+            f"{torch.backends.cpu.get_cpu_capability()} kernels, oneDNN up to"
+            f" {os.environ.get('ONEDNN_MAX_CPU_ISA', 'the CPU')}, {torch.get_num_threads()} threads"
+        )
+    else:
+        machine = torch.cuda.get_device_name(args.device)
+    print(f"torch {torch.__version__} ({machine}), {args.size} px, batch {args.batch}, fp32 input")
     with tempfile.TemporaryDirectory() as folder:
         for variant in args.variants:
-            rows = measure(
-                paths(variant, args.size, args.batch, Path(folder), args.compile, args.openvino),
-                args.size,
-                args.batch,
-                args.rounds,
-                args.steps,
-            )
+            if args.device == "cpu":
+                runs = paths(variant, args.size, args.batch, Path(folder), args.compile, args.openvino)
+            else:
+                runs = gpu_paths(variant, args.compile, args.device)
+            rows = measure(runs, args.size, args.batch, args.rounds, args.steps, args.device)
             print(f"\n{variant}: medians of {args.rounds} rounds x {args.steps} batches")
             print(f"| path | img/s | vs {rows[0]['base']} | peak MB over the network |\n|---|---|---|---|")
             for r in rows:

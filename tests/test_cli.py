@@ -49,6 +49,7 @@ def test_default_fit_learns_checkpoints_and_logs_to_wandb_offline(tmp_path):
         timeout=2300,
     )
     assert (tmp_path / "data" / "demo" / demo.DONE_MARKER).exists()
+    assert "set_vital" not in out.stderr  # a dependency's deprecation notice, nothing a user can act on
     record = json.loads((tmp_path / "runs" / "latest_fit.json").read_text())
     best, last = tmp_path / record["best_model_path"], tmp_path / record["last_model_path"]
     assert best.is_file() and last.name == "last.ckpt" and last.is_file()
@@ -294,6 +295,7 @@ def test_demo_settings_apply_only_to_the_demo_data_and_under_what_the_user_gives
     demo_fit = yaml.safe_load(print_config(["fit"], capsys, monkeypatch, tmp_path))
     assert demo_fit["data"]["image_size"] == 64 and demo_fit["trainer"]["max_epochs"] == 50
     assert demo_fit["model"]["lr"] == 0.002 and demo_fit["data"]["crop_scale"] == [0.35, 1.0]
+    assert demo_fit["trainer"]["log_every_n_steps"] == 10  # 31 training batches an epoch
     # a chosen variant keeps its resolution on the demo data; flags win over the demo's settings
     b3 = yaml.safe_load(
         print_config(["fit", "--model.variant", "b3", "--model.lr", "0.01"], capsys, monkeypatch, tmp_path)
@@ -306,3 +308,4 @@ def test_demo_settings_apply_only_to_the_demo_data_and_under_what_the_user_gives
     assert b3_own["data"]["image_size"] is None and b3_own["trainer"]["max_epochs"] == 100
     assert b3_own["model"]["lr"] == plain["model"]["lr"] == 0.001
     assert b3_own["data"]["crop_scale"] == plain["data"]["crop_scale"] == [0.08, 1.0]
+    assert b3_own["trainer"]["log_every_n_steps"] is None and plain["trainer"]["log_every_n_steps"] is None  # 50

@@ -447,6 +447,8 @@ def main(args: list[str] | None = None) -> EffNetCLI | None:
             # state, which only a resumed fit uses.
             warnings.filterwarnings("ignore", message="The dirpath has changed from.*")
         warnings.filterwarnings("ignore", message=".*isinstance\\(treespec, LeafSpec\\)` is deprecated.*")
+        # torchdata's StatefulDataLoader (the training loader) calls a deprecated torch function.
+        warnings.filterwarnings("ignore", message="'set_vital' is deprecated")
         return EffNetCLI(
             EfficientNetModule,
             ImageFolderDataModule,

@@ -2,7 +2,7 @@
 the class names and preprocessing of the export's `model.json`, writing the same predictions
 as a checkpoint's predict.
 
-    python cli.py predict --onnx runs/export/<run>-best/model.onnx --data.predict_root ~/unlabelled
+    python cli.py predict --onnx runs/export/<run>-<checkpoint>/model.onnx --data.predict_root ~/unlabelled
 """
 
 from __future__ import annotations

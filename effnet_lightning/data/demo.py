@@ -42,7 +42,8 @@ FIT_SETTINGS = {
         "drop_path_rate": 0.05,
     },
     "data": {"image_size": 64, "crop_scale": [0.35, 1.0], "batch_size": 32, "num_workers": 2},
-    "trainer": {"max_epochs": 50},
+    # 31 batches an epoch: Lightning's default of a log line every 50 steps would log none.
+    "trainer": {"max_epochs": 50, "log_every_n_steps": 10},
 }
 
 
