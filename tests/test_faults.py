@@ -190,6 +190,16 @@ def test_bad_arguments_give_one_line_errors(tmp_path, small_root, tiny_checkpoin
         assert code == 2 and message in line, (fault, line)
         expect(fault, message)
 
+    # No root and a checkpoint of other classes: refused before the demo data is generated into
+    # ./data/demo (which may be inside the user's own data folder).
+    for command in (["test"], ["export", "--formats", "[onnx_int8]"]):
+        code, line = run_main([*command, "--ckpt_path", tiny_checkpoint], capsys, monkeypatch, tmp_path)
+        assert code == 2 and line == (
+            "error: the model was trained on ['c0', 'c1', 'c2', 'c3', 'c4', ... (10 in all)], not on the demo "
+            "data: give a folder with its classes, --data.root DIR"
+        ), line
+        assert not (tmp_path / "data").exists()
+
     # A real process: one line and no traceback; EFFNET_DEBUG=1 shows where it came from.
     out = run_cli(["fit", "--data.batch_size", "0"], tmp_path, check=False)
     assert last_error_line(out) == "error: batch_size must be positive, got 0"

@@ -172,7 +172,14 @@ class ImageFolderDataModule(L.LightningDataModule):
 
     def _check_root(self) -> None:
         """Resolve the labelled folder (the demo data by default) and its classes."""
+        expected = getattr(self, "class_names", None)
         if self.root is None:
+            if expected is not None and expected != sorted(demo.CLASSES):
+                # Checked before generating: data/demo may be inside the user's own data folder.
+                raise ValueError(
+                    f"the model was trained on {_preview(expected)}, not on the demo data: give a folder "
+                    f"with its classes, --data.root DIR"
+                )
             self.root = demo.generate(DEMO_ROOT)
         if is_shard_folder(self.root):
             self.shards = open_shards(self.root)
@@ -181,7 +188,6 @@ class ImageFolderDataModule(L.LightningDataModule):
             raise FileNotFoundError(f"--data.root {self.root} is not a folder: give a folder of class folders")
         else:
             found = folder_classes(self.root)
-        expected = getattr(self, "class_names", None)
         if expected is not None and expected != found:
             raise ValueError(
                 f"{self.root} has classes {_preview(found)} but the model was trained on {_preview(expected)}: use "
