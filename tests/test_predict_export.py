@@ -505,6 +505,32 @@ def test_predict_from_an_exported_onnx_gives_the_checkpoints_top1_for_every_imag
         "error: the ONNX file takes 64-px images (its model.json) but the data module crops 96 px: leave "
         "--data.image_size and --data.eval_image_size out"
     )
+    # a file its model.json does not list (an earlier export's), one that is not ONNX, and a
+    # model.json naming fewer classes than the file has outputs: one line each, no predictions
+    shutil.copy(onnx, tmp_path / "exp" / "earlier.onnx")
+    bad = run_cli([*common, "--onnx", tmp_path / "exp" / "earlier.onnx"], cwd, check=False)
+    assert bad.returncode == 2 and last_error_line(bad) == (
+        f"error: --onnx {tmp_path / 'exp' / 'earlier.onnx'}: {tmp_path / 'exp' / 'model.json'} describes another "
+        f"export (its files: model.onnx), so its classes may not be this file's: export again with the formats you need"
+    )
+    info = json.loads((tmp_path / "exp" / "model.json").read_text())
+    for name, onnx_bytes, names in (
+        ("truncated", onnx.read_bytes()[:1000], info["class_names"]),
+        ("fewer", onnx.read_bytes(), info["class_names"][:-1]),
+    ):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "model.onnx").write_bytes(onnx_bytes)
+        (tmp_path / name / "model.json").write_text(json.dumps({**info, "class_names": names}))
+    bad = run_cli([*common, "--onnx", tmp_path / "truncated" / "model.onnx"], cwd, check=False)
+    line = last_error_line(bad)
+    assert bad.returncode == 2 and line.startswith(f"error: --onnx {tmp_path / 'truncated' / 'model.onnx'} is not a ")
+    assert "readable ONNX file (" in line and line.endswith("): export it again")
+    bad = run_cli([*common, "--onnx", tmp_path / "fewer" / "model.onnx"], cwd, check=False)
+    n = len(info["class_names"])
+    assert bad.returncode == 2 and last_error_line(bad) == (
+        f"error: --onnx {tmp_path / 'fewer' / 'model.onnx'} has {n} outputs but its model.json names {n - 1} "
+        f"classes: export the network again"
+    )
 
 
 @pytest.mark.slow

@@ -25,7 +25,17 @@ def read_export_info(onnx: str | Path) -> dict:
             f"--onnx {path}: no model.json beside it, so its classes and preprocessing are unknown: keep the "
             f"export's folder together"
         )
-    return json.loads(info_file.read_text())
+    try:
+        info = json.loads(info_file.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"--onnx {path}: {info_file} is not valid JSON ({e}): export the network again") from None
+    listed = sorted(info.get("files", {}).values())
+    if path.name not in listed:
+        raise ValueError(
+            f"--onnx {path}: {info_file} describes another export (its files: {', '.join(listed)}), so its "
+            f"classes may not be this file's: export again with the formats you need"
+        )
+    return info
 
 
 class OnnxPredictor(L.LightningModule):
@@ -40,8 +50,18 @@ class OnnxPredictor(L.LightningModule):
         self.info = read_export_info(onnx)
         self.class_names = list(self.info["class_names"])
         self.save_hyperparameters({"weights": str(onnx)})
-        self.session = onnxruntime.InferenceSession(str(onnx), providers=["CPUExecutionProvider"])
+        try:
+            self.session = onnxruntime.InferenceSession(str(onnx), providers=["CPUExecutionProvider"])
+        except Exception as e:  # onnxruntime's own exception types (InvalidProtobuf, Fail, ...)
+            reason = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+            raise ValueError(f"--onnx {onnx} is not a readable ONNX file ({reason}): export it again") from None
         self.input_name = self.session.get_inputs()[0].name
+        outputs = self.session.get_outputs()[0].shape[-1]
+        if isinstance(outputs, int) and outputs != len(self.class_names):
+            raise ValueError(
+                f"--onnx {onnx} has {outputs} outputs but its model.json names {len(self.class_names)} classes: "
+                f"export the network again"
+            )
 
     def on_predict_start(self) -> None:
         size, expected = self.trainer.datamodule.preprocessing.crop_size, self.info["preprocessing"]["crop_size"]
