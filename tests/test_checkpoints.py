@@ -153,6 +153,12 @@ def test_a_fine_tune_is_tested_with_its_config_and_each_run_keeps_its_config(fin
     run_cli(["predict", "--data.predict_root", args[3], *TINY, *CSV, "--predictions.output_dir", tmp_path], cwd)
     assert yaml.safe_load((tmp_path / "config.yaml").read_text())["ckpt_path"] == best
     assert (folder / "config.yaml").read_text() == fit_text
+    # ... also when its output folder is the fit's checkpoint folder, and so does export
+    run_cli(["predict", "--data.predict_root", args[3], *TINY, *CSV, "--predictions.output_dir", folder], cwd)
+    run_cli(["export", "--formats", "[safetensors]", "--output_dir", folder], cwd)
+    assert (folder / "config.yaml").read_text() == fit_text
+    for subcommand in ("predict", "export"):
+        assert yaml.safe_load((folder / f"{subcommand}-config.yaml").read_text())["ckpt_path"] == best, subcommand
 
 
 @pytest.mark.slow

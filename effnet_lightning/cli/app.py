@@ -185,7 +185,7 @@ class EffNetTrainer(Trainer):
         )
         for callback in self.callbacks:
             if isinstance(callback, RunConfig):
-                callback.write(out / "config.yaml")
+                callback.write_into(out, "export")
         if push_to:
             print(f"export: pushed {out / 'hub'} to {hub.push_folder(out / 'hub', push_to)}", flush=True)
         return info

@@ -397,7 +397,7 @@ class RunConfig(SaveConfigCallback):
     replaces another's: a fit's next to its checkpoints (`config.yaml`; a resumed fit in the
     same folder adds `config-2.yaml`, ...), validate / test beside their report
     (`<checkpoint>.<stage>-config.yaml`), predict in its output folder, export in the export
-    folder."""
+    folder (as `predict-config.yaml` / `export-config.yaml` in a fit's checkpoint folder)."""
 
     def __init__(self, parser, config, **kwargs):
         super().__init__(parser, config, **{**kwargs, "save_to_log_dir": False})
@@ -418,7 +418,7 @@ class RunConfig(SaveConfigCallback):
         if trainer.is_global_zero:
             writer = next((c for c in trainer.callbacks if isinstance(c, PredictionWriter)), None)
             folder = writer.output_folder(trainer) if writer else Path(trainer.default_root_dir) / "predictions"
-            self.write(folder / "config.yaml")
+            self.write_into(folder, "predict")
 
     def on_fit_start(self, trainer, pl_module) -> None:
         ckpt = trainer.checkpoint_callback
@@ -429,6 +429,14 @@ class RunConfig(SaveConfigCallback):
         while path.exists():
             n += 1
             path = folder / f"config-{n}.yaml"
+        self.write(path)
+
+    def write_into(self, folder: Path, subcommand: str) -> None:
+        """`folder/config.yaml`, or `<subcommand>-config.yaml` where `folder` is a fit's checkpoint
+        folder that already has its fit's `config.yaml`."""
+        path = folder / "config.yaml"
+        if path.exists() and any(folder.glob("*.ckpt")):
+            path = folder / f"{subcommand}-config.yaml"
         self.write(path)
 
     def write(self, path: Path) -> None:
