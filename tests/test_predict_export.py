@@ -18,6 +18,7 @@ from PIL import Image
 from probes import batchnorm_count
 
 from effnet_lightning import create_model
+from effnet_lightning.cli.onnx_predict import OnnxPredictor
 from effnet_lightning.data import demo
 from effnet_lightning.data.datamodule import eval_transform, load_rgb
 from effnet_lightning.models import inference
@@ -228,6 +229,19 @@ def test_export_cli_from_a_checkpoint_and_from_imagenet_weights(trained, photos,
     pre = Preprocessing(**info["preprocessing"])
     x = torch.stack([eval_transform(pre)(load_rgb(str(p))) for p in sorted((photos).iterdir())])
     assert max(_reload_and_compare(tmp_path / "trained", module.model, x).values()) < 1e-4
+    # one name without brackets; a wrong name, or a file as the folder: one line each, the file kept
+    run_cli(["export", "--ckpt_path", ckpt, "--formats", "safetensors", "--output_dir", tmp_path / "one", *CSV], cwd)
+    assert json.loads((tmp_path / "one" / "model.json").read_text())["files"] == {"safetensors": "model.safetensors"}
+    bad = run_cli(["export", "--ckpt_path", ckpt, "--formats", "[onnx, tflite]", *CSV], cwd, check=False)
+    assert bad.returncode == 2 and last_error_line(bad) == (
+        "error: unknown export formats ['tflite']: choose from onnx, torchscript, safetensors, hub, onnx_int8"
+    )
+    (tmp_path / "a-file").write_text("mine")
+    bad = run_cli(["export", "--ckpt_path", ckpt, "--output_dir", tmp_path / "a-file", *CSV], cwd, check=False)
+    assert bad.returncode == 2 and last_error_line(bad) == (
+        f"error: --output_dir {tmp_path / 'a-file'} is a file: give a folder (it is made if missing)"
+    )
+    assert (tmp_path / "a-file").read_text() == "mine"
 
     # the real ImageNet Lite0, exported and run with onnxruntime on a photo, preprocessed as model.json says
     run_cli(
@@ -493,6 +507,17 @@ def test_predict_from_an_exported_onnx_gives_the_checkpoints_top1_for_every_imag
     for a, b in zip(from_onnx, from_ckpt):
         assert float(a["prob_1"]) == pytest.approx(float(b["prob_1"]), abs=1e-4)
     assert data["weights"] == str(onnx) and data["checkpoint"] is None
+    # the flag reaches the ONNX file's predictor (what it computes: the test below)
+    flip = ["--model.test_time_flip", "true"]
+    run_cli([*common, "--ckpt_path", ckpt, *TINY, *flip, "--predictions.output_dir", tmp_path / "ckpt-flip"], cwd)
+    run_cli([*common, "--onnx", onnx, *flip, "--predictions.output_dir", tmp_path / "onnx-flip"], cwd)
+    flipped_ckpt, flipped_onnx = (
+        read_predictions(tmp_path / "ckpt-flip")[0],
+        read_predictions(tmp_path / "onnx-flip")[0],
+    )
+    assert [r["class_1"] for r in flipped_onnx] == [r["class_1"] for r in flipped_ckpt]
+    for a, b in zip(flipped_onnx, flipped_ckpt):
+        assert float(a["prob_1"]) == pytest.approx(float(b["prob_1"]), abs=1e-4)
     # an export whose model.json went missing, or a size the file does not take: one line each
     shutil.copy(onnx, tmp_path / "alone.onnx")
     bad = run_cli([*common, "--onnx", tmp_path / "alone.onnx"], cwd, check=False)
@@ -531,6 +556,22 @@ def test_predict_from_an_exported_onnx_gives_the_checkpoints_top1_for_every_imag
         f"error: --onnx {tmp_path / 'fewer' / 'model.onnx'} has {n} outputs but its model.json names {n - 1} "
         f"classes: export the network again"
     )
+
+
+def test_the_onnx_predictor_applies_test_time_flip_as_the_network_does(tmp_path):
+    torch.manual_seed(0)
+    model = create_model("lite0", num_classes=10)
+    size = model.provenance.preprocessing.crop_size
+    randomise_batchnorm(model, size=size).eval()
+    export_model(model, tmp_path, class_names=CLASSES, formats=["onnx"])
+    x = torch.randn(4, 3, size, size, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        plain, mirrored = model(x), model(x.flip(3))
+    for flip, logits in ((False, plain), (True, (plain + mirrored) / 2)):
+        predictor = OnnxPredictor(tmp_path / "model.onnx", test_time_flip=flip)
+        probs = predictor.predict_step((x, torch.arange(4)), 0)["probs"]
+        assert (probs - logits.softmax(1)).abs().max() < 1e-5, flip
+    assert (plain.softmax(1) - ((plain + mirrored) / 2).softmax(1)).abs().max() > 1e-3  # the flip matters here
 
 
 @pytest.mark.slow

@@ -71,7 +71,7 @@ from effnet_lightning.data.datamodule import ImageFolderDataModule
 from effnet_lightning.models import hub
 from effnet_lightning.models.factory import checkpoint_hparams, preprocessing_for, pretrained_source
 from effnet_lightning.models.state_dicts import read_checkpoint
-from effnet_lightning.tools.export import FORMATS, Format, Int8Check, export_model
+from effnet_lightning.tools.export import FORMATS, Int8Check, check_formats, export_model
 from effnet_lightning.training.ema import EMA
 from effnet_lightning.training.lr_finder import LRFinder
 from effnet_lightning.training.module import EfficientNetModule
@@ -111,7 +111,8 @@ class EffNetTrainer(Trainer):
             onnx: path of a model.onnx written by export.
         """
         if onnx:
-            model, ckpt_path = OnnxPredictor(onnx), None
+            flip = bool(model is not None and model.hparams.test_time_flip)
+            model, ckpt_path = OnnxPredictor(onnx, test_time_flip=flip), None
         return super().predict(model, dataloaders, datamodule, return_predictions, ckpt_path, weights_only)
 
     def export(
@@ -120,7 +121,7 @@ class EffNetTrainer(Trainer):
         datamodule=None,
         ckpt_path: str | None = None,
         output_dir: str | None = None,
-        formats: list[Format] | None = None,
+        formats: list[str] | str | None = None,  # checked here: a wrong name is one line, not the usage
         tolerance: float = 1e-4,
         push_to: str | None = None,
         calibration_images: int = 200,
@@ -147,7 +148,10 @@ class EffNetTrainer(Trainer):
             int8_max_drop: onnx_int8: the largest allowed top-1 drop against fp32 on the validation
                 images (all of them, at most 2,000), in points; a larger drop writes nothing.
         """
+        if isinstance(formats, str):  # --formats onnx, or onnx,torchscript
+            formats = [name.strip() for name in formats.split(",")]
         formats = list(FORMATS) if formats is None else list(formats)
+        check_formats(formats)
         if push_to:
             hub.require_token(push_to)
             formats += [] if "hub" in formats else ["hub"]
@@ -165,6 +169,8 @@ class EffNetTrainer(Trainer):
         else:
             name = f"{model.hparams.variant}-pretrained"
         out = Path(output_dir or os.path.join(self.default_root_dir, "export", name))
+        if out.exists() and not out.is_dir():
+            raise ValueError(f"--output_dir {out} is a file: give a folder (it is made if missing)")
         int8 = None
         if "onnx_int8" in formats:
             if calibration_images < 1:

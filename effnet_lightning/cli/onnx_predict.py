@@ -41,7 +41,7 @@ def read_export_info(onnx: str | Path) -> dict:
 class OnnxPredictor(L.LightningModule):
     """predict_step through an onnxruntime session; outputs as `EfficientNetModule.predict_step`'s."""
 
-    def __init__(self, onnx: str | Path):
+    def __init__(self, onnx: str | Path, test_time_flip: bool = False):
         super().__init__()
         try:
             import onnxruntime
@@ -49,7 +49,7 @@ class OnnxPredictor(L.LightningModule):
             raise ValueError("--onnx needs onnxruntime: pip install onnxruntime") from None
         self.info = read_export_info(onnx)
         self.class_names = list(self.info["class_names"])
-        self.save_hyperparameters({"weights": str(onnx)})
+        self.save_hyperparameters({"weights": str(onnx), "test_time_flip": test_time_flip})
         try:
             self.session = onnxruntime.InferenceSession(str(onnx), providers=["CPUExecutionProvider"])
         except Exception as e:  # onnxruntime's own exception types (InvalidProtobuf, Fail, ...)
@@ -73,5 +73,10 @@ class OnnxPredictor(L.LightningModule):
 
     def predict_step(self, batch, batch_idx):
         images, indices = batch
-        logits = self.session.run(None, {self.input_name: images.float().contiguous().cpu().numpy()})[0]
-        return {"index": indices, "probs": torch.from_numpy(logits).softmax(1)}
+        logits = self._logits(images)
+        if self.hparams.test_time_flip:  # as the network's evaluation: the mean of both logits
+            logits = (logits + self._logits(images.flip(3))) / 2
+        return {"index": indices, "probs": logits.softmax(1)}
+
+    def _logits(self, images: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(self.session.run(None, {self.input_name: images.float().contiguous().cpu().numpy()})[0])

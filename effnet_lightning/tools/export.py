@@ -19,14 +19,12 @@ import shutil
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 import torch
 
 from effnet_lightning.models import hub
 from effnet_lightning.models.factory import create_model
 
-Format = Literal["onnx", "torchscript", "safetensors", "hub", "onnx_int8"]
 FORMATS: tuple[str, ...] = ("onnx", "torchscript", "safetensors")  # the default
 ALL_FORMATS: tuple[str, ...] = (*FORMATS, "hub", "onnx_int8")
 
@@ -173,6 +171,14 @@ def _export_hub(model, folder: Path, class_names: list[str], card: str):
     return farther
 
 
+def check_formats(formats) -> None:
+    """A one-line error for an unknown or missing format name."""
+    unknown = set(formats) - set(ALL_FORMATS)
+    if unknown or not formats:
+        what = f"unknown export formats {sorted(unknown)}" if unknown else "no export format given"
+        raise ValueError(f"{what}: choose from {', '.join(ALL_FORMATS)}")
+
+
 def export_model(
     model: torch.nn.Module,
     output_dir: str | Path,
@@ -192,10 +198,7 @@ def export_model(
     pushed) go into the hub format's model card; `int8` is what the onnx_int8 format needs.
     Raises ValueError, writing nothing, when a reloaded export's logits differ by more than
     `tolerance`, or when the hub format is asked of a network timm cannot build."""
-    unknown = set(formats) - set(ALL_FORMATS)
-    if unknown or not formats:
-        what = f"unknown export formats {sorted(unknown)}" if unknown else "no export format given"
-        raise ValueError(f"{what}: choose from {', '.join(ALL_FORMATS)}")
+    check_formats(formats)
     if "hub" in formats:
         hub.timm_architecture(model)  # refused before anything is exported
     if "onnx_int8" in formats and int8 is None:
