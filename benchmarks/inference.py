@@ -53,18 +53,13 @@ def paths(
 ) -> dict:
     """{name: callable(images) -> logits} for one variant."""
     import onnxruntime
-    import timm
-    import torchvision
 
-    torch.manual_seed(0)
+    nets = networks(variant)
     runs = {}
-    if variant.startswith("b"):
-        tv = getattr(torchvision.models, f"efficientnet_{variant}")().eval()
-        runs["torchvision eager"] = tv
-    runs["timm eager, channels_last"] = (
-        timm.create_model(_timm_name(variant)).eval().to(memory_format=torch.channels_last)
-    )
-    ours = create_model(variant).eval().to(memory_format=torch.channels_last)
+    if "torchvision" in nets:
+        runs["torchvision eager"] = nets["torchvision"]
+    runs["timm eager, channels_last"] = nets["timm"].to(memory_format=torch.channels_last)
+    ours = nets["ours plain"].to(memory_format=torch.channels_last)
     runs["ours plain (channels_last)"] = ours
     folded = fold_batchnorm(ours)
     runs["ours folded, whole batch at once"] = folded
@@ -110,24 +105,16 @@ def paths(
 def gpu_paths(variant: str, compile_frozen: bool = False, device: str = "cuda") -> dict:
     """{name: callable(images) -> logits} on `device` for one variant: each network channels_last,
     in fp32 and in bf16 autocast, with torchvision's eager fp32 as the baseline."""
-    import timm
-    import torchvision
-
-    torch.manual_seed(0)
-    nets = {}
-    if variant.startswith("b"):
-        nets["torchvision"] = getattr(torchvision.models, f"efficientnet_{variant}")()
-    nets["timm"] = timm.create_model(_timm_name(variant))
-    nets["ours plain"] = create_model(variant)
-    to_device = {name: net.eval().to(device, memory_format=torch.channels_last) for name, net in nets.items()}
+    nets = networks(variant)
+    runs = {}
+    if "torchvision" in nets:
+        runs["torchvision eager"] = copy.deepcopy(nets["torchvision"]).to(device)
+    to_device = {name: net.to(device, memory_format=torch.channels_last) for name, net in nets.items()}
     to_device["ours folded"] = fold_batchnorm(to_device["ours plain"])
     if compile_frozen:
         to_device["ours folded, compiled with freezing"] = torch.compile(
             to_device["ours folded"], options={"freezing": True}
         )
-    runs = {}
-    if "torchvision" in nets:
-        runs["torchvision eager"] = copy.deepcopy(nets["torchvision"]).to(memory_format=torch.contiguous_format)
     for name, net in to_device.items():
         runs[f"{name}, channels_last fp32"] = net
         runs[f"{name}, channels_last bf16"] = lambda x, n=net: _bf16(n, x)
@@ -139,8 +126,20 @@ def _bf16(network, images: torch.Tensor) -> torch.Tensor:
         return network(images)
 
 
-def _timm_name(variant: str) -> str:
-    return f"efficientnet_{variant}" if variant.startswith("b") else f"tf_efficientnet_{variant}"
+def networks(variant: str) -> dict:
+    """torchvision's (B variants only), timm's and this project's network for `variant`, in eval
+    mode, with seeded random weights."""
+    import timm
+    import torchvision
+
+    torch.manual_seed(0)
+    nets = {}
+    if variant.startswith("b"):
+        nets["torchvision"] = getattr(torchvision.models, f"efficientnet_{variant}")()
+    timm_name = f"efficientnet_{variant}" if variant.startswith("b") else f"tf_efficientnet_{variant}"
+    nets["timm"] = timm.create_model(timm_name)
+    nets["ours plain"] = create_model(variant)
+    return {name: net.eval() for name, net in nets.items()}
 
 
 def _status_mb(field: str) -> float:
