@@ -285,6 +285,26 @@ def test_fit_with_checkpointing_off_trains_and_writes_no_checkpoint(tmp_path, sm
         assert not list(cwd.rglob("*.ckpt")) and list(cwd.rglob("metrics.csv"))
 
 
+def test_scratch_config_is_the_demo_recipe_for_a_folder_of_ones_own(tmp_path, capsys, monkeypatch):
+    scratch = yaml.safe_load(
+        print_config(
+            ["fit", "--config", ROOT / "configs" / "scratch.yaml", "--data.root", tmp_path],
+            capsys,
+            monkeypatch,
+            tmp_path,
+        )
+    )
+    # the user's images decide the size and the set's size the epochs; everything else is the demo's
+    own = {("data", "image_size"), ("trainer", "max_epochs"), ("trainer", "log_every_n_steps")}
+    for section, values in demo.FIT_SETTINGS.items():
+        for name, value in values.items():
+            if (section, name) not in own:
+                assert scratch[section][name] == value, f"configs/scratch.yaml {section}.{name}"
+    assert scratch["data"]["image_size"] is None and scratch["model"]["weights"] is None
+    assert scratch["model"]["variant"] == "b0" and scratch["data"]["root"] == str(tmp_path)
+    assert scratch["model"]["model_options"] is None  # residual blocks start as the identity
+
+
 def test_bad_variant_is_a_clear_error(tmp_path):
     out = run_cli(["fit", "--model.variant", "b9"], tmp_path, check=False)
     assert out.returncode == 2 and "Traceback" not in out.stderr
@@ -293,14 +313,14 @@ def test_bad_variant_is_a_clear_error(tmp_path):
 
 def test_demo_settings_apply_only_to_the_demo_data_and_under_what_the_user_gives(tmp_path, capsys, monkeypatch):
     demo_fit = yaml.safe_load(print_config(["fit"], capsys, monkeypatch, tmp_path))
-    assert demo_fit["data"]["image_size"] == 64 and demo_fit["trainer"]["max_epochs"] == 50
+    assert demo_fit["data"]["image_size"] == 64 and demo_fit["trainer"]["max_epochs"] == 25
     assert demo_fit["model"]["lr"] == 0.002 and demo_fit["data"]["crop_scale"] == [0.35, 1.0]
     assert demo_fit["trainer"]["log_every_n_steps"] == 10  # 31 training batches an epoch
     # a chosen variant keeps its resolution on the demo data; flags win over the demo's settings
     b3 = yaml.safe_load(
         print_config(["fit", "--model.variant", "b3", "--model.lr", "0.01"], capsys, monkeypatch, tmp_path)
     )
-    assert b3["data"]["image_size"] is None and b3["model"]["lr"] == 0.01 and b3["trainer"]["max_epochs"] == 50
+    assert b3["data"]["image_size"] is None and b3["model"]["lr"] == 0.01 and b3["trainer"]["max_epochs"] == 25
     # the user's own data: none of the demo's settings
     own = ["fit", "--config", ROOT / "configs" / "b3.yaml", "--data.root", tmp_path]
     b3_own = yaml.safe_load(print_config(own, capsys, monkeypatch, tmp_path))

@@ -225,3 +225,23 @@ def test_processes_that_see_other_files_are_refused():
     with pytest.raises(ValueError, match=r"processes \[1\] see other files or classes than process 0"):
         check_same_listing(["a1b2", "ffff"])
     expect("ddp-same-listing", "processes [1] see other files or classes than process 0")
+
+
+def test_a_small_folder_cropped_as_imagenet_is_pointed_to_the_small_data_recipes(
+    small_root, demo_root, tmp_path, monkeypatch, caplog
+):
+    (tmp_path / "data").symlink_to(demo_root.parent)  # the demo data where a bare fit looks for it
+    monkeypatch.chdir(tmp_path)
+    hint = "--config configs/scratch.yaml holds settings measured on small sets"
+    with caplog.at_level("INFO"):
+        ImageFolderDataModule(root=str(small_root), image_size=64).setup("fit")
+    assert f"100 training images, cropped as ImageNet's are (8-100% of each image): from scratch, {hint}" in caplog.text
+    assert "from pretrained weights, --config configs/finetune.yaml" in caplog.text
+    for quiet in (
+        {"root": str(small_root), "crop_scale": (0.35, 1.0)},  # a recipe's crops, or the user's own
+        {"root": None},  # the demo data: its own settings apply
+    ):
+        caplog.clear()
+        with caplog.at_level("INFO"):
+            ImageFolderDataModule(image_size=64, **quiet).setup("fit")
+        assert hint not in caplog.text

@@ -77,6 +77,24 @@ def test_initialisation_follows_the_paper():
     assert model.classifier.weight.abs().max() <= 1 / 1000**0.5
 
 
+def test_residual_blocks_start_as_the_identity_unless_asked_otherwise(image_batch):
+    model = EfficientNet("b0", num_classes=10, drop_path_rate=0.0)
+    residual = [block for block in model.blocks if block.has_residual]
+    assert len(residual) == 9  # B0: 16 blocks, the first of each of the 7 rows changes the shape
+    x = model.stem(image_batch)
+    for block in model.blocks:  # in training mode: batch statistics, as the first step sees them
+        out = block(x)
+        assert torch.equal(out, x) == block.has_residual
+        x = out
+    for block in model.blocks:  # the branch's other BatchNorms, and blocks without a residual, as the paper
+        assert torch.all(block.dw.bn.weight == 1)
+        assert torch.all(block.project.bn.weight == (0 if block.has_residual else 1))
+    plain = EfficientNet("b0", num_classes=10, zero_init_residual=False)
+    assert all(torch.all(block.project.bn.weight == 1) for block in plain.blocks)
+    # through create_model, as --model.model_options '{"zero_init_residual": false}' passes it
+    assert torch.all(create_model("b0", num_classes=10, zero_init_residual=False).blocks[1].project.bn.weight == 1)
+
+
 def test_stochastic_depth_rates_per_block():
     model = EfficientNet("b0", drop_path_rate=0.2)
     n = len(model.blocks)

@@ -53,6 +53,10 @@ log = logging.getLogger(__name__)
 DEMO_ROOT = "data/demo"
 # Bad files named in the log; the rest are counted (`ImageFolderDataModule.skipped` has all).
 LISTED_BAD_FILES = 20
+# Below this many training images, ImageNet's crops (8-100% of an image) are pointed to the
+# small-data recipes: configs/scratch.yaml, configs/finetune.yaml.
+SMALL_DATA_IMAGES = 5000
+IMAGENET_CROP_SCALE = (0.08, 1.0)
 
 
 class ImageFolderDataModule(L.LightningDataModule):
@@ -111,7 +115,7 @@ class ImageFolderDataModule(L.LightningDataModule):
         seed: int = 42,
         augment: Augment = "none",
         randaugment_magnitude: int = 9,
-        crop_scale: tuple[float, float] = (0.08, 1.0),
+        crop_scale: tuple[float, float] = IMAGENET_CROP_SCALE,
         random_erasing: float = 0.0,
         mixup_alpha: float = 0.0,
         cutmix_alpha: float = 0.0,
@@ -235,6 +239,7 @@ class ImageFolderDataModule(L.LightningDataModule):
         )
         if stage in (None, "fit"):
             self._check_image_size()
+            self._suggest_small_data_recipe()
 
     def _check_image_size(self) -> None:
         """Say once when the images are much smaller than the crop: every one is upsampled, at a
@@ -250,6 +255,20 @@ class ImageFolderDataModule(L.LightningDataModule):
                 crop,
                 sides[len(sides) // 2],
             )
+
+    def _suggest_small_data_recipe(self) -> None:
+        """Point a user's small set, cropped as ImageNet is, to the recipes measured for small data."""
+        count = len(self.splits["train"])
+        if self.hparams.root is None or count >= SMALL_DATA_IMAGES:
+            return
+        if tuple(self.hparams.crop_scale) != IMAGENET_CROP_SCALE:
+            return  # a recipe, or the user's own choice
+        log.info(
+            "%d training images, cropped as ImageNet's are (8-100%% of each image): from scratch, "
+            "--config configs/scratch.yaml holds settings measured on small sets (docs/from-scratch.md); "
+            "from pretrained weights, --config configs/finetune.yaml",
+            count,
+        )
 
     def _readable(self, samples: list[tuple[str, int]]) -> list[tuple[str, int]]:
         """The samples whose files read as images; the others are listed in the log (or, with

@@ -1,0 +1,207 @@
+"""Training from scratch, seed by seed and on two kernel paths: does the result hold?
+
+    python benchmarks/from_scratch.py                         # everything below, into docs/from_scratch
+    python benchmarks/from_scratch.py --sets demo --seeds 42 1
+    python benchmarks/from_scratch.py --summary-only docs/from_scratch   # the tables again
+
+Runs, each the real command line in a fresh folder:
+- demo: `python cli.py fit` with no flags (the demo job), then `python cli.py test` on its best
+  checkpoint.
+- digits and textures (two small sets of `benchmarks/finetune.py`, built from data installed
+  packages ship): `fit --config configs/scratch.yaml --data.root SET` (the small-data recipe),
+  next to `previous`, the project's defaults for a folder before that recipe (same image size and
+  epochs, everything else as `fit --data.root SET` has it).
+
+Every run is repeated on two kernel paths of this machine: `native`, and `capped`, which makes
+torch and oneDNN use an older instruction set and so round floats differently
+(`ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2` where AVX-512 is native,
+`ONEDNN_MAX_CPU_ISA=SSE41 ATEN_CPU_CAPABILITY=default` where AVX2 is). Reported per set and
+recipe: best val/acc (median, worst, spread), the epoch val/acc first reached 0.95, the fit's wall
+time and, for the demo, test/acc of the best checkpoint. Results go to <out>/results.json after
+every run; started again, the script skips the runs that are there.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import importlib
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+finetune = importlib.import_module("finetune")  # the small sets are built there
+
+REPORTED_SEEDS = (42, 1, 2, 3, 4)  # fixed before measuring; the recipes were tuned on others
+SETS = ("demo", "digits", "textures")
+PASS_MARK = 0.95
+# Per small set: image size (the images' own) and epochs, for both recipes.
+SMALL_SETS = {"digits": {"image_size": 32, "epochs": 30}, "textures": {"image_size": 48, "epochs": 30}}
+
+
+def recipes(name: str) -> dict[str, list[str]]:
+    """The fit flags of each recipe compared on set `name` (the data root comes separately)."""
+    if name == "demo":
+        return {"default": []}
+    size, epochs = SMALL_SETS[name]["image_size"], SMALL_SETS[name]["epochs"]
+    common = ["--data.image_size", str(size), "--trainer.max_epochs", str(epochs)]
+    return {"scratch": ["--config", str(ROOT / "configs" / "scratch.yaml"), *common], "previous": common}
+
+
+def kernel_paths() -> dict[str, dict[str, str]]:
+    """Environment of each kernel path: the native one, and one capped an instruction set lower."""
+    native = torch.backends.cpu.get_cpu_capability()
+    if native.startswith("AVX512"):
+        capped = {"ONEDNN_MAX_CPU_ISA": "AVX2", "ATEN_CPU_CAPABILITY": "avx2"}
+    else:
+        capped = {"ONEDNN_MAX_CPU_ISA": "SSE41", "ATEN_CPU_CAPABILITY": "default"}
+    return {"native": {}, "capped": capped}
+
+
+def cpu_name() -> str:
+    """The CPU by model name and the instruction-set flags that decide its kernels."""
+    model, flags = "unknown CPU", set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+            elif line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    kept = sorted(f for f in flags if f == "avx2" or f.startswith(("avx512", "amx")))
+    return f"{model}, {os.cpu_count()} cores, {' '.join(kept) or 'no AVX2'}"
+
+
+def logged(run_dir: Path, key: str) -> list[float]:
+    """Every value of `key` the CSV logger wrote under `run_dir` (one a epoch for val/acc)."""
+    rows = [row for path in sorted(run_dir.rglob("metrics.csv")) for row in csv.DictReader(path.open())]
+    return [float(r[key]) for r in rows if r.get(key)]
+
+
+def run(name: str, recipe: str, seed: int, path: str, data_dir: Path) -> dict:
+    """One fit (and for the demo its test) in a fresh folder; returns its record."""
+    env = {**os.environ, **kernel_paths()[path]}
+    with tempfile.TemporaryDirectory() as out:
+        fit = [sys.executable, str(ROOT / "cli.py"), "fit", *recipes(name)[recipe], "--seed_everything", str(seed)]
+        if name == "demo":
+            os.symlink(ROOT / "data", Path(out) / "data")  # the demo data, generated once
+        else:
+            fit += ["--data.root", str(finetune.build(name, data_dir))]
+        logging = ["--trainer.logger", "CSVLogger", "--trainer.enable_progress_bar", "false"]
+        start = time.perf_counter()
+        subprocess.run([*fit, *logging], check=True, cwd=out, env=env, stdout=subprocess.DEVNULL)
+        seconds = time.perf_counter() - start
+        record = {"val_acc": logged(Path(out), "val/acc"), "seconds": round(seconds, 1)}
+        if name == "demo":  # the best checkpoint, as a bare `test` after the fit finds it
+            test = [sys.executable, str(ROOT / "cli.py"), "test", *logging]
+            subprocess.run(test, check=True, cwd=out, env=env, stdout=subprocess.DEVNULL)
+            record["test_acc"] = logged(Path(out), "test/acc")[-1]
+        return record
+
+
+def key(name: str, recipe: str, seed: int, path: str) -> str:
+    return f"{name}/{recipe}/seed{seed}/{path}"
+
+
+def summarise(results: dict) -> dict:
+    """Per set and recipe: best val/acc (median, worst, spread), epochs to PASS_MARK, wall time,
+    test/acc, over every run recorded."""
+    groups: dict[tuple[str, str], list[dict]] = {}
+    for name_key, record in results["runs"].items():
+        name, recipe, _, _ = name_key.split("/")
+        groups.setdefault((name, recipe), []).append(record)
+    summary = {}
+    for (name, recipe), records in sorted(groups.items()):
+        best = [max(r["val_acc"]) for r in records]
+        passed = [next((i + 1 for i, a in enumerate(r["val_acc"]) if a >= PASS_MARK), None) for r in records]
+        row = {
+            "runs": len(records),
+            "best_val_acc": {"median": statistics.median(best), "worst": min(best), "spread": max(best) - min(best)},
+            "epoch_passed": {"median": _median(passed), "worst": None if None in passed else max(passed)},
+            "seconds": {
+                "median": statistics.median(r["seconds"] for r in records),
+                "worst": max(r["seconds"] for r in records),
+            },
+        }
+        tests = [r["test_acc"] for r in records if "test_acc" in r]
+        if tests:
+            row["test_acc"] = {"median": statistics.median(tests), "worst": min(tests)}
+        summary[f"{name}/{recipe}"] = row
+    return summary
+
+
+def _median(values: list) -> float | None:
+    known = [v for v in values if v is not None]
+    return statistics.median(known) if known else None
+
+
+def table(results: dict) -> str:
+    """A Markdown table of every run, then one of the summary."""
+    lines = [f"Machine: {results['machine']}, torch {results['torch']}.", ""]
+    lines += ["| set / recipe | seed | kernels | best val/acc | epoch >= 0.95 | test/acc | wall time |"]
+    lines += ["|---|---|---|---|---|---|---|"]
+    for name_key, r in results["runs"].items():
+        name, recipe, seed, path = name_key.split("/")
+        passed = next((i + 1 for i, a in enumerate(r["val_acc"]) if a >= PASS_MARK), "-")
+        test = f"{r['test_acc']:.3f}" if "test_acc" in r else "-"
+        lines.append(
+            f"| {name} / {recipe} | {seed[4:]} | {path} | {max(r['val_acc']):.3f} | {passed} | {test} | "
+            f"{r['seconds'] / 60:.1f} min |"
+        )
+    lines += ["", "| set / recipe | runs | best val/acc: median / worst / spread | epoch >= 0.95: median / worst "]
+    lines[-1] += "| test/acc: median / worst | wall time: median / worst |"
+    lines += ["|---|---|---|---|---|---|"]
+    for group, s in summarise(results).items():
+        b, e, t = s["best_val_acc"], s["epoch_passed"], s["seconds"]
+        test = f"{s['test_acc']['median']:.3f} / {s['test_acc']['worst']:.3f}" if "test_acc" in s else "-"
+        lines.append(
+            f"| {group} | {s['runs']} | {b['median']:.3f} / {b['worst']:.3f} / {b['spread']:.3f} | "
+            f"{e['median'] or '-'} / {e['worst'] or 'never'} | {test} | {t['median'] / 60:.1f} / {t['worst'] / 60:.1f} min |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sets", nargs="+", choices=SETS, default=list(SETS))
+    parser.add_argument("--seeds", nargs="+", type=int, default=list(REPORTED_SEEDS))
+    parser.add_argument("--paths", nargs="+", choices=("native", "capped"), default=["native", "capped"])
+    parser.add_argument("--out", type=Path, default=ROOT / "docs" / "from_scratch")
+    parser.add_argument("--data-dir", type=Path, default=ROOT / "data" / "finetune-sets")
+    parser.add_argument("--summary-only", type=Path, help="print the tables of DIR/results.json and stop")
+    args = parser.parse_args(argv)
+    if args.summary_only:
+        results = json.loads((args.summary_only / "results.json").read_text())
+        print(table(results))
+        return results
+    args.out.mkdir(parents=True, exist_ok=True)
+    results_file = args.out / "results.json"
+    results = json.loads(results_file.read_text()) if results_file.exists() else {"runs": {}}
+    results.update(machine=cpu_name(), torch=torch.__version__)
+    for name in args.sets:
+        for seed in args.seeds:
+            for path in args.paths:
+                for recipe in recipes(name):
+                    done = key(name, recipe, seed, path)
+                    if done in results["runs"]:
+                        continue
+                    results["runs"][done] = run(name, recipe, seed, path, args.data_dir)
+                    results_file.write_text(json.dumps(results, indent=1))
+                    print(done, max(results["runs"][done]["val_acc"]), results["runs"][done]["seconds"], flush=True)
+    print(table(results))
+    return results
+
+
+if __name__ == "__main__":
+    main()
