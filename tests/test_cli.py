@@ -5,6 +5,7 @@ import csv
 import json
 import os
 import re
+import shlex
 
 import pytest
 import torch
@@ -77,7 +78,9 @@ def test_default_fit_learns_checkpoints_and_logs_to_wandb_offline(tmp_path):
     config = wandb_offline.config(runs[0])
     assert config["variant"] == "b0" and config["batch_size"] == 32 and config["preprocessing"]["crop_size"] == 64
     print(f"default fit on the demo (64 px, 10 epochs): val/acc per epoch {[round(a, 3) for a in val_acc]}")
-    assert max(val_acc) >= 0.2  # chance is 0.1: 300 images put 0.2 six standard deviations above it
+    # Chance is 0.1; the recipe before identity-initialised residual blocks and 60-100% crops
+    # reached about 0.2 in these 10 epochs (docs/from-scratch.md).
+    assert max(val_acc) >= 0.5
 
 
 @pytest.mark.slow
@@ -305,6 +308,16 @@ def test_scratch_config_is_the_demo_recipe_for_a_folder_of_ones_own(tmp_path, ca
     assert scratch["model"]["model_options"] is None  # residual blocks start as the identity
 
 
+def test_the_from_scratch_page_commands_parse(tmp_path, capsys, monkeypatch):
+    page = (ROOT / "docs" / "from-scratch.md").read_text()
+    commands = [line for line in page.splitlines() if line.startswith("python cli.py ")]
+    assert commands
+    for command in commands:
+        args = [arg.replace("~/my_images", str(tmp_path)) for arg in shlex.split(command)[2:]]
+        args = [str(ROOT / arg) if arg.startswith("configs/") else arg for arg in args]
+        assert yaml.safe_load(print_config(args, capsys, monkeypatch, tmp_path))["data"]["root"] == str(tmp_path)
+
+
 def test_bad_variant_is_a_clear_error(tmp_path):
     out = run_cli(["fit", "--model.variant", "b9"], tmp_path, check=False)
     assert out.returncode == 2 and "Traceback" not in out.stderr
@@ -313,14 +326,14 @@ def test_bad_variant_is_a_clear_error(tmp_path):
 
 def test_demo_settings_apply_only_to_the_demo_data_and_under_what_the_user_gives(tmp_path, capsys, monkeypatch):
     demo_fit = yaml.safe_load(print_config(["fit"], capsys, monkeypatch, tmp_path))
-    assert demo_fit["data"]["image_size"] == 64 and demo_fit["trainer"]["max_epochs"] == 25
-    assert demo_fit["model"]["lr"] == 0.002 and demo_fit["data"]["crop_scale"] == [0.35, 1.0]
+    assert demo_fit["data"]["image_size"] == 64 and demo_fit["trainer"]["max_epochs"] == 20
+    assert demo_fit["model"]["lr"] == 0.002 and demo_fit["data"]["crop_scale"] == [0.6, 1.0]
     assert demo_fit["trainer"]["log_every_n_steps"] == 10  # 31 training batches an epoch
     # a chosen variant keeps its resolution on the demo data; flags win over the demo's settings
     b3 = yaml.safe_load(
         print_config(["fit", "--model.variant", "b3", "--model.lr", "0.01"], capsys, monkeypatch, tmp_path)
     )
-    assert b3["data"]["image_size"] is None and b3["model"]["lr"] == 0.01 and b3["trainer"]["max_epochs"] == 25
+    assert b3["data"]["image_size"] is None and b3["model"]["lr"] == 0.01 and b3["trainer"]["max_epochs"] == 20
     # the user's own data: none of the demo's settings
     own = ["fit", "--config", ROOT / "configs" / "b3.yaml", "--data.root", tmp_path]
     b3_own = yaml.safe_load(print_config(own, capsys, monkeypatch, tmp_path))

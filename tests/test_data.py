@@ -235,10 +235,13 @@ def test_a_small_folder_cropped_as_imagenet_is_pointed_to_the_small_data_recipes
     hint = "--config configs/scratch.yaml holds settings measured on small sets"
     with caplog.at_level("INFO"):
         ImageFolderDataModule(root=str(small_root), image_size=64).setup("fit")
-    assert f"100 training images, cropped as ImageNet's are (8-100% of each image): from scratch, {hint}" in caplog.text
+    assert (
+        f"100 training images of about 96 px, cropped as ImageNet's are (8-100% of each image): from scratch, {hint}"
+        in caplog.text
+    )
     assert "from pretrained weights, --config configs/finetune.yaml" in caplog.text
     for quiet in (
-        {"root": str(small_root), "crop_scale": (0.35, 1.0)},  # a recipe's crops, or the user's own
+        {"root": str(small_root), "crop_scale": (0.6, 1.0)},  # a recipe's crops, or the user's own
         {"root": None},  # the demo data: its own settings apply
     ):
         caplog.clear()

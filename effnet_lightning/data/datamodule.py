@@ -53,9 +53,11 @@ log = logging.getLogger(__name__)
 DEMO_ROOT = "data/demo"
 # Bad files named in the log; the rest are counted (`ImageFolderDataModule.skipped` has all).
 LISTED_BAD_FILES = 20
-# Below this many training images, ImageNet's crops (8-100% of an image) are pointed to the
-# small-data recipes: configs/scratch.yaml, configs/finetune.yaml.
+# Below this many training images, or at most this many pixels on the short side, ImageNet's
+# crops (8-100% of an image) are pointed to the small-data recipes: configs/scratch.yaml,
+# configs/finetune.yaml.
 SMALL_DATA_IMAGES = 5000
+SMALL_IMAGE_SIDE = 128
 IMAGENET_CROP_SCALE = (0.08, 1.0)
 
 
@@ -238,36 +240,43 @@ class ImageFolderDataModule(L.LightningDataModule):
             digest,
         )
         if stage in (None, "fit"):
-            self._check_image_size()
-            self._suggest_small_data_recipe()
+            median_side = self._median_short_side()
+            self._check_image_size(median_side)
+            self._suggest_small_data_recipe(median_side)
 
-    def _check_image_size(self) -> None:
-        """Say once when the images are much smaller than the crop: every one is upsampled, at a
-        cost in compute and no gain in detail."""
+    def _median_short_side(self) -> int | None:
+        """The median short side of (a sample of) the training images; None: unknown."""
         paths = [path for path, _ in self.splits["train"][:: max(1, len(self.splits["train"]) // 20)]]
         sides = sorted(side for side in (min(image_size(path)) for path in paths) if side)
-        crop = self.train_size
-        if sides and sides[len(sides) // 2] * 2 <= crop:
+        return sides[len(sides) // 2] if sides else None
+
+    def _check_image_size(self, median_side: int | None) -> None:
+        """Say once when the images are much smaller than the crop: every one is upsampled, at a
+        cost in compute and no gain in detail."""
+        if median_side is not None and median_side * 2 <= self.train_size:
             log.warning(
                 "the training images are much smaller than the crop (median short side %d px, crop %d px): each is "
                 "upsampled; --data.image_size %d trains faster on the same detail",
-                sides[len(sides) // 2],
-                crop,
-                sides[len(sides) // 2],
+                median_side,
+                self.train_size,
+                median_side,
             )
 
-    def _suggest_small_data_recipe(self) -> None:
-        """Point a user's small set, cropped as ImageNet is, to the recipes measured for small data."""
+    def _suggest_small_data_recipe(self, median_side: int | None) -> None:
+        """Point a user's set of few or small images, cropped as ImageNet is, to the recipes
+        measured for small data."""
         count = len(self.splits["train"])
-        if self.hparams.root is None or count >= SMALL_DATA_IMAGES:
+        small = median_side is not None and median_side <= SMALL_IMAGE_SIDE
+        if self.hparams.root is None or not (count < SMALL_DATA_IMAGES or small):
             return
         if tuple(self.hparams.crop_scale) != IMAGENET_CROP_SCALE:
             return  # a recipe, or the user's own choice
         log.info(
-            "%d training images, cropped as ImageNet's are (8-100%% of each image): from scratch, "
+            "%d training images%s, cropped as ImageNet's are (8-100%% of each image): from scratch, "
             "--config configs/scratch.yaml holds settings measured on small sets (docs/from-scratch.md); "
             "from pretrained weights, --config configs/finetune.yaml",
             count,
+            f" of about {median_side} px" if small else "",
         )
 
     def _readable(self, samples: list[tuple[str, int]]) -> list[tuple[str, int]]:
