@@ -19,7 +19,8 @@ torch and oneDNN use an older instruction set and so round floats differently
 `ONEDNN_MAX_CPU_ISA=SSE41 ATEN_CPU_CAPABILITY=default` where AVX2 is). Reported per set and
 recipe: best val/acc (median, worst, spread), the epoch val/acc first reached 0.95, the fit's wall
 time and, for the demo, test/acc of the best checkpoint. Results go to <out>/results.json after
-every run; started again, the script skips the runs that are there.
+every run, each with its recipe (flags and the settings behind them) and machine; started again,
+the script skips the runs stored with the same recipe on the same machine.
 """
 
 from __future__ import annotations
@@ -41,7 +42,9 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
+sys.path.insert(0, str(ROOT))
 finetune = importlib.import_module("finetune")  # the small sets are built there
+demo = importlib.import_module("effnet_lightning.data.demo")
 
 REPORTED_SEEDS = (42, 1, 2, 3, 4)  # fixed before measuring; the recipes were tuned on others
 SETS = ("demo", "digits", "textures")
@@ -60,6 +63,16 @@ def recipes(name: str) -> dict[str, list[str]]:
     common = ["--data.image_size", str(size), "--trainer.max_epochs", str(epochs)]
     previous = [*common, "--model.model_options", json.dumps({"zero_init_residual": False})]
     return {"scratch": ["--config", str(ROOT / "configs" / "scratch.yaml"), *common], "previous": previous}
+
+
+def recipe_of(name: str, recipe: str) -> dict:
+    """What decides a run besides its seed and kernels: the flags, and the settings they stand for
+    (the demo's, or the config file's). A stored run counts only while it matches."""
+    flags = [flag.replace(str(ROOT), ".") for flag in recipes(name)[recipe]]
+    if name == "demo":
+        return {"flags": flags, "settings": demo.FIT_SETTINGS}
+    config = ROOT / "configs" / "scratch.yaml"
+    return {"flags": flags, "config": config.read_text() if recipe == "scratch" else None}
 
 
 def kernel_paths() -> dict[str, dict[str, str]]:
@@ -220,15 +233,18 @@ def main(argv: list[str] | None = None) -> dict:
     args.out.mkdir(parents=True, exist_ok=True)
     results_file = args.out / "results.json"
     results = json.loads(results_file.read_text()) if results_file.exists() else {"runs": {}}
-    results.update(machine=cpu_name(), torch=torch.__version__)
+    machine = cpu_name()
+    results.update(machine=machine, torch=torch.__version__)
     for name in args.sets:
         for seed in args.seeds:
             for path in args.paths:
                 for recipe in recipes(name):
                     done = key(name, recipe, seed, path)
-                    if done in results["runs"]:
+                    stored = results["runs"].get(done, {})
+                    if stored.get("recipe") == recipe_of(name, recipe) and stored.get("machine") == machine:
                         continue
-                    results["runs"][done] = run(name, recipe, seed, path, args.data_dir)
+                    record = run(name, recipe, seed, path, args.data_dir)
+                    results["runs"][done] = {**record, "recipe": recipe_of(name, recipe), "machine": machine}
                     results_file.write_text(json.dumps(results, indent=1))
                     print(done, max(results["runs"][done]["val_acc"]), results["runs"][done]["seconds"], flush=True)
     print(table(results))

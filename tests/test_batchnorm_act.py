@@ -50,7 +50,9 @@ def test_lean_network_has_the_plain_keys_outputs_and_gradients():
 
 
 def test_lean_network_scripts_and_traces_in_training_mode():
-    model = create_model("b0", num_classes=2, lean_bn_act=True, drop_path_rate=0.0, dropout=0.0).train()
+    model = create_model(
+        "b0", num_classes=2, lean_bn_act=True, drop_path_rate=0.0, dropout=0.0, zero_init_residual=False
+    ).train()
     x = torch.randn(2, 3, 32, 32)
     scripted = torch.jit.script(model)
     traced = torch.jit.trace(model, x, check_trace=False)

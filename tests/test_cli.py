@@ -192,13 +192,16 @@ def test_two_process_ddp_on_cpu_fits_and_validates_like_one_process(tmp_path, sm
     run_cli(["fit", *args, *ddp, "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "2"], tmp_path)
     last = json.loads((tmp_path / "runs" / "latest_fit.json").read_text())["last_model_path"]
     # Two steps leave every image with the same prediction, and equal metrics would prove
-    # nothing: give the saved network varied outputs (BN statistics of real activations, a
-    # random head).
+    # nothing: give the saved network varied outputs (residual branches switched on, as the
+    # two steps have hardly moved their zero-initialised scales; BN statistics of real
+    # activations; a random head).
     checkpoint = torch.load(tmp_path / last, weights_only=True)
     module = EfficientNetModule(**{k: v for k, v in checkpoint["hyper_parameters"].items() if not k.startswith("_")})
     module.load_state_dict(checkpoint["state_dict"])
     torch.manual_seed(0)
     with torch.no_grad():
+        for block in module.model.blocks:
+            block.project.bn.weight.fill_(1.0)
         for bn in (m for m in module.modules() if isinstance(m, torch.nn.BatchNorm2d)):
             bn.reset_running_stats()
             bn.momentum = None  # running stats = those of the next batch
@@ -265,8 +268,11 @@ def test_shipped_configs_parse(tmp_path, capsys, monkeypatch, demo_root):
         if path.stem == "default":
             # the variant unset (b0 unless weights name another), the data the demo's
             assert config["model"]["variant"] is None and config["data"]["root"] is None
-            assert config["data"]["image_size"] == 64 and config["data"]["crop_scale"] == [0.35, 1.0]
+            assert config["data"]["image_size"] == 64 and config["data"]["crop_scale"] == [0.6, 1.0]
             assert config["trainer"]["logger"] == defaults["trainer"]["logger"]  # W&B, as without --config
+        if path.stem == "scratch":  # without a root: the demo data, with the demo's image size
+            assert config["data"]["root"] is None and config["data"]["image_size"] == 64
+            assert config["data"]["crop_scale"] == [0.6, 1.0] and config["trainer"]["max_epochs"] == 30
         if path.stem == "finetune":
             assert config["model"]["weights"] == "imagenet" and config["model"]["freeze_backbone_epochs"] == 1
         if path.stem == "paper":
@@ -298,7 +304,7 @@ def test_scratch_config_is_the_demo_recipe_for_a_folder_of_ones_own(tmp_path, ca
         )
     )
     # the user's images decide the size and the set's size the epochs; everything else is the demo's
-    own = {("data", "image_size"), ("trainer", "max_epochs"), ("trainer", "log_every_n_steps")}
+    own = {("data", "image_size"), ("trainer", "max_epochs")}
     for section, values in demo.FIT_SETTINGS.items():
         for name, value in values.items():
             if (section, name) not in own:
@@ -308,14 +314,21 @@ def test_scratch_config_is_the_demo_recipe_for_a_folder_of_ones_own(tmp_path, ca
     assert scratch["model"]["model_options"] is None  # residual blocks start as the identity
 
 
-def test_the_from_scratch_page_commands_parse(tmp_path, capsys, monkeypatch):
-    page = (ROOT / "docs" / "from-scratch.md").read_text()
-    commands = [line for line in page.splitlines() if line.startswith("python cli.py ")]
-    assert commands
+def test_the_from_scratch_commands_of_the_docs_parse(tmp_path, capsys, monkeypatch):
+    page = (ROOT / "docs" / "from-scratch.md").read_text().splitlines()
+    readme = [line for line in (ROOT / "README.md").read_text().splitlines() if "configs/scratch.yaml" in line]
+    commands = [line for line in page + readme if line.startswith("python cli.py ")]
+    assert len(commands) >= 3
     for command in commands:
-        args = [arg.replace("~/my_images", str(tmp_path)) for arg in shlex.split(command)[2:]]
-        args = [str(ROOT / arg) if arg.startswith("configs/") else arg for arg in args]
-        assert yaml.safe_load(print_config(args, capsys, monkeypatch, tmp_path))["data"]["root"] == str(tmp_path)
+        args = [arg.replace("~/my_images", str(tmp_path)) for arg in shlex.split(command, comments=True)[2:]]
+        args = [
+            str(tmp_path) if arg == "~/images" else str(ROOT / arg) if arg.startswith("configs/") else arg
+            for arg in args
+        ]
+        config = yaml.safe_load(print_config(args, capsys, monkeypatch, tmp_path))
+        assert config["data"]["root"] == str(tmp_path) and config["data"]["crop_scale"] == [0.6, 1.0]
+        if "zero_init_residual" in command:
+            assert config["model"]["model_options"] == {"zero_init_residual": False}
 
 
 def test_bad_variant_is_a_clear_error(tmp_path):

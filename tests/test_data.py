@@ -5,6 +5,7 @@ import torch
 from fault_doc import expect
 from PIL import Image
 
+from effnet_lightning.data import datamodule
 from effnet_lightning.data.datamodule import (
     BadImageError,
     ImageFolderDataModule,
@@ -248,3 +249,11 @@ def test_a_small_folder_cropped_as_imagenet_is_pointed_to_the_small_data_recipes
         with caplog.at_level("INFO"):
             ImageFolderDataModule(image_size=64, **quiet).setup("fit")
         assert hint not in caplog.text
+    # many images: only small ones get the hint (thresholds lowered to this folder's 100 of 96 px)
+    monkeypatch.setattr(datamodule, "SMALL_DATA_IMAGES", 50)
+    for side, hinted in ((64, False), (96, True)):
+        monkeypatch.setattr(datamodule, "SMALL_IMAGE_SIDE", side)
+        caplog.clear()
+        with caplog.at_level("INFO"):
+            ImageFolderDataModule(root=str(small_root), image_size=64).setup("fit")
+        assert (hint in caplog.text) == hinted

@@ -52,8 +52,11 @@ def test_the_summary_reports_median_worst_and_spread_of_every_run(bench):
 
 
 def test_started_again_it_runs_only_what_its_results_file_lacks(bench, tmp_path, monkeypatch):
-    done = {"val_acc": [0.5], "seconds": 1.0, "test_acc": 0.5}
-    (tmp_path / "results.json").write_text(json.dumps({"runs": {"demo/default/seed42/native": done}}))
+    same = {"recipe": bench.recipe_of("demo", "default"), "machine": bench.cpu_name()}
+    done = {"val_acc": [0.5], "seconds": 1.0, "test_acc": 0.5, **same}
+    stale = {**done, "recipe": {**same["recipe"], "settings": {"trainer": {"max_epochs": 50}}}}
+    runs = {"demo/default/seed42/native": done, "demo/default/seed1/native": stale}
+    (tmp_path / "results.json").write_text(json.dumps({"runs": runs}))
     calls = []
 
     def fake_run(name, recipe, seed, path, data_dir):
@@ -62,7 +65,9 @@ def test_started_again_it_runs_only_what_its_results_file_lacks(bench, tmp_path,
 
     monkeypatch.setattr(bench, "run", fake_run)
     bench.main(["--sets", "demo", "--seeds", "42", "1", "--out", str(tmp_path)])
+    # the stale run (another recipe) runs again
     assert calls == ["demo/default/seed42/capped", "demo/default/seed1/native", "demo/default/seed1/capped"]
     saved = json.loads((tmp_path / "results.json").read_text())
     assert saved["runs"]["demo/default/seed42/native"] == done and len(saved["runs"]) == 4
-    assert "avx" in saved["machine"].lower() or "no AVX2" in saved["machine"]
+    assert saved["runs"]["demo/default/seed1/native"]["recipe"] == same["recipe"]
+    assert saved["machine"] == bench.cpu_name()

@@ -60,3 +60,14 @@ def test_test_time_flip_averages_an_image_and_its_mirror_in_eval_only():
         expected = (module.model(x) + module.model(x.flip(3))) / 2
         assert torch.allclose(module(x), expected, atol=1e-6)
         assert not torch.allclose(module.model(x), expected, atol=1e-4)  # the mirror image changes the logits
+
+
+def test_from_scratch_residual_branches_start_at_zero_unless_batchnorm_is_frozen():
+    def residual_scales(module):
+        return torch.cat([b.project.bn.weight for b in module.model.blocks if b.has_residual])
+
+    assert torch.all(residual_scales(EfficientNetModule(num_classes=3)) == 0)
+    # frozen BatchNorm would keep a zero scale, and the branches off, for good
+    assert torch.all(residual_scales(EfficientNetModule(num_classes=3, freeze_bn=True)) == 1)
+    explicit = EfficientNetModule(num_classes=3, model_options={"zero_init_residual": False})
+    assert torch.all(residual_scales(explicit) == 1) and explicit.hparams.model_options == {"zero_init_residual": False}

@@ -148,7 +148,12 @@ class EfficientNetModule(L.LightningModule):
             weights_only=weights_only,
             drop_path_rate=drop_path_rate,
             dropout=dropout,
-            **{"lean_bn_act": lean_bn_act, **(model_options or {})},
+            # Frozen BatchNorm keeps its initial scale: a zero one would switch the residual branches off.
+            **{
+                "lean_bn_act": lean_bn_act,
+                **({"zero_init_residual": False} if freeze_bn else {}),
+                **(model_options or {}),
+            },
         )
         if zero_init_head and num_classes and not self.model.provenance.head_loaded:
             nn.init.zeros_(self.model.classifier.weight)
