@@ -2,18 +2,28 @@
 
 import os
 import re
+import shutil
 import subprocess
 import sys
 import sysconfig
 from pathlib import Path
 
 import pytest
+from cli_helpers import ROOT
 
 try:
     import tomllib
 except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib
-from cli_helpers import ROOT
+
+
+# Run outputs at the top of a checkout (effnet_lightning/data is a package, not these).
+RUN_OUTPUTS = {".git", "data", "runs", "wandb", "build", ".ruff_cache", ".pytest_cache"}
+
+
+def _not_sources(directory: str, names: list[str]) -> list[str]:
+    top = Path(directory) == ROOT
+    return [n for n in names if (top and n in RUN_OUTPUTS) or n == "__pycache__" or n.endswith(".egg-info")]
 
 
 def _name(requirement: str) -> str:
@@ -44,8 +54,10 @@ def test_pip_install_gives_the_effnet_lightning_command(tmp_path):
         text=True,
     ).stdout.strip()
     Path(site, "installed-here.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    # built from a copy: setuptools writes build/ and *.egg-info next to the sources
+    source = shutil.copytree(ROOT, tmp_path / "source", ignore=_not_sources)
     install = [sys.executable, "-m", "pip", "--python", python, "install", "-q", "--no-build-isolation", "--no-index"]
-    subprocess.run([*install, ROOT], check=True, cwd=tmp_path)
+    subprocess.run([*install, source], check=True, cwd=tmp_path)
     command = bin_dir / "effnet-lightning"
     out = subprocess.run([command, "--help"], check=False, capture_output=True, text=True, cwd=tmp_path)
     assert out.returncode == 0, out.stderr
