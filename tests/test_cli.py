@@ -310,7 +310,7 @@ def test_scratch_config_is_the_demo_recipe_for_a_folder_of_ones_own(tmp_path, ca
             if (section, name) not in own:
                 assert scratch[section][name] == value, f"configs/scratch.yaml {section}.{name}"
     assert scratch["data"]["image_size"] is None and scratch["model"]["weights"] is None
-    assert scratch["model"]["variant"] == "b0" and scratch["data"]["root"] == str(tmp_path)
+    assert scratch["model"]["variant"] is None and scratch["data"]["root"] == str(tmp_path)  # b0
     assert scratch["model"]["model_options"] is None  # residual blocks start as the identity
 
 
