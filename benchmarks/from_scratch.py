@@ -40,9 +40,7 @@ import lightning as L
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "benchmarks"))
-
-sys.path.insert(0, str(ROOT))
+sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]
 finetune = importlib.import_module("finetune")  # the small sets are built there
 demo = importlib.import_module("effnet_lightning.data.demo")
 
@@ -239,12 +237,14 @@ def main(argv: list[str] | None = None) -> dict:
         for seed in args.seeds:
             for path in args.paths:
                 for recipe in recipes(name):
-                    done = key(name, recipe, seed, path)
+                    done, wanted = (
+                        key(name, recipe, seed, path),
+                        {"recipe": recipe_of(name, recipe), "machine": machine},
+                    )
                     stored = results["runs"].get(done, {})
-                    if stored.get("recipe") == recipe_of(name, recipe) and stored.get("machine") == machine:
+                    if all(stored.get(k) == v for k, v in wanted.items()):
                         continue
-                    record = run(name, recipe, seed, path, args.data_dir)
-                    results["runs"][done] = {**record, "recipe": recipe_of(name, recipe), "machine": machine}
+                    results["runs"][done] = {**run(name, recipe, seed, path, args.data_dir), **wanted}
                     results_file.write_text(json.dumps(results, indent=1))
                     print(done, max(results["runs"][done]["val_acc"]), results["runs"][done]["seconds"], flush=True)
     print(table(results))

@@ -238,9 +238,9 @@ def create_model(
         weights_only: read a weights file without running pickled code in it; False only for
             files you trust (old pickles of whole models).
         overrides: `EfficientNet` options (padding, bn_eps, bn_momentum, activation, se,
-            dropout, drop_path_rate, in_channels, zero_init_residual). Settings the weights need (SAME padding for
-            TF-ported weights, torchvision's BatchNorm for b5-b7) are chosen automatically;
-            an override wins.
+            dropout, drop_path_rate, in_channels, zero_init_residual). Settings the weights need
+            (SAME padding for TF-ported weights, torchvision's BatchNorm for b5-b7) are chosen
+            automatically; an override wins.
     """
     pretrained = pretrained_source(variant.name if isinstance(variant, Variant) else variant, weights)
     v = variant if isinstance(variant, Variant) else get_variant(variant or (pretrained and pretrained.variant) or "b0")
