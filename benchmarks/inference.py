@@ -11,7 +11,7 @@ per-channel).
     python benchmarks/inference.py --device cuda --batch 64 --compile   # GPU rows: fp32 and bf16
 
 The INT8 file is calibrated here on random images: for speed only (its accuracy is measured by
-`export --formats onnx_int8` on real data, see the README). Reported: images per second,
+`export --formats onnx_int8` on real data, see docs/performance.md). Reported: images per second,
 median over the rounds, the ratio to torchvision eager (median of per-round ratios), and the
 peak resident memory one batch adds above the loaded network (after the warm-up; on a GPU, the
 peak of torch.cuda.max_memory_allocated above what the networks hold).

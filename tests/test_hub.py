@@ -2,7 +2,6 @@
 Hugging Face cache the tests build from randomly initialised timm models, offline."""
 
 import dataclasses
-import hashlib
 import json
 import math
 import os
@@ -17,10 +16,7 @@ from cli_helpers import CSV, ROOT, TINY, run_cli
 from conftest import randomise_batchnorm
 from probes import read_input_sizes
 from timm.data import resolve_data_config
-
-# timm's own writer of its hub repository layout (config.json + model.safetensors); timm has no
-# public name for it.
-from timm.models._hub import save_for_hf
+from weights_cache import add_to_cache, commit_of
 
 from effnet_lightning import create_model
 from effnet_lightning.cli.app import main
@@ -36,25 +32,6 @@ REPOS = {  # a TF-ported B variant, a PyTorch-trained B variant, a TF Lite varia
     "timm/tf_efficientnet_lite0.in1k": "lite0",
     "timm/tf_efficientnet_b0.ap_in1k": "b0",
 }
-
-
-def commit_of(repo: str) -> str:
-    return hashlib.sha1(repo.encode()).hexdigest()
-
-
-def add_to_cache(cache, repo: str, model=None, config: dict | None = None, folder=None):
-    """`repo` in huggingface_hub's cache layout (refs/main -> snapshots/<commit>/), holding
-    `model` as timm writes it, a `folder`'s files (as if uploaded), or just `config`."""
-    snapshot = cache / f"models--{repo.replace('/', '--')}" / "snapshots" / commit_of(repo)
-    if model is not None:
-        save_for_hf(model, snapshot, safe_serialization=True)
-    elif folder is not None:
-        shutil.copytree(folder, snapshot)
-    else:
-        snapshot.mkdir(parents=True)
-        (snapshot / "config.json").write_text(json.dumps(config))
-    (snapshot.parents[1] / "refs").mkdir(exist_ok=True)
-    (snapshot.parents[1] / "refs" / "main").write_text(commit_of(repo))
 
 
 @pytest.fixture(scope="module")

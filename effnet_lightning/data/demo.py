@@ -10,11 +10,11 @@ image-folder tree, read by the same code as user data.
 
 from __future__ import annotations
 
+import argparse
 import math
 import os
 import random
 import shutil
-import sys
 import tempfile
 from pathlib import Path
 
@@ -164,5 +164,13 @@ def generate(root: str | os.PathLike, seed: int = SEED, size: int = IMAGE_SIZE) 
     return root
 
 
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m effnet_lightning.data.demo", description="Write the demo data set."
+    )
+    parser.add_argument("root", nargs="?", default="data/demo", help="the folder to write it into (default: data/demo)")
+    print(generate(parser.parse_args(argv).root))
+
+
 if __name__ == "__main__":
-    print(generate(sys.argv[1] if len(sys.argv) > 1 else "data/demo"))
+    main()
