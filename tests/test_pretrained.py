@@ -10,10 +10,9 @@ from conftest import randomise_batchnorm
 
 from effnet_lightning import create_model
 from effnet_lightning.data.datamodule import eval_transform
-from effnet_lightning.models.factory import imagenet_categories, imagenet_source
+from effnet_lightning.models.factory import imagenet_categories, pretrained_source
 from effnet_lightning.models.preprocessing import IMAGENET_MEAN, Preprocessing
 from effnet_lightning.models.provenance import BuildOptions
-from effnet_lightning.models.scaling import get_variant
 from effnet_lightning.models.state_dicts import WeightsError
 
 
@@ -34,11 +33,11 @@ def test_packaged_lite0_imagenet_weights_classify_real_photos():
 
 
 def test_torchvision_imagenet_source_carries_its_preprocessing_and_settings():
-    b3 = imagenet_source(get_variant("b3"))
+    b3 = pretrained_source("b3", "imagenet")
     assert (b3.preprocessing.crop_size, b3.preprocessing.resize_size) == (300, 320)
     assert b3.preprocessing.interpolation == "bicubic" and b3.preprocessing.mean == IMAGENET_MEAN
     assert b3.build == BuildOptions() and len(b3.categories) == 1000
-    b6 = imagenet_source(get_variant("b6"))
+    b6 = pretrained_source("b6", "imagenet")
     assert (b6.preprocessing.crop_size, b6.preprocessing.resize_size) == (528, 528)
     assert b6.build.changes() == {"bn_eps": 1e-3, "bn_momentum": 0.01}
 

