@@ -260,6 +260,7 @@ class EffNetCLI(LightningCLI):
 
     # LightningCLI has no public hook to leave out a callback it made from class arguments before
     # the Trainer is built, and the Trainer refuses a ModelCheckpoint under enable_checkpointing=False.
+    # (Private overrides are listed in effnet_lightning/compat.py.)
     def _instantiate_trainer(self, config: dict, callbacks: list) -> Trainer:
         if config.get("enable_checkpointing") is False:  # what the user typed wins over the project's default
             callbacks = [c for c in callbacks if not isinstance(c, Checkpoint)]

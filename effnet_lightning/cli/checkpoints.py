@@ -19,6 +19,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from effnet_lightning.cli.console import say
 from effnet_lightning.cli.guards import write_atomically
 from effnet_lightning.cli.loggers import saved_wandb_run
+from effnet_lightning.compat import save_last_checkpoint, saved_at_this_step
 from effnet_lightning.models.state_dicts import WeightsError, read_checkpoint
 
 RUN_RECORD = "latest_fit.json"
@@ -56,12 +57,13 @@ class Checkpoint(ModelCheckpoint):
         # processes); any other error may leave broken weights, which must not replace `last`.
         if not isinstance(exception, SIGTERMException) or trainer.state.fn != TrainerFn.FITTING or not self.save_last:
             return
-        self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+        save_last_checkpoint(self, trainer)
         say(
             f"fit stopped by a signal at step {trainer.global_step} (epoch {trainer.current_epoch}): saved "
             f"{self.last_model_path}; resume with `python cli.py fit ... --ckpt_path last`"
         )
 
+    # A private override (listed in effnet_lightning/compat.py): every checkpoint file is written here.
     def _save_checkpoint(self, trainer, filepath: str) -> None:
         super()._save_checkpoint(trainer, filepath)
         if trainer.state.fn == TrainerFn.FITTING:
@@ -108,8 +110,8 @@ class Checkpoint(ModelCheckpoint):
         # the top-k checkpoint of this step). Lightning writes "last" with every save, so nothing
         # saved at this step (its skip check) means "last" is out of date.
         super().on_train_epoch_end(trainer, pl_module)
-        if self.save_last and not self._should_skip_saving_checkpoint(trainer):
-            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+        if self.save_last and not saved_at_this_step(self, trainer):
+            save_last_checkpoint(self, trainer)
 
 
 def record_fit(trainer, finished: bool) -> dict:

@@ -18,10 +18,10 @@ from pathlib import Path
 import lightning as L
 import numpy as np
 import torch
-from lightning.fabric.utilities.types import _PATH
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from effnet_lightning.cli.console import say
+from effnet_lightning.compat import request_stop
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -29,7 +29,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     renames it over the target: a crash or a full disk mid-write leaves the previous file
     (e.g. `last.ckpt`) whole and loadable."""
 
-    def save_checkpoint(self, checkpoint: dict, path: _PATH, storage_options=None) -> None:
+    def save_checkpoint(self, checkpoint: dict, path: str | os.PathLike, storage_options=None) -> None:
         if storage_options is not None:
             raise TypeError(f"{type(self).__name__} takes no storage_options, got {storage_options}")
         write_atomically(Path(path), lambda f: torch.save(checkpoint, f), binary=True)
@@ -91,10 +91,8 @@ class GracefulInterrupt(L.Callback):
             if signum == signal.SIGINT and not first:
                 raise KeyboardInterrupt
             if signum in (signal.SIGINT, signal.SIGUSR1):
-                # Rank 0's flag reaches every process at the next batch (Lightning broadcasts it).
-                # No public API stops a fit at the next batch boundary across processes; Lightning's own
-                # SIGTERM handling sets this flag, so Ctrl+C and SIGUSR1 take the same path.
-                trainer._signal_connector.received_sigterm = True
+                # Lightning's own SIGTERM path: Ctrl+C and SIGUSR1 stop the way SIGTERM does.
+                request_stop(trainer)
                 if signum == signal.SIGINT:
                     say(
                         "Ctrl+C: stopping after this batch and saving a checkpoint (press again to stop at once)",

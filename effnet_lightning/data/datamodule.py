@@ -30,6 +30,7 @@ from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from torch.utils.data import DataLoader
 from torchdata.stateful_dataloader import StatefulDataLoader
 
+from effnet_lightning.compat import completed_batches
 from effnet_lightning.data import demo
 from effnet_lightning.data.decode import decode_rgb, load_rgb
 from effnet_lightning.data.folders import (
@@ -421,7 +422,7 @@ class ImageFolderDataModule(L.LightningDataModule):
         trainer = self.trainer
         if self._train_loader is None or trainer is None:
             return {}
-        done = trainer.fit_loop.epoch_loop.batch_progress.current.completed >= trainer.num_training_batches
+        done = completed_batches(trainer) >= trainer.num_training_batches
         if done:
             return {"epoch": trainer.current_epoch + 1}
         return {"epoch": trainer.current_epoch, "train_loader": self._train_loader.state_dict()}

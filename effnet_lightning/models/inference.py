@@ -22,13 +22,14 @@ import copy
 import torch
 from torch import nn
 
+from effnet_lightning.compat import fused_conv_activation
 from effnet_lightning.models.efficientnet import EfficientNet
 from effnet_lightning.models.layers import Conv2dSame, ConvBNAct
 
-# PyTorch has no public eager convolution with a fused activation; inductor's CPU code calls this
-# oneDNN op (input, weight, bias, padding, stride, dilation, groups, activation, its scalars,
-# algorithm). Missing (a build without oneDNN), the folded network runs conv then activation.
-_CONV_ACT = getattr(torch.ops.mkldnn, "_convolution_pointwise", None) if torch.backends.mkldnn.is_available() else None
+# oneDNN's convolution with a fused activation (input, weight, bias, padding, stride, dilation,
+# groups, activation, its scalars, algorithm). Missing (a build without oneDNN), the folded
+# network runs conv then activation.
+_CONV_ACT = fused_conv_activation()
 _ONEDNN_ACTIVATIONS = {nn.SiLU: ("swish", []), nn.ReLU: ("relu", []), nn.ReLU6: ("hardtanh", [0.0, 6.0])}
 
 

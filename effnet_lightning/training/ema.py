@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from lightning.pytorch.callbacks import WeightAveraging
 
+from effnet_lightning.compat import averaged_model, foreach_lerp_, swap_models
+
 
 def ema_multi_avg_fn(decay: float, warmup: bool):
     """Exponential moving average of all tensors at once: avg = d * avg + (1 - d) * current,
@@ -17,7 +19,7 @@ def ema_multi_avg_fn(decay: float, warmup: bool):
         d = min(decay, (1 + n) / (10 + n)) if warmup else decay
         floats = [(a, c) for a, c in zip(averaged, current) if a.is_floating_point()]
         if floats:
-            torch._foreach_lerp_([a for a, _ in floats], [c for _, c in floats], 1 - d)
+            foreach_lerp_([a for a, _ in floats], [c for _, c in floats], 1 - d)
         for a, c in zip(averaged, current):
             if not a.is_floating_point():
                 a.copy_(c)  # counters such as num_batches_tracked
@@ -25,8 +27,6 @@ def ema_multi_avg_fn(decay: float, warmup: bool):
     return update
 
 
-# WeightAveraging exposes neither its averaged copy nor its swap publicly; `_average_model` and
-# `_swap_models` are its own state and step, read here to validate the raw weights too.
 class EMA(WeightAveraging):
     """Exponential moving average of the weights (and BatchNorm statistics), built on
     Lightning's `WeightAveraging`. Off unless `decay` is set (`--ema.decay 0.9999`).
@@ -66,18 +66,18 @@ class EMA(WeightAveraging):
         return self.enabled and step_idx is not None and step_idx % self.update_every_n_steps == 0
 
     def on_train_end(self, trainer, pl_module):
-        if self._average_model is not None:
+        if averaged_model(self) is not None:
             super().on_train_end(trainer, pl_module)
 
     def on_validation_epoch_start(self, trainer, pl_module):
         super().on_validation_epoch_start(trainer, pl_module)  # the EMA weights in, the raw ones aside
-        self._swapped = self._average_model is not None
+        self._swapped = averaged_model(self) is not None
         self._raw = torch.zeros(3, dtype=torch.float64, device=pl_module.device)  # loss sum, correct, images
 
     def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
-        if self._average_model is None or not self.validate_raw or dataloader_idx:
+        if averaged_model(self) is None or not self.validate_raw or dataloader_idx:
             return
-        raw = self._average_model.module  # holds the raw weights while validation runs
+        raw = averaged_model(self).module  # holds the raw weights while validation runs
         images, targets = batch
         with torch.no_grad():
             logits = raw.eval()(images)
@@ -91,7 +91,7 @@ class EMA(WeightAveraging):
         )
 
     def on_validation_epoch_end(self, trainer, pl_module):
-        if self._average_model is not None and self.validate_raw and not trainer.sanity_checking:
+        if averaged_model(self) is not None and self.validate_raw and not trainer.sanity_checking:
             totals = trainer.strategy.reduce(self._raw, reduce_op="sum")
             if totals[2] > 0:
                 pl_module.log("val/acc_raw", float(totals[1] / totals[2]), sync_dist=False)
@@ -102,14 +102,14 @@ class EMA(WeightAveraging):
     def on_exception(self, trainer, pl_module, exception):
         # Stopped during validation: the raw weights back before a checkpoint is written.
         if self._swapped:
-            self._swap_models(pl_module)
+            swap_models(self, pl_module)
             self._swapped = False
 
     def on_save_checkpoint(self, trainer, pl_module, checkpoint):
-        if self._average_model is not None:
+        if averaged_model(self) is not None:
             super().on_save_checkpoint(trainer, pl_module, checkpoint)
 
     def on_load_checkpoint(self, trainer, pl_module, checkpoint):
         # Outside fit (test, predict) the checkpoint's state_dict already holds the EMA weights.
-        if self._average_model is not None:
+        if averaged_model(self) is not None:
             super().on_load_checkpoint(trainer, pl_module, checkpoint)
