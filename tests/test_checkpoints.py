@@ -7,12 +7,7 @@ import yaml
 from cli_helpers import CSV, ROOT, TINY, last_error_line, printed_metric, run_cli
 
 from effnet_lightning.cli.app import main
-from effnet_lightning.cli.checkpoints import (
-    Choice,
-    choose_what_to_run,
-    given_model_settings,
-    merge_checkpoint_settings,
-)
+from effnet_lightning.cli.checkpoints import Choice, choose_what_to_run, given_model_settings, merge_checkpoint_settings
 
 RECORD = {"best_model_path": "runs/a/checkpoints/best.ckpt", "last_model_path": "runs/a/checkpoints/last.ckpt"}
 ON_DISK = {"runs/a/checkpoints/best.ckpt", "runs/a/checkpoints/last.ckpt", "mine.ckpt"}

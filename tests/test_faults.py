@@ -418,14 +418,14 @@ def test_requeue_runs_scontrol_once_from_the_first_task_and_says_what_happened(t
 
 CRASHING_WRITER = """
 import sys, torch
-from effnet_lightning.cli.guards import AtomicCheckpointIO
+from effnet_lightning.callbacks.atomic import AtomicCheckpointIO
 # ~400 MB: the write takes long enough to be killed in the middle of it
 AtomicCheckpointIO().save_checkpoint({"step": 2, "big": torch.ones(100_000_000)}, sys.argv[1])
 """
 
 
 def test_a_crash_while_writing_a_checkpoint_leaves_the_previous_one_whole(tmp_path):
-    from effnet_lightning.cli.guards import AtomicCheckpointIO
+    from effnet_lightning.callbacks.atomic import AtomicCheckpointIO
 
     last = tmp_path / "last.ckpt"
     AtomicCheckpointIO().save_checkpoint({"step": 1, "weights": torch.arange(10.0)}, last)

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from effnet_lightning.cli.reports import confusion_figure, per_class_rows
+from effnet_lightning.callbacks.evaluation_report import confusion_figure, per_class_rows
 
 
 def test_per_class_rows_from_a_confusion_matrix():

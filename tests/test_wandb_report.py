@@ -12,7 +12,7 @@ import wandb_offline
 from cli_helpers import run_cli
 from PIL import Image
 
-from effnet_lightning.cli.reports import WandbValidationReport
+from effnet_lightning.callbacks.wandb_validation_report import WandbValidationReport
 from effnet_lightning.data.decode import load_rgb
 from effnet_lightning.data.transforms import eval_transform
 from effnet_lightning.models.preprocessing import Preprocessing

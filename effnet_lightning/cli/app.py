@@ -32,50 +32,42 @@ from lightning.pytorch.plugins.io import CheckpointIO
 from lightning.pytorch.utilities import rank_zero_warn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+from effnet_lightning.callbacks.atomic import AtomicCheckpointIO
+from effnet_lightning.callbacks.checkpoint import Checkpoint
+from effnet_lightning.callbacks.ema import EMA
+from effnet_lightning.callbacks.evaluation_report import EvaluationReport, saved_reports
+from effnet_lightning.callbacks.fit_summary import FitSummary
+from effnet_lightning.callbacks.graceful_interrupt import GracefulInterrupt, received_signal
+from effnet_lightning.callbacks.learning_rate_log import LearningRateLog
+from effnet_lightning.callbacks.lr_finder import LRFinder
+from effnet_lightning.callbacks.nonfinite_loss import NonFiniteLossError, StopOnNonFiniteLoss
+from effnet_lightning.callbacks.prediction_writer import PredictionWriter
+from effnet_lightning.callbacks.process_watchdog import ProcessWatchdog
+from effnet_lightning.callbacks.progressive import ProgressiveLearning
+from effnet_lightning.callbacks.resumable_rng import ResumableRNG
+from effnet_lightning.callbacks.run_config import RunConfig
+from effnet_lightning.callbacks.run_record import read_run_record, run_record_path
+from effnet_lightning.callbacks.wandb_run import WandbRunInCheckpoint
+from effnet_lightning.callbacks.wandb_validation_report import WandbValidationReport
 from effnet_lightning.cli.checkpoints import (
     EVAL_SUBCOMMANDS,
-    Checkpoint,
     SavedSettings,
     choose_what_to_run,
     given_model_settings,
     given_settings,
     merge_checkpoint_settings,
     read_checkpoint_settings,
-    read_run_record,
-    run_record_path,
 )
-from effnet_lightning.cli.console import log_to_stderr, one_line, say
-from effnet_lightning.cli.guards import (
-    AtomicCheckpointIO,
-    GracefulInterrupt,
-    NonFiniteLossError,
-    ProcessWatchdog,
-    ResumableRNG,
-    StopOnNonFiniteLoss,
-    received_signal,
-)
-from effnet_lightning.cli.loggers import WandbRunInCheckpoint
 from effnet_lightning.cli.onnx_predict import OnnxPredictor, read_export_info
-from effnet_lightning.cli.reports import (
-    EvaluationReport,
-    FitSummary,
-    LearningRateLog,
-    PredictionWriter,
-    RunConfig,
-    WandbValidationReport,
-    saved_reports,
-)
 from effnet_lightning.cli.slurm import cluster_plugins, requeue_job
+from effnet_lightning.console import log_to_stderr, one_line, say
 from effnet_lightning.data import demo
 from effnet_lightning.data.datamodule import ImageFolderDataModule
 from effnet_lightning.models import hub
 from effnet_lightning.models.factory import checkpoint_hparams, preprocessing_for, pretrained_source
 from effnet_lightning.models.state_dicts import read_checkpoint
 from effnet_lightning.tools.export import FORMATS, Int8Check, check_formats, export_model
-from effnet_lightning.training.ema import EMA
-from effnet_lightning.training.lr_finder import LRFinder
 from effnet_lightning.training.module import EfficientNetModule
-from effnet_lightning.training.progressive import ProgressiveLearning
 
 RUNS_DIR = "runs"
 # INT8 export measures its accuracy drop on the validation split, up to this many images (drawn

@@ -4,133 +4,15 @@ checkpoint's settings meet the ones the user gave."""
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
 import yaml
-from lightning.pytorch.callbacks import ModelCheckpoint
-from lightning.pytorch.trainer.states import TrainerFn
-from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from effnet_lightning.cli.console import say
-from effnet_lightning.cli.guards import write_atomically
-from effnet_lightning.cli.loggers import saved_wandb_run
-from effnet_lightning.compat import save_last_checkpoint, saved_at_this_step
+from effnet_lightning.callbacks.wandb_run import saved_wandb_run
 from effnet_lightning.models.state_dicts import WeightsError, read_checkpoint
-
-RUN_RECORD = "latest_fit.json"
-
-
-def run_record_path(root_dir: str | os.PathLike) -> Path:
-    return Path(root_dir) / RUN_RECORD
-
-
-def read_run_record(root_dir: str | os.PathLike) -> dict | None:
-    path = run_record_path(root_dir)
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-
-
-# ModelCheckpoint has no public way to save `last` on demand or to hook each save; the private
-# _save_last_checkpoint, _monitor_candidates, _save_checkpoint and _should_skip_saving_checkpoint
-# are its own machinery for exactly that, used here as Lightning uses them.
-class Checkpoint(ModelCheckpoint):
-    """Lightning's ModelCheckpoint, except that `last.ckpt` follows every epoch (Lightning
-    writes it only together with a new top-k checkpoint, so after an epoch that did not
-    improve the monitored metric, "last" would be an older state and a resume would lose work),
-    that a fit stopped by SIGTERM or Ctrl+C writes `last.ckpt` where it stopped, and that every
-    save updates <default_root_dir>/latest_fit.json. `enabled=False` (`--checkpoint.enabled
-    false`) writes no checkpoints."""
-
-    def __init__(self, *args, enabled: bool = True, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.enabled = enabled
-
-    def on_exception(self, trainer, pl_module, exception):
-        # Lightning stops for a signal at a batch boundary (a consistent state, agreed by all
-        # processes); any other error may leave broken weights, which must not replace `last`.
-        if not isinstance(exception, SIGTERMException) or trainer.state.fn != TrainerFn.FITTING or not self.save_last:
-            return
-        save_last_checkpoint(self, trainer)
-        say(
-            f"fit stopped by a signal at step {trainer.global_step} (epoch {trainer.current_epoch}): saved "
-            f"{self.last_model_path}; resume with `python cli.py fit ... --ckpt_path last`"
-        )
-
-    # A private override (listed in effnet_lightning/compat.py): every checkpoint file is written here.
-    def _save_checkpoint(self, trainer, filepath: str) -> None:
-        super()._save_checkpoint(trainer, filepath)
-        if trainer.state.fn == TrainerFn.FITTING:
-            record_fit(trainer, finished=False)  # a resume finds every checkpoint as soon as it exists
-
-    def load_state_dict(self, state_dict: dict) -> None:
-        # The same folder, written relative or absolute, is the same folder: keep the best
-        # checkpoints known (Lightning compares the strings).
-        saved = state_dict.get("dirpath")
-        if saved and self.dirpath and os.path.realpath(saved) == os.path.realpath(self.dirpath):
-
-            def here(path):  # the saved paths, spelt the way this run spells its folder
-                return os.path.join(self.dirpath, os.path.basename(path)) if path else path
-
-            state_dict = {
-                **state_dict,
-                "dirpath": self.dirpath,
-                "best_model_path": here(state_dict.get("best_model_path")),
-                "kth_best_model_path": here(state_dict.get("kth_best_model_path")),
-                "last_model_path": here(state_dict.get("last_model_path")),
-                "best_k_models": {here(k): v for k, v in state_dict.get("best_k_models", {}).items()},
-            }
-        super().load_state_dict(state_dict)
-        self._forget_missing_checkpoints()
-
-    def _forget_missing_checkpoints(self) -> None:
-        """Best checkpoints deleted since they were saved are no longer candidates."""
-        kept = {path: score for path, score in self.best_k_models.items() if os.path.isfile(path)}
-        if kept == self.best_k_models:
-            return
-        self.best_k_models = kept
-        better, worse = (max, min) if self.mode == "max" else (min, max)
-        if kept:
-            self.best_model_path = better(kept, key=kept.get)
-            self.best_model_score = kept[self.best_model_path]
-            self.kth_best_model_path = worse(kept, key=kept.get)
-            self.kth_value = kept[self.kth_best_model_path]
-        else:
-            self.best_model_path, self.best_model_score, self.kth_best_model_path = "", None, ""
-            self.kth_value = torch.tensor(torch.inf if self.mode == "min" else -torch.inf)
-
-    def on_train_epoch_end(self, trainer, pl_module):
-        # After the epoch's validation and top-k choice (saving earlier would make Lightning skip
-        # the top-k checkpoint of this step). Lightning writes "last" with every save, so nothing
-        # saved at this step (its skip check) means "last" is out of date.
-        super().on_train_epoch_end(trainer, pl_module)
-        if self.save_last and not saved_at_this_step(self, trainer):
-            save_last_checkpoint(self, trainer)
-
-
-def record_fit(trainer, finished: bool) -> dict:
-    """Write <default_root_dir>/latest_fit.json (rank 0): the run's checkpoint folder, best and
-    last checkpoints. `--ckpt_path last|best` and test / predict / export read it."""
-    ckpt = trainer.checkpoint_callback if isinstance(trainer.checkpoint_callback, ModelCheckpoint) else None
-    score = ckpt.best_model_score if ckpt else None
-    record = {
-        "finished": finished,
-        "checkpoint_dir": str(ckpt.dirpath) if ckpt and ckpt.dirpath else None,
-        "best_model_path": ckpt.best_model_path if ckpt else "",
-        "best_score": float(score) if score is not None else None,
-        "last_model_path": ckpt.last_model_path if ckpt else "",
-    }
-    if trainer.is_global_zero:
-        text = json.dumps(record, indent=2) + "\n"
-        write_atomically(run_record_path(trainer.default_root_dir), lambda f: f.write(text))
-    return record
-
 
 # Subcommands that run a trained model: without --ckpt_path, the latest fit's best checkpoint.
 EVAL_SUBCOMMANDS = ("validate", "test", "predict", "export")
@@ -206,8 +88,10 @@ def choose_what_to_run(
 
 # Settings that define the trained network: a checkpoint's value may not be contradicted.
 NETWORK_SETTINGS = ("variant", "model_options")
+
 # Set from the data and the checkpoint's own classes and weights, not from its hyperparameters.
 LINKED_SETTINGS = ("num_classes", "class_names", "weights")
+
 # Chosen per run, never taken from the checkpoint: how to evaluate.
 PER_RUN_SETTINGS = ("test_time_flip",)
 

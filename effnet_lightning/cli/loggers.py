@@ -15,12 +15,13 @@ from collections.abc import Mapping
 from pathlib import Path
 from urllib.parse import urlsplit
 
-import lightning as L
 from lightning.pytorch.loggers import WandbLogger as _LightningWandbLogger
 from lightning.pytorch.utilities import rank_zero_info
 
 DEFAULT_PROJECT = "effnet-lightning"
+
 DEFAULT_SAVE_DIR = "runs"
+
 # The W&B cloud: `wandb login` writes one of these into .netrc, depending on the client's version,
 # and wandb accepts either for it.
 CLOUD_HOSTS = ("api.wandb.ai", "api.forge.coreweave.com")
@@ -118,25 +119,3 @@ class WandbLogger(_LightningWandbLogger):
             rank_zero_info(f"W&B: {why}, logging offline under {save_dir}/wandb (upload later with `wandb sync`)")
         Path(save_dir).mkdir(parents=True, exist_ok=True)
         super().__init__(project=project, save_dir=save_dir, offline=offline, **kwargs)
-
-
-WANDB_RUN_KEY = "wandb_run"  # in checkpoints: {"id": ..., "project": ...}
-
-
-class WandbRunInCheckpoint(L.Callback):
-    """Writes the W&B run's id into every checkpoint, so that a fit resumed from one (`--ckpt_path
-    last`, a requeued SLURM job) logs on into the same run instead of starting another."""
-
-    def __init__(self, enabled: bool = True):
-        self.enabled = enabled
-
-    def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
-        for logger in trainer.loggers:
-            if isinstance(logger, _LightningWandbLogger):
-                checkpoint[WANDB_RUN_KEY] = {"id": logger.version, "project": logger.name}
-
-
-def saved_wandb_run(checkpoint: Mapping) -> dict | None:
-    """The W&B run a checkpoint was logged to ({"id", "project"}), None if none."""
-    run = checkpoint.get(WANDB_RUN_KEY)
-    return dict(run) if isinstance(run, Mapping) and run.get("id") else None

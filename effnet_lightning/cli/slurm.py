@@ -17,7 +17,7 @@ from collections.abc import Mapping
 
 from lightning.fabric.plugins.environments import ClusterEnvironment, SLURMEnvironment
 
-from effnet_lightning.cli.console import say
+from effnet_lightning.console import say
 
 
 def cluster_plugins(plugins: list) -> list:

@@ -1,0 +1,101 @@
+"""Predictions of every image, written as CSV and JSON by `predict`."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import lightning as L
+import torch.distributed as dist
+
+from effnet_lightning.callbacks.atomic import write_atomically
+
+
+def _gather_to_rank_zero(rows: list) -> list:
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        gathered = [None] * dist.get_world_size()
+        dist.all_gather_object(gathered, rows)
+        return [row for part in gathered for row in part]
+    return rows
+
+
+class PredictionWriter(L.Callback):
+    """Writes `predictions.csv` and `predictions.json` into `output_dir` at the end of predict:
+    one row per image (each exactly once, also under DDP), its top-k classes and probabilities.
+
+    Args:
+        output_dir: None: <default_root_dir>/predictions.
+        top_k: classes per image (at most the number of classes).
+    """
+
+    def __init__(self, output_dir: str | None = None, top_k: int = 5, enabled: bool = True):
+        if top_k < 1:
+            raise ValueError(f"top_k must be positive, got {top_k}")
+        self.enabled = enabled
+        self.output_dir = output_dir
+        self.top_k = top_k
+        self.rows: list[tuple[int, list[int], list[float]]] = []
+
+    def output_folder(self, trainer) -> Path:
+        return Path(self.output_dir or Path(trainer.default_root_dir) / "predictions")
+
+    def on_predict_start(self, trainer, pl_module):
+        self.rows = []
+
+    def on_predict_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
+        probs, classes = outputs["probs"].topk(min(self.top_k, outputs["probs"].shape[1]), dim=1)
+        for index, c, p in zip(outputs["index"].tolist(), classes.tolist(), probs.tolist()):
+            self.rows.append((index, c, p))
+
+    def on_predict_epoch_end(self, trainer, pl_module):
+        # An image that failed to decode was replaced by the next one in its batch: one row per
+        # index, and the images without a row are reported as skipped.
+        rows = sorted({row[0]: row for row in _gather_to_rank_zero(self.rows)}.values())
+        if not trainer.is_global_zero:
+            return
+        paths = trainer.datamodule.predict_paths()
+        predicted = {row[0] for row in rows}
+        skipped = {
+            **getattr(trainer.datamodule, "skipped", {}),
+            **{path: "could not be decoded" for i, path in enumerate(paths) if i not in predicted},
+        }
+        names = pl_module.class_names
+        out = self.output_folder(trainer)
+        out.mkdir(parents=True, exist_ok=True)
+        k = len(rows[0][1]) if rows else 0
+
+        def write_csv(f):
+            writer = csv.writer(f)
+            writer.writerow(["path"] + [f"{col}_{i}" for i in range(1, k + 1) for col in ("class", "prob")])
+            for index, classes, probs in rows:
+                writer.writerow([paths[index]] + [v for c, p in zip(classes, probs) for v in (names[c], f"{p:.6f}")])
+
+        def write_json(f):
+            json.dump(
+                {
+                    "checkpoint": trainer.ckpt_path,
+                    "weights": pl_module.hparams.get("weights"),
+                    "top_k": k,
+                    "images": len(rows),
+                    "skipped": skipped,
+                    "predictions": [
+                        {
+                            "path": paths[index],
+                            "top_k": [{"class": names[c], "prob": p} for c, p in zip(classes, probs)],
+                        }
+                        for index, classes, probs in rows
+                    ],
+                },
+                f,
+                indent=1,
+            )
+            f.write("\n")
+
+        write_atomically(out / "predictions.csv", write_csv)
+        write_atomically(out / "predictions.json", write_json)
+        note = f" ({len(skipped)} unreadable files skipped: see 'skipped' in the .json)" if skipped else ""
+        print(
+            f"predict: {len(rows)} images, top-{k} classes written to {out / 'predictions.csv'} and .json{note}",
+            flush=True,
+        )
