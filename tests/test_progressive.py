@@ -1,5 +1,5 @@
 """Progressive learning (`--stages`) and evaluation sizes (`--data.eval_image_size`,
-`--data.extra_eval_sizes`): the schedule, the data module, and the real CLI."""
+`--data.extra_eval_sizes`): the plan, the data module, and the real CLI."""
 
 import csv
 import importlib.util
@@ -14,13 +14,13 @@ from PIL import Image
 from probes import read_input_sizes
 
 from effnet_lightning.data.datamodule import ImageFolderDataModule
-from effnet_lightning.data.stages import Schedule
+from effnet_lightning.data.stages import ProgressivePlan
 
 FINAL = {"randaugment": 15, "mixup": 0.2, "cutmix": 0.0, "dropout": 0.3}
 
 
 def test_stages_grow_the_size_and_the_ramped_regularisers_to_the_runs_own_values():
-    schedule = Schedule(count=4, start=0.5, ramp=("randaugment", "mixup", "dropout"))
+    schedule = ProgressivePlan(count=4, start=0.5, ramp=("randaugment", "mixup", "dropout"))
     stages = [schedule.stage(epoch, 8, 224, FINAL) for epoch in range(8)]
     assert [s.index for s in stages] == [0, 0, 1, 1, 2, 2, 3, 3]
     # EfficientNetV2: size ibase + (size - ibase) x (s + 1) / S with ibase = size x start
@@ -30,22 +30,22 @@ def test_stages_grow_the_size_and_the_ramped_regularisers_to_the_runs_own_values
     assert [s.dropout for s in stages[::2]] == pytest.approx([0.1, 0.1667, 0.2333, 0.3], abs=1e-4)
     assert {s.cutmix_alpha for s in stages} == {0.0}  # off stays off
     # a regulariser left out of the ramp keeps its final value throughout
-    fixed_dropout = Schedule(count=4, ramp=("mixup",)).stage(0, 8, 224, FINAL)
+    fixed_dropout = ProgressivePlan(count=4, ramp=("mixup",)).stage(0, 8, 224, FINAL)
     assert fixed_dropout.dropout == 0.3 and fixed_dropout.randaugment_magnitude == 15
     # a final value below the ramp's start is not exceeded
-    assert Schedule(count=2).stage(0, 4, 64, {**FINAL, "dropout": 0.05}).dropout == 0.05
+    assert ProgressivePlan(count=2).stage(0, 4, 64, {**FINAL, "dropout": 0.05}).dropout == 0.05
     # one stage: the plain run
-    assert Schedule(count=1).stage(3, 8, 224, FINAL).image_size == 224
+    assert ProgressivePlan(count=1).stage(3, 8, 224, FINAL).image_size == 224
     # uneven epochs: near-equal shares, the last stage at the full size
-    assert [Schedule(count=3).index(e, 10) for e in range(10)] == [0, 0, 0, 0, 1, 1, 1, 2, 2, 2]
+    assert [ProgressivePlan(count=3).index(e, 10) for e in range(10)] == [0, 0, 0, 0, 1, 1, 1, 2, 2, 2]
     assert "stage 2 of 4: 168 px, dropout 0.167" in stages[2].describe(("dropout",))
 
 
 def test_schedule_refuses_what_it_cannot_do():
     with pytest.raises(ValueError, match="count >= 1 and 0 < start <= 1"):
-        Schedule(count=0)
+        ProgressivePlan(count=0)
     with pytest.raises(ValueError, match="unknown \\['blur'\\]: choose from randaugment, mixup, cutmix, dropout"):
-        Schedule(count=2, ramp=("blur",))
+        ProgressivePlan(count=2, ramp=("blur",))
 
 
 def test_evaluation_sizes_are_apart_from_the_training_size_and_keep_the_crop_fraction(small_root):
@@ -67,7 +67,7 @@ def test_evaluation_sizes_are_apart_from_the_training_size_and_keep_the_crop_fra
 def test_inside_a_stage_the_data_module_hands_back_the_same_training_loader(small_root):
     dm = ImageFolderDataModule(root=str(small_root), image_size=48, batch_size=8, num_workers=0, mixup_alpha=0.4)
     dm.setup("fit")
-    stages = Schedule(count=2)
+    stages = ProgressivePlan(count=2)
     final = {"randaugment": 9, "mixup": 0.4, "cutmix": 0.0, "dropout": 0.2}
     epoch = {"now": 0}
     dm.stage_at = lambda _: stages.stage(epoch["now"], 4, dm.train_size, final)

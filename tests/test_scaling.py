@@ -63,7 +63,7 @@ def test_architecture_sizes(name, blocks, stem, head):
     assert (len(arch.blocks), arch.stem_channels, arch.head_channels) == (blocks, stem, head)
     first = arch.blocks[0]
     assert first.in_channels == stem and first.expand_ratio == 1 and first.se_channels == stem // 4
-    # stride only on the first block of a stage; channels chain block to block
+    # stride only on the first block of a row; channels chain block to block
     for prev, cur in zip(arch.blocks, arch.blocks[1:]):
         assert cur.in_channels == prev.out_channels
         assert cur.stride == 1 or cur.index == 0
@@ -71,8 +71,8 @@ def test_architecture_sizes(name, blocks, stem, head):
 
 def test_b0_blocks_follow_table_1():
     arch = build_architecture("b0")
-    per_stage = [sum(b.stage == s for b in arch.blocks) for s in range(7)]
-    assert per_stage == [1, 2, 2, 3, 3, 4, 1]
+    per_row = [sum(b.row == r for b in arch.blocks) for r in range(7)]
+    assert per_row == [1, 2, 2, 3, 3, 4, 1]
     assert [b.out_channels for b in arch.blocks if b.index == 0] == [16, 24, 40, 80, 112, 192, 320]
     assert [b.kernel_size for b in arch.blocks if b.index == 0] == [3, 3, 5, 3, 5, 5, 3]
     assert [b.stride for b in arch.blocks if b.index == 0] == [1, 2, 2, 2, 1, 2, 1]
@@ -80,8 +80,8 @@ def test_b0_blocks_follow_table_1():
 
 def test_lite_keeps_stem_head_and_end_stages_unscaled():
     arch = build_architecture("lite4")
-    per_stage = [sum(b.stage == s for b in arch.blocks) for s in range(7)]
-    assert per_stage == [1, 4, 4, 6, 6, 8, 1]  # ceil(n * 1.8) except first and last
+    per_row = [sum(b.row == r for b in arch.blocks) for r in range(7)]
+    assert per_row == [1, 4, 4, 6, 6, 8, 1]  # ceil(n * 1.8) except first and last
     assert arch.stem_channels == 32 and arch.head_channels == 1280
     assert all(b.se_channels == 0 for b in arch.blocks)
     assert arch.blocks[-1].out_channels == round_channels(320, 1.4)
@@ -118,7 +118,7 @@ def test_custom_variant_from_explicit_multipliers():
     v = scaling.custom(width=1.3, depth=1.5, resolution=320)
     arch = build_architecture(v)
     assert v.resolution == 320 and arch.stem_channels == round_channels(32, 1.3)
-    assert len(arch.blocks) == sum(round_repeats(r.repeats, 1.5) for r in scaling.B0_STAGES)
+    assert len(arch.blocks) == sum(round_repeats(r.repeats, 1.5) for r in scaling.B0_ROWS)
 
 
 def test_drop_path_rates_ramp_linearly():

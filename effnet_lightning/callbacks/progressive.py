@@ -16,7 +16,7 @@ from functools import partial
 import lightning as L
 from lightning.pytorch.utilities import rank_zero_info
 
-from effnet_lightning.data.stages import REGULARISERS, Regulariser, Schedule
+from effnet_lightning.data.stages import REGULARISERS, ProgressivePlan, Regulariser
 
 
 class ProgressiveLearning(L.Callback):
@@ -33,7 +33,7 @@ class ProgressiveLearning(L.Callback):
     """
 
     def __init__(self, count: int = 1, start: float = 0.5, ramp: list[Regulariser] | None = None):
-        self.schedule = Schedule(count, start, tuple(REGULARISERS if ramp is None else ramp))
+        self.schedule = ProgressivePlan(count, start, tuple(REGULARISERS if ramp is None else ramp))
         self._announced: int | None = None
 
     @property

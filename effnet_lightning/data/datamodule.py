@@ -13,7 +13,7 @@ The crop size follows the model variant (b3 -> 300) unless `image_size` override
 evaluation crop is `eval_image_size` (by default the training size), resized first to
 size / crop fraction as the weights were evaluated; interpolation and normalisation follow the
 weights in use. Progressive learning (`stages`) grows the training size and regularisation over
-the run; the data module asks the schedule for each epoch's settings.
+the run; the data module asks the progressive plan for each epoch's settings.
 """
 
 from __future__ import annotations

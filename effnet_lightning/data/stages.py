@@ -50,7 +50,7 @@ class Stage:
 
 
 @dataclass(frozen=True)
-class Schedule:
+class ProgressivePlan:
     """`count` stages over `max_epochs`; stage 0 trains at `start` x the training size."""
 
     count: int = 1

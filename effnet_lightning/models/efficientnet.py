@@ -139,7 +139,7 @@ class EfficientNet(nn.Module):
         learning rates one group at a time."""
         rows: dict[int, list[nn.Module]] = {}
         for block in self.blocks:
-            rows.setdefault(block.cfg.stage, []).append(block)
+            rows.setdefault(block.cfg.row, []).append(block)
         return [[self.stem], *rows.values(), [self.head]]
 
     def reset_classifier(self, num_classes: int) -> None:

@@ -27,7 +27,7 @@ CHANNEL_DIVISOR = 8
 
 
 @dataclass(frozen=True)
-class StageRow:
+class BlockRow:
     """One row of the B0 baseline (paper, Table 1); stride applies to the first block only."""
 
     expand_ratio: int
@@ -37,14 +37,14 @@ class StageRow:
     repeats: int
 
 
-B0_STAGES: tuple[StageRow, ...] = (
-    StageRow(expand_ratio=1, kernel_size=3, stride=1, out_channels=16, repeats=1),
-    StageRow(expand_ratio=6, kernel_size=3, stride=2, out_channels=24, repeats=2),
-    StageRow(expand_ratio=6, kernel_size=5, stride=2, out_channels=40, repeats=2),
-    StageRow(expand_ratio=6, kernel_size=3, stride=2, out_channels=80, repeats=3),
-    StageRow(expand_ratio=6, kernel_size=5, stride=1, out_channels=112, repeats=3),
-    StageRow(expand_ratio=6, kernel_size=5, stride=2, out_channels=192, repeats=4),
-    StageRow(expand_ratio=6, kernel_size=3, stride=1, out_channels=320, repeats=1),
+B0_ROWS: tuple[BlockRow, ...] = (
+    BlockRow(expand_ratio=1, kernel_size=3, stride=1, out_channels=16, repeats=1),
+    BlockRow(expand_ratio=6, kernel_size=3, stride=2, out_channels=24, repeats=2),
+    BlockRow(expand_ratio=6, kernel_size=5, stride=2, out_channels=40, repeats=2),
+    BlockRow(expand_ratio=6, kernel_size=3, stride=2, out_channels=80, repeats=3),
+    BlockRow(expand_ratio=6, kernel_size=5, stride=1, out_channels=112, repeats=3),
+    BlockRow(expand_ratio=6, kernel_size=5, stride=2, out_channels=192, repeats=4),
+    BlockRow(expand_ratio=6, kernel_size=3, stride=1, out_channels=320, repeats=1),
 )
 
 
@@ -53,7 +53,7 @@ class Variant:
     """Scaling coefficients of one family member.
 
     `lite` selects EfficientNet-Lite: ReLU6, no SE, stem/head channels and the first and
-    last stage's repeats left unscaled.
+    last row's repeats left unscaled.
     """
 
     name: str
@@ -164,8 +164,8 @@ def get_variant(variant: str | Variant) -> Variant:
 class BlockConfig:
     """One MBConv block with final integer sizes: blocks never see multipliers."""
 
-    stage: int
-    index: int  # within its stage
+    row: int  # of the block table
+    index: int  # within its row
     in_channels: int
     out_channels: int
     expand_ratio: int
@@ -187,30 +187,28 @@ class Architecture:
     stem_channels: int
     blocks: tuple[BlockConfig, ...]
     head_channels: int
-    num_stages: int
+    num_rows: int
 
 
-def build_architecture(
-    variant: str | Variant, se: bool = True, stages: tuple[StageRow, ...] = B0_STAGES
-) -> Architecture:
+def build_architecture(variant: str | Variant, se: bool = True, rows: tuple[BlockRow, ...] = B0_ROWS) -> Architecture:
     """Apply a variant's width and depth to the B0 rows once, giving every block's sizes.
 
     Squeeze-and-excitation is on unless `se` is False or the variant is Lite."""
     v = get_variant(variant)
     use_se = se and not v.lite
-    last = len(stages) - 1
+    last = len(rows) - 1
     stem = STEM_CHANNELS if v.lite else round_channels(STEM_CHANNELS, v.width)
     head = HEAD_CHANNELS if v.lite else round_channels(HEAD_CHANNELS, v.width)
     blocks: list[BlockConfig] = []
     in_channels = stem
-    for s, row in enumerate(stages):
+    for r, row in enumerate(rows):
         out_channels = round_channels(row.out_channels, v.width)
-        fixed_depth = v.lite and s in (0, last)
+        fixed_depth = v.lite and r in (0, last)
         repeats = row.repeats if fixed_depth else round_repeats(row.repeats, v.depth)
         for i in range(repeats):
             blocks.append(
                 BlockConfig(
-                    stage=s,
+                    row=r,
                     index=i,
                     in_channels=in_channels,
                     out_channels=out_channels,
@@ -221,7 +219,7 @@ def build_architecture(
                 )
             )
             in_channels = out_channels
-    return Architecture(stem_channels=stem, blocks=tuple(blocks), head_channels=head, num_stages=len(stages))
+    return Architecture(stem_channels=stem, blocks=tuple(blocks), head_channels=head, num_rows=len(rows))
 
 
 def drop_path_rates(num_blocks: int, drop_path_rate: float = DROP_PATH_RATE) -> list[float]:

@@ -124,7 +124,7 @@ def _module_map(model: EfficientNet, layout: str) -> dict[str, str]:
     if layout == "effnet":
         return {name: name for name, m in model.named_modules() if _holds_tensors(m)}
     if layout == "torchvision":
-        head = f"features.{model.blocks[-1].cfg.stage + 2}"
+        head = f"features.{model.blocks[-1].cfg.row + 2}"
         names = {"stem.conv": "features.0.0", "stem.bn": "features.0.1", "head.conv": f"{head}.0"}
         names["head.bn"] = f"{head}.1"
     elif layout == "timm":
@@ -155,7 +155,7 @@ def _block_names(block, n: int, layout: str) -> list[str]:
         names += ["_depthwise_conv", "_bn1"] + (["_se_reduce", "_se_expand"] if se else [])
         return [base + x for x in names + ["_project_conv", "_bn2"]]
     if layout == "timm":
-        base = f"blocks.{cfg.stage}.{cfg.index}."
+        base = f"blocks.{cfg.row}.{cfg.index}."
         se_names = ["se.conv_reduce", "se.conv_expand"] if se else []
         if expand:  # timm InvertedResidual
             names = ["conv_pw", "bn1", "conv_dw", "bn2"] + se_names + ["conv_pwl", "bn3"]
@@ -163,7 +163,7 @@ def _block_names(block, n: int, layout: str) -> list[str]:
             names = ["conv_dw", "bn1"] + se_names + ["conv_pw", "bn2"]
         return [base + x for x in names]
     # torchvision: block.I is a Conv2dNormActivation (.0 conv, .1 bn) or SqueezeExcitation.
-    base = f"features.{cfg.stage + 1}.{cfg.index}.block."
+    base = f"features.{cfg.row + 1}.{cfg.index}.block."
     names, i = [], 0
     if expand:
         names += [f"{i}.0", f"{i}.1"]
