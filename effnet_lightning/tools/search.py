@@ -31,8 +31,10 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field, replace
+from functools import partial
 from pathlib import Path
 
 import yaml
@@ -117,25 +119,51 @@ def base_resolution_of(config_files: list[str], fit_args: list[str] = ()) -> int
     return int(size or (224 if root else demo.FIT_SETTINGS["data"]["image_size"]))
 
 
-def _fit_command(candidate: Candidate, configs: list[str], fit_args: list[str], epochs: int | None, run_dir: Path):
-    command = [sys.executable, "-m", "effnet_lightning", "fit"]
-    for path in configs:
-        command += ["--config", str(path)]
-    command += [
-        "--model.variant",
-        candidate.variant,
-        "--data.image_size",
-        str(candidate.resolution),
-        "--trainer.default_root_dir",
-        str(run_dir),
-        "--trainer.enable_progress_bar",
-        "false",
-    ]
-    if epochs is not None:
-        command += ["--trainer.max_epochs", str(epochs)]
-    if candidate.seed is not None:
-        command += ["--seed_everything", str(candidate.seed)]
-    return command + list(fit_args)
+@dataclass(frozen=True)
+class SearchSpace:
+    """The candidates: every (alpha, beta, gamma) of the grid at `phi`, kept when their FLOPs are
+    `budget` x the baseline's within `tolerance` (a fraction of the budget)."""
+
+    phi: float = 1.0
+    alpha: tuple[float, ...] = tuple(DEFAULT_GRID["alpha"])
+    beta: tuple[float, ...] = tuple(DEFAULT_GRID["beta"])
+    gamma: tuple[float, ...] = tuple(DEFAULT_GRID["gamma"])
+    budget: float = 2.0
+    tolerance: float = 0.15
+
+    def grid(self) -> list[tuple[float, float, float]]:
+        return list(itertools.product(self.alpha, self.beta, self.gamma))
+
+
+@dataclass(frozen=True)
+class FitPlan:
+    """How each network trains: `fit` with the base `configs`, then `fit_args`; `epochs` (None:
+    the config's); the B0 baseline too unless `baseline` is False, once per seed of `seeds`
+    (the candidates train with the first; None: the config's seed)."""
+
+    configs: tuple[str, ...] = ()
+    fit_args: tuple[str, ...] = ()
+    epochs: int | None = None
+    baseline: bool = True
+    seeds: tuple[int | None, ...] = (None,)
+
+    def command(self, candidate: Candidate, run_dir: Path) -> list[str]:
+        command = [sys.executable, "-m", "effnet_lightning", "fit"]
+        for path in self.configs:
+            command += ["--config", str(path)]
+        command += ["--model.variant", candidate.variant, "--data.image_size", str(candidate.resolution)]
+        command += ["--trainer.default_root_dir", str(run_dir), "--trainer.enable_progress_bar", "false"]
+        if self.epochs is not None:
+            command += ["--trainer.max_epochs", str(self.epochs)]
+        if candidate.seed is not None:
+            command += ["--seed_everything", str(candidate.seed)]
+        return command + list(self.fit_args)
+
+    def described(self) -> list[str]:
+        """The arguments every candidate's fit shares, as the report shows them."""
+        epochs = [f"--trainer.max_epochs {self.epochs}"] if self.epochs else []
+        seed = [f"--seed_everything {self.seeds[0]}"] if self.seeds[0] is not None else []
+        return [f"--config {p}" for p in self.configs] + epochs + seed + list(self.fit_args)
 
 
 def load_cached(candidate: Candidate, command: list[str], run_dir: Path) -> bool:
@@ -314,54 +342,49 @@ def _baseline_line(settings: dict, baselines: list[Candidate]) -> tuple[str, flo
     )
 
 
-def write_report(
-    out: Path, settings: dict, baselines: list[Candidate], candidates: list[Candidate]
-) -> Candidate | None:
-    """results.csv, accuracy_vs_flops.png and report.md in out; returns the best candidate."""
-    columns = [
-        "variant",
-        "alpha",
-        "beta",
-        "gamma",
-        "phi",
-        "constraint",
-        "resolution",
-        "params",
-        "gmacs",
-        "flops_ratio",
-        "within_budget",
-        "status",
-        "seed",
-        "val_acc",
-        "wall_s",
-        "checkpoint",
-    ]
-    with open(out / "results.csv", "w", newline="") as f:
+RESULT_COLUMNS = (
+    "variant",
+    "alpha",
+    "beta",
+    "gamma",
+    "phi",
+    "constraint",
+    "resolution",
+    "params",
+    "gmacs",
+    "flops_ratio",
+    "within_budget",
+    "status",
+    "seed",
+    "val_acc",
+    "wall_s",
+    "checkpoint",
+)
+
+
+def write_results_csv(path: Path, candidates: list[Candidate]) -> None:
+    with open(path, "w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(columns)
-        for c in baselines + candidates:
+        writer.writerow(RESULT_COLUMNS)
+        for c in candidates:
             values = {
                 **asdict(c),
                 "constraint": round(c.constraint, 4),
                 "gmacs": round(c.gmacs, 4),
                 "flops_ratio": round(c.flops_ratio, 4),
             }
-            writer.writerow([values[k] if values[k] is not None else "" for k in columns])
+            writer.writerow([values[k] if values[k] is not None else "" for k in RESULT_COLUMNS])
+
+
+def best_of(candidates: list[Candidate]) -> Candidate | None:
+    """Best accuracy; ties go to the cheaper network, then to the grid point that was trained."""
     trained = [c for c in candidates if c.val_acc is not None]
-    # Best accuracy; ties go to the cheaper network, then to the grid point that was trained.
-    best = max(trained, key=lambda c: (c.val_acc, -c.gmacs)) if trained else None
-    plot(out / "accuracy_vs_flops.png", baselines, candidates, best)
-    baseline_line, median = _baseline_line(settings, baselines)
+    return max(trained, key=lambda c: (c.val_acc, -c.gmacs)) if trained else None
+
+
+def candidate_table(candidates: list[Candidate], baseline_median: float | None) -> list[str]:
+    """The report's table: one row per grid point, the best first."""
     lines = [
-        "# Compound-scaling search",
-        "",
-        baseline_line,
-        (
-            f"Candidates: phi = {settings['phi']:g}, FLOPs budget {settings['budget']:g}x the baseline within "
-            f"{settings['tolerance']:.0%}; {len([c for c in candidates if c.within_budget])} of {len(candidates)} grid "
-            f"points kept. Training per candidate: `{' '.join(settings['fit'])}`."
-        ),
-        "",
         "| alpha | beta | gamma | alpha*beta^2*gamma^2 | res | params | GMACs | FLOPs ratio | val/acc | vs baseline | time |",
         "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
@@ -369,119 +392,149 @@ def write_report(
         acc = f"{c.val_acc:.4f}" if c.val_acc is not None else c.status
         if c.status.startswith("same network"):
             acc += f" ({c.status})"
-        versus = f"{c.val_acc - median:+.4f}" if c.val_acc is not None and median is not None else ""
+        versus = f"{c.val_acc - baseline_median:+.4f}" if c.val_acc is not None and baseline_median is not None else ""
         wall = f"{c.wall_s:.0f} s" if c.wall_s is not None else ""
         lines.append(
             f"| {c.alpha:g} | {c.beta:g} | {c.gamma:g} | {c.constraint:.3f} | {c.resolution} | {c.params:,} | "
             f"{c.gmacs:.4f} | {c.flops_ratio:.2f} | {acc} | {versus} | {wall} |"
         )
-    lines.append("")
-    if best is not None:
+    return lines
+
+
+def verdict(best: Candidate | None, baselines: list[Candidate], candidates: list[Candidate]) -> list[str]:
+    """The best candidate and how to scale it further; with several baseline seeds, whether its
+    lead over the next-best is beyond the baseline's seed spread."""
+    if best is None:
+        return ["No candidate finished training: see the fit.log files under candidates/."]
+    best_line = (
+        f"**Best: alpha = {best.alpha:g}, beta = {best.beta:g}, gamma = {best.gamma:g}** (val/acc "
+        f"{best.val_acc:.4f} at {best.flops_ratio:.2f}x the baseline's FLOPs). Scale further with "
+        f"`--model.variant {phi_name(2, best.alpha, best.beta, best.gamma)}` (phi = 2) and up."
+    )
+    lines = [best_line]
+    scores = [b.val_acc for b in baselines if b.val_acc is not None]
+    if len(scores) > 1:
+        spread = max(scores) - min(scores)
+        others = [c.val_acc for c in candidates if c.val_acc is not None and c is not best]
+        gaps = sorted(best.val_acc - score for score in others if score != best.val_acc)
+        lead = gaps[0] if gaps else 0
+        beyond = "within" if not gaps or gaps[0] <= spread else "beyond"
         lines += [
+            "",
             (
-                f"**Best: alpha = {best.alpha:g}, beta = {best.beta:g}, gamma = {best.gamma:g}** (val/acc "
-                f"{best.val_acc:.4f} at {best.flops_ratio:.2f}x the baseline's FLOPs). Scale further with "
-                f"`--model.variant {phi_name(2, best.alpha, best.beta, best.gamma)}` (phi = 2) and up."
+                f"The baseline's seed spread is {spread:.4f}; the best leads the next-best distinct score by "
+                f"{lead:.4f}, {beyond} that spread."
             ),
         ]
-        scores = [b.val_acc for b in baselines if b.val_acc is not None]
-        if len(scores) > 1:
-            spread = max(scores) - min(scores)
-            gaps = sorted(best.val_acc - c.val_acc for c in trained if c is not best and c.val_acc != best.val_acc)
-            verdict = "within" if not gaps or gaps[0] <= spread else "beyond"
-            lines += [
-                "",
-                (
-                    f"The baseline's seed spread is {spread:.4f}; the best leads the next-best distinct score by "
-                    f"{gaps[0] if gaps else 0:.4f}, {verdict} that spread."
-                ),
-            ]
-    else:
-        lines.append("No candidate finished training: see the fit.log files under candidates/.")
-    lines += ["", "![accuracy against FLOPs](accuracy_vs_flops.png)", ""]
+    return lines
+
+
+def write_report(
+    out: Path, settings: dict, baselines: list[Candidate], candidates: list[Candidate]
+) -> Candidate | None:
+    """results.csv, accuracy_vs_flops.png and report.md in out; returns the best candidate."""
+    write_results_csv(out / "results.csv", baselines + candidates)
+    best = best_of(candidates)
+    plot(out / "accuracy_vs_flops.png", baselines, candidates, best)
+    baseline_line, median = _baseline_line(settings, baselines)
+    kept = len([c for c in candidates if c.within_budget])
+    lines = [
+        "# Compound-scaling search",
+        "",
+        baseline_line,
+        (
+            f"Candidates: phi = {settings['phi']:g}, FLOPs budget {settings['budget']:g}x the baseline within "
+            f"{settings['tolerance']:.0%}; {kept} of {len(candidates)} grid points kept. Training per candidate: "
+            f"`{' '.join(settings['fit'])}`."
+        ),
+        "",
+        *candidate_table(candidates, median),
+        "",
+        *verdict(best, baselines, candidates),
+        "",
+        "![accuracy against FLOPs](accuracy_vs_flops.png)",
+        "",
+    ]
     (out / "report.md").write_text("\n".join(lines))
     return best
 
 
-def search(
-    configs: list[str],
-    fit_args: list[str],
-    output_dir: str,
-    phi: float = 1.0,
-    alpha: list[float] | None = None,
-    beta: list[float] | None = None,
-    gamma: list[float] | None = None,
-    budget: float = 2.0,
-    tolerance: float = 0.15,
-    epochs: int | None = None,
-    baseline: bool = True,
-    workers: int = 1,
-    devices: list[str] | None = None,
-    base_resolution: int | None = None,
-    num_classes: int = 1000,
-    baseline_seeds: list[int] | None = None,
-    executor=None,
-) -> tuple[Candidate | None, list[Candidate]]:
-    """Measure the grid, train the candidates within budget (and the baseline, once per seed
-    of `baseline_seeds`; the candidates then train with the first), write the report; returns
-    (best, every candidate). FLOPs are counted with a `num_classes` head. Training runs on this
-    machine, `workers` at a time, or, given a submitit `executor` (`slurm_executor`), as jobs."""
-    out = Path(output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    resolution = base_resolution or base_resolution_of(configs, fit_args)
+def measure_grid(space: SearchSpace, resolution: int, num_classes: int) -> tuple[Candidate, list[Candidate]]:
+    """The baseline (B0 at `resolution`) and every grid point, measured; those out of budget
+    marked so."""
     base = measure(0.0, ALPHA, BETA, GAMMA, resolution, num_classes, None, 1.0, 1.0)
     base.variant, base.within_budget = "b0", True
-    grid = list(
-        itertools.product(alpha or DEFAULT_GRID["alpha"], beta or DEFAULT_GRID["beta"], gamma or DEFAULT_GRID["gamma"])
-    )
-    candidates = [measure(phi, a, b, g, resolution, num_classes, base.gmacs, budget, tolerance) for a, b, g in grid]
+    candidates = [
+        measure(space.phi, a, b, g, resolution, num_classes, base.gmacs, space.budget, space.tolerance)
+        for a, b, g in space.grid()
+    ]
     for c in candidates:
         if not c.within_budget:
             c.status = "out of budget"
-    kept = [c for c in candidates if c.within_budget]
+    return base, candidates
+
+
+def distinct_networks(candidates: list[Candidate]) -> dict[tuple, Candidate]:
+    """The first grid point within budget of each distinct network (others build the same)."""
     distinct: dict[tuple, Candidate] = {}
-    for c in kept:
-        distinct.setdefault(c.architecture, c)
-    seeds = baseline_seeds or [None]
-    for c in distinct.values():
-        c.seed = seeds[0]
-    print(
-        f"scale-search: baseline B0 at {resolution} px, {base.gmacs:.4f} GMACs; {len(kept)} of {len(candidates)} "
-        f"candidates within {tolerance:.0%} of {budget:g}x: {', '.join(c.variant for c in kept) or 'none'}"
-        f" ({len(distinct)} distinct networks)",
-        flush=True,
-    )
-    baselines = [replace(base, seed=s, extra={}) for s in seeds]
-    jobs = []
-    if baseline:
-        jobs = [
-            (b, out / "candidates" / ("baseline" if b.seed is None else f"baseline_seed{b.seed}")) for b in baselines
-        ]
-    jobs += [(c, out / "candidates" / c.variant) for c in distinct.values()]
-    commands = [(c, _fit_command(c, configs, fit_args, epochs, run_dir), run_dir) for c, run_dir in jobs]
+    for c in candidates:
+        if c.within_budget:
+            distinct.setdefault(c.architecture, c)
+    return distinct
+
+
+def share_results(candidates: list[Candidate], distinct: dict[tuple, Candidate]) -> None:
+    """Grid points that built an already trained network take its result."""
+    for c in candidates:
+        first = distinct.get(c.architecture)
+        if c.within_budget and first is not c:
+            c.val_acc, c.checkpoint, c.seed = first.val_acc, first.checkpoint, first.seed
+            c.status = f"same network as {first.variant}"
+
+
+def run_fits(commands: list[tuple[Candidate, list[str], Path]], fits: Iterator[Candidate]) -> None:
+    """Print each fit's result as it finishes, under a progress bar."""
     from tqdm import tqdm
 
-    trained = train_locally(commands, workers, devices) if executor is None else train_as_jobs(commands, executor)
-    for c in tqdm(trained, total=len(commands), desc="candidates", unit="fit", file=sys.stdout):
+    for c in tqdm(fits, total=len(commands), desc="candidates", unit="fit", file=sys.stdout):
         acc = f"{c.val_acc:.4f}" if c.val_acc is not None else "-"
         seed = f" (seed {c.seed})" if c.variant == "b0" and c.seed is not None else ""
         tqdm.write(f"  {c.variant}{seed}: {c.status}, val/acc {acc}, {c.flops_ratio:.2f}x FLOPs", file=sys.stdout)
-    for c in kept:
-        first = distinct[c.architecture]
-        if first is not c:
-            c.val_acc, c.checkpoint, c.seed = first.val_acc, first.checkpoint, first.seed
-            c.status = f"same network as {first.variant}"
-    settings = {
-        "phi": phi,
-        "budget": budget,
-        "tolerance": tolerance,
-        "base_resolution": resolution,
-        "fit": [f"--config {p}" for p in configs]
-        + ([f"--trainer.max_epochs {epochs}"] if epochs else [])
-        + ([f"--seed_everything {seeds[0]}"] if seeds[0] is not None else [])
-        + fit_args,
-    }
-    best = write_report(out, settings, baselines if baseline else [base], candidates)
+
+
+def search(
+    space: SearchSpace,
+    plan: FitPlan,
+    output_dir: str,
+    launch: Callable[[list], Iterator[Candidate]],
+    base_resolution: int | None = None,
+    num_classes: int = 1000,
+) -> tuple[Candidate | None, list[Candidate]]:
+    """Measure the grid, train the distinct candidates within budget (and the baseline), write
+    the report; returns (best, every candidate). FLOPs are counted with a `num_classes` head.
+    `launch` trains the fits: `train_locally` or, with a submitit executor, `train_as_jobs`."""
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    resolution = base_resolution or base_resolution_of(list(plan.configs), list(plan.fit_args))
+    base, candidates = measure_grid(space, resolution, num_classes)
+    distinct = distinct_networks(candidates)
+    for c in distinct.values():
+        c.seed = plan.seeds[0]
+    kept = [c.variant for c in candidates if c.within_budget]
+    print(
+        f"scale-search: baseline B0 at {resolution} px, {base.gmacs:.4f} GMACs; {len(kept)} of {len(candidates)} "
+        f"candidates within {space.tolerance:.0%} of {space.budget:g}x: {', '.join(kept) or 'none'}"
+        f" ({len(distinct)} distinct networks)",
+        flush=True,
+    )
+    baselines = [replace(base, seed=s, extra={}) for s in plan.seeds]
+    jobs = [(b, out / "candidates" / ("baseline" if b.seed is None else f"baseline_seed{b.seed}")) for b in baselines]
+    jobs = (jobs if plan.baseline else []) + [(c, out / "candidates" / c.variant) for c in distinct.values()]
+    commands = [(c, plan.command(c, run_dir), run_dir) for c, run_dir in jobs]
+    run_fits(commands, launch(commands))
+    share_results(candidates, distinct)
+    settings = {**asdict(space), "base_resolution": resolution, "fit": plan.described()}
+    best = write_report(out, settings, baselines if plan.baseline else [base], candidates)
     print(f"scale-search: report in {out / 'report.md'}, {out / 'results.csv'}, {out / 'accuracy_vs_flops.png'}")
     if best is not None:
         print(
@@ -491,10 +544,7 @@ def search(
     return best, candidates
 
 
-def main(argv: list[str] | None = None) -> None:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    fit_args = argv[argv.index("--") + 1 :] if "--" in argv else []
-    own = argv[: argv.index("--")] if "--" in argv else argv
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python cli.py scale-search",
         description=__doc__.split("\n\n")[0],
@@ -543,9 +593,17 @@ def main(argv: list[str] | None = None) -> None:
     cluster.add_argument("--slurm-timeout-min", type=int, default=240, help="each job's time limit, minutes (240)")
     cluster.add_argument("--slurm-gpus", type=int, default=1, help="GPUs per job (1)")
     cluster.add_argument("--slurm-cpus", type=int, default=8, help="CPUs per job (8)")
-    args = parser.parse_args(own)
+    return parser
+
+
+# Settings each candidate's fit gets from the search, which the user must not give after --.
+PER_CANDIDATE = ("--model.variant", "--data.image_size", "--trainer.default_root_dir", "--config", "-c", "--ckpt_path")
+
+
+def check_arguments(args: argparse.Namespace, fit_args: list[str]) -> None:
+    """One-line errors for settings the search owns, missing configs and impossible numbers."""
     owned = (
-        ("--model.variant", "--data.image_size", "--trainer.default_root_dir", "--config", "-c", "--ckpt_path")
+        PER_CANDIDATE
         + (("--trainer.max_epochs",) if args.epochs is not None else ())
         + (("--seed_everything",) if args.baseline_seeds else ())
     )
@@ -561,27 +619,26 @@ def main(argv: list[str] | None = None) -> None:
             raise FileNotFoundError(f"--config {path}: no such file")
     if args.budget <= 0 or not 0 < args.tolerance < 1 or args.workers < 1:
         raise ValueError("need --budget > 0, 0 < --tolerance < 1 and --workers >= 1")
-    executor = None
-    if args.launcher != "local":
-        folder = Path(args.output_dir) / "jobs"
-        executor = slurm_executor(
-            args.launcher, folder, args.slurm_partition, args.slurm_timeout_min, args.slurm_gpus, args.slurm_cpus
-        )
-    search(
-        args.config,
-        fit_args,
-        args.output_dir,
-        phi=args.phi,
-        alpha=args.alpha,
-        beta=args.beta,
-        gamma=args.gamma,
-        budget=args.budget,
-        tolerance=args.tolerance,
-        epochs=args.epochs,
-        baseline=args.baseline,
-        workers=args.workers,
-        devices=args.devices,
-        base_resolution=args.base_resolution,
-        baseline_seeds=args.baseline_seeds,
-        executor=executor,
+
+
+def launcher(args: argparse.Namespace) -> Callable[[list], Iterator[Candidate]]:
+    """Where the fits run: this machine, `--workers` at a time, or one submitit job each."""
+    if args.launcher == "local":
+        return partial(train_locally, workers=args.workers, devices=args.devices)
+    folder = Path(args.output_dir) / "jobs"
+    executor = slurm_executor(
+        args.launcher, folder, args.slurm_partition, args.slurm_timeout_min, args.slurm_gpus, args.slurm_cpus
     )
+    return partial(train_as_jobs, executor=executor)
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    fit_args = argv[argv.index("--") + 1 :] if "--" in argv else []
+    own = argv[: argv.index("--")] if "--" in argv else argv
+    args = build_parser().parse_args(own)
+    check_arguments(args, fit_args)
+    space = SearchSpace(args.phi, tuple(args.alpha), tuple(args.beta), tuple(args.gamma), args.budget, args.tolerance)
+    seeds = tuple(args.baseline_seeds) if args.baseline_seeds else (None,)
+    plan = FitPlan(tuple(args.config), tuple(fit_args), args.epochs, args.baseline, seeds)
+    search(space, plan, args.output_dir, launcher(args), args.base_resolution)
