@@ -56,7 +56,7 @@ def export_model(
         int8=int8,
     )
     for fmt in registered().values():  # refused before anything is exported
-        if fmt.name in formats:
+        if fmt.name in formats and fmt.refuse:
             fmt.refuse(job)
     out.mkdir(parents=True, exist_ok=True)
     shutil.rmtree(job.work, ignore_errors=True)

@@ -24,10 +24,6 @@ class Checked:
     record: dict = field(default_factory=dict)  # further model.json entries (onnx_int8: "int8", its accuracy)
 
 
-def _accepts_any(job: ExportJob) -> None:
-    """The refusal of a format every network can be exported to."""
-
-
 @dataclass(frozen=True)
 class Format:
     """One export format, as `--formats` names it."""
@@ -38,8 +34,9 @@ class Format:
     write: Callable[[ExportJob, Path], None]  # writes the file at the path
     check: Callable[[ExportJob, Path], Checked]  # loads the written file back; raises ValueError when it fails
     default: bool = False  # written when no format is named
-    # raises, before anything is written, when the job's network or data cannot be exported to it
-    refuse: Callable[[ExportJob], None] = _accepts_any
+    # raises, before anything is written, when the job's network or data cannot be exported to it;
+    # None: every network can be
+    refuse: Callable[[ExportJob], None] | None = None
 
 
 def registered() -> dict[str, Format]:
