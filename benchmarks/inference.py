@@ -44,13 +44,13 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from effnet_lightning import create_model
+from effnet_lightning.export.onnx import export_onnx
+from effnet_lightning.export.onnx_int8 import quantize_onnx_int8
+from effnet_lightning.export.runtime import onnx_session
 from effnet_lightning.models.inference import fold_batchnorm, in_chunks
-from effnet_lightning.tools.export import Int8Check, export_onnx, quantize_onnx_int8
 
 
-def paths(
-    variant: str, size: int, batch: int, folder: Path, compile_frozen: bool = False, openvino: bool = False
-) -> dict:
+def paths(variant: str, size: int, folder: Path, compile_frozen: bool = False, openvino: bool = False) -> dict:
     """{name: callable(images) -> logits} for one variant."""
     import onnxruntime
 
@@ -82,15 +82,14 @@ def paths(
                 None,
             )
     calibration = torch.randn(32, 3, size, size)
-    check = Int8Check(calibration, calibration[:batch], torch.zeros(batch, dtype=torch.long), max_drop=100.0)
     int8 = folder / f"{variant}.int8.onnx"
-    quantize_onnx_int8(fp32, int8, check)
+    quantize_onnx_int8(fp32, int8, calibration)
     options = onnxruntime.SessionOptions()
     # Its threads would otherwise spin after each run and slow the torch paths measured next.
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     onnx_files.update({"ours onnxruntime fp32": fp32, "ours onnxruntime int8": int8})
     for name, path in onnx_files.items():
-        session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        session = onnx_session(path, options)
         runs[name] = lambda x, s=session: s.run(None, {"images": x.numpy()})[0]
     if openvino:
         import openvino as ov
@@ -228,7 +227,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as folder:
         for variant in args.variants:
             if args.device == "cpu":
-                runs = paths(variant, args.size, args.batch, Path(folder), args.compile, args.openvino)
+                runs = paths(variant, args.size, Path(folder), args.compile, args.openvino)
             else:
                 runs = gpu_paths(variant, args.compile, args.device)
             rows = measure(runs, args.size, args.batch, args.rounds, args.steps, args.device)

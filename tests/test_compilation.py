@@ -8,8 +8,8 @@ import torch
 import torch.nn.functional as F
 from conftest import randomise_batchnorm
 
+from effnet_lightning.export.folder import export_model
 from effnet_lightning.models.compilation import CompiledOrEager
-from effnet_lightning.tools.export import export_model
 from effnet_lightning.training.module import EfficientNetModule
 
 

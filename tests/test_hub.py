@@ -21,10 +21,10 @@ from weights_cache import add_to_cache, commit_of
 from effnet_lightning import create_model
 from effnet_lightning.cli.app import main
 from effnet_lightning.data.datamodule import ImageFolderDataModule
+from effnet_lightning.export.folder import export_model
 from effnet_lightning.models.factory import imagenet_categories, preprocessing_for
 from effnet_lightning.models.preprocessing import Preprocessing
 from effnet_lightning.models.state_dicts import WeightsError
-from effnet_lightning.tools.export import export_model
 
 REPOS = {  # a TF-ported B variant, a PyTorch-trained B variant, a TF Lite variant, AdvProp
     "timm/tf_efficientnet_b0.ns_jft_in1k": "b0",

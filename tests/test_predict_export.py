@@ -21,11 +21,11 @@ from effnet_lightning import create_model
 from effnet_lightning.cli.onnx_predict import OnnxPredictor
 from effnet_lightning.data import demo
 from effnet_lightning.data.datamodule import eval_transform, load_rgb
+from effnet_lightning.export.folder import export_model
 from effnet_lightning.models import inference
 from effnet_lightning.models.inference import fold_batchnorm
 from effnet_lightning.models.layers import ConvBNAct
 from effnet_lightning.models.preprocessing import Preprocessing
-from effnet_lightning.tools.export import export_model
 from effnet_lightning.training.module import EfficientNetModule
 
 CLASSES = sorted(demo.CLASSES)

@@ -24,7 +24,6 @@ import os
 import signal
 import sys
 import warnings
-from pathlib import Path
 
 from lightning.pytorch import Trainer
 from lightning.pytorch.cli import LightningCLI
@@ -63,16 +62,15 @@ from effnet_lightning.cli.slurm import cluster_plugins, requeue_job
 from effnet_lightning.console import log_to_stderr, one_line, say
 from effnet_lightning.data import demo
 from effnet_lightning.data.datamodule import ImageFolderDataModule
-from effnet_lightning.models import hub
+from effnet_lightning.export.folder import export_model
+from effnet_lightning.export.formats import requested_formats
+from effnet_lightning.export.hub import push_folder, require_token
+from effnet_lightning.export.onnx_int8 import int8_check
+from effnet_lightning.export.trained import load_trained, output_folder
 from effnet_lightning.models.factory import checkpoint_hparams, preprocessing_for, pretrained_source
-from effnet_lightning.models.state_dicts import read_checkpoint
-from effnet_lightning.tools.export import FORMATS, Int8Check, check_formats, export_model
 from effnet_lightning.training.module import EfficientNetModule
 
 RUNS_DIR = "runs"
-# INT8 export measures its accuracy drop on the validation split, up to this many images (drawn
-# with the data seed), held in memory as float tensors: a whole ImageNet validation set would not fit.
-INT8_EVAL_IMAGES = 2000
 WANDB_LOGGER = "effnet_lightning.cli.loggers.WandbLogger"
 
 
@@ -140,36 +138,14 @@ class EffNetTrainer(Trainer):
             int8_max_drop: onnx_int8: the largest allowed top-1 drop against fp32 on the validation
                 images (all of them, at most 2,000), in points; a larger drop writes nothing.
         """
-        if isinstance(formats, str):  # --formats onnx, or onnx,torchscript
-            formats = [name.strip() for name in formats.split(",")]
-        formats = list(FORMATS) if formats is None else list(formats)
-        check_formats(formats)
+        formats = requested_formats(formats, push_to)
         if push_to:
-            hub.require_token(push_to)
-            formats += [] if "hub" in formats else ["hub"]
+            require_token(push_to)
         if not self.is_global_zero:  # under torchrun / srun: one process exports
             return {}
-        if ckpt_path:
-            model.load_state_dict(read_checkpoint(ckpt_path)["state_dict"])
-        elif not model.model.provenance.head_loaded:
-            raise ValueError("nothing trained to export: pass --ckpt_path CKPT, or --model.weights with a classifier")
-        if ckpt_path:  # <logger name>-<version>-<checkpoint>: last.ckpt of two runs do not share a folder
-            ckpt = Path(ckpt_path).resolve()
-            in_run = ckpt.parent.name == "checkpoints"
-            run = [ckpt.parents[2].name, ckpt.parents[1].name] if in_run else [ckpt.parent.name]
-            name = "-".join([*filter(None, run), ckpt.stem])
-        else:
-            name = f"{model.hparams.variant}-pretrained"
-        out = Path(output_dir or os.path.join(self.default_root_dir, "export", name))
-        if out.exists() and not out.is_dir():
-            raise ValueError(f"--output_dir {out} is a file: give a folder (it is made if missing)")
-        int8 = None
-        if "onnx_int8" in formats:
-            if calibration_images < 1:
-                raise ValueError(f"--calibration_images must be positive, got {calibration_images}")
-            images, labels = datamodule.evaluation_images("val", INT8_EVAL_IMAGES)
-            calibration, _ = datamodule.evaluation_images("train", calibration_images)
-            int8 = Int8Check(calibration, images, labels, int8_max_drop)
+        load_trained(model, ckpt_path)
+        out = output_folder(output_dir, self.default_root_dir, model, ckpt_path)
+        int8 = int8_check(datamodule, calibration_images, int8_max_drop) if "onnx_int8" in formats else None
         info = export_model(
             model.model,
             out,
@@ -185,7 +161,7 @@ class EffNetTrainer(Trainer):
             if isinstance(callback, RunConfig):
                 callback.write_into(out, "export")
         if push_to:
-            print(f"export: pushed {out / 'hub'} to {hub.push_folder(out / 'hub', push_to)}", flush=True)
+            print(f"export: pushed {out / 'hub'} to {push_folder(out / 'hub', push_to)}", flush=True)
         return info
 
 

@@ -13,6 +13,8 @@ from pathlib import Path
 import lightning as L
 import torch
 
+from effnet_lightning.export.runtime import onnx_logits, onnx_session, onnxruntime_installed
+
 
 def read_export_info(onnx: str | Path) -> dict:
     """The `model.json` beside an exported ONNX file."""
@@ -43,19 +45,16 @@ class OnnxPredictor(L.LightningModule):
 
     def __init__(self, onnx: str | Path, test_time_flip: bool = False):
         super().__init__()
-        try:
-            import onnxruntime
-        except ImportError:
-            raise ValueError("--onnx needs onnxruntime: pip install onnxruntime") from None
+        if not onnxruntime_installed():
+            raise ValueError("--onnx needs onnxruntime: pip install onnxruntime")
         self.info = read_export_info(onnx)
         self.class_names = list(self.info["class_names"])
         self.save_hyperparameters({"weights": str(onnx), "test_time_flip": test_time_flip})
         try:
-            self.session = onnxruntime.InferenceSession(str(onnx), providers=["CPUExecutionProvider"])
+            self.session = onnx_session(onnx)
         except Exception as e:  # onnxruntime's own exception types (InvalidProtobuf, Fail, ...)
             reason = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
             raise ValueError(f"--onnx {onnx} is not a readable ONNX file ({reason}): export it again") from None
-        self.input_name = self.session.get_inputs()[0].name
         outputs = self.session.get_outputs()[0].shape[-1]
         if isinstance(outputs, int) and outputs != len(self.class_names):
             raise ValueError(
@@ -79,4 +78,4 @@ class OnnxPredictor(L.LightningModule):
         return {"index": indices, "probs": logits.softmax(1)}
 
     def _logits(self, images: torch.Tensor) -> torch.Tensor:
-        return torch.from_numpy(self.session.run(None, {self.input_name: images.float().contiguous().cpu().numpy()})[0])
+        return onnx_logits(self.session, images)
