@@ -19,22 +19,18 @@ count and names follow the data, or the checkpoint when one is given.
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import sys
-import warnings
 
 from lightning.pytorch import Trainer
 from lightning.pytorch.cli import LightningCLI
-from lightning.pytorch.plugins.io import CheckpointIO
 from lightning.pytorch.utilities import rank_zero_warn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from effnet_lightning.callbacks.atomic import AtomicCheckpointIO
 from effnet_lightning.callbacks.checkpoint import Checkpoint
 from effnet_lightning.callbacks.ema import EMA
-from effnet_lightning.callbacks.evaluation_report import EvaluationReport, saved_reports
+from effnet_lightning.callbacks.evaluation_report import EvaluationReport
 from effnet_lightning.callbacks.fit_summary import FitSummary
 from effnet_lightning.callbacks.graceful_interrupt import GracefulInterrupt, received_signal
 from effnet_lightning.callbacks.learning_rate_log import LearningRateLog
@@ -48,121 +44,29 @@ from effnet_lightning.callbacks.run_config import RunConfig
 from effnet_lightning.callbacks.run_record import read_run_record, run_record_path
 from effnet_lightning.callbacks.wandb_run import WandbRunInCheckpoint
 from effnet_lightning.callbacks.wandb_validation_report import WandbValidationReport
+from effnet_lightning.cli.arguments import refuse_automatic_optimizers, silence_known_warnings, with_demo_settings
 from effnet_lightning.cli.checkpoints import (
     EVAL_SUBCOMMANDS,
     SavedSettings,
     choose_what_to_run,
+    continue_in_checkpoint_folder,
+    continue_wandb_run,
     given_model_settings,
     given_settings,
     merge_checkpoint_settings,
+    pretrained_class_names,
     read_checkpoint_settings,
 )
-from effnet_lightning.cli.onnx_predict import OnnxPredictor, read_export_info
-from effnet_lightning.cli.slurm import cluster_plugins, requeue_job
+from effnet_lightning.cli.onnx_predict import read_export_info
+from effnet_lightning.cli.slurm import requeue_job
+from effnet_lightning.cli.trainer import EffNetTrainer
 from effnet_lightning.console import log_to_stderr, one_line, say
-from effnet_lightning.data import demo
 from effnet_lightning.data.datamodule import ImageFolderDataModule
-from effnet_lightning.export.folder import export_model
-from effnet_lightning.export.formats import requested_formats
-from effnet_lightning.export.hub import push_folder, require_token
-from effnet_lightning.export.onnx_int8 import int8_check
-from effnet_lightning.export.trained import load_trained, output_folder
-from effnet_lightning.models.factory import checkpoint_hparams, preprocessing_for, pretrained_source
+from effnet_lightning.models.factory import preprocessing_for
 from effnet_lightning.training.module import EfficientNetModule
 
 RUNS_DIR = "runs"
 WANDB_LOGGER = "effnet_lightning.cli.loggers.WandbLogger"
-
-
-class EffNetTrainer(Trainer):
-    def __init__(self, *args, **kwargs):
-        # Checkpoints are written atomically unless another CheckpointIO is given.
-        plugins = kwargs.get("plugins") or []
-        plugins = list(plugins) if isinstance(plugins, (list, tuple)) else [plugins]
-        if not any(isinstance(p, CheckpointIO) for p in plugins):
-            plugins = [*plugins, AtomicCheckpointIO()]
-        kwargs["plugins"] = cluster_plugins(plugins)  # under SLURM: the project's requeue, not Lightning's
-        super().__init__(*args, **kwargs)
-
-    def predict(
-        self,
-        model=None,
-        dataloaders=None,
-        datamodule=None,
-        return_predictions: bool | None = None,
-        ckpt_path: str | None = None,
-        weights_only: bool | None = None,
-        onnx: str | None = None,
-    ):
-        """Lightning's predict; with `onnx`, an exported model.onnx (its model.json beside it gives
-        the classes and preprocessing) runs through onnxruntime instead of the network.
-
-        Args:
-            onnx: path of a model.onnx written by export.
-        """
-        if onnx:
-            flip = bool(model is not None and model.hparams.test_time_flip)
-            model, ckpt_path = OnnxPredictor(onnx, test_time_flip=flip), None
-        return super().predict(model, dataloaders, datamodule, return_predictions, ckpt_path, weights_only)
-
-    def export(
-        self,
-        model: EfficientNetModule,
-        datamodule=None,
-        ckpt_path: str | None = None,
-        output_dir: str | None = None,
-        formats: list[str] | str | None = None,  # checked here: a wrong name is one line, not the usage
-        tolerance: float = 1e-4,
-        push_to: str | None = None,
-        calibration_images: int = 200,
-        int8_max_drop: float = 1.0,
-    ) -> dict:
-        """Export the network to ONNX, TorchScript and safetensors (and the hub folder on
-        request), each checked against PyTorch.
-
-        Args:
-            ckpt_path: the checkpoint to export; None: --model.weights when typed, else the best
-                checkpoint of the latest fit.
-            output_dir: None: <default_root_dir>/export/<run>-<checkpoint name>. Files there are
-                replaced only once the new export has passed its checks.
-            formats: any of onnx, torchscript, safetensors, hub, onnx_int8 (default: the first
-                three). onnx_int8: statically quantized ONNX (needs the data: --data.root). hub:
-                a `hub/` folder in timm's Hugging Face layout (timm key names, config.json,
-                model card with the checkpoint's evaluation reports).
-            tolerance: largest allowed |logit difference| of a reloaded export.
-            push_to: a Hugging Face repository (user/name) to upload the hub folder to, created
-                private if missing; needs a token (HF_TOKEN or `hf auth login`). Adds hub to the
-                formats.
-            calibration_images: onnx_int8: training images (under the evaluation transform) that
-                calibrate the activation ranges.
-            int8_max_drop: onnx_int8: the largest allowed top-1 drop against fp32 on the validation
-                images (all of them, at most 2,000), in points; a larger drop writes nothing.
-        """
-        formats = requested_formats(formats, push_to)
-        if push_to:
-            require_token(push_to)
-        if not self.is_global_zero:  # under torchrun / srun: one process exports
-            return {}
-        load_trained(model, ckpt_path)
-        out = output_folder(output_dir, self.default_root_dir, model, ckpt_path)
-        int8 = int8_check(datamodule, calibration_images, int8_max_drop) if "onnx_int8" in formats else None
-        info = export_model(
-            model.model,
-            out,
-            class_names=model.class_names,
-            formats=formats,
-            tolerance=tolerance,
-            source=ckpt_path or model.hparams.weights,
-            evaluation=saved_reports(ckpt_path) if ckpt_path else {},
-            hub_repo=push_to,
-            int8=int8,
-        )
-        for callback in self.callbacks:
-            if isinstance(callback, RunConfig):
-                callback.write_into(out, "export")
-        if push_to:
-            print(f"export: pushed {out / 'hub'} to {push_folder(out / 'hub', push_to)}", flush=True)
-        return info
 
 
 def _data_preprocessing(variant: str | None, weights: str | None, preprocessing: dict | None) -> dict | None:
@@ -279,10 +183,10 @@ class EffNetCLI(LightningCLI):
         if choice.ckpt_path:
             saved = self._apply_checkpoint_settings(subcommand, choice.ckpt_path)
             if subcommand == "fit":  # (the config object was replaced by the checkpoint's settings)
-                self._continue_in_checkpoint_folder(self.config[subcommand], choice.ckpt_path, saved.dirpath)
-                self._continue_wandb_run(self.config[subcommand], saved.wandb_run)
+                continue_in_checkpoint_folder(self.config[subcommand], choice.ckpt_path, saved.dirpath)
+                continue_wandb_run(self.config[subcommand], saved.wandb_run)
         elif subcommand in EVAL_SUBCOMMANDS and not config.data.class_names:
-            config.data.class_names = self._pretrained_class_names(subcommand, config)
+            config.data.class_names = pretrained_class_names(subcommand, config)
 
     def _apply_export_settings(self, subcommand: str, onnx: str) -> None:
         """predict --onnx: the export's classes and preprocessing (its model.json) for the data;
@@ -298,53 +202,6 @@ class EffNetCLI(LightningCLI):
             "model_options": info["model_options"],
         }
         self.config = self.parser.parse_object({subcommand: {"model": model}}, self.config)  # links follow
-
-    @staticmethod
-    def _continue_in_checkpoint_folder(config, ckpt_path: str, saved_dirpath: str | None) -> None:
-        """Resuming from a checkpoint in the folder its run checkpointed into: new checkpoints go
-        to the same folder, so the best ones recorded there stay known (the logger starts a new
-        version, so its old logs stay)."""
-        folder = os.path.realpath(os.path.dirname(os.path.abspath(ckpt_path)))
-        if config.checkpoint.get("dirpath") or not saved_dirpath or os.path.realpath(saved_dirpath) != folder:
-            return
-        config.checkpoint.dirpath = saved_dirpath
-
-    @staticmethod
-    def _continue_wandb_run(config, run: dict | None) -> None:
-        """Resuming a fit that logged to W&B: into the same `run` (the checkpoint's), unless the
-        logger is given another run id or project."""
-        logger = config.trainer.get("logger")
-        init_args = logger.get("init_args") if hasattr(logger, "get") else None
-        if init_args is None or not str(logger.get("class_path", "")).endswith("WandbLogger") or init_args.get("id"):
-            return
-        if run is None or init_args.get("project") not in (None, run.get("project")):
-            return
-        init_args.id = run["id"]
-        say(f"W&B: resuming run {run['id']} of the checkpoint")
-
-    @staticmethod
-    def _pretrained_class_names(subcommand: str, config) -> list[str] | None:
-        """The classes of weights used without --ckpt_path: a checkpoint's own (so the data
-        folder is checked against them), the published weights' own (ImageNet's, a hub
-        repository's label names) for predict / export, else the data folder's (None)."""
-        weights = config.model.weights
-        names = (checkpoint_hparams(weights) or {}).get("class_names")
-        if names:
-            return list(names)
-        if subcommand not in ("predict", "export") or not weights:
-            return None
-        try:
-            source = pretrained_source(config.model.variant, weights)
-        except ValueError:
-            source = None  # the model refuses these weights, with the whole message
-        if source is not None and source.categories:
-            return list(source.categories)
-        if config.data.root:
-            return None  # the folder's class folders name the classes
-        raise ValueError(
-            f"{subcommand}: the class names of {weights} are unknown: pass --ckpt_path of a trained checkpoint, "
-            f"--data.class_names [...], or --data.root with one folder per class"
-        )
 
     def _apply_checkpoint_settings(self, subcommand: str, ckpt_path: str) -> SavedSettings:
         """The checkpoint's model settings under the ones the user gave, and its classes; returns
@@ -371,31 +228,6 @@ SCALE_SEARCH_HELP = (
 )
 
 
-def refuse_automatic_optimizers(given: set[str]) -> None:
-    """`--optimizer` / `--lr_scheduler` (LightningCLI's automatic optimizers) would replace the
-    module's optimizer, dropping its no-weight-decay groups and warm-up: refused in one line,
-    as flags or as config file sections (`given`: the settings the user gave)."""
-    for key in ("optimizer", "lr_scheduler"):
-        if any(name == key or name.startswith(f"{key}.") for name in given):
-            raise ValueError(
-                f"--{key} is not supported: the optimizer is --model.optimizer (adamw, sgd or rmsprop_tf) with "
-                f"--model.lr, --model.weight_decay, and the schedule --model.schedule (cosine, step, constant) with "
-                f"--model.warmup_epochs"
-            )
-
-
-def with_demo_settings(argv: list[str], given: set[str]) -> list[str]:
-    """`fit` without a data root trains on the demo data with its own settings
-    (`demo.FIT_SETTINGS`), given as the first config so that every flag and config file of the
-    user's wins; the demo's image size only while the variant is not chosen."""
-    if argv[:1] != ["fit"] or "data.root" in given:
-        return argv
-    settings = {section: dict(values) for section, values in demo.FIT_SETTINGS.items()}
-    if "model.variant" in given:
-        settings["data"].pop("image_size")
-    return ["fit", "--config", json.dumps(settings), *argv[1:]]
-
-
 def main(args: list[str] | None = None) -> EffNetCLI | None:
     """Run the CLI; `args` lets tests drive it in-process. Known errors print one line and
     exit with status 2, a NaN / Inf loss with 1, a fit stopped by a signal with 128 + its
@@ -414,16 +246,7 @@ def main(args: list[str] | None = None) -> EffNetCLI | None:
         _, given = given_settings(argv)
         refuse_automatic_optimizers(given)
         argv = with_demo_settings(argv, given)
-        warnings.filterwarnings("ignore", message=".*does not have many workers.*")
-        # The arguments are always handed over, so the demo settings can go in front of them.
-        warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended.*")
-        if argv[:1] != ["fit"]:
-            # Evaluating a checkpoint from another run; the message is about the callback's own
-            # state, which only a resumed fit uses.
-            warnings.filterwarnings("ignore", message="The dirpath has changed from.*")
-        warnings.filterwarnings("ignore", message=".*isinstance\\(treespec, LeafSpec\\)` is deprecated.*")
-        # torchdata's StatefulDataLoader (the training loader) calls a deprecated torch function.
-        warnings.filterwarnings("ignore", message="'set_vital' is deprecated")
+        silence_known_warnings(argv[0] if argv else None)
         return EffNetCLI(
             EfficientNetModule,
             ImageFolderDataModule,

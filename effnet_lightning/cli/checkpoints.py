@@ -1,6 +1,6 @@
-"""Checkpoints: the checkpoint callback, the record of the latest fit that `--ckpt_path last`
-and the evaluation subcommands read, the rule that picks what a subcommand runs, and how a
-checkpoint's settings meet the ones the user gave."""
+"""What a subcommand runs and with which settings: the rule that picks a checkpoint or weights,
+how a checkpoint's settings meet the ones the user gave, and what a resumed fit continues (its
+checkpoint folder, its W&B run)."""
 
 from __future__ import annotations
 
@@ -12,6 +12,8 @@ from pathlib import Path
 import yaml
 
 from effnet_lightning.callbacks.wandb_run import saved_wandb_run
+from effnet_lightning.console import say
+from effnet_lightning.models.factory import checkpoint_hparams, pretrained_source
 from effnet_lightning.models.state_dicts import WeightsError, read_checkpoint
 
 # Subcommands that run a trained model: without --ckpt_path, the latest fit's best checkpoint.
@@ -185,3 +187,50 @@ def read_checkpoint_settings(path: str) -> SavedSettings:
         None,
     )
     return SavedSettings(dict(checkpoint.get("hyper_parameters", {})), saved_dirpath, saved_wandb_run(checkpoint))
+
+
+def continue_in_checkpoint_folder(config, ckpt_path: str, saved_dirpath: str | None) -> None:
+    """Resuming from a checkpoint in the folder its run checkpointed into: new checkpoints go
+    to the same folder, so the best ones recorded there stay known (the logger starts a new
+    version, so its old logs stay)."""
+    folder = os.path.realpath(os.path.dirname(os.path.abspath(ckpt_path)))
+    if config.checkpoint.get("dirpath") or not saved_dirpath or os.path.realpath(saved_dirpath) != folder:
+        return
+    config.checkpoint.dirpath = saved_dirpath
+
+
+def continue_wandb_run(config, run: dict | None) -> None:
+    """Resuming a fit that logged to W&B: into the same `run` (the checkpoint's), unless the
+    logger is given another run id or project."""
+    logger = config.trainer.get("logger")
+    init_args = logger.get("init_args") if hasattr(logger, "get") else None
+    if init_args is None or not str(logger.get("class_path", "")).endswith("WandbLogger") or init_args.get("id"):
+        return
+    if run is None or init_args.get("project") not in (None, run.get("project")):
+        return
+    init_args.id = run["id"]
+    say(f"W&B: resuming run {run['id']} of the checkpoint")
+
+
+def pretrained_class_names(subcommand: str, config) -> list[str] | None:
+    """The classes of weights used without --ckpt_path: a checkpoint's own (so the data
+    folder is checked against them), the published weights' own (ImageNet's, a hub
+    repository's label names) for predict / export, else the data folder's (None)."""
+    weights = config.model.weights
+    names = (checkpoint_hparams(weights) or {}).get("class_names")
+    if names:
+        return list(names)
+    if subcommand not in ("predict", "export") or not weights:
+        return None
+    try:
+        source = pretrained_source(config.model.variant, weights)
+    except ValueError:
+        source = None  # the model refuses these weights, with the whole message
+    if source is not None and source.categories:
+        return list(source.categories)
+    if config.data.root:
+        return None  # the folder's class folders name the classes
+    raise ValueError(
+        f"{subcommand}: the class names of {weights} are unknown: pass --ckpt_path of a trained checkpoint, "
+        f"--data.class_names [...], or --data.root with one folder per class"
+    )
