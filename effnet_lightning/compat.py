@@ -1,7 +1,7 @@
 """Every private Lightning and torch member this project relies on, in one place.
 
 Private members change without notice between releases. Each one used is listed in `PRIVATE`
-with where it is used and why no public API does the job; `tests/test_compat.py` checks that
+with where it is used and why no public API does the job; `tests/unit/test_compat.py` checks that
 each still exists with the parameters relied on, and names it when it does not, so an upgrade
 fails there, in one line per member, rather than somewhere in a fit.
 

@@ -3,15 +3,21 @@ import os
 import shutil
 import tempfile
 
+import huggingface_hub.constants
 import pytest
+import timm
 import torch
 
 from effnet_lightning.data import demo
+from effnet_lightning.data.shards import write_shards
+from tests.helpers.images import make_bad_folder
+from tests.helpers.networks import randomise_batchnorm
+from tests.helpers.weights_cache import REPOS, add_to_cache
 
 # No test may reach the network or prompt for W&B credentials.
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
-# Hub weights come only from caches the tests build (test_hub.py), never from a real cache or the hub.
+# Hub weights come only from caches the tests build (the `hub_cache` fixture below), never from a real cache or the hub.
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["HF_HUB_CACHE"] = tempfile.mkdtemp(prefix="empty-hf-cache-")
 atexit.register(shutil.rmtree, os.environ["HF_HUB_CACHE"], ignore_errors=True)
@@ -19,32 +25,6 @@ os.environ.pop("HF_TOKEN", None)  # uploads are tested with the upload call repl
 # Shards read from a URL are cached by litdata in a folder the tests own.
 os.environ["LITDATA_CACHE_DIR"] = tempfile.mkdtemp(prefix="litdata-cache-")
 atexit.register(shutil.rmtree, os.environ["LITDATA_CACHE_DIR"], ignore_errors=True)
-
-
-def randomise_batchnorm(model: torch.nn.Module, seed: int = 0, in_channels: int = 3, size: int = 64) -> torch.nn.Module:
-    """Random BN scales and shifts, and running statistics measured on random images with them
-    in place: non-trivial values, so a wrong mapping cannot hide, under which activations stay
-    near unit scale and the logits depend on the input (with unit statistics that do not match
-    the activations, random weights wash the input out by the head, or blow it up)."""
-    g = torch.Generator().manual_seed(seed)
-    bns = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
-    momenta = [bn.momentum for bn in bns]
-    was_training = model.training
-    with torch.no_grad():
-        for bn in bns:
-            n = bn.num_features
-            bn.weight.copy_(torch.rand(n, generator=g) + 0.5)
-            bn.bias.copy_(torch.rand(n, generator=g) * 0.4 - 0.2)
-            bn.reset_running_stats()
-            bn.momentum = None  # cumulative average: the statistics of the batch below
-        model.train()
-        for m in model.modules():  # BatchNorm measures; dropout and stochastic depth stay off
-            if not isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
-                m.training = False
-        model(torch.randn(8, in_channels, size, size, generator=g))
-        for bn, momentum in zip(bns, momenta):
-            bn.momentum = momentum
-    return model.train(was_training)
 
 
 @pytest.fixture
@@ -69,45 +49,40 @@ def small_root(demo_root, tmp_path_factory):
     return root
 
 
-def make_bad_folder(root, per_class: int = 6):
-    """Class folders of good images, plus every kind of bad or odd file in class `ant`: a
-    truncated JPEG, an empty file, text under an image name, a dangling link, an unreadable file
-    (where permissions apply), a plain text file, CMYK, RGBA, 16-bit and grayscale images, and
-    hidden files and folders. Returns {kind: file name}."""
-    from PIL import Image
-
-    for c_index, name in enumerate(("ant", "bee", "cat")):
-        (root / name).mkdir(parents=True, exist_ok=True)
-        for i in range(per_class):
-            Image.new("RGB", (48, 40), (c_index * 80, i * 30, 100)).save(root / name / f"{i}.png")
-    ant = root / "ant"
-    full = ant / "full.jpg"
-    Image.effect_noise((64, 64), 60).convert("RGB").save(full, quality=95)
-    data = full.read_bytes()
-    (ant / "truncated.jpg").write_bytes(data[: len(data) // 2])
-    full.unlink()
-    (ant / "empty.jpg").write_bytes(b"")
-    (ant / "text.png").write_text("not a picture")
-    (ant / "notes.txt").write_text("a plain file: not listed")
-    (ant / "dangling.jpg").symlink_to(root / "missing.jpg")
-    Image.new("CMYK", (40, 40), (0, 255, 255, 0)).save(ant / "cmyk.jpg")
-    Image.new("RGBA", (40, 40), (10, 200, 10, 128)).save(ant / "rgba.png")
-    Image.new("I;16", (40, 40), 40000).save(ant / "deep.png")
-    Image.new("L", (40, 40), 90).save(ant / "gray.png")
-    (ant / ".hidden").mkdir()
-    Image.new("RGB", (8, 8)).save(ant / ".hidden" / "skip.png")
-    Image.new("RGB", (8, 8)).save(ant / ".thumb.png")
-    (root / ".cache").mkdir()
-    Image.new("RGB", (8, 8)).save(root / ".cache" / "not_a_class.png")
-    kinds = {"truncated": "truncated.jpg", "empty": "empty.jpg", "text": "text.png", "dangling": "dangling.jpg"}
-    if os.geteuid() != 0:  # root reads any file
-        Image.new("RGB", (8, 8)).save(ant / "locked.png")
-        (ant / "locked.png").chmod(0)
-        kinds["unreadable"] = "locked.png"
-    return kinds
-
-
 @pytest.fixture
 def bad_folder(tmp_path):
     root = tmp_path / "bad"
     return root, make_bad_folder(root)
+
+
+@pytest.fixture(scope="session")
+def small_shards(small_root, tmp_path_factory):
+    out = tmp_path_factory.mktemp("shards") / "small"
+    write_shards(small_root, out, workers=2, say=lambda line: None)
+    return out
+
+
+@pytest.fixture(scope="session")
+def hub_cache(tmp_path_factory):
+    """{repo: the timm model in the cache}, with non-trivial BatchNorm statistics."""
+    cache = tmp_path_factory.mktemp("hf-cache")
+    models = {}
+    for i, repo in enumerate(REPOS):
+        torch.manual_seed(i)
+        model = timm.create_model(repo.split("/")[1], pretrained=False)
+        models[repo] = randomise_batchnorm(model, seed=i).eval()
+        add_to_cache(cache, repo, models[repo])
+    add_to_cache(cache, "timm/resnet50.a1_in1k", config={"architecture": "resnet50", "num_classes": 1000})
+    # trained at 288 px, published with a 320-px test size
+    b3 = timm.create_model("efficientnet_b3.ra2_in1k", pretrained=False).pretrained_cfg
+    add_to_cache(
+        cache, "timm/efficientnet_b3.ra2_in1k", config={"architecture": "efficientnet_b3", "pretrained_cfg": b3}
+    )
+    return cache, models
+
+
+@pytest.fixture
+def offline_hub(hub_cache, monkeypatch):
+    cache, models = hub_cache
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(cache))
+    return models

@@ -11,7 +11,7 @@ lite0-lite2 and the hub's TF ports for lite3-lite4. The short names are timm's s
 original TensorFlow ImageNet training, "ns" NoisyStudent (JFT-300M pseudo-labels), "ap"
 AdvProp, "aa" AutoAugment, "ra" / "ra2" timm's RandAugment-trained PyTorch weights. The input
 each set expects is the one its publisher declares (torchvision's transforms, timm's
-pretrained_cfg); `tests/test_weights.py` checks every row against them.
+pretrained_cfg); `tests/unit/models/test_weights.py` checks every row against them.
 """
 
 from __future__ import annotations

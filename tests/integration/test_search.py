@@ -1,0 +1,135 @@
+"""The compound-scaling search, end to end through `cli.py scale-search` with tiny budgets."""
+
+import csv
+
+import pytest
+import torch
+
+from effnet_lightning import create_model
+from effnet_lightning.models.efficientnet import count_gmacs
+from effnet_lightning.tools.search import scaled_resolution
+from tests.helpers.cli import ROOT, run_cli
+
+
+@pytest.mark.slow
+def test_search_trains_each_distinct_network_once_reports_the_best_against_the_seed_spread_and_resumes(
+    small_root, tmp_path
+):
+    args = [
+        "scale-search",
+        "--config",
+        ROOT / "configs" / "debug.yaml",
+        "--alpha",
+        "1.1",
+        "1.2",
+        "1.3",
+        "--beta",
+        "1.1",
+        "1.2",
+        "--gamma",
+        "1.0",
+        "--base-resolution",
+        "64",
+        "--epochs",
+        "1",
+        "--baseline-seeds",
+        "1",
+        "2",
+        "--output-dir",
+        "search",
+        "--",
+        "--data.root",
+        small_root,
+        "--trainer.limit_train_batches",
+        "2",
+    ]
+    out = run_cli([*args[:1], "--workers", "2", *args[1:]], tmp_path)  # two fits at a time
+    with open(tmp_path / "search" / "results.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    baselines = [r for r in rows if r["variant"] == "b0"]
+    rows = {r["variant"]: r for r in rows if r["variant"] != "b0"}
+    assert [r["seed"] for r in baselines] == ["1", "2"] and all(r["status"] == "trained" for r in baselines)
+    assert set(rows) == {f"phi1_a{a}_b{b}_g1" for a in ("1.1", "1.2", "1.3") for b in ("1.1", "1.2")}
+    base_gmacs = count_gmacs(create_model("b0"), 64)
+    trained = []
+    for name, row in rows.items():
+        # the FLOPs ratio, counted again here on the network the variant name builds
+        assert int(row["resolution"]) == scaled_resolution(64, float(row["gamma"]), 1.0) == 64
+        ratio = count_gmacs(create_model(name), 64) / base_gmacs
+        assert float(row["flops_ratio"]) == pytest.approx(ratio, abs=1e-3)
+        assert (row["within_budget"] == "True") == (abs(ratio - 2) <= 0.3), name
+        if row["status"] == "trained":
+            assert row["seed"] == "1" and 0 <= float(row["val_acc"]) <= 1
+            checkpoint = torch.load(tmp_path / row["checkpoint"], weights_only=True)
+            hp = checkpoint["hyper_parameters"]  # trained through fit, at the candidate's size
+            assert hp["variant"] == name and hp["preprocessing"]["crop_size"] == 64
+            trained.append(row)
+        elif row["within_budget"] == "False":
+            assert row["status"] == "out of budget" and row["val_acc"] == ""
+    # alpha 1.1 and 1.2 round B0's repeats to the same counts: one network, trained once
+    twin = rows["phi1_a1.2_b1.2_g1"]
+    assert twin["status"] == "same network as phi1_a1.1_b1.2_g1" and twin["wall_s"] == ""
+    assert (
+        twin["val_acc"] == rows["phi1_a1.1_b1.2_g1"]["val_acc"]
+        and twin["params"] == rows["phi1_a1.1_b1.2_g1"]["params"]
+    )
+    print({name: (round(float(r["flops_ratio"]), 2), r["status"], r["val_acc"]) for name, r in rows.items()})
+    assert len(trained) == 3  # (1.1, 1.1, 1) and (1.2, 1.1, 1) are out of budget: 1.69x
+    best = max(trained, key=lambda r: (float(r["val_acc"]), -float(r["gmacs"])))
+    report = (tmp_path / "search" / "report.md").read_text()
+    assert f"**Best: alpha = {float(best['alpha']):g}, beta = {float(best['beta']):g}, gamma = 1**" in report
+    scores = sorted(float(r["val_acc"]) for r in baselines)
+    assert f"median {sum(scores) / 2:.4f}, seed spread (max - min) {scores[1] - scores[0]:.4f}" in report
+    assert f"{float(best['val_acc']) - sum(scores) / 2:+.4f}" in report  # the best against the baseline's median
+    assert f"val/acc {float(best['val_acc']):.4f}" in out.stdout
+    assert out.stdout.count(": trained, val/acc") == 5  # 2 baseline seeds + 3 distinct networks
+
+    again = run_cli(args, tmp_path)  # one at a time now; finished candidates are not trained again
+    assert again.stdout.count(": cached, val/acc") == 5 and ": trained" not in again.stdout
+    with open(tmp_path / "search" / "results.csv", newline="") as f:
+        again_rows = {r["variant"]: r["val_acc"] for r in csv.DictReader(f) if r["variant"] != "b0"}
+    assert again_rows == {n: r["val_acc"] for n, r in rows.items()}
+
+
+def test_bad_search_arguments_are_one_line_errors(tmp_path):
+    out = run_cli(["scale-search", "--config", "missing.yaml"], tmp_path, check=False)
+    assert out.returncode == 2 and out.stderr.strip().splitlines()[-1] == "error: --config missing.yaml: no such file"
+    out = run_cli(["scale-search", "--tolerance", "2"], tmp_path, check=False)
+    assert out.stderr.strip().splitlines()[-1] == "error: need --budget > 0, 0 < --tolerance < 1 and --workers >= 1"
+    for arg in ("--data.image_size=128", "--config"):
+        out = run_cli(["scale-search", "--", arg, "x"], tmp_path, check=False)
+        assert out.stderr.strip().splitlines()[-1].startswith(f"error: {arg.split('=')[0]} is set per candidate by")
+
+
+@pytest.mark.slow
+def test_the_slurm_launcher_trains_each_candidate_as_a_submitit_job_into_the_same_cache_and_report(
+    small_root, tmp_path
+):
+    """`--launcher slurm` through submitit's local executor (`submitit-local`: the same jobs, no
+    cluster): every fit its own job, results in the per-candidate cache the local pool reads."""
+    args = ["scale-search", "--config", ROOT / "configs" / "debug.yaml", "--alpha", "1.3", "--beta", "1.1"]
+    args += ["--gamma", "1.0", "--base-resolution", "64", "--epochs", "1", "--output-dir", "search"]
+    fit = ["--", "--data.root", small_root, "--trainer.limit_train_batches", "2"]
+    out = run_cli([*args, "--launcher", "submitit-local", "--slurm-gpus", "0", *fit], tmp_path)
+    assert "scale-search: submitted 2 jobs (" in out.stdout
+    with open(tmp_path / "search" / "results.csv", newline="") as f:
+        rows = {r["variant"]: r for r in csv.DictReader(f)}
+    assert set(rows) == {"b0", "phi1_a1.3_b1.1_g1"}
+    assert all(r["status"] == "trained" and 0 <= float(r["val_acc"]) <= 1 for r in rows.values())
+    candidate = rows["phi1_a1.3_b1.1_g1"]
+    hp = torch.load(tmp_path / candidate["checkpoint"], weights_only=True)["hyper_parameters"]
+    assert hp["variant"] == "phi1_a1.3_b1.1_g1" and hp["preprocessing"]["crop_size"] == 64
+    job_logs = sorted((tmp_path / "search" / "jobs").glob("*_result.pkl"))
+    assert len(job_logs) == 2  # submitit's own record of each job
+    report = (tmp_path / "search" / "report.md").read_text()
+    assert f"{float(candidate['val_acc']):.4f}" in report
+
+    again = run_cli([*args, *fit], tmp_path)  # the local pool finds the jobs' results in the cache
+    assert again.stdout.count(": cached, val/acc") == 2 and ": trained" not in again.stdout
+    again = run_cli([*args, "--launcher", "submitit-local", "--slurm-gpus", "0", *fit], tmp_path)
+    assert again.stdout.count(": cached, val/acc") == 2 and "submitted" not in again.stdout  # no job for those
+
+    refused = run_cli([*args, "--launcher", "slurm", *fit], tmp_path, check=False)
+    assert refused.returncode == 2 and refused.stderr.strip().splitlines()[-1] == (
+        "error: --launcher slurm: no sbatch here; run scale-search on a SLURM login node, or use --launcher local"
+    )
