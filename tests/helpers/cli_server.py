@@ -7,6 +7,7 @@ would; it exits as that process would, atexit handlers and all. This process ans
 command with two lines: the child's pid when it starts, its exit status when it ends.
 """
 
+import glob
 import importlib
 import io
 import json
@@ -14,6 +15,8 @@ import os
 import runpy
 import sys
 import threading
+import time
+from pathlib import Path
 
 importlib.import_module("effnet_lightning.cli.app")  # what every command imports: torch, Lightning, ...
 
@@ -23,6 +26,25 @@ CLI = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspa
 def reply(value) -> None:
     sys.stdout.write(f"{value}\n")
     sys.stdout.flush()
+
+
+def group_running(group: int) -> bool:
+    """Whether a process of this process group still runs (zombies aside)."""
+    for stat in glob.glob("/proc/[0-9]*/stat"):
+        try:
+            fields = Path(stat).read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # ended while listed
+        if fields[0] != "Z" and int(fields[2]) == group:
+            return True
+    return False
+
+
+def wait_for_group(group: int) -> None:
+    """Until every process the command started has ended (DDP processes, loader workers), as a
+    subprocess's output is complete only when every process holding it open has ended."""
+    while group_running(group):
+        time.sleep(0.05)
 
 
 def serve() -> dict | None:
@@ -39,6 +61,7 @@ def serve() -> dict | None:
             return command
         reply(pid)
         _, status = os.waitpid(pid, 0)
+        wait_for_group(pid)
         reply(os.waitstatus_to_exitcode(status))
     return None
 
