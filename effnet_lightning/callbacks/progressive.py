@@ -45,7 +45,8 @@ class ProgressiveLearning(L.Callback):
         if stage != "fit" or not self.active:
             return
         data = trainer.datamodule
-        if not isinstance(data, ProgressiveStages):
+        staged = isinstance(data, ProgressiveStages)
+        if not staged:
             raise ValueError("--stages needs the image-folder data module (--data.root)")
         if not trainer.max_epochs or trainer.max_epochs < self.plan.count:
             raise ValueError(
@@ -67,9 +68,7 @@ class ProgressiveLearning(L.Callback):
             "cutmix": hp.cutmix_alpha,
             "dropout": pl_module.model.dropout.p,
         }
-        data.stage_at = partial(
-            self.plan.stage, max_epochs=trainer.max_epochs, image_size=data.train_size, final=final
-        )
+        data.stage_at = partial(self.plan.stage, max_epochs=trainer.max_epochs, image_size=data.train_size, final=final)
 
     def on_train_start(self, trainer, pl_module):
         # A fit resumed in the middle of an epoch starts without `on_train_epoch_start` for it.
