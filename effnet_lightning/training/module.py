@@ -3,6 +3,12 @@
 Metrics are logged under `train/`, `val/`, `test/`: `loss`, `acc` (top-1) and `acc_top5`,
 micro-averaged over samples, at the data's evaluation size; `val/acc@<size>` and
 `val/loss@<size>` at each of its extra evaluation sizes. `predict` returns class probabilities per image.
+
+Built in named phases: `__init__` checks the arguments and saves them as hyperparameters, then
+`configure_models` (the network and its forms), `configure_losses` and `configure_metrics`;
+`configure_optimizers` when a fit starts. What is frozen in which epoch is `FineTuning`
+(`finetuning.py`), the folded and compiled forms are `NetworkForms` (`network_forms.py`), and
+what is read from the data module is a Protocol of `effnet_lightning/contracts.py`.
 """
 
 from __future__ import annotations
@@ -218,7 +224,7 @@ class EfficientNetModule(L.LightningModule):
         predict, compiled when `compile` is on."""
         return self.forms.network(self.training)
 
-    # The folded form under the names tests/test_compilation.py reaches for.
+    # The folded form under its former names, which tests/test_compilation.py still reaches for.
     def _evaluate_folded(self, start: bool) -> None:
         if start:
             self.forms.start_evaluation()
