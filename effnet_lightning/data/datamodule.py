@@ -334,6 +334,12 @@ class ImageFolderDataModule(L.LightningDataModule):
             check_same_listing(digests)
         return digest
 
+    @property
+    def batch_size(self) -> int:
+        """Images per batch on each device: the global batch is batch_size x devices x nodes
+        (x accumulate_grad_batches per optimizer step)."""
+        return self.hparams.batch_size
+
     def class_counts(self) -> list[int]:
         """Training images per class (after setup)."""
         counts = [0] * self.num_classes
