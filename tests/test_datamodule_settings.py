@@ -4,7 +4,7 @@ its arguments."""
 import pytest
 
 from effnet_lightning.data.datamodule import (
-    ImageSizes,
+    ResolvedSizes,
     check_augmentation,
     check_sizes,
     predict_folder,
@@ -14,7 +14,7 @@ from effnet_lightning.models.preprocessing import Preprocessing
 
 
 def test_without_preprocessing_the_sizes_are_imagenets_224():
-    assert resolve_sizes(None) == ImageSizes(train=224, evaluation=Preprocessing(224, 256), extra_eval=())
+    assert resolve_sizes(None) == ResolvedSizes(train=224, evaluation=Preprocessing(224, 256), extra_eval=())
 
 
 def test_image_size_sets_both_crops_at_the_weights_crop_fraction():

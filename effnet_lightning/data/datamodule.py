@@ -530,7 +530,7 @@ def check_augmentation(
 
 
 @dataclass(frozen=True)
-class ImageSizes:
+class ResolvedSizes:
     """The image sizes of a run: the training crop, the evaluation preprocessing (its crop is the
     evaluation size) and the further sizes validated, without the evaluation size itself."""
 
@@ -544,14 +544,14 @@ def resolve_sizes(
     image_size: int | None = None,
     eval_image_size: int | None = None,
     extra_eval_sizes: list[int] | None = None,
-) -> ImageSizes:
+) -> ResolvedSizes:
     """The sizes the data module's arguments ask for. The training crop is `image_size`, else
     the weights' crop; the evaluation crop is `eval_image_size`, else `image_size`, else the
     weights' test size or crop, resized at the weights' crop fraction (no preprocessing: 224 px,
     ImageNet's). Extra evaluation sizes keep their first order, once each."""
     pre = Preprocessing(**preprocessing) if preprocessing else Preprocessing.for_resolution(224)
     eval_size = eval_image_size or image_size or pre.test_size or pre.crop_size
-    return ImageSizes(
+    return ResolvedSizes(
         train=image_size or pre.crop_size,
         evaluation=pre.resized(eval_size) if eval_size != pre.crop_size else pre,
         extra_eval=tuple(size for size in dict.fromkeys(extra_eval_sizes or []) if size != eval_size),

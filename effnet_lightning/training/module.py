@@ -224,17 +224,6 @@ class EfficientNetModule(L.LightningModule):
         predict, compiled when `compile` is on."""
         return self.forms.network(self.training)
 
-    # The folded form under its former names, which tests/test_compilation.py still reaches for.
-    def _evaluate_folded(self, start: bool) -> None:
-        if start:
-            self.forms.start_evaluation()
-        else:
-            self.forms.end_evaluation()
-
-    @property
-    def _inference_form(self) -> tuple[nn.Module, ...]:
-        return () if self.forms.folded is None else (self.forms.folded,)
-
     def _fit_epoch(self) -> int | None:
         """The current epoch, or None when no trainer is attached (nothing is frozen then)."""
         return self.current_epoch if attached_trainer(self) is not None else None
