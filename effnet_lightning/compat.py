@@ -135,7 +135,7 @@ PRIVATE: tuple[PrivateMember, ...] = (
         "torch.nn.modules.batchnorm",
         "_BatchNorm",
         None,
-        "effnet_lightning/training/module.py",
+        "effnet_lightning/training/finetuning.py",
         "the one base class of every BatchNorm (1d, 2d, 3d, SyncBatchNorm)",
     ),
     PrivateMember(

@@ -78,7 +78,7 @@ class LRFinder(LearningRateFinder):
             return
         lr, how = self.found, "for the classifier" if hp.freeze_backbone_epochs else "for the network"
         if hp.lr_base_batch:
-            batch = trainer.datamodule.hparams.batch_size
+            batch = trainer.datamodule.batch_size
             global_batch = batch * trainer.world_size * trainer.accumulate_grad_batches
             lr = self.found * hp.lr_base_batch / global_batch
             how += f", at the global batch of {global_batch}: lr {lr:.3g} per {hp.lr_base_batch} images (lr_base_batch)"

@@ -10,6 +10,7 @@ import lightning as L
 import torch.distributed as dist
 
 from effnet_lightning.callbacks.atomic import write_atomically
+from effnet_lightning.contracts import SkippedFiles
 
 
 def _gather_to_rank_zero(rows: list) -> list:
@@ -54,10 +55,11 @@ class PredictionWriter(L.Callback):
         rows = sorted({row[0]: row for row in _gather_to_rank_zero(self.rows)}.values())
         if not trainer.is_global_zero:
             return
-        paths = trainer.datamodule.predict_paths()
+        datamodule = trainer.datamodule
+        paths = datamodule.predict_paths()
         predicted = {row[0] for row in rows}
         skipped = {
-            **getattr(trainer.datamodule, "skipped", {}),
+            **(datamodule.skipped if isinstance(datamodule, SkippedFiles) else {}),
             **{path: "could not be decoded" for i, path in enumerate(paths) if i not in predicted},
         }
         names = pl_module.class_names

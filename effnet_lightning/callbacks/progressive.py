@@ -3,7 +3,7 @@
     python cli.py fit --stages.count 4                      # 4 stages from half the size
     stages: {count: 4, start: 0.5, ramp: [randaugment, mixup, cutmix, dropout]}
 
-The schedule (`data/stages.py`) gives each epoch its stage from the epoch number and
+The plan (`data/stages.py`) gives each epoch its stage from the epoch number and
 `max_epochs` alone, so a fit resumed at an epoch boundary continues in its stage and every DDP
 process trains at the same size. The batch size stays fixed, so the step-based learning-rate
 schedule does not see stage changes.
@@ -16,6 +16,7 @@ from functools import partial
 import lightning as L
 from lightning.pytorch.utilities import rank_zero_info
 
+from effnet_lightning.contracts import ProgressiveStages
 from effnet_lightning.data.stages import REGULARISERS, ProgressivePlan, Regulariser
 
 
@@ -33,22 +34,23 @@ class ProgressiveLearning(L.Callback):
     """
 
     def __init__(self, count: int = 1, start: float = 0.5, ramp: list[Regulariser] | None = None):
-        self.schedule = ProgressivePlan(count, start, tuple(REGULARISERS if ramp is None else ramp))
+        self.plan = ProgressivePlan(count, start, tuple(REGULARISERS if ramp is None else ramp))
         self._announced: int | None = None
 
     @property
     def active(self) -> bool:
-        return self.schedule.count > 1
+        return self.plan.count > 1
 
     def setup(self, trainer, pl_module, stage):
         if stage != "fit" or not self.active:
             return
         data = trainer.datamodule
-        if not hasattr(data, "stage_at"):
+        staged = isinstance(data, ProgressiveStages)
+        if not staged:
             raise ValueError("--stages needs the image-folder data module (--data.root)")
-        if not trainer.max_epochs or trainer.max_epochs < self.schedule.count:
+        if not trainer.max_epochs or trainer.max_epochs < self.plan.count:
             raise ValueError(
-                f"--stages.count {self.schedule.count} needs --trainer.max_epochs of at least {self.schedule.count} "
+                f"--stages.count {self.plan.count} needs --trainer.max_epochs of at least {self.plan.count} "
                 f"(stages are shares of the epochs), got {trainer.max_epochs}"
             )
         if trainer.reload_dataloaders_every_n_epochs not in (0, 1):
@@ -66,9 +68,7 @@ class ProgressiveLearning(L.Callback):
             "cutmix": hp.cutmix_alpha,
             "dropout": pl_module.model.dropout.p,
         }
-        data.stage_at = partial(
-            self.schedule.stage, max_epochs=trainer.max_epochs, image_size=data.train_size, final=final
-        )
+        data.stage_at = partial(self.plan.stage, max_epochs=trainer.max_epochs, image_size=data.train_size, final=final)
 
     def on_train_start(self, trainer, pl_module):
         # A fit resumed in the middle of an epoch starts without `on_train_epoch_start` for it.
@@ -92,7 +92,7 @@ class ProgressiveLearning(L.Callback):
                 "cutmix": hp.cutmix_alpha > 0,
                 "dropout": True,
             }
-            shown = tuple(name for name in self.schedule.ramp if on[name])
+            shown = tuple(name for name in self.plan.ramp if on[name])
             rank_zero_info(f"epoch {epoch}: {stage.describe(shown)}")
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):

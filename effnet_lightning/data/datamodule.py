@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import lightning as L
@@ -131,42 +132,38 @@ class ImageFolderDataModule(L.LightningDataModule):
         preprocessing: dict | None = None,
     ):
         super().__init__()
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be positive, got {batch_size}")
-        for name, size in [("image_size", image_size), ("eval_image_size", eval_image_size)] + [
-            ("extra_eval_sizes", s) for s in extra_eval_sizes or []
-        ]:
-            if size is not None and size < 1:
-                raise ValueError(f"{name} must be positive, got {size}")
-        if not 0 <= randaugment_magnitude <= 30:
-            raise ValueError(f"randaugment_magnitude must be in 0-30, got {randaugment_magnitude}")
-        if not 0 < crop_scale[0] <= crop_scale[1] <= 1:
-            raise ValueError(f"crop_scale must satisfy 0 < min <= max <= 1, got {tuple(crop_scale)}")
-        if not 0 <= random_erasing <= 1 or mixup_alpha < 0 or cutmix_alpha < 0:
-            raise ValueError(
-                f"need 0 <= random_erasing <= 1 and mixup_alpha, cutmix_alpha >= 0, got "
-                f"{random_erasing}, {mixup_alpha}, {cutmix_alpha}"
-            )
+        check_sizes(batch_size, image_size, eval_image_size, extra_eval_sizes)
+        check_augmentation(randaugment_magnitude, crop_scale, random_erasing, mixup_alpha, cutmix_alpha)
         # The preprocessing and class names are logged once, by the model.
         self.save_hyperparameters(ignore=["preprocessing", "class_names"])
-        pre = Preprocessing(**preprocessing) if preprocessing else Preprocessing.for_resolution(224)
-        self.train_size = image_size or pre.crop_size
-        eval_size = eval_image_size or image_size or pre.test_size or pre.crop_size
-        self.preprocessing = pre.resized(eval_size) if eval_size != pre.crop_size else pre  # evaluation's
-        self.extra_eval_sizes = [s for s in dict.fromkeys(extra_eval_sizes or []) if s != eval_size]
+        sizes = resolve_sizes(preprocessing, image_size, eval_image_size, extra_eval_sizes)
+        self.train_size = sizes.train
+        self.preprocessing = sizes.evaluation  # the evaluation's: its crop is the evaluation size
+        self.extra_eval_sizes = list(sizes.extra_eval)
         # Progressive learning: epoch -> that epoch's training settings (set by the `stages` callback).
         self.stage_at: Callable[[int], Stage] | None = None
+        self._init_loader_state()
+        self._init_sources(root, predict_root)
+        self._init_classes(class_names)
+
+    def _init_loader_state(self) -> None:
+        """No loaders yet, and no position in the training data that a checkpoint brings."""
         self._loaders: dict[str, tuple[tuple, DataLoader]] = {}
         self._train_loader: StatefulDataLoader | None = None  # the one training draws from now
         self._train_position: dict | None = None  # a checkpoint's, for the next training loader
         self._resume_epoch = 0  # a checkpoint's next training epoch
-        self.predict_root = Path(predict_root).expanduser() if predict_root else None
-        if self.predict_root is not None and not self.predict_root.is_dir():
-            raise FileNotFoundError(f"--data.predict_root {self.predict_root} is not a folder: give a folder of images")
+
+    def _init_sources(self, root: str | None, predict_root: str | None) -> None:
+        """Where the images come from, as given (the labelled root is resolved with the classes),
+        and no splits listed yet."""
+        self.predict_root = predict_folder(predict_root)
+        self.root: Path | str | None = root_location(root)
+        self.shards: Shards | None = None
         self.splits: dict[str, list[tuple[str, int]]] = {}
         self.skipped: dict[str, str] = {}  # path: why it is not a readable image
-        self.root: Path | str | None = root if is_shard_url(root) else Path(root).expanduser() if root else None
-        self.shards: Shards | None = None
+
+    def _init_classes(self, class_names: list[str] | None) -> None:
+        """The classes: given (from a checkpoint), or those of the labelled folder."""
         if class_names:
             # From a checkpoint: the folder is checked when it is needed (predict and export
             # need none, so the demo data is not generated for them).
@@ -204,19 +201,36 @@ class ImageFolderDataModule(L.LightningDataModule):
 
     def setup(self, stage: str | None = None) -> None:
         if stage == "predict":
-            if self.predict_root is None:
-                raise ValueError("predict needs images: pass --data.predict_root DIR")
-            if "predict" not in self.splits:
-                paths = self._readable([(p, 0) for p in list_all_images(self.predict_root)])
-                if not paths:
-                    raise FileNotFoundError(f"no readable images under --data.predict_root {self.predict_root}")
-                self.splits["predict"] = [(p, i) for i, (p, _) in enumerate(paths)]  # label = position
-                log.info("predict: %d images under %s", len(paths), self.predict_root)
+            self._setup_predict()
             return
         if "train" in self.splits:
             return
         if self.root is None:
             self._check_root()
+        self._list_splits()
+        self._check_empty_classes()
+        digest = self._check_same_on_every_rank()
+        self._log_listing(digest)
+        if stage in (None, "fit"):
+            median_side = self._median_short_side()
+            self._check_image_size(median_side)
+            self._suggest_small_data_recipe(median_side)
+
+    def _setup_predict(self) -> None:
+        """List the readable images under `predict_root` once, each labelled by its position."""
+        if self.predict_root is None:
+            raise ValueError("predict needs images: pass --data.predict_root DIR")
+        if "predict" in self.splits:
+            return
+        paths = self._readable([(p, 0) for p in list_all_images(self.predict_root)])
+        if not paths:
+            raise FileNotFoundError(f"no readable images under --data.predict_root {self.predict_root}")
+        self.splits["predict"] = [(p, i) for i, (p, _) in enumerate(paths)]  # label = position
+        log.info("predict: %d images under %s", len(paths), self.predict_root)
+
+    def _list_splits(self) -> None:
+        """The train, val and test samples: from the shards, or listed (and checked) from the
+        folder; an error when train or val has no readable image."""
         hp = self.hparams
         if self.shards is not None:
             self.splits.update(self.shards.splits)  # listed and checked once, by `prepare`
@@ -228,8 +242,8 @@ class ImageFolderDataModule(L.LightningDataModule):
         for split in ("train", "val"):
             if not self.splits[split]:
                 raise FileNotFoundError(f"no readable images for {split} under {self.root}")
-        self._check_empty_classes()
-        digest = self._check_same_on_every_rank()
+
+    def _log_listing(self, digest: str) -> None:
         counts = ", ".join(f"{k} {len(v)}" for k, v in self.splits.items())
         log.info(
             "data: %s, %d classes, images: %s, training crop %d, evaluation crop %d, listing %s",
@@ -240,10 +254,6 @@ class ImageFolderDataModule(L.LightningDataModule):
             self.preprocessing.crop_size,
             digest,
         )
-        if stage in (None, "fit"):
-            median_side = self._median_short_side()
-            self._check_image_size(median_side)
-            self._suggest_small_data_recipe(median_side)
 
     def _median_short_side(self) -> int | None:
         """The median short side of (a sample of) the training images; None: unknown."""
@@ -318,11 +328,17 @@ class ImageFolderDataModule(L.LightningDataModule):
         node would otherwise mislabel silently)."""
         listing = repr((self.class_names, self.splits["train"], self.splits["val"], self.splits["test"]))
         digest = hashlib.sha1(listing.encode()).hexdigest()[:12]
-        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        if _distributed():
             digests = [None] * dist.get_world_size()
             dist.all_gather_object(digests, digest)
             check_same_listing(digests)
         return digest
+
+    @property
+    def batch_size(self) -> int:
+        """Images per batch on each device: the global batch is batch_size x devices x nodes
+        (x accumulate_grad_batches per optimizer step)."""
+        return self.hparams.batch_size
 
     def class_counts(self) -> list[int]:
         """Training images per class (after setup)."""
@@ -356,40 +372,29 @@ class ImageFolderDataModule(L.LightningDataModule):
         """The loader of `split` at `pre`'s size (training: with `stage`'s augmentation). The
         trainer asks again every epoch under progressive learning: the same settings hand back
         the same loader, so its worker processes live on."""
-        hp = self.hparams
-        distributed = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+        distributed = _distributed()
         key = (pre, stage, distributed)
-        cached = self._loaders.get(f"{split}@{pre.crop_size}")
+        name = f"{split}@{pre.crop_size}"
+        cached = self._loaders.get(name)
         if cached is not None and cached[0] == key:
             return cached[1]
+        loader = self._new_loader(split, pre, stage, distributed)
+        self._loaders[name] = (key, loader)
+        return loader
+
+    def _new_loader(self, split: str, pre: Preprocessing, stage: Stage | None, distributed: bool) -> DataLoader:
+        """A loader of `split`: training (with `stage`) draws in the seeded order and mixes
+        batches when the stage does; evaluation reads every image once, in order."""
+        hp = self.hparams
         train = stage is not None
-        if train:
-            transform = train_transform(
-                pre.resized(stage.image_size), hp.augment, hp.crop_scale, hp.random_erasing, stage.randaugment_magnitude
-            )
-        else:
-            transform = eval_transform(pre)
         mixing = train and (stage.mixup_alpha > 0 or stage.cutmix_alpha > 0)
-        # Training decodes straight to tensors (faster; see benchmarks/input_pipeline.py); evaluation
-        # reads through PIL, as the pretrained weights were evaluated.
-        decode = decode_rgb if train else load_rgb
-        dataset = ImageFileDataset(self.splits[split], transform, strict=hp.strict, decode=decode, with_seed=mixing)
-        sampler = None
-        if train:
-            # Order, augmentation and mixing from (seed, epoch) alone: resumes and rebuilt loaders
-            # replay them exactly (Lightning wraps the sampler for DDP, shuffling by seed and epoch).
-            counts = self.class_counts() if hp.weighted_sampler else None
-            weights = [1.0 / counts[label] for label in sample_labels(dataset.samples)] if counts else None
-            sampler = SeededOrder(len(dataset), torch.initial_seed(), self.next_epoch, weights)
-        elif split in ("val", "test") and distributed:
-            # Every image exactly once across ranks (no padding duplicates), so metrics equal a
-            # single-process run. (Lightning does the same for predict.)
-            sampler = UnrepeatedDistributedSampler(dataset, shuffle=False)
-        workers = hp.num_workers
+        dataset = self._dataset(split, pre, stage, with_seed=mixing)
+        sampler = self._train_sampler(dataset) if train else self._eval_sampler(split, dataset, distributed)
         collate = MixCollate(self.num_classes, stage.mixup_alpha, stage.cutmix_alpha) if mixing else None
+        workers = hp.num_workers
         # The training loader's position (batches handed out this epoch) goes into checkpoints: a fit
         # stopped mid-epoch resumes with the very batches the uninterrupted run would have had next.
-        loader = (StatefulDataLoader if train else DataLoader)(
+        return (StatefulDataLoader if train else DataLoader)(
             dataset,
             batch_size=hp.batch_size,
             shuffle=train and sampler is None,
@@ -403,8 +408,37 @@ class ImageFolderDataModule(L.LightningDataModule):
             # draws worker seeds from it, not from the global one that dropout and augmentation use.
             generator=torch.Generator().manual_seed(torch.initial_seed()),
         )
-        self._loaders[f"{split}@{pre.crop_size}"] = (key, loader)
-        return loader
+
+    def _dataset(self, split: str, pre: Preprocessing, stage: Stage | None, with_seed: bool) -> ImageFileDataset:
+        """`split`'s images under the training transform at `stage`'s size and augmentation, or,
+        with no stage, under the evaluation transform at `pre`'s size."""
+        hp = self.hparams
+        if stage is not None:
+            transform = train_transform(
+                pre.resized(stage.image_size), hp.augment, hp.crop_scale, hp.random_erasing, stage.randaugment_magnitude
+            )
+        else:
+            transform = eval_transform(pre)
+        # Training decodes straight to tensors (faster; see benchmarks/input_pipeline.py); evaluation
+        # reads through PIL, as the pretrained weights were evaluated.
+        decode = decode_rgb if stage is not None else load_rgb
+        return ImageFileDataset(self.splits[split], transform, strict=hp.strict, decode=decode, with_seed=with_seed)
+
+    def _train_sampler(self, dataset: ImageFileDataset) -> SeededOrder:
+        """Order, augmentation and mixing from (seed, epoch) alone: resumes and rebuilt loaders
+        replay them exactly (Lightning wraps the sampler for DDP, shuffling by seed and epoch).
+        With `weighted_sampler`, each image is drawn with probability 1 / (images in its class)."""
+        counts = self.class_counts() if self.hparams.weighted_sampler else None
+        weights = [1.0 / counts[label] for label in sample_labels(dataset.samples)] if counts else None
+        return SeededOrder(len(dataset), torch.initial_seed(), self.next_epoch, weights)
+
+    @staticmethod
+    def _eval_sampler(split: str, dataset: ImageFileDataset, distributed: bool) -> UnrepeatedDistributedSampler | None:
+        """Under DDP, every val / test image exactly once across ranks (no padding duplicates), so
+        metrics equal a single-process run (Lightning does the same for predict); else None."""
+        if split in ("val", "test") and distributed:
+            return UnrepeatedDistributedSampler(dataset, shuffle=False)
+        return None
 
     def train_dataloader(self) -> DataLoader:
         loader = self._loader("train", self.preprocessing, self.train_stage())
@@ -462,6 +496,88 @@ class ImageFolderDataModule(L.LightningDataModule):
         loader = DataLoader(dataset, batch_size=self.hparams.batch_size, num_workers=self.hparams.num_workers)
         images, labels = zip(*loader)
         return torch.cat(images), torch.cat(labels)
+
+
+def check_sizes(
+    batch_size: int, image_size: int | None, eval_image_size: int | None, extra_eval_sizes: list[int] | None
+) -> None:
+    """Raise unless the batch size and every image size given are positive."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be positive, got {batch_size}")
+    named = [("image_size", image_size), ("eval_image_size", eval_image_size)]
+    for name, size in named + [("extra_eval_sizes", size) for size in extra_eval_sizes or []]:
+        if size is not None and size < 1:
+            raise ValueError(f"{name} must be positive, got {size}")
+
+
+def check_augmentation(
+    randaugment_magnitude: int,
+    crop_scale: tuple[float, float],
+    random_erasing: float,
+    mixup_alpha: float,
+    cutmix_alpha: float,
+) -> None:
+    """Raise unless the augmentation settings are in their ranges."""
+    if not 0 <= randaugment_magnitude <= 30:
+        raise ValueError(f"randaugment_magnitude must be in 0-30, got {randaugment_magnitude}")
+    if not 0 < crop_scale[0] <= crop_scale[1] <= 1:
+        raise ValueError(f"crop_scale must satisfy 0 < min <= max <= 1, got {tuple(crop_scale)}")
+    if not 0 <= random_erasing <= 1 or mixup_alpha < 0 or cutmix_alpha < 0:
+        raise ValueError(
+            f"need 0 <= random_erasing <= 1 and mixup_alpha, cutmix_alpha >= 0, got "
+            f"{random_erasing}, {mixup_alpha}, {cutmix_alpha}"
+        )
+
+
+@dataclass(frozen=True)
+class ResolvedSizes:
+    """The image sizes of a run: the training crop, the evaluation preprocessing (its crop is the
+    evaluation size) and the further sizes validated, without the evaluation size itself."""
+
+    train: int
+    evaluation: Preprocessing
+    extra_eval: tuple[int, ...] = ()
+
+
+def resolve_sizes(
+    preprocessing: dict | None,
+    image_size: int | None = None,
+    eval_image_size: int | None = None,
+    extra_eval_sizes: list[int] | None = None,
+) -> ResolvedSizes:
+    """The sizes the data module's arguments ask for. The training crop is `image_size`, else
+    the weights' crop; the evaluation crop is `eval_image_size`, else `image_size`, else the
+    weights' test size or crop, resized at the weights' crop fraction (no preprocessing: 224 px,
+    ImageNet's). Extra evaluation sizes keep their first order, once each."""
+    pre = Preprocessing(**preprocessing) if preprocessing else Preprocessing.for_resolution(224)
+    eval_size = eval_image_size or image_size or pre.test_size or pre.crop_size
+    return ResolvedSizes(
+        train=image_size or pre.crop_size,
+        evaluation=pre.resized(eval_size) if eval_size != pre.crop_size else pre,
+        extra_eval=tuple(size for size in dict.fromkeys(extra_eval_sizes or []) if size != eval_size),
+    )
+
+
+def predict_folder(predict_root: str | None) -> Path | None:
+    """`--data.predict_root` as a path (None: not given); an error unless it is a folder."""
+    if not predict_root:
+        return None
+    folder = Path(predict_root).expanduser()
+    if not folder.is_dir():
+        raise FileNotFoundError(f"--data.predict_root {folder} is not a folder: give a folder of images")
+    return folder
+
+
+def root_location(root: str | None) -> Path | str | None:
+    """`--data.root` as a path, or as the URL of shards in an object store (None: not given)."""
+    if is_shard_url(root):
+        return root
+    return Path(root).expanduser() if root else None
+
+
+def _distributed() -> bool:
+    """Whether this process is one of several in a process group."""
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
 def check_same_listing(digests: list[str]) -> None:

@@ -87,12 +87,21 @@ def _contrasting_colour(rng: random.Random, background: Image.Image) -> tuple[in
 def draw_shape(label: str, rng: random.Random, size: int = IMAGE_SIZE) -> Image.Image:
     """One image of class `label`."""
     img = _background(rng, size)
-    background = img.copy()
     fill = _contrasting_colour(rng, img)
-    draw = ImageDraw.Draw(img)
     r = rng.uniform(0.25, 0.42) * size
     cx, cy = rng.uniform(r + 2, size - r - 2), rng.uniform(r + 2, size - r - 2)
     angle = rng.uniform(0, 2 * math.pi)
+    _paint_shape(img, label, fill, cx, cy, r, angle)
+    return img.filter(ImageFilter.GaussianBlur(rng.uniform(0, 0.8)))
+
+
+def _paint_shape(
+    img: Image.Image, label: str, fill: tuple[int, int, int], cx: float, cy: float, r: float, angle: float
+) -> None:
+    """Paint the shape of class `label` onto `img`: centred at (cx, cy), `r` from the centre to
+    its outer edge, turned by `angle` (radians)."""
+    background = img.copy()
+    draw = ImageDraw.Draw(img)
     box = (cx - r, cy - r, cx + r, cy + r)
     if label == "circle":
         draw.ellipse(box, fill=fill)
@@ -103,19 +112,12 @@ def draw_shape(label: str, rng: random.Random, size: int = IMAGE_SIZE) -> Image.
     elif label == "frame":
         draw.polygon(_polygon(cx, cy, r, 4, angle), outline=fill, width=max(2, int(r * 0.25)))
     elif label == "bar":
-        c, s = math.cos(angle), math.sin(angle)
-        w = r * 0.3
-        draw.polygon(
-            [(cx + x * c - y * s, cy + x * s + y * c) for x, y in [(-r, -w), (r, -w), (r, w), (-r, w)]], fill=fill
-        )
+        draw.polygon(_bar(cx, cy, r, r * 0.3, angle), fill=fill)
     elif label == "star":
         draw.polygon(_polygon(cx, cy, r, 5, angle, inner=0.45), fill=fill)
     elif label == "cross":
-        w = r * 0.32
-        arm = [(-r, -w), (r, -w), (r, w), (-r, w)]
         for rot in (angle, angle + math.pi / 2):
-            c, s = math.cos(rot), math.sin(rot)
-            draw.polygon([(cx + x * c - y * s, cy + x * s + y * c) for x, y in arm], fill=fill)
+            draw.polygon(_bar(cx, cy, r, r * 0.32, rot), fill=fill)
     elif label == "semicircle":
         start = math.degrees(angle)
         draw.pieslice(box, start, start + 180, fill=fill)
@@ -127,7 +129,18 @@ def draw_shape(label: str, rng: random.Random, size: int = IMAGE_SIZE) -> Image.
         img.paste(background, mask=bite)
     else:
         raise ValueError(f"unknown demo class {label!r}")
-    return img.filter(ImageFilter.GaussianBlur(rng.uniform(0, 0.8)))
+
+
+def _bar(cx: float, cy: float, half_length: float, half_width: float, angle: float) -> list[tuple[float, float]]:
+    """Corners of a rectangle centred at (cx, cy), its long axis turned by `angle`."""
+    c, s = math.cos(angle), math.sin(angle)
+    corners = [
+        (-half_length, -half_width),
+        (half_length, -half_width),
+        (half_length, half_width),
+        (-half_length, half_width),
+    ]
+    return [(cx + x * c - y * s, cy + x * s + y * c) for x, y in corners]
 
 
 def generate(root: str | os.PathLike, seed: int = SEED, size: int = IMAGE_SIZE) -> Path:

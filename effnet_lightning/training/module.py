@@ -3,6 +3,12 @@
 Metrics are logged under `train/`, `val/`, `test/`: `loss`, `acc` (top-1) and `acc_top5`,
 micro-averaged over samples, at the data's evaluation size; `val/acc@<size>` and
 `val/loss@<size>` at each of its extra evaluation sizes. `predict` returns class probabilities per image.
+
+Built in named phases: `__init__` checks the arguments and saves them as hyperparameters, then
+`configure_models` (the network and its forms), `configure_losses` and `configure_metrics`;
+`configure_optimizers` when a fit starts. What is frozen in which epoch is `FineTuning`
+(`finetuning.py`), the folded and compiled forms are `NetworkForms` (`network_forms.py`), and
+what is read from the data module is a Protocol of `effnet_lightning/contracts.py`.
 """
 
 from __future__ import annotations
@@ -17,13 +23,16 @@ from torch import nn
 from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
 
-from effnet_lightning.models.compilation import CompiledOrEager
+from effnet_lightning.compat import attached_trainer, find_unused_parameters
+from effnet_lightning.contracts import BatchSize, ClassCounts, ImageSizes
 from effnet_lightning.models.factory import create_model
-from effnet_lightning.models.inference import fold_batchnorm, in_chunks
+from effnet_lightning.models.inference import in_chunks
 from effnet_lightning.models.preprocessing import Preprocessing
+from effnet_lightning.training.finetuning import FineTuning
+from effnet_lightning.training.network_forms import NetworkForms
 from effnet_lightning.training.optim import Optimizer, Schedule, lr_lambda, make_optimizer, param_groups, scale_lr
 
-STAGES = ("train", "val", "test")
+SPLITS = ("train", "val", "test")
 
 
 class EfficientNetModule(L.LightningModule):
@@ -130,65 +139,70 @@ class EfficientNetModule(L.LightningModule):
         super().__init__()
         if class_names is not None and len(class_names) != num_classes:
             raise ValueError(f"{len(class_names)} class names for {num_classes} classes")
-        if freeze_backbone_epochs < 0 or unfreeze_groups_per_epoch < 0:
-            raise ValueError(
-                f"need freeze_backbone_epochs >= 0 and unfreeze_groups_per_epoch >= 0, got "
-                f"{freeze_backbone_epochs} and {unfreeze_groups_per_epoch}"
-            )
+        self.finetuning = FineTuning(freeze_backbone_epochs, unfreeze_groups_per_epoch, freeze_bn)  # checks its values
         if not (0 < backbone_lr_ratio <= 1 and 0 < layer_lr_decay <= 1):
             raise ValueError(
                 f"need 0 < backbone_lr_ratio <= 1 and 0 < layer_lr_decay <= 1, got {backbone_lr_ratio} and "
                 f"{layer_lr_decay}"
             )
         self.save_hyperparameters()
-        self.model = create_model(
-            variant,
-            num_classes=num_classes,
-            weights=weights,
-            weights_only=weights_only,
-            drop_path_rate=drop_path_rate,
-            dropout=dropout,
-            # Frozen BatchNorm keeps its initial scale: a zero one would switch the residual branches off.
-            **{
-                "lean_bn_act": lean_bn_act,
-                **({"zero_init_residual": False} if freeze_bn else {}),
-                **(model_options or {}),
-            },
-        )
-        if zero_init_head and num_classes and not self.model.provenance.head_loaded:
-            nn.init.zeros_(self.model.classifier.weight)
-        if channels_last:
-            self.model = self.model.to(memory_format=torch.channels_last)
-        self.model.set_grad_checkpointing(grad_checkpointing)
-        self._compiled: CompiledOrEager | None = None  # made at the first call, see `network`
-        self._inference_form: tuple[nn.Module, ...] = ()  # (the folded network,) in validate / test / predict
-        if preprocessing:
-            self.model.provenance = self.model.provenance.with_preprocessing(Preprocessing(**preprocessing))
-        self.batchnorms = [m for m in self.model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-        if freeze_bn:
-            for bn in self.batchnorms:
-                bn.requires_grad_(False)
-        self.loss_weights: torch.Tensor | None = None
         self._trained = False  # set by training or by loading a checkpoint (load_from_checkpoint too)
         self.class_names = list(class_names) if class_names else [str(i) for i in range(num_classes)]
+        self.configure_models()
+        self.configure_losses()
+        self.configure_metrics()
+
+    def configure_models(self) -> None:
+        """The network (`model`, the only submodule with state) and its forms (`forms`)."""
+        hp = self.hparams
+        model_options = hp.model_options
+        self.model = create_model(
+            hp.variant,
+            num_classes=hp.num_classes,
+            weights=hp.weights,
+            weights_only=hp.weights_only,
+            drop_path_rate=hp.drop_path_rate,
+            dropout=hp.dropout,
+            **{"lean_bn_act": hp.lean_bn_act, **self.finetuning.model_options, **(model_options or {})},
+        )
+        if hp.zero_init_head and hp.num_classes and not self.model.provenance.head_loaded:
+            nn.init.zeros_(self.model.classifier.weight)
+        if hp.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.model.set_grad_checkpointing(hp.grad_checkpointing)
+        if hp.preprocessing:
+            self.model.provenance = self.model.provenance.with_preprocessing(Preprocessing(**hp.preprocessing))
+        self.finetuning.fix_batchnorm(self.model)
+        # The folded copy and the compiled wrapper: no submodules, so checkpoints hold `model.*` only.
+        self.forms = NetworkForms(self.model, compile=hp.compile, fold_bn=hp.fold_bn)
         # Plain types, so the checkpoint loads with torch.load(weights_only=True). The settings the
         # weights chose (SAME padding, BatchNorm eps) are kept, so the checkpoint rebuilds this network.
-        self.hparams["variant"] = self.model.variant.name
-        self.hparams["preprocessing"] = self.model.provenance.preprocessing.to_dict()
-        self.hparams["model_options"] = {**self.model.provenance.build.changes(), **(model_options or {})} or None
-        self.metrics = nn.ModuleDict({f"{stage}_metrics": self._make_metrics(num_classes, stage) for stage in STAGES})
-        self.extra_val_acc = nn.ModuleDict()  # size -> top-1 there (`extra_eval_sizes`), made in setup
+        hp["variant"] = self.model.variant.name
+        hp["preprocessing"] = self.model.provenance.preprocessing.to_dict()
+        hp["model_options"] = {**self.model.provenance.build.changes(), **(model_options or {})} or None
+
+    def configure_losses(self) -> None:
+        """Cross-entropy with label smoothing (see `loss`); the class weights of
+        `class_weighted_loss` come from the data, in `setup`."""
+        self.loss_weights: torch.Tensor | None = None
+
+    def configure_metrics(self) -> None:
+        """Top-1 and top-5 per split, top-1 per extra evaluation size (made in `setup`, when
+        the data names them), the confusion matrices of validation and test."""
+        num_classes = self.hparams.num_classes
+        self.metrics = nn.ModuleDict({f"{split}_metrics": self._make_metrics(num_classes, split) for split in SPLITS})
+        self.extra_val_acc = nn.ModuleDict()  # size -> top-1 there (`extra_eval_sizes`)
         self.val_confusion = MulticlassConfusionMatrix(num_classes)
         self.test_confusion = MulticlassConfusionMatrix(num_classes)
 
     @staticmethod
-    def _make_metrics(num_classes: int, stage: str) -> MetricCollection:
+    def _make_metrics(num_classes: int, split: str) -> MetricCollection:
         return MetricCollection(
             {
                 "acc": MulticlassAccuracy(num_classes, top_k=1, average="micro"),
                 "acc_top5": MulticlassAccuracy(num_classes, top_k=min(5, num_classes), average="micro"),
             },
-            prefix=f"{stage}/",
+            prefix=f"{split}/",
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -206,66 +220,49 @@ class EfficientNetModule(L.LightningModule):
 
     @property
     def network(self):
-        """`model` (its folded copy in validate / test / predict), compiled when `compile` is on.
-        Neither is a submodule, so checkpoints hold the plain network's keys."""
-        inference = bool(self._inference_form) and not self.training
-        model = self._inference_form[0] if inference else self.model
-        if not self.hparams.compile:
-            return model
-        if self._compiled is None or self._compiled.module is not model:
-            # The inference form's weights are constants: inductor's freezing folds them into the graph.
-            self._compiled = CompiledOrEager(model, **({"options": {"freezing": True}} if inference else {}))
-        return self._compiled
+        """What runs now (`forms.network`): `model`, or its folded copy in validate / test /
+        predict, compiled when `compile` is on."""
+        return self.forms.network(self.training)
 
-    def _evaluate_folded(self, start: bool) -> None:
-        """At the start of validate / test / predict, fold the weights being evaluated (`fold_bn`);
-        at the end, drop the copy."""
-        self._inference_form = (fold_batchnorm(self.model),) if start and self.hparams.fold_bn else ()
+    def _fit_epoch(self) -> int | None:
+        """The current epoch, or None when no trainer is attached (nothing is frozen then)."""
+        return self.current_epoch if attached_trainer(self) is not None else None
 
     @property
     def backbone_frozen(self) -> bool:
-        # `self.trainer` raises when detached; LightningModule has no public "is attached" check.
-        return self._trainer is not None and self.current_epoch < self.hparams.freeze_backbone_epochs
+        return self.finetuning.backbone_frozen(self._fit_epoch())
 
-    def frozen_groups(self, epoch: int | None = None) -> list[list[nn.Module]]:
-        """The block groups that do not train in this epoch (or `epoch`), from the input up:
-        all of them in the frozen epochs, then fewer by `unfreeze_groups_per_epoch` each epoch."""
-        if epoch is None and self._trainer is None:
-            return []
-        groups, hp = self.model.block_groups(), self.hparams
-        unfrozen_epochs = (self.current_epoch if epoch is None else epoch) - hp.freeze_backbone_epochs + 1
-        if unfrozen_epochs <= 0:
-            return groups
-        if not hp.unfreeze_groups_per_epoch:
-            return []
-        return groups[: max(0, len(groups) - hp.unfreeze_groups_per_epoch * unfrozen_epochs)]
+    def loss(self, logits: torch.Tensor, targets: torch.Tensor, split: str) -> torch.Tensor:
+        """Cross-entropy with label smoothing; in training weighted by class (`class_weighted_loss`).
+        Targets are class indices, or class probabilities (MixUp / CutMix)."""
+        weight = self.loss_weights.to(logits.device) if self.loss_weights is not None and split == "train" else None
+        return F.cross_entropy(logits, targets, weight=weight, label_smoothing=self.hparams.label_smoothing)
 
-    def model_step(self, batch, stage: str) -> dict:
+    def model_step(self, batch, split: str) -> dict:
         """Targets are class indices, or class probabilities (MixUp / CutMix; the metrics then
         count the largest share as the label)."""
         images, targets = batch
         logits = self(images)
-        weight = self.loss_weights.to(logits.device) if self.loss_weights is not None and stage == "train" else None
-        loss = F.cross_entropy(logits, targets, weight=weight, label_smoothing=self.hparams.label_smoothing)
+        loss = self.loss(logits, targets, split)
         labels = targets.argmax(1) if targets.ndim == 2 else targets
-        metrics = self.metrics[f"{stage}_metrics"]
+        metrics = self.metrics[f"{split}_metrics"]
         metrics(logits, labels)
-        on_step = stage == "train"
+        on_step = split == "train"
         self.log(
-            f"{stage}/loss",
+            f"{split}/loss",
             loss,
             on_step=on_step,
             on_epoch=True,
             prog_bar=True,
             batch_size=len(labels),
-            sync_dist=stage != "train",
+            sync_dist=split != "train",
             add_dataloader_idx=False,  # val/ names the evaluation size's loader; extra sizes log val/acc@<size>
         )
         self.log_dict(
             metrics,
             on_step=False,
             on_epoch=True,
-            prog_bar=stage != "train",
+            prog_bar=split != "train",
             batch_size=len(labels),
             add_dataloader_idx=False,
         )
@@ -278,7 +275,7 @@ class EfficientNetModule(L.LightningModule):
         if dataloader_idx:  # an extra evaluation size
             images, targets = batch
             size, logits = str(images.shape[-1]), self(images)
-            loss = F.cross_entropy(logits, targets, label_smoothing=self.hparams.label_smoothing)
+            loss = self.loss(logits, targets, "val")
             self.extra_val_acc[size](logits, targets)
             logged = {"batch_size": len(targets), "add_dataloader_idx": False}
             self.log(f"val/acc@{size}", self.extra_val_acc[size], **logged)
@@ -299,59 +296,37 @@ class EfficientNetModule(L.LightningModule):
         return {"index": indices, "probs": self(images).float().softmax(1)}
 
     def on_train_epoch_start(self) -> None:
-        hp, epoch = self.hparams, self.current_epoch
-        frozen_groups, total = self.frozen_groups(), len(self.model.block_groups())
-        before = len(self.frozen_groups(epoch - 1)) if epoch else total
-        if (hp.freeze_backbone_epochs or hp.unfreeze_groups_per_epoch) and len(frozen_groups) < before:
-            training = total - len(frozen_groups)
-            rank_zero_info(
-                f"epoch {epoch}: the backbone trains from now on"
-                if not frozen_groups
-                else f"epoch {epoch}: the top {training} of the backbone's {total} block groups train"
-            )
-        fixed = {id(p) for bn in self.batchnorms for p in bn.parameters()} if hp.freeze_bn else set()
-        frozen = {id(p) for modules in frozen_groups for m in modules for p in m.parameters()}
-        head = {id(p) for p in self.model.classifier.parameters()}
-        for p in self.model.parameters():
-            if id(p) not in head and id(p) not in fixed:
-                p.requires_grad_(id(p) not in frozen)
-        self.model.train()  # undo the frozen epochs' eval mode; on_train_batch_start sets it again where due
+        message = self.finetuning.start_epoch(self.model, self.current_epoch)
+        if message:
+            rank_zero_info(message)
 
     def on_train_batch_start(self, batch, batch_idx) -> None:
         # Lightning switches the module to train mode around validation; frozen BatchNorm
         # layers go back to their stored statistics every step.
-        if self.hparams.freeze_bn:
-            for bn in self.batchnorms:
-                bn.eval()
-        if self.backbone_frozen:
-            for m in self.model.modules():
-                if m is not self.model.classifier and m is not self.model.dropout:
-                    m.eval()
-        else:
-            for modules in self.frozen_groups():
-                for m in modules:
-                    m.eval()
+        self.finetuning.hold_frozen_in_eval(self.model, self._fit_epoch())
 
     def setup(self, stage: str) -> None:
-        # The data may crop at another size (--data.image_size): checkpoints record what it used.
-        datamodule = getattr(self.trainer, "datamodule", None)
-        if datamodule is not None and hasattr(datamodule, "preprocessing"):
+        datamodule = self.trainer.datamodule
+        if isinstance(datamodule, ImageSizes):
+            # The data may crop at another size (--data.image_size): checkpoints record what it used.
             self.model.provenance = self.model.provenance.with_preprocessing(datamodule.preprocessing)
             self.hparams["preprocessing"] = datamodule.preprocessing.to_dict()
-        for size in getattr(datamodule, "extra_eval_sizes", []):
-            if str(size) not in self.extra_val_acc:
-                self.extra_val_acc[str(size)] = MulticlassAccuracy(self.hparams.num_classes, top_k=1, average="micro")
+            for size in datamodule.extra_eval_sizes:
+                if str(size) not in self.extra_val_acc:
+                    self.extra_val_acc[str(size)] = MulticlassAccuracy(
+                        self.hparams.num_classes, top_k=1, average="micro"
+                    )
         if stage == "fit" and self.hparams.class_weighted_loss:
-            if not hasattr(datamodule, "class_counts"):
-                raise ValueError("class_weighted_loss needs a data module with class_counts()")
-            counts = torch.tensor(datamodule.class_counts(), dtype=torch.float32).clamp(min=1)
-            self.loss_weights = counts.sum() / (len(counts) * counts)
-        freezes = self.hparams.freeze_backbone_epochs or self.hparams.unfreeze_groups_per_epoch
-        if stage == "fit" and freezes and isinstance(self.trainer.strategy, DDPStrategy):
+            self.loss_weights = class_weights(datamodule)
+        if (
+            stage == "fit"
+            and self.finetuning.needs_unused_parameters
+            and isinstance(self.trainer.strategy, DDPStrategy)
+        ):
             # The frozen backbone gets no gradients in the first epochs; DDP must not wait for them.
             # DDPStrategy takes find_unused_parameters only at construction (which the user's config
             # owns); its kwargs are read when the model is wrapped, after this setup.
-            self.trainer.strategy._ddp_kwargs["find_unused_parameters"] = True
+            find_unused_parameters(self.trainer.strategy)
 
     def _require_trained_classifier(self, stage: str) -> None:
         trained = self.model.provenance.head_loaded or self._trained or self.trainer.ckpt_path is not None
@@ -364,24 +339,24 @@ class EfficientNetModule(L.LightningModule):
     def on_validation_start(self) -> None:
         if self.trainer.state.fn == TrainerFn.VALIDATING:
             self._require_trained_classifier("validate")
-            self._evaluate_folded(True)
+            self.forms.start_evaluation()
 
     def on_validation_end(self) -> None:
-        self._evaluate_folded(False)
+        self.forms.end_evaluation()
 
     def on_test_start(self) -> None:
         self._require_trained_classifier("test")
-        self._evaluate_folded(True)
+        self.forms.start_evaluation()
 
     def on_test_end(self) -> None:
-        self._evaluate_folded(False)
+        self.forms.end_evaluation()
 
     def on_predict_start(self) -> None:
         self._require_trained_classifier("predict")
-        self._evaluate_folded(True)
+        self.forms.start_evaluation()
 
     def on_predict_end(self) -> None:
-        self._evaluate_folded(False)
+        self.forms.end_evaluation()
 
     def on_train_start(self) -> None:
         self._trained = True
@@ -420,9 +395,10 @@ class EfficientNetModule(L.LightningModule):
         hp = self.hparams
         if not hp.lr_base_batch:
             return hp.lr
-        batch = getattr(getattr(self.trainer, "datamodule", None), "hparams", {}).get("batch_size")
-        if not batch:
+        datamodule = self.trainer.datamodule
+        if not isinstance(datamodule, BatchSize) or not datamodule.batch_size:
             raise ValueError("lr_base_batch needs the data module's batch_size")
+        batch = datamodule.batch_size
         trainer = self.trainer
         lr, global_batch = scale_lr(hp.lr, hp.lr_base_batch, batch, trainer.world_size, trainer.accumulate_grad_batches)
         rank_zero_info(
@@ -434,8 +410,8 @@ class EfficientNetModule(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         # The evaluation size is the preprocessing's crop (test / predict / export use it); the
         # training size is recorded beside it.
-        datamodule = getattr(self.trainer, "datamodule", None)
-        if datamodule is not None and hasattr(datamodule, "train_size"):
+        datamodule = self.trainer.datamodule
+        if isinstance(datamodule, ImageSizes):
             checkpoint["image_sizes"] = {"train": datamodule.train_size, "eval": datamodule.preprocessing.crop_size}
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
@@ -447,3 +423,13 @@ class EfficientNetModule(L.LightningModule):
                 f"data has {self.class_names[:5]}{'...' if len(self.class_names) > 5 else ''}: point --data.root at "
                 f"a folder with the checkpoint's classes, or fine-tune with --model.weights CKPT instead"
             )
+
+
+def class_weights(datamodule) -> torch.Tensor:
+    """total / (classes x images of the class) per class, so rare classes count as much as
+    common ones (`class_weighted_loss`)."""
+    per_class = datamodule.class_counts() if isinstance(datamodule, ClassCounts) else None
+    if per_class is None:
+        raise ValueError("class_weighted_loss needs a data module with class_counts()")
+    counts = torch.tensor(per_class, dtype=torch.float32).clamp(min=1)
+    return counts.sum() / (len(counts) * counts)

@@ -50,12 +50,12 @@ def test_the_inference_form_compiles_with_freezing_and_training_without(monkeypa
     monkeypatch.setattr(torch, "compile", recording_compile)
     plain, compiled = pair(compile=True)
     x = torch.randn(2, 3, 64, 64)
-    compiled._evaluate_folded(True)  # what on_validation_start / on_test_start / on_predict_start do
+    compiled.forms.start_evaluation()  # what on_validation_start / on_test_start / on_predict_start do
     with torch.no_grad():
         expected = plain.eval()(x)
         got = compiled.eval()(x)
     folded_module, options = calls[-1]
-    assert options == {"options": {"freezing": True}} and folded_module is compiled._inference_form[0]
+    assert options == {"options": {"freezing": True}} and folded_module is compiled.forms.folded
     # float32 rounding only (the folded weights round differently): within 1e-4 of the largest logit
     assert folded_module is not compiled.model and (got - expected).abs().max() <= 1e-4 * expected.abs().max()
     compiled.train()
