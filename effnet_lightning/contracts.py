@@ -3,7 +3,7 @@
 A data module gives a feature when it has the members of that feature's Protocol; the readers
 ask `isinstance(trainer.datamodule, ImageSizes)` and so on (each Protocol is runtime
 checkable: the check is that every member is there, not their types).
-`data.datamodule.ImageFolderDataModule` has them all (checked by `tests/test_contracts.py`).
+`data.datamodule.ImageFolderDataModule` has them all (checked by `tests/unit/test_contracts.py`).
 
 This module imports nothing of the project, nor torch or Lightning: both sides import it.
 """

@@ -1,218 +1,171 @@
-"""Fine-tuning in the module: staged and gradual unfreezing, frozen BatchNorm, class weighting,
-evaluating needs a trained classifier."""
+"""The fine-tuning policy (`training/finetuning.py`) on its own, on a small network: which block
+groups are frozen in which epoch, which parameters train after each epoch's start, what runs in
+eval mode, the values refused, and that it is plain PyTorch."""
 
-import shutil
-from collections import Counter
+import subprocess
+import sys
 
-import lightning as L
 import pytest
-import torch
+from torch import nn
 
-from effnet_lightning.data.datamodule import ImageFolderDataModule
-from effnet_lightning.models.factory import preprocessing_for
+from effnet_lightning.training.finetuning import FineTuning
 from effnet_lightning.training.module import EfficientNetModule
 
 
-def _tiny_trainer(epochs: int, callbacks=()) -> L.Trainer:
-    return L.Trainer(
-        max_epochs=epochs,
-        limit_train_batches=3,
-        limit_val_batches=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        callbacks=list(callbacks),
-    )
-
-
-class Snapshots(L.Callback):
-    """Copies of a backbone conv weight, a BN weight and running mean, and the classifier
-    weight at the start and the end of every training epoch; the learning rate per group."""
+class Small(nn.Module):
+    """What the policy reads of an EfficientNet: block_groups(), classifier, dropout."""
 
     def __init__(self):
-        self.snaps, self.lrs = [], []
+        super().__init__()
 
-    def _take(self, pl_module):
-        model = pl_module.model
-        return {
-            "conv": model.stem.conv.weight.detach().clone(),
-            "bn_weight": model.stem.bn.weight.detach().clone(),
-            "bn_mean": model.blocks[3].project.bn.running_mean.clone(),
-            "head": model.classifier.weight.detach().clone(),
-        }
+        def conv_bn(cin, cout):
+            return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.SiLU())
 
-    def on_train_epoch_start(self, trainer, pl_module):
-        self.start = self._take(pl_module)
+        self.stem = conv_bn(3, 4)
+        self.blocks = nn.ModuleList([conv_bn(4, 4) for _ in range(3)])
+        self.head = conv_bn(4, 8)
+        self.dropout = nn.Dropout(0.2)
+        self.classifier = nn.Linear(8, 3)
 
-    def on_train_epoch_end(self, trainer, pl_module):
-        end = self._take(pl_module)
-        self.snaps.append({k: not torch.equal(self.start[k], end[k]) for k in end})
-        self.lrs.append([(g["lr"], g.get("lr_scale", 1.0)) for g in trainer.optimizers[0].param_groups])
+    def block_groups(self) -> list[list[nn.Module]]:
+        return [[self.stem], *([b] for b in self.blocks), [self.head]]
 
 
-def _datamodule(small_root):
-    return ImageFolderDataModule(root=str(small_root), image_size=32, batch_size=8, num_workers=0)
+def names(network: Small, groups: list[list[nn.Module]]) -> list[str]:
+    by_id = {id(m): name for name, m in network.named_children()}
+    by_id.update({id(b): f"block{i}" for i, b in enumerate(network.blocks)})
+    return [by_id[id(m)] for modules in groups for m in modules]
 
 
-class GroupChanges(L.Callback):
-    """Per training epoch, which block groups' weights and BatchNorm statistics moved (from
-    the input up), and each parameter's learning rate."""
-
-    def __init__(self):
-        self.moved, self.stats_moved, self.lr_of = [], [], {}
-
-    @staticmethod
-    def _state(pl_module):
-        return [
-            [t.detach().clone() for m in modules for t in m.state_dict().values() if t.is_floating_point()]
-            for modules in pl_module.model.block_groups()
-        ]
-
-    def on_train_epoch_start(self, trainer, pl_module):
-        self.start = self._state(pl_module)
-        self.lr_of = {id(p): g["lr"] for g in trainer.optimizers[0].param_groups for p in g["params"]}
-
-    def on_train_epoch_end(self, trainer, pl_module):
-        end = self._state(pl_module)
-        self.moved.append([any(not torch.equal(a, b) for a, b in zip(s, e)) for s, e in zip(self.start, end)])
+def training_parts(network: Small) -> dict[str, bool]:
+    """Per part: whether all its parameters train."""
+    parts = {"stem": network.stem, **{f"block{i}": b for i, b in enumerate(network.blocks)}}
+    parts |= {"head": network.head, "classifier": network.classifier}
+    return {name: all(p.requires_grad for p in m.parameters()) for name, m in parts.items()}
 
 
-@pytest.mark.slow
-def test_staged_finetuning_trains_the_head_first_then_everything_at_a_lower_backbone_lr(small_root):
-    torch.manual_seed(0)
-    data = _datamodule(small_root)
+ALL = ["stem", "block0", "block1", "block2", "head"]
+
+
+def test_frozen_groups_per_epoch_from_the_input_up():
+    net = Small()
+    gradual = FineTuning(freeze_backbone_epochs=2, unfreeze_groups_per_epoch=2)
+    assert [names(net, gradual.frozen_groups(net, epoch)) for epoch in range(5)] == [
+        ALL,
+        ALL,
+        ["stem", "block0", "block1"],
+        ["stem"],
+        [],
+    ]
+    assert gradual.frozen_groups(net, None) == []  # no fit: nothing frozen
+    at_once = FineTuning(freeze_backbone_epochs=1)
+    assert [len(at_once.frozen_groups(net, epoch)) for epoch in range(3)] == [5, 0, 0]
+    assert [at_once.backbone_frozen(epoch) for epoch in (None, 0, 1)] == [False, True, False]
+    from_the_start = FineTuning(unfreeze_groups_per_epoch=3)  # no frozen epochs: the top 3 at epoch 0
+    assert [names(net, from_the_start.frozen_groups(net, epoch)) for epoch in range(3)] == [
+        ["stem", "block0"],
+        [],
+        [],
+    ]
+    assert FineTuning().frozen_groups(net, 0) == [] and not FineTuning().freezes
+
+
+def test_start_epoch_sets_requires_grad_and_returns_the_line_to_log():
+    net = Small()
+    policy = FineTuning(freeze_backbone_epochs=1, unfreeze_groups_per_epoch=2)
+    net.eval()
+    messages, trains = [], []
+    for epoch in range(5):
+        messages.append(policy.start_epoch(net, epoch))
+        trains.append(training_parts(net))
+        assert net.training  # start_epoch puts the whole network in train mode
+    assert messages == [
+        None,
+        "epoch 1: the top 2 of the backbone's 5 block groups train",
+        "epoch 2: the top 4 of the backbone's 5 block groups train",
+        "epoch 3: the backbone trains from now on",
+        None,
+    ]
+
+    def on(*parts):
+        return {name: name in parts for name in [*ALL, "classifier"]}
+
+    assert trains == [
+        on("classifier"),
+        on("block2", "head", "classifier"),
+        on("block0", "block1", "block2", "head", "classifier"),
+        on(*ALL, "classifier"),
+        on(*ALL, "classifier"),
+    ]
+    assert FineTuning(freeze_backbone_epochs=2).start_epoch(Small(), 2) == "epoch 2: the backbone trains from now on"
+
+
+def test_freeze_bn_keeps_batchnorm_out_of_training_in_every_epoch():
+    net = Small()
+    policy = FineTuning(freeze_bn=True)
+    assert policy.model_options == {"zero_init_residual": False} and FineTuning().model_options == {}
+    policy.fix_batchnorm(net)
+    batchnorm = [p for m in net.modules() if isinstance(m, nn.BatchNorm2d) for p in m.parameters()]
+    assert len(batchnorm) == 10 and not any(p.requires_grad for p in batchnorm)
+    assert policy.start_epoch(net, 0) is None  # nothing unfreezes: no line
+    assert not any(p.requires_grad for p in batchnorm)
+    convs = [m.weight for m in net.modules() if isinstance(m, nn.Conv2d)]
+    assert len(convs) == 5 and all(p.requires_grad for p in convs) and net.classifier.weight.requires_grad
+    policy.hold_frozen_in_eval(net, 0)
+    assert [m.training for m in net.modules() if isinstance(m, nn.BatchNorm2d)] == [False] * 5
+    assert all(m.training for m in net.modules() if not isinstance(m, nn.BatchNorm2d))
+
+
+def test_what_does_not_train_is_held_in_eval_mode():
+    net = Small()
+    policy = FineTuning(freeze_backbone_epochs=1, unfreeze_groups_per_epoch=2)
+    policy.start_epoch(net, 0)
+    policy.hold_frozen_in_eval(net, 0)  # the frozen epoch: the whole backbone on its statistics
+    backbone = [m for g in net.block_groups() for top in g for m in top.modules()]
+    assert len(backbone) == 20 and not any(m.training for m in backbone)
+    policy.start_epoch(net, 1)
+    assert all(m.training for m in net.modules())
+    policy.hold_frozen_in_eval(net, 1)  # the bottom three groups stay on their statistics
+    groups = ["stem", "blocks.0", "blocks.1", "blocks.2", "head"]
+    held = [g for g in groups if not any(m.training for m in net.get_submodule(g).modules())]
+    assert held == ["stem", "blocks.0", "blocks.1"]
+    assert all(m.training for g in groups[3:] for m in net.get_submodule(g).modules()) and net.classifier.training
+    net.train()
+    policy.hold_frozen_in_eval(net, None)  # no fit: nothing frozen
+    assert all(m.training for m in net.modules())
+
+
+@pytest.mark.parametrize(("epochs", "per_epoch"), [(-1, 0), (0, -2)])
+def test_negative_values_are_refused_in_one_line(epochs, per_epoch):
+    message = f"need freeze_backbone_epochs >= 0 and unfreeze_groups_per_epoch >= 0, got {epochs} and {per_epoch}"
+    with pytest.raises(ValueError, match=message):
+        FineTuning(freeze_backbone_epochs=epochs, unfreeze_groups_per_epoch=per_epoch)
+    with pytest.raises(ValueError, match=message):  # the module refuses them before building anything
+        EfficientNetModule("b0", num_classes=3, freeze_backbone_epochs=epochs, unfreeze_groups_per_epoch=per_epoch)
+
+
+def test_ddp_needs_unused_parameters_only_when_something_freezes():
+    assert [FineTuning(*values).needs_unused_parameters for values in [(0, 0), (1, 0), (0, 1), (0, 0, True)]] == [
+        False,
+        True,
+        True,
+        False,
+    ]
+
+
+def test_the_module_delegates_to_its_policy():
     module = EfficientNetModule(
-        "lite0",
-        weights="imagenet",
-        num_classes=10,
-        class_names=data.class_names,
-        freeze_backbone_epochs=1,
-        backbone_lr_ratio=0.1,
-        warmup_epochs=0,
-        schedule="constant",
-        lr=1e-2,
+        "b0", num_classes=3, freeze_backbone_epochs=2, unfreeze_groups_per_epoch=3, freeze_bn=True
     )
-    snaps = Snapshots()
-    _tiny_trainer(2, [snaps]).fit(module, datamodule=data)
-    changed_epoch0, changed_epoch1 = snaps.snaps
-    # epoch 0: only the classifier moves; BN statistics stay those of the weights
-    assert changed_epoch0 == {"conv": False, "bn_weight": False, "bn_mean": False, "head": True}
-    assert changed_epoch1 == {"conv": True, "bn_weight": True, "bn_mean": True, "head": True}
-    lrs = snaps.lrs[1]
-    assert [lr for lr, scale in lrs if scale == 1.0] == pytest.approx([1e-2, 1e-2])  # the classifier's
-    assert [lr for lr, scale in lrs if scale != 1.0] == pytest.approx([1e-3, 1e-3])  # the backbone's: lr x 0.1
-    assert len(lrs) == 4  # backbone / head, each with and without weight decay
+    assert module.finetuning == FineTuning(2, 3, True)
+    assert not module.backbone_frozen  # no trainer attached: nothing frozen
+    assert len(module.finetuning.frozen_groups(module.model, 2)) == len(module.model.block_groups()) - 3 == 6
 
 
-@pytest.mark.slow
-def test_gradual_unfreezing_trains_block_groups_from_the_top_with_layer_wise_rates(small_root):
-    torch.manual_seed(0)
-    data = _datamodule(small_root)
-    module = EfficientNetModule(
-        "lite0",
-        weights="imagenet",
-        num_classes=10,
-        class_names=data.class_names,
-        freeze_backbone_epochs=1,
-        unfreeze_groups_per_epoch=4,
-        backbone_lr_ratio=0.5,
-        layer_lr_decay=0.8,
-        warmup_epochs=0,
-        schedule="constant",
-        lr=1e-2,
+def test_the_policy_is_plain_pytorch():
+    code = (
+        "import sys, effnet_lightning.training.finetuning\n"
+        "print(sorted(n for n in sys.modules if n.split('.')[0] in ('lightning', 'pytorch_lightning')))"
     )
-    groups = module.model.block_groups()
-    assert len(groups) == 9  # stem, seven rows of blocks, head convolution
-    changes = GroupChanges()
-    _tiny_trainer(3, [changes]).fit(module, datamodule=data)
-    # epoch 0 the classifier only; then the top four groups; then the top eight (the stem still frozen)
-    assert changes.moved == [[False] * 9, [False] * 5 + [True] * 4, [False] + [True] * 8]
-    for depth, modules in enumerate(reversed(groups)):
-        rates = [changes.lr_of[id(p)] for m in modules for p in m.parameters() if id(p) in changes.lr_of]
-        assert rates and rates == pytest.approx([1e-2 * 0.5 * 0.8**depth] * len(rates)), depth
-    assert changes.lr_of[id(module.model.classifier.weight)] == pytest.approx(1e-2)
-
-
-@pytest.mark.slow
-def test_freeze_bn_keeps_batchnorm_statistics_and_affine_fixed(small_root):
-    torch.manual_seed(0)
-    data = _datamodule(small_root)
-    module = EfficientNetModule(
-        "lite0",
-        weights="imagenet",
-        num_classes=10,
-        class_names=data.class_names,
-        freeze_bn=True,
-        lr=1e-2,
-        warmup_epochs=0,
-    )
-    snaps = Snapshots()
-    _tiny_trainer(1, [snaps]).fit(module, datamodule=data)
-    assert snaps.snaps[0] == {"conv": True, "bn_weight": False, "bn_mean": False, "head": True}
-
-
-def test_class_weighted_loss_and_weighted_sampler_balance_an_imbalanced_folder(demo_root, tmp_path):
-    counts = {"circle": 40, "square": 10, "star": 5}
-    for name, n in counts.items():
-        (tmp_path / name).mkdir()
-        for src in sorted((demo_root / "train" / name).glob("*.png"))[:n]:
-            shutil.copy(src, tmp_path / name / src.name)
-    data = ImageFolderDataModule(
-        root=str(tmp_path), image_size=32, batch_size=8, num_workers=0, val_fraction=0.2, weighted_sampler=True
-    )
-    data.setup("fit")
-    assert data.class_counts() == [32, 8, 4]  # 20% of each class held out for validation
-    module = EfficientNetModule("b0", num_classes=3, class_names=data.class_names, class_weighted_loss=True)
-    module.trainer = L.Trainer(logger=False)
-    module.trainer.datamodule = data
-    module.setup("fit")
-    assert module.loss_weights.tolist() == pytest.approx([44 / (3 * 32), 44 / (3 * 8), 44 / (3 * 4)])
-    sampler = data.train_dataloader().sampler
-    # The draws follow from (seed, epoch): the same epoch draws the same again, the next one anew.
-    assert list(sampler) == list(sampler)
-    drawn, by_epoch = Counter(), []
-    for epoch in range(50):
-        sampler.epoch_of = lambda epoch=epoch: epoch
-        by_epoch.append([i for _, i in sampler])
-        drawn.update(data.splits["train"][i][1] for i in by_epoch[-1])
-    assert all(len(draws) == 44 for draws in by_epoch) and len({tuple(d) for d in by_epoch}) == 50
-    shares = [drawn[c] / sum(drawn.values()) for c in range(3)]
-    print(f"weighted sampler: class shares {[round(s, 3) for s in shares]} from 32/8/4 images")
-    assert all(abs(s - 1 / 3) < 0.03 for s in shares)
-
-
-def test_checkpoints_of_lite_fine_tunes_rebuild_the_same_network(tmp_path):
-    """The Lite weights need SAME padding and TF BatchNorm: a checkpoint records them, so test,
-    predict, export and fine-tuning from the checkpoint rebuild the network they trained."""
-    torch.manual_seed(0)
-    crop128 = preprocessing_for("lite0", "imagenet").resized(128).to_dict()  # trained at 128 px
-    tuned = EfficientNetModule(
-        "lite0", weights="imagenet", num_classes=3, class_names=["a", "b", "c"], preprocessing=crop128
-    ).eval()
-    tuned.model.classifier.weight.data.normal_()
-    hp = dict(tuned.hparams)
-    assert hp["model_options"] == {"padding": "same", "bn_eps": 1e-3, "bn_momentum": 0.01}
-    path = tmp_path / "tuned.ckpt"
-    torch.save({"state_dict": tuned.state_dict(), "hyper_parameters": hp}, path)
-    x = torch.randn(2, 3, 224, 224)
-    with torch.no_grad():
-        expected = tuned(x)
-        rebuilt = EfficientNetModule(**{**hp, "weights": None}).eval()  # what test / predict / export do
-        rebuilt.load_state_dict(tuned.state_dict())
-        assert torch.equal(rebuilt(x), expected)
-        again = EfficientNetModule("lite0", weights=str(path), num_classes=3).eval()  # fine-tuning from it
-        assert torch.equal(again(x), expected) and again.hparams["model_options"] == hp["model_options"]
-    # ... and its input: the checkpoint's crop size and the Lite normalisation, not the variant's defaults
-    assert again.hparams["preprocessing"] == crop128 == preprocessing_for("lite0", str(path)).to_dict()
-
-
-def test_evaluating_needs_a_trained_classifier_but_a_trained_module_in_python_is_fine(small_root):
-    data = _datamodule(small_root)
-    fresh = EfficientNetModule("b0", num_classes=10, class_names=data.class_names)
-    with pytest.raises(ValueError, match="test: the network has no trained classifier for these 10 classes"):
-        _tiny_trainer(1).test(fresh, datamodule=data)
-    trainer = _tiny_trainer(1)
-    trainer.fit(fresh, datamodule=data)
-    trainer.test(fresh, datamodule=data)  # trained in this process: allowed
+    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True)
+    assert out.stdout.strip() == "[]"

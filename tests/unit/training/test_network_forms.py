@@ -3,12 +3,12 @@ evaluation and dropped after it, the same logits as the plain network, no state_
 own in the module, and one compiled wrapper per form, reused."""
 
 import torch
-from conftest import randomise_batchnorm
 
 from effnet_lightning.models.compilation import CompiledOrEager
 from effnet_lightning.models.factory import create_model
 from effnet_lightning.training.module import EfficientNetModule
 from effnet_lightning.training.network_forms import NetworkForms
+from tests.helpers.networks import randomise_batchnorm
 
 
 def network():
