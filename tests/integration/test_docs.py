@@ -212,3 +212,9 @@ def test_python_snippet(snippet, weights_caches):
 
 def test_the_python_snippets_are_found():
     assert len(PYTHON) >= 2 and any(s.page.name == "README.md" for s in PYTHON)
+
+
+def test_the_readme_stays_short_enough_to_read_in_five_minutes():
+    lines = (ROOT / "README.md").read_text().splitlines()
+    long = [f"README.md:{i}: {len(line)} characters" for i, line in enumerate(lines, 1) if len(line) > 100]
+    assert len(lines) <= 250 and not long, f"{len(lines)} lines (at most 250); lines over 100 characters: {long}"
