@@ -1,4 +1,4 @@
-"""A clean stop with a checkpoint on SIGTERM / SIGUSR1 / Ctrl+C, at a batch boundary."""
+"""A clean stop with a checkpoint on SIGTERM / SIGUSR1 / SIGUSR2 / Ctrl+C, at a batch boundary."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import lightning as L
 
 from effnet_lightning.compat import request_stop
 from effnet_lightning.console import say
+from effnet_lightning.stop_signals import STOP_SIGNALS
 
 _received_signal: int | None = None
 
@@ -19,13 +20,14 @@ def received_signal() -> int | None:
 
 
 class GracefulInterrupt(L.Callback):
-    """SIGTERM (a scheduler's preemption, `kill`), SIGUSR1 (SLURM's warning before a time limit,
-    see `slurm.py`) and the first Ctrl+C stop a fit at the next batch boundary; the checkpoint
-    callback then writes `last.ckpt` and the process exits with 128 + the signal number (after
-    SIGUSR1, once the job is requeued). A second Ctrl+C stops at once, without a checkpoint.
+    """The stop signals (`stop_signals.STOP_SIGNALS`): SIGTERM (a scheduler's preemption,
+    `kill`), SIGUSR1 (SLURM's warning before a time limit, see `slurm.py`), SIGUSR2 and the
+    first Ctrl+C stop a fit at the next batch boundary; the checkpoint callback then writes
+    `last.ckpt` and the process exits with 128 + the signal number (after SIGUSR1, once the job
+    is requeued). A second Ctrl+C stops at once, without a checkpoint.
 
-    Lightning already turns SIGTERM into a stop at a batch boundary, agreed across processes;
-    this routes Ctrl+C and SIGUSR1 the same way instead of raising KeyboardInterrupt mid-step."""
+    All of them take Lightning's own way to stop at a batch boundary, agreed across processes,
+    instead of raising KeyboardInterrupt mid-step or ending the process."""
 
     def __init__(self, enabled: bool = True):
         self.enabled = enabled
@@ -34,7 +36,6 @@ class GracefulInterrupt(L.Callback):
     def on_fit_start(self, trainer, pl_module):
         global _received_signal
         _received_signal = None
-        lightning_sigterm = signal.getsignal(signal.SIGTERM)
 
         def on_signal(signum, frame):
             global _received_signal
@@ -42,21 +43,20 @@ class GracefulInterrupt(L.Callback):
             _received_signal = _received_signal or signum
             if signum == signal.SIGINT and not first:
                 raise KeyboardInterrupt
-            if signum in (signal.SIGINT, signal.SIGUSR1):
-                # Lightning's own SIGTERM path: Ctrl+C and SIGUSR1 stop the way SIGTERM does.
-                request_stop(trainer)
-                if signum == signal.SIGINT:
-                    say(
-                        "Ctrl+C: stopping after this batch and saving a checkpoint (press again to stop at once)",
-                        err=True,
-                    )
-                elif first:
-                    say("SIGUSR1: stopping after this batch, saving a checkpoint and requeueing the job", err=True)
-            elif callable(lightning_sigterm):
-                lightning_sigterm(signum, frame)
+            # Only a flag is set here: under DDP rank 0's reaches the other ranks at the next batch,
+            # so every rank stops at the same step. (Lightning's own SIGTERM handler also starts a
+            # collective inside the handler, which can pair with a different collective on a rank
+            # the signal reached in the middle of another one.)
+            request_stop(trainer)
+            if signum == signal.SIGINT:
+                say("Ctrl+C: stopping after this batch and saving a checkpoint (press again to stop at once)", err=True)
+            elif signum == signal.SIGUSR1 and first:
+                say("SIGUSR1: stopping after this batch, saving a checkpoint and requeueing the job", err=True)
+            elif first:
+                say(f"{signal.Signals(signum).name}: stopping after this batch and saving a checkpoint", err=True)
 
         if threading.current_thread() is threading.main_thread():
-            for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1):
+            for signum in STOP_SIGNALS:
                 self._previous[signum] = signal.getsignal(signum)
                 signal.signal(signum, on_signal)
 

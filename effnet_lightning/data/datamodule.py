@@ -49,6 +49,7 @@ from effnet_lightning.data.shards import Shards, is_shard_folder, is_shard_url, 
 from effnet_lightning.data.stages import Stage
 from effnet_lightning.data.transforms import Augment, MixCollate, eval_transform, train_transform
 from effnet_lightning.models.preprocessing import Preprocessing
+from effnet_lightning.stop_signals import IgnoringStopSignals
 
 log = logging.getLogger(__name__)
 
@@ -136,6 +137,8 @@ class ImageFolderDataModule(L.LightningDataModule):
         check_augmentation(randaugment_magnitude, crop_scale, random_erasing, mixup_alpha, cutmix_alpha)
         # The preprocessing and class names are logged once, by the model.
         self.save_hyperparameters(ignore=["preprocessing", "class_names"])
+        # Recorded absolute, so a command run from another folder finds the fit's data.
+        self.hparams["root"] = recorded_root(root)
         sizes = resolve_sizes(preprocessing, image_size, eval_image_size, extra_eval_sizes)
         self.train_size = sizes.train
         self.preprocessing = sizes.evaluation  # the evaluation's: its crop is the evaluation size
@@ -404,6 +407,9 @@ class ImageFolderDataModule(L.LightningDataModule):
             pin_memory=torch.cuda.is_available(),
             drop_last=train and len(dataset) > hp.batch_size,
             collate_fn=collate,
+            # A signal sent to the whole process group is the main process's to act on (stop at a
+            # batch boundary, checkpoint, shut the workers down): the workers ignore it.
+            worker_init_fn=IgnoringStopSignals(),
             # Its own generator: starting an iteration (resumes and sanity checks start more of them)
             # draws worker seeds from it, not from the global one that dropout and augmentation use.
             generator=torch.Generator().manual_seed(torch.initial_seed()),
@@ -493,7 +499,12 @@ class ImageFolderDataModule(L.LightningDataModule):
         dataset = ImageFileDataset(
             samples, eval_transform(self.preprocessing), strict=self.hparams.strict, decode=load_rgb
         )
-        loader = DataLoader(dataset, batch_size=self.hparams.batch_size, num_workers=self.hparams.num_workers)
+        loader = DataLoader(
+            dataset,
+            batch_size=self.hparams.batch_size,
+            num_workers=self.hparams.num_workers,
+            worker_init_fn=IgnoringStopSignals(),
+        )
         images, labels = zip(*loader)
         return torch.cat(images), torch.cat(labels)
 
@@ -573,6 +584,13 @@ def root_location(root: str | None) -> Path | str | None:
     if is_shard_url(root):
         return root
     return Path(root).expanduser() if root else None
+
+
+def recorded_root(root: str | None) -> str | None:
+    """`--data.root` as a checkpoint records it: a local folder absolute, a URL as given."""
+    if not root or is_shard_url(root):
+        return root
+    return str(Path(root).expanduser().absolute())
 
 
 def _distributed() -> bool:
