@@ -49,7 +49,7 @@ from effnet_lightning.data.shards import Shards, is_shard_folder, is_shard_url, 
 from effnet_lightning.data.stages import Stage
 from effnet_lightning.data.transforms import Augment, MixCollate, eval_transform, train_transform
 from effnet_lightning.models.preprocessing import Preprocessing
-from effnet_lightning.stop_signals import IgnoringStopSignals
+from effnet_lightning.stop_signals import LeavingStopSignals
 
 log = logging.getLogger(__name__)
 
@@ -409,7 +409,7 @@ class ImageFolderDataModule(L.LightningDataModule):
             collate_fn=collate,
             # A signal sent to the whole process group is the main process's to act on (stop at a
             # batch boundary, checkpoint, shut the workers down): the workers ignore it.
-            worker_init_fn=IgnoringStopSignals(),
+            worker_init_fn=LeavingStopSignals(),
             # Its own generator: starting an iteration (resumes and sanity checks start more of them)
             # draws worker seeds from it, not from the global one that dropout and augmentation use.
             generator=torch.Generator().manual_seed(torch.initial_seed()),
@@ -503,7 +503,7 @@ class ImageFolderDataModule(L.LightningDataModule):
             dataset,
             batch_size=self.hparams.batch_size,
             num_workers=self.hparams.num_workers,
-            worker_init_fn=IgnoringStopSignals(),
+            worker_init_fn=LeavingStopSignals(),
         )
         images, labels = zip(*loader)
         return torch.cat(images), torch.cat(labels)

@@ -98,19 +98,24 @@ class GroupSignalAtStep(L.Callback):
     $PROBE_STEP. The sender is a `kill` outside the group, as `timeout`, systemd or SLURM's
     `--signal` are: a loader worker treats a SIGTERM from its own parent differently (it exits
     quietly), so a signal from the main process would not show what a launcher's does. Under
-    DDP only rank 0 has it sent. With $PROBE_FILE set, each rank writes the global step it
-    stopped at to $PROBE_FILE.<rank>."""
+    DDP only rank 0 has it sent. With $PROBE_GROUP=parent the group is the parent process's
+    (the command that started this fit); with $PROBE_IN, only a fit whose default_root_dir ends
+    with it sends. With $PROBE_FILE set, each rank writes the global step it stopped at to
+    $PROBE_FILE.<rank>."""
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        if trainer.global_step == int(os.environ["PROBE_STEP"]) and not getattr(self, "sent", False):
-            self.sent = True
-            if trainer.global_rank == 0:
-                group = f"-{os.getpgid(0)}"
-                subprocess.run(
-                    ["kill", "-s", os.environ["PROBE_SIGNAL"].removeprefix("SIG"), "--", group],
-                    start_new_session=True,
-                    check=True,
-                )
+        if trainer.global_step != int(os.environ["PROBE_STEP"]) or getattr(self, "sent", False):
+            return
+        if not str(trainer.default_root_dir).endswith(os.environ.get("PROBE_IN", "")):
+            return
+        self.sent = True
+        if trainer.global_rank == 0:
+            pid = os.getppid() if os.environ.get("PROBE_GROUP") == "parent" else 0
+            subprocess.run(
+                ["kill", "-s", os.environ["PROBE_SIGNAL"].removeprefix("SIG"), "--", f"-{os.getpgid(pid)}"],
+                start_new_session=True,
+                check=True,
+            )
 
     def on_exception(self, trainer, pl_module, exception):
         if os.environ.get("PROBE_FILE"):

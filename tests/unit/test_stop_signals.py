@@ -1,19 +1,42 @@
+import multiprocessing
 import pickle
 import signal
+import subprocess
+import time
 
-from effnet_lightning.stop_signals import POOL_STOP_SIGNALS, STOP_SIGNALS, IgnoringStopSignals
+from effnet_lightning.stop_signals import STOP_SIGNALS, LeavingStopSignals, leave_stop_signals_to_parent
 
 
-def test_a_loader_worker_ignores_every_stop_signal_then_runs_its_own_init(monkeypatch):
-    set_to = {}
-    monkeypatch.setattr(signal, "signal", lambda signum, handler: set_to.__setitem__(signum, handler))
-    seen = []
-    IgnoringStopSignals(then=seen.append)(3)
-    assert set_to == dict.fromkeys(STOP_SIGNALS, signal.SIG_IGN)
+def wait_for_stop_signals(ready) -> None:
+    leave_stop_signals_to_parent()
+    ready.set()
+    time.sleep(60)
+
+
+def test_a_child_ignores_stop_signals_from_others_and_leaves_at_its_parents_sigterm():
+    """A scheduler's signals (sent by another process) leave the child running; the parent's
+    own SIGTERM (multiprocessing's terminate, as at exit) ends it at once."""
+    context = multiprocessing.get_context("fork")
+    ready = context.Event()
+    child = context.Process(target=wait_for_stop_signals, args=(ready,), daemon=True)
+    child.start()
+    try:
+        assert ready.wait(30)
+        for signum in STOP_SIGNALS:  # sent by `kill`, not by the parent
+            subprocess.run(["kill", "-s", signal.Signals(signum).name.removeprefix("SIG"), str(child.pid)], check=True)
+        time.sleep(0.5)
+        assert child.is_alive() and child.exitcode is None
+        child.terminate()  # SIGTERM from the parent
+        child.join(10)
+        assert child.exitcode == 0
+    finally:
+        child.kill()
     assert set(STOP_SIGNALS) >= {signal.SIGINT, signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2}
-    assert seen == [3]
-    assert isinstance(pickle.loads(pickle.dumps(IgnoringStopSignals())), IgnoringStopSignals)  # spawned workers
 
 
-def test_a_pool_keeps_sigterm_to_end_its_workers():
-    assert signal.SIGTERM not in POOL_STOP_SIGNALS and set(POOL_STOP_SIGNALS) == set(STOP_SIGNALS) - {signal.SIGTERM}
+def test_the_loaders_worker_init_leaves_the_signals_then_runs_its_own_init(monkeypatch):
+    calls = []
+    monkeypatch.setattr("effnet_lightning.stop_signals.leave_stop_signals_to_parent", lambda: calls.append("left"))
+    LeavingStopSignals(then=calls.append)(3)
+    assert calls == ["left", 3]
+    assert isinstance(pickle.loads(pickle.dumps(LeavingStopSignals())), LeavingStopSignals)  # spawned workers
