@@ -37,6 +37,7 @@ from effnet_lightning.data.decode import decode_rgb, load_rgb
 from effnet_lightning.data.folders import (
     BadImageError,
     ImageFileDataset,
+    RankShare,
     SeededOrder,
     find_bad_images,
     folder_classes,
@@ -392,7 +393,9 @@ class ImageFolderDataModule(L.LightningDataModule):
         train = stage is not None
         mixing = train and (stage.mixup_alpha > 0 or stage.cutmix_alpha > 0)
         dataset = self._dataset(split, pre, stage, with_seed=mixing)
-        sampler = self._train_sampler(dataset) if train else self._eval_sampler(split, dataset, distributed)
+        sampler = (
+            self._train_sampler(dataset, distributed) if train else self._eval_sampler(split, dataset, distributed)
+        )
         collate = MixCollate(self.num_classes, stage.mixup_alpha, stage.cutmix_alpha) if mixing else None
         workers = hp.num_workers
         # The training loader's position (batches handed out this epoch) goes into checkpoints: a fit
@@ -430,13 +433,14 @@ class ImageFolderDataModule(L.LightningDataModule):
         decode = decode_rgb if stage is not None else load_rgb
         return ImageFileDataset(self.splits[split], transform, strict=hp.strict, decode=decode, with_seed=with_seed)
 
-    def _train_sampler(self, dataset: ImageFileDataset) -> SeededOrder:
+    def _train_sampler(self, dataset: ImageFileDataset, distributed: bool) -> SeededOrder | RankShare:
         """Order, augmentation and mixing from (seed, epoch) alone: resumes and rebuilt loaders
-        replay them exactly (Lightning wraps the sampler for DDP, shuffling by seed and epoch).
-        With `weighted_sampler`, each image is drawn with probability 1 / (images in its class)."""
+        replay them exactly; under DDP, each process's share of that order. With
+        `weighted_sampler`, each image is drawn with probability 1 / (images in its class)."""
         counts = self.class_counts() if self.hparams.weighted_sampler else None
         weights = [1.0 / counts[label] for label in sample_labels(dataset.samples)] if counts else None
-        return SeededOrder(len(dataset), torch.initial_seed(), self.next_epoch, weights)
+        order = SeededOrder(len(dataset), torch.initial_seed(), self.next_epoch, weights)
+        return RankShare(order) if distributed else order
 
     @staticmethod
     def _eval_sampler(split: str, dataset: ImageFileDataset, distributed: bool) -> UnrepeatedDistributedSampler | None:

@@ -44,7 +44,6 @@ from pathlib import Path
 
 import yaml
 
-from effnet_lightning.callbacks.run_record import read_run_record
 from effnet_lightning.data import demo
 from effnet_lightning.models.scaling import ALPHA, BETA, GAMMA, from_phi, phi_name
 from effnet_lightning.stop_signals import STOP_SIGNALS
@@ -244,9 +243,15 @@ class RunningFits:
         return lambda: [signal.signal(signum, handler) for signum, handler in previous.items()]
 
 
+def fit_record(run_dir: Path) -> dict:
+    """What the candidate's fit recorded in its default_root_dir (latest_fit.json); {} if nothing."""
+    path = run_dir / "latest_fit.json"
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
 def resume_args(run_dir: Path) -> list[str]:
     """`--ckpt_path last` when the candidate's fit stopped before its end with a checkpoint."""
-    record = read_run_record(run_dir)
+    record = fit_record(run_dir)
     if record and not record.get("finished") and record.get("last_model_path"):
         return ["--ckpt_path", "last"]
     return []
@@ -279,7 +284,7 @@ def train(
         candidate.status = "not run"
         return candidate
     candidate.wall_s = round(time.perf_counter() - start, 1)
-    record = read_run_record(run_dir) or {}
+    record = fit_record(run_dir)
     if returncode - 128 in STOP_SIGNALS and not record.get("finished"):
         candidate.status = "stopped"
         return candidate

@@ -13,6 +13,7 @@ from effnet_lightning import create_model
 from effnet_lightning.models.efficientnet import count_gmacs
 from effnet_lightning.tools.search import scaled_resolution
 from tests.helpers.cli import ROOT, run_cli
+from tests.helpers.fault_doc import expect
 
 
 @pytest.mark.slow
@@ -132,6 +133,8 @@ def test_a_search_stopped_by_sigterm_to_its_group_resumes_the_stopped_fit_and_sk
     with open(tmp_path / "search" / "results.csv", newline="") as f:
         statuses = {r["variant"]: r["status"] for r in csv.DictReader(f)}
     assert statuses == {"b0": "cached", "phi1_a1_b1_g1": "trained", "phi1_a1_b1_g1.15": "trained"}
+    expect("search-sigterm", "scale-search: stopped by SIGTERM; run the same command again to resume", "143")
+    expect("search-sigterm", "stopped", "not run", "cached", "last.ckpt")
 
 
 def test_bad_search_arguments_are_one_line_errors(tmp_path):
