@@ -249,10 +249,14 @@ def fit_record(run_dir: Path) -> dict:
     return json.loads(path.read_text()) if path.exists() else {}
 
 
-def resume_args(run_dir: Path) -> list[str]:
-    """`--ckpt_path last` when the candidate's fit stopped before its end with a checkpoint."""
+def resume_args(run_dir: Path, command: list[str]) -> list[str]:
+    """`--ckpt_path last` when the candidate's fit, started by this same command, stopped before
+    its end with a checkpoint. Records the command of the fit about to start."""
+    started = run_dir / "started.json"
+    same = started.exists() and json.loads(started.read_text()) == command[1:]
+    started.write_text(json.dumps(command[1:]))
     record = fit_record(run_dir)
-    if record and not record.get("finished") and record.get("last_model_path"):
+    if same and not record.get("finished") and record.get("last_model_path"):
         return ["--ckpt_path", "last"]
     return []
 
@@ -267,7 +271,7 @@ def train(
         return candidate
     result_file = run_dir / "result.json"
     run_dir.mkdir(parents=True, exist_ok=True)
-    resume = resume_args(run_dir)
+    resume = resume_args(run_dir, command)
     package_parent = str(Path(__file__).resolve().parents[1])
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [package_parent, os.environ.get("PYTHONPATH")]))}
     if device is not None:
