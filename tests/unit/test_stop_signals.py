@@ -1,8 +1,10 @@
 import multiprocessing
 import pickle
+import re
 import signal
 import subprocess
 import time
+from pathlib import Path
 
 from effnet_lightning.stop_signals import STOP_SIGNALS, LeavingStopSignals, leave_stop_signals_to_parent
 
@@ -40,3 +42,9 @@ def test_the_loaders_worker_init_leaves_the_signals_then_runs_its_own_init(monke
     LeavingStopSignals(then=calls.append)(3)
     assert calls == ["left", 3]
     assert isinstance(pickle.loads(pickle.dumps(LeavingStopSignals())), LeavingStopSignals)  # spawned workers
+
+
+def test_the_signal_the_slurm_script_asks_for_is_a_stop_signal():
+    script = (Path(__file__).parents[2] / "configs" / "slurm.sbatch").read_text()
+    named = re.search(r"^#SBATCH --signal=(?:B:)?(SIG\w+)@\d+", script, re.MULTILINE)
+    assert named is not None and getattr(signal, named.group(1)) in STOP_SIGNALS
