@@ -111,6 +111,13 @@ PRIVATE: tuple[PrivateMember, ...] = (
         "no public API stops a fit at the next batch boundary across processes",
     ),
     PrivateMember(
+        "lightning.pytorch.trainer.connectors.signal_connector._SignalConnector",
+        "register_signal_handlers",
+        ("self",),
+        "effnet_lightning/callbacks/graceful_interrupt.py",
+        "no public switch keeps Lightning's SIGTERM handler (a collective inside a signal handler) out of a fit",
+    ),
+    PrivateMember(
         "lightning.pytorch.Trainer",
         "fit_loop.epoch_loop.batch_progress.current.completed",
         None,
@@ -156,9 +163,16 @@ PRIVATE: tuple[PrivateMember, ...] = (
 
 
 def request_stop(trainer) -> None:
-    """Stop the fit at the next batch boundary, in every process: Lightning's own SIGTERM
-    handling sets this flag, and rank 0's flag reaches the others at the next batch."""
+    """Stop the fit at the end of the current batch (Lightning's own SIGTERM flag). Under DDP
+    every process must set it at the same batch."""
     trainer._signal_connector.received_sigterm = True
+
+
+def keep_lightning_off_signals(trainer) -> None:
+    """Have this fit's Trainer not install its SIGTERM / SIGUSR1 handlers (it would after the
+    callbacks' `on_fit_start`): the project's own handle the stop signals."""
+    trainer._signal_connector.received_sigterm = False
+    trainer._signal_connector.register_signal_handlers = lambda: None
 
 
 def completed_batches(trainer) -> int:

@@ -1,4 +1,4 @@
-"""A clean stop with a checkpoint on SIGTERM / SIGUSR1 / Ctrl+C, at a batch boundary."""
+"""A clean stop with a checkpoint on SIGTERM / SIGUSR1 / SIGUSR2 / Ctrl+C, at a batch boundary."""
 
 from __future__ import annotations
 
@@ -6,9 +6,12 @@ import signal
 import threading
 
 import lightning as L
+import torch
+import torch.distributed as dist
 
-from effnet_lightning.compat import request_stop
+from effnet_lightning.compat import keep_lightning_off_signals, request_stop
 from effnet_lightning.console import say
+from effnet_lightning.stop_signals import STOP_SIGNALS
 
 _received_signal: int | None = None
 
@@ -18,14 +21,27 @@ def received_signal() -> int | None:
     return _received_signal
 
 
-class GracefulInterrupt(L.Callback):
-    """SIGTERM (a scheduler's preemption, `kill`), SIGUSR1 (SLURM's warning before a time limit,
-    see `slurm.py`) and the first Ctrl+C stop a fit at the next batch boundary; the checkpoint
-    callback then writes `last.ckpt` and the process exits with 128 + the signal number (after
-    SIGUSR1, once the job is requeued). A second Ctrl+C stops at once, without a checkpoint.
+def notice(signum: int) -> str:
+    if signum == signal.SIGINT:
+        return "Ctrl+C: stopping after this batch and saving a checkpoint (press again to stop at once)"
+    if signum == signal.SIGUSR1:
+        return "SIGUSR1: stopping after this batch, saving a checkpoint and requeueing the job"
+    return f"{signal.Signals(signum).name}: stopping after this batch and saving a checkpoint"
 
-    Lightning already turns SIGTERM into a stop at a batch boundary, agreed across processes;
-    this routes Ctrl+C and SIGUSR1 the same way instead of raising KeyboardInterrupt mid-step."""
+
+class GracefulInterrupt(L.Callback):
+    """The stop signals (`stop_signals.STOP_SIGNALS`): SIGTERM (a scheduler's preemption,
+    `kill`), SIGUSR1 (SLURM's warning before a time limit, see `slurm.py`), SIGUSR2 and the
+    first Ctrl+C stop a fit at a batch boundary; the checkpoint callback then writes `last.ckpt`
+    and the process exits with 128 + the signal number (after SIGUSR1, once the job is
+    requeued). A second Ctrl+C stops at once, without a checkpoint.
+
+    The handler only notes the signal. In one process the fit stops after the current batch,
+    validation batches included. Under DDP the processes agree at the end of each training
+    batch (one all-reduce of the signal number), so every rank stops at the same step whichever
+    of them the signal reached, and when: a launcher signals them all, at slightly different
+    points of a step. Lightning's own SIGTERM handler is kept out: it starts a collective inside
+    the handler, which can pair with another collective on a rank that was in the middle of one."""
 
     def __init__(self, enabled: bool = True):
         self.enabled = enabled
@@ -34,7 +50,9 @@ class GracefulInterrupt(L.Callback):
     def on_fit_start(self, trainer, pl_module):
         global _received_signal
         _received_signal = None
-        lightning_sigterm = signal.getsignal(signal.SIGTERM)
+        if threading.current_thread() is not threading.main_thread():
+            return
+        keep_lightning_off_signals(trainer)
 
         def on_signal(signum, frame):
             global _received_signal
@@ -42,23 +60,24 @@ class GracefulInterrupt(L.Callback):
             _received_signal = _received_signal or signum
             if signum == signal.SIGINT and not first:
                 raise KeyboardInterrupt
-            if signum in (signal.SIGINT, signal.SIGUSR1):
-                # Lightning's own SIGTERM path: Ctrl+C and SIGUSR1 stop the way SIGTERM does.
+            if trainer.world_size == 1:
                 request_stop(trainer)
-                if signum == signal.SIGINT:
-                    say(
-                        "Ctrl+C: stopping after this batch and saving a checkpoint (press again to stop at once)",
-                        err=True,
-                    )
-                elif first:
-                    say("SIGUSR1: stopping after this batch, saving a checkpoint and requeueing the job", err=True)
-            elif callable(lightning_sigterm):
-                lightning_sigterm(signum, frame)
+            if first and trainer.is_global_zero:
+                say(notice(signum), err=True)
 
-        if threading.current_thread() is threading.main_thread():
-            for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1):
-                self._previous[signum] = signal.getsignal(signum)
-                signal.signal(signum, on_signal)
+        for signum in STOP_SIGNALS:
+            self._previous[signum] = signal.getsignal(signum)
+            signal.signal(signum, on_signal)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        global _received_signal
+        if trainer.world_size == 1 or not self._previous:
+            return
+        agreed = torch.tensor([_received_signal or 0], device=trainer.strategy.root_device)
+        dist.all_reduce(agreed, op=dist.ReduceOp.MAX)
+        if agreed.item():
+            _received_signal = _received_signal or int(agreed.item())
+            request_stop(trainer)
 
     def on_exception(self, trainer, pl_module, exception):
         self._restore()

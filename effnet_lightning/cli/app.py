@@ -48,14 +48,18 @@ from effnet_lightning.cli.arguments import refuse_automatic_optimizers, silence_
 from effnet_lightning.cli.checkpoints import (
     EVAL_SUBCOMMANDS,
     SavedSettings,
+    checkpoint_data_settings,
     choose_what_to_run,
     continue_in_checkpoint_folder,
     continue_wandb_run,
+    data_settings_line,
+    given_data_settings,
     given_model_settings,
     given_settings,
     merge_checkpoint_settings,
     pretrained_class_names,
     read_checkpoint_settings,
+    uses_fit_data,
 )
 from effnet_lightning.cli.onnx_predict import read_export_info
 from effnet_lightning.cli.slurm import requeue_job
@@ -155,6 +159,7 @@ class EffNetCLI(LightningCLI):
         super().parse_arguments(parser, args)
         argv = list(sys.argv[1:] if args is None else args)
         self.typed_model_settings, self.given_model_settings = given_model_settings(argv)
+        self.given_data_settings = given_data_settings(argv)
 
     # LightningCLI has no public hook between parsing and instantiation that may replace the
     # config with a checkpoint's settings; this private one is where it does so itself.
@@ -218,7 +223,18 @@ class EffNetCLI(LightningCLI):
         )
         updates["weights"] = None  # the checkpoint carries the trained weights
         self.config = self.parser.parse_object({subcommand: {"model": updates}}, self.config)
+        if uses_fit_data(subcommand, self.config[subcommand].get("formats")):
+            self._apply_checkpoint_data_settings(subcommand, settings.data_hparams)
         return settings
+
+    def _apply_checkpoint_data_settings(self, subcommand: str, saved: dict) -> None:
+        """The data settings of the checkpoint's fit (its folder, split and sizes) under the ones
+        the user gave, said in one line."""
+        current = self.config[subcommand].data.as_dict()
+        taken = checkpoint_data_settings(saved, current, self.given_data_settings)
+        if taken:
+            say(data_settings_line(subcommand, taken))
+            self.config = self.parser.parse_object({subcommand: {"data": taken}}, self.config)
 
 
 SCALE_SEARCH_HELP = (

@@ -13,6 +13,7 @@ import yaml
 
 from effnet_lightning.callbacks.wandb_run import saved_wandb_run
 from effnet_lightning.console import say
+from effnet_lightning.data.shards import is_shard_url
 from effnet_lightning.models.factory import checkpoint_hparams, pretrained_source
 from effnet_lightning.models.state_dicts import WeightsError, read_checkpoint
 
@@ -159,8 +160,79 @@ def given_model_settings(argv: list[str]) -> tuple[set[str], set[str]]:
     return _model_keys(typed), _model_keys(given)
 
 
+def given_data_settings(argv: list[str]) -> set[str]:
+    """The `data.*` settings the user gave, typed as flags or set in --config files."""
+    _, given = given_settings(argv)
+    return {k.removeprefix("data.") for k in given if k.startswith("data.")}
+
+
 def _model_keys(keys: set[str]) -> set[str]:
     return {k.removeprefix("model.") for k in keys if k.startswith("model.")}
+
+
+def uses_fit_data(subcommand: str, formats: list[str] | str | None = None) -> bool:
+    """Whether a subcommand run from a checkpoint reads labelled data, so the data settings of
+    the checkpoint's fit are its defaults: validate and test do, export only for its INT8 check
+    (`formats`: export's)."""
+    if subcommand == "export":
+        return bool(formats) and "onnx_int8" in formats
+    return subcommand in ("validate", "test")
+
+
+# The data settings a checkpoint's fit recorded that define which images, split how and seen at
+# which sizes: the root (absolute), the split, the image sizes and the classes' source. Loader
+# and runtime settings (batch_size, num_workers, ...) and augmentation are chosen per run.
+RECORDED_DATA_SETTINGS = (
+    "root",
+    "val_fraction",
+    "seed",
+    "image_size",
+    "eval_image_size",
+    "extra_eval_sizes",
+    "allow_empty_classes",
+)
+# The sizes go together: a user who gives one of them chooses the sizes of this run, and the
+# fit's others (an extra evaluation size, say) are not added to that choice.
+SIZE_SETTINGS = ("image_size", "eval_image_size", "extra_eval_sizes")
+
+
+def checkpoint_data_settings(
+    saved: dict, current: dict, given: set[str], exists: Callable[[str], bool] = os.path.exists
+) -> dict:
+    """The data settings a run from a checkpoint takes from its fit (`saved`: the checkpoint's
+    data hyperparameters): those in RECORDED_DATA_SETTINGS that the user did not give (`given`:
+    typed flags and --config files, as names under `data.`; the sizes as one) and that differ
+    from `current`.
+    None when the fit recorded no root (the demo data stays the default). A recorded folder
+    that no longer exists is an error."""
+    root = saved.get("root")
+    if not root:
+        return {}
+    if given & set(SIZE_SETTINGS):
+        given = given | set(SIZE_SETTINGS)
+    taken = {
+        key: saved[key]
+        for key in RECORDED_DATA_SETTINGS
+        if key in saved and key not in given and _differs(current.get(key), saved[key])
+    }
+    if "root" in taken and not is_shard_url(root) and not exists(root):
+        raise FileNotFoundError(
+            f"the data folder of the checkpoint's fit, {root}, no longer exists: give its new place with "
+            f"--data.root DIR"
+        )
+    return taken
+
+
+def data_settings_line(subcommand: str, taken: dict) -> str:
+    """The line that says which data settings came from the checkpoint, as the flags they stand for."""
+    flags = " ".join(f"--data.{key} {_flag_value(value)}" for key, value in taken.items())
+    return f"{subcommand}: data settings from the checkpoint: {flags}"
+
+
+def _flag_value(value) -> str:
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(map(str, value)) + "]"
+    return str(value).lower() if isinstance(value, bool) else str(value)
 
 
 @dataclass(frozen=True)
@@ -168,6 +240,7 @@ class SavedSettings:
     """What a resumed or evaluated run takes from its checkpoint, read in one go."""
 
     hparams: dict
+    data_hparams: dict  # the data module's, as its fit recorded them
     dirpath: str | None  # the folder its run checkpointed into (None if unknown)
     wandb_run: dict | None  # the W&B run it logged to ({"id", "project"}), None if none
 
@@ -186,7 +259,12 @@ def read_checkpoint_settings(path: str) -> SavedSettings:
         ),
         None,
     )
-    return SavedSettings(dict(checkpoint.get("hyper_parameters", {})), saved_dirpath, saved_wandb_run(checkpoint))
+    return SavedSettings(
+        dict(checkpoint.get("hyper_parameters", {})),
+        dict(checkpoint.get("datamodule_hyper_parameters", {})),
+        saved_dirpath,
+        saved_wandb_run(checkpoint),
+    )
 
 
 def continue_in_checkpoint_folder(config, ckpt_path: str, saved_dirpath: str | None) -> None:

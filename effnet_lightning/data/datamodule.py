@@ -37,6 +37,7 @@ from effnet_lightning.data.decode import decode_rgb, load_rgb
 from effnet_lightning.data.folders import (
     BadImageError,
     ImageFileDataset,
+    RankShare,
     SeededOrder,
     find_bad_images,
     folder_classes,
@@ -49,6 +50,7 @@ from effnet_lightning.data.shards import Shards, is_shard_folder, is_shard_url, 
 from effnet_lightning.data.stages import Stage
 from effnet_lightning.data.transforms import Augment, MixCollate, eval_transform, train_transform
 from effnet_lightning.models.preprocessing import Preprocessing
+from effnet_lightning.stop_signals import LeavingStopSignals
 
 log = logging.getLogger(__name__)
 
@@ -136,6 +138,8 @@ class ImageFolderDataModule(L.LightningDataModule):
         check_augmentation(randaugment_magnitude, crop_scale, random_erasing, mixup_alpha, cutmix_alpha)
         # The preprocessing and class names are logged once, by the model.
         self.save_hyperparameters(ignore=["preprocessing", "class_names"])
+        # Recorded absolute, so a command run from another folder finds the fit's data.
+        self.hparams["root"] = recorded_root(root)
         sizes = resolve_sizes(preprocessing, image_size, eval_image_size, extra_eval_sizes)
         self.train_size = sizes.train
         self.preprocessing = sizes.evaluation  # the evaluation's: its crop is the evaluation size
@@ -389,7 +393,9 @@ class ImageFolderDataModule(L.LightningDataModule):
         train = stage is not None
         mixing = train and (stage.mixup_alpha > 0 or stage.cutmix_alpha > 0)
         dataset = self._dataset(split, pre, stage, with_seed=mixing)
-        sampler = self._train_sampler(dataset) if train else self._eval_sampler(split, dataset, distributed)
+        sampler = (
+            self._train_sampler(dataset, distributed) if train else self._eval_sampler(split, dataset, distributed)
+        )
         collate = MixCollate(self.num_classes, stage.mixup_alpha, stage.cutmix_alpha) if mixing else None
         workers = hp.num_workers
         # The training loader's position (batches handed out this epoch) goes into checkpoints: a fit
@@ -404,6 +410,9 @@ class ImageFolderDataModule(L.LightningDataModule):
             pin_memory=torch.cuda.is_available(),
             drop_last=train and len(dataset) > hp.batch_size,
             collate_fn=collate,
+            # A signal sent to the whole process group is the main process's to act on (stop at a
+            # batch boundary, checkpoint, shut the workers down): the workers ignore it.
+            worker_init_fn=LeavingStopSignals(),
             # Its own generator: starting an iteration (resumes and sanity checks start more of them)
             # draws worker seeds from it, not from the global one that dropout and augmentation use.
             generator=torch.Generator().manual_seed(torch.initial_seed()),
@@ -424,13 +433,14 @@ class ImageFolderDataModule(L.LightningDataModule):
         decode = decode_rgb if stage is not None else load_rgb
         return ImageFileDataset(self.splits[split], transform, strict=hp.strict, decode=decode, with_seed=with_seed)
 
-    def _train_sampler(self, dataset: ImageFileDataset) -> SeededOrder:
+    def _train_sampler(self, dataset: ImageFileDataset, distributed: bool) -> SeededOrder | RankShare:
         """Order, augmentation and mixing from (seed, epoch) alone: resumes and rebuilt loaders
-        replay them exactly (Lightning wraps the sampler for DDP, shuffling by seed and epoch).
-        With `weighted_sampler`, each image is drawn with probability 1 / (images in its class)."""
+        replay them exactly; under DDP, each process's share of that order. With
+        `weighted_sampler`, each image is drawn with probability 1 / (images in its class)."""
         counts = self.class_counts() if self.hparams.weighted_sampler else None
         weights = [1.0 / counts[label] for label in sample_labels(dataset.samples)] if counts else None
-        return SeededOrder(len(dataset), torch.initial_seed(), self.next_epoch, weights)
+        order = SeededOrder(len(dataset), torch.initial_seed(), self.next_epoch, weights)
+        return RankShare(order) if distributed else order
 
     @staticmethod
     def _eval_sampler(split: str, dataset: ImageFileDataset, distributed: bool) -> UnrepeatedDistributedSampler | None:
@@ -493,7 +503,12 @@ class ImageFolderDataModule(L.LightningDataModule):
         dataset = ImageFileDataset(
             samples, eval_transform(self.preprocessing), strict=self.hparams.strict, decode=load_rgb
         )
-        loader = DataLoader(dataset, batch_size=self.hparams.batch_size, num_workers=self.hparams.num_workers)
+        loader = DataLoader(
+            dataset,
+            batch_size=self.hparams.batch_size,
+            num_workers=self.hparams.num_workers,
+            worker_init_fn=LeavingStopSignals(),
+        )
         images, labels = zip(*loader)
         return torch.cat(images), torch.cat(labels)
 
@@ -573,6 +588,13 @@ def root_location(root: str | None) -> Path | str | None:
     if is_shard_url(root):
         return root
     return Path(root).expanduser() if root else None
+
+
+def recorded_root(root: str | None) -> str | None:
+    """`--data.root` as a checkpoint records it: a local folder absolute, a URL as given."""
+    if not root or is_shard_url(root):
+        return root
+    return str(Path(root).expanduser().absolute())
 
 
 def _distributed() -> bool:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 from PIL import Image, UnidentifiedImageError
-from torch.utils.data import Dataset, Sampler
+from torch.utils.data import Dataset, DistributedSampler, Sampler
 
 from effnet_lightning.data.decode import EncodedImage, load_rgb, open_image
 
@@ -164,6 +164,24 @@ class SeededOrder(Sampler):
             return iter([((base + position) % 2**63, i) for position, i in enumerate(draws.tolist())])
         order = torch.randperm(self.n, generator=generator)
         return iter([((base + i) % 2**63, i) for i in order.tolist()])
+
+
+class RankShare(DistributedSampler):
+    """Under DDP, this process's share of a `SeededOrder`: every num_replicas-th item from its
+    rank, the order padded with its own start to divide evenly (DistributedSampler's split,
+    over an order that is still a function of (seed, epoch) alone). Being a DistributedSampler,
+    its loader is kept as built (Lightning would rebuild one with another sampler for DDP),
+    so the position a resumed fit gives that loader is the one it draws from."""
+
+    def __init__(self, order: SeededOrder):
+        super().__init__(range(len(order)), shuffle=False)  # replicas and rank: torch.distributed's
+        self.order = order
+
+    def __iter__(self):
+        items = list(self.order)
+        while len(items) < self.total_size:
+            items += items[: self.total_size - len(items)]
+        return iter(items[self.rank : self.total_size : self.num_replicas])
 
 
 class ImageFileDataset(Dataset):

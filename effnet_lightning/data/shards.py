@@ -38,6 +38,7 @@ from PIL import Image
 
 from effnet_lightning.data.decode import EncodedImage, load_rgb
 from effnet_lightning.data.folders import folder_classes, folder_splits, image_problem
+from effnet_lightning.stop_signals import leave_stop_signals_to_parent
 
 SHARDS_INFO = "effnet_shards.json"
 LISTING = "listing.json"  # an unfinished prepare's listing and checks, so that running it again continues
@@ -198,7 +199,7 @@ def _checked_listing(root: Path, out: Path, val_fraction: float, seed: int, work
 
     def readable(samples: list[tuple[str, int]]) -> list[tuple[str, int]]:
         paths = [path for path, _ in samples]
-        with multiprocessing.get_context().Pool(workers) as pool:
+        with multiprocessing.get_context().Pool(workers, leave_stop_signals_to_parent) as pool:
             problems = pool.map(decode_problem, paths, chunksize=max(1, min(256, len(paths) // (4 * workers) or 1)))
         bad.update({path: problem for path, problem in zip(paths, problems) if problem})
         return [sample for sample, problem in zip(samples, problems) if not problem]

@@ -13,7 +13,10 @@ gamma^phi, rounded to a multiple of 8. Grid points that build the same network (
 1.2 round B0's repeats to the same counts) train once. `--baseline-seeds` trains the baseline
 once per seed, so the report can set the candidates' differences against its seed spread.
 Finished candidates are cached in the output folder, so a re-run resumes where the last one
-stopped. `--launcher slurm` submits each fit as its own SLURM job through submitit (one job
+stopped. A stop signal (Ctrl+C, SIGTERM from `timeout` or a scheduler, SIGUSR1/SIGUSR2) is passed
+on to the running fits, which stop at a batch boundary with their `last.ckpt`; the search then
+exits with 128 + the signal, and the same command again resumes those fits from their
+checkpoints and skips the finished ones. `--launcher slurm` submits each fit as its own SLURM job through submitit (one job
 array; `--slurm-partition`, `--slurm-timeout-min`, `--slurm-gpus`, `--slurm-cpus`) and waits for
 them, into the same cache and report. Then scale further with `--model.variant phi2_a<alpha>_b<beta>_g<gamma>`.
 """
@@ -27,9 +30,11 @@ import json
 import os
 import queue
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor, as_completed
@@ -41,6 +46,7 @@ import yaml
 
 from effnet_lightning.data import demo
 from effnet_lightning.models.scaling import ALPHA, BETA, GAMMA, from_phi, phi_name
+from effnet_lightning.stop_signals import STOP_SIGNALS
 
 DEFAULT_GRID = {"alpha": [1.1, 1.2, 1.3], "beta": [1.0, 1.1, 1.2], "gamma": [1.0, 1.15, 1.3]}
 
@@ -59,7 +65,8 @@ class Candidate:
     within_budget: bool
     val_acc: float | None = None
     wall_s: float | None = None
-    status: str = "not run"  # not run, trained, cached, failed, out of budget, same network as <variant>
+    # not run, trained, cached, failed, stopped, out of budget, same network as <variant>
+    status: str = "not run"
     checkpoint: str | None = None
     seed: int | None = None
     architecture: tuple = field(default=(), repr=False, compare=False)
@@ -179,22 +186,112 @@ def load_cached(candidate: Candidate, command: list[str], run_dir: Path) -> bool
     return True
 
 
-def train(candidate: Candidate, command: list[str], run_dir: Path, device: str | None) -> Candidate:
-    """Run `fit` for one candidate (cached: the same command again reuses the result)."""
+class SearchStopped(Exception):
+    """A stop signal ended the search; the running fits saved their checkpoints."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+class RunningFits:
+    """The fits this search runs on this machine, each in its own process group, and a stop
+    signal passed on to them once: a terminal's Ctrl+C or a `kill` of the search's group then
+    reaches each fit exactly once (a second Ctrl+C would stop a fit without its checkpoint),
+    and no fit starts after it."""
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.processes: set[subprocess.Popen] = set()
+        self.stop_signal: int | None = None
+
+    def run(self, command: list[str], log, env: dict) -> int | None:
+        """The fit's exit status; None if the search was stopped before it started."""
+        with self.lock:
+            if self.stop_signal is not None:
+                return None
+            process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, process_group=0)
+            self.processes.add(process)
+        try:
+            return process.wait()
+        finally:
+            with self.lock:
+                self.processes.discard(process)
+
+    def stop(self, signum: int, frame=None) -> None:
+        """The signal handler (main thread; the lock is only ever held by the fits' threads)."""
+        if self.stop_signal is not None:
+            if signum == signal.SIGINT:  # a second Ctrl+C: stop at once
+                raise KeyboardInterrupt
+            return
+        print(
+            f"scale-search: {signal.Signals(signum).name}: stopping the running fits at a batch boundary "
+            "(each saves its last.ckpt)",
+            flush=True,
+        )
+        with self.lock:
+            self.stop_signal = signum
+            for process in self.processes:
+                process.send_signal(signum)
+
+    def handling_stop_signals(self):
+        """Install `stop` for the stop signals (main thread only); returns a function that puts
+        the previous handlers back."""
+        if threading.current_thread() is not threading.main_thread():
+            return lambda: None
+        previous = {signum: signal.signal(signum, self.stop) for signum in STOP_SIGNALS}
+        return lambda: [signal.signal(signum, handler) for signum, handler in previous.items()]
+
+
+def fit_record(run_dir: Path) -> dict:
+    """What the candidate's fit recorded in its default_root_dir (latest_fit.json); {} if nothing."""
+    path = run_dir / "latest_fit.json"
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def resume_args(run_dir: Path, command: list[str]) -> list[str]:
+    """`--ckpt_path last` when the candidate's fit, started by this same command, stopped before
+    its end with a checkpoint. Records the command of the fit about to start."""
+    started = run_dir / "started.json"
+    same = started.exists() and json.loads(started.read_text()) == command[1:]
+    started.write_text(json.dumps(command[1:]))
+    record = fit_record(run_dir)
+    if same and not record.get("finished") and record.get("last_model_path"):
+        return ["--ckpt_path", "last"]
+    return []
+
+
+def train(
+    candidate: Candidate, command: list[str], run_dir: Path, device: str | None, fits: RunningFits | None = None
+) -> Candidate:
+    """Run `fit` for one candidate (cached: the same command again reuses the result; a fit
+    stopped with a checkpoint resumes from it). `fits`: where the fit's process is kept, so a
+    stop signal reaches it (None: a plain child process, as in a cluster job)."""
     if load_cached(candidate, command, run_dir):
         return candidate
     result_file = run_dir / "result.json"
     run_dir.mkdir(parents=True, exist_ok=True)
+    resume = resume_args(run_dir, command)
     package_parent = str(Path(__file__).resolve().parents[1])
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [package_parent, os.environ.get("PYTHONPATH")]))}
     if device is not None:
         env["CUDA_VISIBLE_DEVICES"] = device
     start = time.perf_counter()
-    with open(run_dir / "fit.log", "w") as log:
-        returncode = subprocess.run(command, check=False, stdout=log, stderr=subprocess.STDOUT, env=env).returncode
+    with open(run_dir / "fit.log", "a" if resume else "w") as log:
+        if fits is None:
+            returncode = subprocess.run(
+                command + resume, check=False, stdout=log, stderr=subprocess.STDOUT, env=env
+            ).returncode
+        else:
+            returncode = fits.run(command + resume, log, env)
+    if returncode is None:
+        candidate.status = "not run"
+        return candidate
     candidate.wall_s = round(time.perf_counter() - start, 1)
-    record_file = run_dir / "latest_fit.json"
-    record = json.loads(record_file.read_text()) if record_file.exists() else {}
+    record = fit_record(run_dir)
+    if returncode - 128 in STOP_SIGNALS and not record.get("finished"):
+        candidate.status = "stopped"
+        return candidate
     if returncode != 0 or not record.get("finished") or record.get("best_score") is None:
         candidate.status = "failed"
         candidate.extra["log"] = str(run_dir / "fit.log")
@@ -220,22 +317,30 @@ def train(candidate: Candidate, command: list[str], run_dir: Path, device: str |
 
 def train_locally(commands: list[tuple[Candidate, list[str], Path]], workers: int, devices: list[str] | None):
     """Train on this machine, `workers` fits at a time (GPU ids from `devices` in turn); yields
-    each candidate as it finishes."""
+    each candidate as it finishes. After a stop signal, raises SearchStopped once the running
+    fits have saved their checkpoints."""
     slots: queue.Queue = queue.Queue()
     for i in range(max(1, workers)):
         slots.put(devices[i % len(devices)] if devices else None)
+    fits = RunningFits()
 
     def run(job):
         candidate, command, run_dir = job
         device = slots.get()
         try:
-            return train(candidate, command, run_dir, device)
+            return train(candidate, command, run_dir, device, fits)
         finally:
             slots.put(device)
 
-    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        for future in as_completed([pool.submit(run, job) for job in commands]):
-            yield future.result()
+    restore = fits.handling_stop_signals()
+    try:
+        with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+            for future in as_completed([pool.submit(run, job) for job in commands]):
+                yield future.result()
+    finally:
+        restore()
+    if fits.stop_signal is not None:
+        raise SearchStopped(fits.stop_signal)
 
 
 def slurm_executor(launcher: str, folder: Path, partition: str | None, timeout_min: int, gpus: int, cpus: int):
@@ -641,4 +746,8 @@ def main(argv: list[str] | None = None) -> None:
     space = SearchSpace(args.phi, tuple(args.alpha), tuple(args.beta), tuple(args.gamma), args.budget, args.tolerance)
     seeds = tuple(args.baseline_seeds) if args.baseline_seeds else (None,)
     plan = FitPlan(tuple(args.config), tuple(fit_args), args.epochs, args.baseline, seeds)
-    search(space, plan, args.output_dir, launcher(args), args.base_resolution)
+    try:
+        search(space, plan, args.output_dir, launcher(args), args.base_resolution)
+    except SearchStopped as stopped:
+        print(f"scale-search: stopped by {stopped}; run the same command again to resume", flush=True)
+        sys.exit(128 + stopped.signum)

@@ -3,6 +3,7 @@
 import json
 import os
 import signal
+import subprocess
 import time
 from pathlib import Path
 
@@ -89,6 +90,36 @@ class SignalAtStep(L.Callback):
         if trainer.global_step == int(os.environ["PROBE_STEP"]) and not getattr(self, "sent", False):
             self.sent = True
             os.kill(os.getpid(), getattr(signal, os.environ["PROBE_SIGNAL"]))
+
+
+class GroupSignalAtStep(L.Callback):
+    """Has $PROBE_SIGNAL sent to this process's whole process group (its loader workers and,
+    under DDP, the other ranks too) after the optimizer step that makes the global step
+    $PROBE_STEP. The sender is a `kill` outside the group, as `timeout`, systemd or SLURM's
+    `--signal` are: a loader worker treats a SIGTERM from its own parent differently (it exits
+    quietly), so a signal from the main process would not show what a launcher's does. Under
+    DDP only rank 0 has it sent. With $PROBE_GROUP=parent the group is the parent process's
+    (the command that started this fit); with $PROBE_IN, only a fit whose default_root_dir ends
+    with it sends. With $PROBE_FILE set, each rank writes the global step it stopped at to
+    $PROBE_FILE.<rank>."""
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if trainer.global_step != int(os.environ["PROBE_STEP"]) or getattr(self, "sent", False):
+            return
+        if not str(trainer.default_root_dir).endswith(os.environ.get("PROBE_IN", "")):
+            return
+        self.sent = True
+        if trainer.global_rank == 0:
+            pid = os.getppid() if os.environ.get("PROBE_GROUP") == "parent" else 0
+            subprocess.run(
+                ["kill", "-s", os.environ["PROBE_SIGNAL"].removeprefix("SIG"), "--", f"-{os.getpgid(pid)}"],
+                start_new_session=True,
+                check=True,
+            )
+
+    def on_exception(self, trainer, pl_module, exception):
+        if os.environ.get("PROBE_FILE"):
+            Path(f"{os.environ['PROBE_FILE']}.{trainer.global_rank}").write_text(str(trainer.global_step))
 
 
 class NaNAtStep(L.Callback):

@@ -379,6 +379,99 @@ def test_slurm_sigusr1_checkpoints_requeues_the_job_and_the_requeued_job_logs_on
     expect("slurm-requeue", "SIGUSR1: requeued SLURM job 4242", "scontrol requeue 4242", "138", "W&B: resuming run")
 
 
+def group_args(root, workers: str) -> list:
+    """A 2-epoch run of 4 steps an epoch, every step's loss logged, with `workers` loader workers."""
+    args = ["fit", "--data.root", root, *SHORT, "--data.num_workers", workers, "--trainer.max_epochs", "2"]
+    return [*args, "--trainer.log_every_n_steps", "1", "--model.dropout", "0.3"]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted_losses(small_root, tmp_path_factory):
+    """{num_workers: per-step losses of the uninterrupted run}, each run once for the module."""
+    runs = {}
+
+    def losses(workers: str) -> dict[int, float]:
+        if workers not in runs:
+            cwd = tmp_path_factory.mktemp(f"whole{workers}")
+            run_cli(group_args(small_root, workers), cwd)
+            runs[workers] = train_losses(cwd)
+        return runs[workers]
+
+    return losses
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("workers", ["0", "2"])
+@pytest.mark.parametrize("name", ["SIGINT", "SIGTERM", "SIGUSR1"])
+def test_a_signal_to_the_whole_process_group_stops_at_a_batch_boundary_and_resumes(
+    tmp_path, small_root, uninterrupted_losses, name, workers
+):
+    """`timeout`, systemd and SLURM signal the whole process group, loader workers included: the
+    workers leave the signal to the main process, which stops at the batch boundary with
+    last.ckpt and exits with 128 + the signal; the resumed run has the uninterrupted run's losses."""
+    signum = getattr(signal, name)
+    args = group_args(small_root, workers)
+    env = probe_env(step=3, signal=name)
+    if signum == signal.SIGUSR1:
+        tools = tmp_path / "bin"
+        tools.mkdir()
+        (tools / "scontrol").write_text('#!/bin/sh\necho "$@" >> "$SCONTROL_LOG"\n')
+        (tools / "scontrol").chmod(0o755)
+        env = {**env, **SLURM_JOB, "SCONTROL_LOG": str(tmp_path / "scontrol.log")}
+        env["PATH"] = f"{tools}{os.pathsep}{env['PATH']}"
+    job = tmp_path / "job"
+    job.mkdir()
+    stopped = run_cli([*args, "--trainer.callbacks+=tests.helpers.probes.GroupSignalAtStep"], job, check=False, env=env)
+    assert stopped.returncode == 128 + signum, stopped.stderr[-2000:]
+    assert "Traceback" not in stopped.stderr and "killed by signal" not in stopped.stderr, stopped.stderr[-2000:]
+    assert "fit stopped by a signal at step 3 (epoch 0): saved runs/version_0/checkpoints/last.ckpt" in stopped.stdout
+    assert torch.load(job / record(job)["last_model_path"], weights_only=True)["global_step"] == 3
+    if signum == signal.SIGUSR1:
+        assert (tmp_path / "scontrol.log").read_text().split() == ["requeue", "4242"]
+    resumed = run_cli([*args, "--ckpt_path", "last"], job)
+    assert "not resumable" not in resumed.stderr
+    whole, split = uninterrupted_losses(workers), train_losses(job)
+    assert sorted(whole) == sorted(split) == list(range(8))
+    assert [split[s] for s in range(8)] == pytest.approx([whole[s] for s in range(8)], abs=1e-6)
+    print(f"{name}, {workers} workers: exit {stopped.returncode}, steps 3-7 {[split[s] for s in range(3, 8)]}")
+    seen = ("fit stopped by a signal at step 3 (epoch 0)", str(128 + signum), "the 5 losses after the stop")
+    if signum == signal.SIGINT:
+        expect("group-sigint", *seen)
+    elif signum == signal.SIGTERM:
+        expect("group-sigterm", *seen)
+    else:
+        expect("group-sigusr1", *seen, "requeue 4242")
+
+
+@pytest.mark.slow
+def test_sigterm_to_a_two_process_ddp_group_stops_both_ranks_at_one_step_and_resumes_mid_epoch(tmp_path, small_root):
+    """Under DDP the signal reaches both ranks (and their workers): both stop at the step rank 0's
+    flag names, one last.ckpt is written, and the resumed run, from the middle of an epoch, has
+    the uninterrupted two-process run's losses."""
+    ddp = ["--trainer.accelerator", "cpu", "--trainer.strategy", "ddp", "--trainer.devices", "2"]
+    args = [*group_args(small_root, "1"), *ddp]
+    whole = tmp_path / "whole"
+    whole.mkdir()
+    run_cli(args, whole)
+    job = tmp_path / "job"
+    job.mkdir()
+    probe = "--trainer.callbacks+=tests.helpers.probes.GroupSignalAtStep"
+    env = probe_env(step=3, signal="SIGTERM", file=tmp_path / "stopped")
+    stopped = run_cli([*args, probe], job, check=False, env=env)
+    assert stopped.returncode == 128 + signal.SIGTERM, stopped.stderr[-2000:]
+    assert "Traceback" not in stopped.stderr and "killed by signal" not in stopped.stderr, stopped.stderr[-2000:]
+    assert [(tmp_path / f"stopped.{rank}").read_text() for rank in (0, 1)] == ["3", "3"]
+    assert stopped.stdout.count("fit stopped by a signal at step 3 (epoch 0)") == 1
+    assert [p.name for p in job.rglob("*.ckpt")] == ["last.ckpt"]
+    assert torch.load(job / record(job)["last_model_path"], weights_only=True)["global_step"] == 3
+    run_cli([*args, "--ckpt_path", "last"], job)
+    expected, split = train_losses(whole), train_losses(job)
+    assert sorted(expected) == sorted(split) == list(range(8))
+    print(f"2 processes, SIGTERM to the group at step 3: losses of steps 3-7 {[split[s] for s in range(3, 8)]}")
+    assert [split[s] for s in range(8)] == pytest.approx([expected[s] for s in range(8)], abs=1e-6)
+    expect("group-sigterm-ddp", "both ranks stopped at step 3", "one last.ckpt", "143")
+
+
 def test_a_crash_while_writing_a_checkpoint_leaves_the_previous_one_whole(tmp_path):
     from effnet_lightning.callbacks.atomic import AtomicCheckpointIO
 

@@ -1,6 +1,10 @@
 """The compound-scaling search, end to end through `cli.py scale-search` with tiny budgets."""
 
 import csv
+import json
+import os
+import signal
+from pathlib import Path
 
 import pytest
 import torch
@@ -9,6 +13,7 @@ from effnet_lightning import create_model
 from effnet_lightning.models.efficientnet import count_gmacs
 from effnet_lightning.tools.search import scaled_resolution
 from tests.helpers.cli import ROOT, run_cli
+from tests.helpers.fault_doc import expect
 
 
 @pytest.mark.slow
@@ -89,6 +94,47 @@ def test_search_trains_each_distinct_network_once_reports_the_best_against_the_s
     with open(tmp_path / "search" / "results.csv", newline="") as f:
         again_rows = {r["variant"]: r["val_acc"] for r in csv.DictReader(f) if r["variant"] != "b0"}
     assert again_rows == {n: r["val_acc"] for n, r in rows.items()}
+
+
+@pytest.mark.slow
+def test_a_search_stopped_by_sigterm_to_its_group_resumes_the_stopped_fit_and_skips_finished_ones(small_root, tmp_path):
+    """SIGTERM to the search's process group (as `timeout` or a scheduler sends it) while the
+    second of three fits runs: the search passes it on, that fit stops at a batch boundary with
+    its last.ckpt, the third never starts, exit 143. The same command again keeps the first
+    fit's result, resumes the second from its checkpoint in the same folder and trains the third."""
+    args = ["scale-search", "--config", ROOT / "configs" / "debug.yaml", "--alpha", "1.0", "--beta", "1.0"]
+    args += ["--gamma", "1.0", "1.15", "--budget", "1.2", "--tolerance", "0.5", "--base-resolution", "64"]
+    args += ["--output-dir", "search", "--", "--data.root", small_root, "--data.num_workers", "1"]
+    args += ["--trainer.callbacks+=tests.helpers.probes.GroupSignalAtStep"]
+    stopped_fit = tmp_path / "search" / "candidates" / "phi1_a1_b1_g1"
+    env = {**os.environ, "PROBE_STEP": "2", "PROBE_SIGNAL": "SIGTERM", "PROBE_GROUP": "parent"}
+    env["PROBE_IN"] = str(Path("search", "candidates", stopped_fit.name))
+    first = run_cli(args, tmp_path, check=False, env=env)
+    assert first.returncode == 128 + signal.SIGTERM, first.stdout[-2000:] + first.stderr[-2000:]
+    assert "Traceback" not in first.stdout + first.stderr
+    assert "scale-search: stopped by SIGTERM; run the same command again to resume" in first.stdout
+    assert "b0: trained" in first.stdout and "phi1_a1_b1_g1: stopped" in first.stdout
+    assert "phi1_a1_b1_g1.15: not run" in first.stdout
+    assert not (tmp_path / "search" / "report.md").exists()
+    record = json.loads((stopped_fit / "latest_fit.json").read_text())
+    assert record["finished"] is False
+    assert torch.load(tmp_path / record["last_model_path"], weights_only=True)["global_step"] == 2
+    baseline_log = (tmp_path / "search" / "candidates" / "baseline" / "fit.log").read_text()
+
+    again = run_cli(args, tmp_path, env=env)
+    assert "b0: cached" in again.stdout and "phi1_a1_b1_g1: trained" in again.stdout
+    assert "phi1_a1_b1_g1.15: trained" in again.stdout
+    assert (tmp_path / "search" / "candidates" / "baseline" / "fit.log").read_text() == baseline_log
+    resumed = json.loads((stopped_fit / "latest_fit.json").read_text())
+    assert resumed["finished"] is True  # in the stopped fit's checkpoint folder:
+    assert (tmp_path / resumed["last_model_path"]).resolve() == (tmp_path / record["last_model_path"]).resolve()
+    record = resumed
+    assert torch.load(tmp_path / record["last_model_path"], weights_only=True)["global_step"] == 4
+    with open(tmp_path / "search" / "results.csv", newline="") as f:
+        statuses = {r["variant"]: r["status"] for r in csv.DictReader(f)}
+    assert statuses == {"b0": "cached", "phi1_a1_b1_g1": "trained", "phi1_a1_b1_g1.15": "trained"}
+    expect("search-sigterm", "scale-search: stopped by SIGTERM; run the same command again to resume", "143")
+    expect("search-sigterm", "stopped", "not run", "cached", "last.ckpt")
 
 
 def test_bad_search_arguments_are_one_line_errors(tmp_path):

@@ -3,7 +3,16 @@ checkpoint's settings under what the user gave."""
 
 import pytest
 
-from effnet_lightning.cli.checkpoints import Choice, choose_what_to_run, given_model_settings, merge_checkpoint_settings
+from effnet_lightning.cli.checkpoints import (
+    Choice,
+    checkpoint_data_settings,
+    choose_what_to_run,
+    data_settings_line,
+    given_data_settings,
+    given_model_settings,
+    merge_checkpoint_settings,
+    uses_fit_data,
+)
 
 RECORD = {"best_model_path": "runs/a/checkpoints/best.ckpt", "last_model_path": "runs/a/checkpoints/last.ckpt"}
 
@@ -117,3 +126,108 @@ def test_given_model_settings_reads_flags_and_config_files(tmp_path):
         ["test", "--config", str(tmp_path / "a.yaml"), "--model.compile", "true", "--model.lr=0.5", "--data.root", "x"]
     )
     assert typed == {"compile", "lr"} and given == {"compile", "lr", "variant"}
+
+
+# A fit's recorded data hyperparameters (its root made absolute).
+SAVED_DATA = {
+    "root": "/data/D",
+    "image_size": 64,
+    "eval_image_size": None,
+    "extra_eval_sizes": None,
+    "batch_size": 8,
+    "num_workers": 0,
+    "val_fraction": 0.25,
+    "seed": 7,
+    "augment": "randaugment",
+    "mixup_alpha": 0.2,
+    "allow_empty_classes": False,
+    "strict": True,
+}
+
+FROM_FIT = {"root": "/data/D", "val_fraction": 0.25, "seed": 7, "image_size": 64}
+
+# This run's data settings before the checkpoint's: the defaults.
+CURRENT_DATA = {
+    "root": None,
+    "image_size": None,
+    "eval_image_size": None,
+    "extra_eval_sizes": None,
+    "batch_size": 32,
+    "num_workers": 2,
+    "val_fraction": 0.2,
+    "seed": 42,
+    "augment": "none",
+    "mixup_alpha": 0.0,
+    "allow_empty_classes": False,
+    "strict": False,
+}
+
+
+SIZES = ("image_size", "eval_image_size", "extra_eval_sizes")
+
+
+# (recorded data hyperparameters, data settings the user gave) -> the settings taken from the checkpoint
+DATA_CASES = [
+    # nothing given: the folder, split and sizes where they differ from this run's; never the
+    # loader, runtime or augmentation settings
+    (SAVED_DATA, set(), FROM_FIT),
+    (
+        {**SAVED_DATA, "eval_image_size": 96, "allow_empty_classes": True},
+        set(),
+        {**FROM_FIT, "eval_image_size": 96, "allow_empty_classes": True},
+    ),
+    # given settings win, each on its own
+    (SAVED_DATA, {"root"}, {k: v for k, v in FROM_FIT.items() if k != "root"}),
+    (SAVED_DATA, {"seed"}, {k: v for k, v in FROM_FIT.items() if k != "seed"}),
+    # the sizes go together: one given, none of the fit's (its extra sizes not added to the choice)
+    (SAVED_DATA, {"eval_image_size"}, {k: v for k, v in FROM_FIT.items() if k not in SIZES}),
+    # no root recorded (a fit on the demo data): the demo data stays the default
+    ({**SAVED_DATA, "root": None}, set(), {}),
+    ({}, set(), {}),
+    # shards in an object store are not looked for on disk
+    ({**SAVED_DATA, "root": "s3://bucket/shards"}, set(), {**FROM_FIT, "root": "s3://bucket/shards"}),
+    # the recorded folder is gone, but the user gives another: no error
+    ({**SAVED_DATA, "root": "/gone"}, {"root"}, {k: v for k, v in FROM_FIT.items() if k != "root"}),
+]
+
+
+@pytest.mark.parametrize(("saved", "given", "expected"), DATA_CASES)
+def test_checkpoint_data_settings(saved, given, expected):
+    assert checkpoint_data_settings(saved, CURRENT_DATA, given, {"/data/D"}.__contains__) == expected
+
+
+def test_checkpoint_data_settings_refuse_a_moved_folder_and_say_what_they_take():
+    with pytest.raises(FileNotFoundError) as error:
+        checkpoint_data_settings({**SAVED_DATA, "root": "/gone"}, CURRENT_DATA, set(), {"/data/D"}.__contains__)
+    assert str(error.value) == (
+        "the data folder of the checkpoint's fit, /gone, no longer exists: give its new place with --data.root DIR"
+    )
+    line = data_settings_line("test", {"root": "/data/D", "seed": 7, "extra_eval_sizes": [64, 96], "strict": False})
+    assert line == (
+        "test: data settings from the checkpoint: --data.root /data/D --data.seed 7 "
+        "--data.extra_eval_sizes [64, 96] --data.strict false"
+    )
+
+
+def test_given_data_settings_reads_flags_and_config_files(tmp_path):
+    (tmp_path / "a.yaml").write_text("data:\n  init_args:\n    seed: 3\nmodel:\n  lr: 0.1\n")
+    given = given_data_settings(["test", "--config", str(tmp_path / "a.yaml"), "--data.root=x", "--model.lr", "1"])
+    assert given == {"seed", "root"}
+
+
+# (subcommand, export's --formats) -> whether it takes the data settings of the checkpoint's fit
+USES_FIT_DATA = [
+    ("validate", None, True),
+    ("test", None, True),
+    ("export", ["onnx", "onnx_int8"], True),  # the INT8 check calibrates and measures on the data
+    ("export", "onnx_int8", True),
+    ("export", None, False),  # the default formats need no data
+    ("export", ["safetensors"], False),
+    ("predict", None, False),  # predict reads --data.predict_root
+    ("fit", None, False),
+]
+
+
+@pytest.mark.parametrize(("subcommand", "formats", "expected"), USES_FIT_DATA)
+def test_uses_fit_data(subcommand, formats, expected):
+    assert uses_fit_data(subcommand, formats) is expected
