@@ -13,11 +13,21 @@ from effnet_lightning.export.job import ExportJob, compare_logits
 from effnet_lightning.export.runtime import onnx_logits, onnx_session, onnxruntime_installed
 
 
-def export_onnx(model: torch.nn.Module, example: torch.Tensor, path: Path, opset: int | None) -> None:
-    """`model` traced on `example` into the ONNX file at `path`."""
+def export_onnx(
+    model: torch.nn.Module,
+    example: torch.Tensor,
+    path: Path,
+    opset: int | None,
+    output_names: tuple[str, ...] = ("logits",),
+    dynamic_size: bool = False,
+) -> None:
+    """`model` traced on `example` into the ONNX file at `path`, with a dynamic batch size (and,
+    with `dynamic_size`, dynamic height and width)."""
     if not onnxruntime_installed():  # the file could not be checked: refused before the slow export
         raise ValueError("ONNX export needs onnx, onnxscript and onnxruntime: pip install onnx onnxscript onnxruntime")
-    batch = torch.export.Dim("batch", min=1)
+    dims = {0: torch.export.Dim("batch", min=1)}
+    if dynamic_size:
+        dims |= {2: torch.export.Dim.DYNAMIC, 3: torch.export.Dim.DYNAMIC}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(
@@ -26,8 +36,8 @@ def export_onnx(model: torch.nn.Module, example: torch.Tensor, path: Path, opset
             str(path),
             dynamo=True,
             input_names=["images"],
-            output_names=["logits"],
-            dynamic_shapes={"x": {0: batch}},
+            output_names=list(output_names),
+            dynamic_shapes={"x": dims},
             external_data=False,
             opset_version=opset,
             verbose=False,

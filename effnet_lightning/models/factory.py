@@ -7,6 +7,7 @@
     create_model("b7", weights="ns")                         # a published set by short name (weights.py)
     create_model("b0", num_classes=5, weights="file.pth")    # any known layout, new 5-class head
     create_model(weights="export/run/hub")                   # a folder in the hub layout, its classes
+    create_model("b0", weights="imagenet", features_only=True)   # a backbone: maps at reductions 2-32
 
 Three steps: `resolve_weights` (what `weights` names: a row of the published table in
 `weights.py`, a hub repository or folder, a file, a state dict), `build_network` (the variant
@@ -29,6 +30,7 @@ import torch
 
 from effnet_lightning.models import hub
 from effnet_lightning.models.efficientnet import EfficientNet
+from effnet_lightning.models.features import EfficientNetFeatures, unused_by_features
 from effnet_lightning.models.preprocessing import Preprocessing
 from effnet_lightning.models.provenance import TF_BATCHNORM, TF_BUILD, BuildOptions
 from effnet_lightning.models.scaling import Variant, get_variant
@@ -211,8 +213,11 @@ def create_model(
     num_classes: int | None = None,
     weights: str | os.PathLike | Mapping[str, torch.Tensor] | None = None,
     weights_only: bool = True,
+    features_only: bool = False,
+    out_indices: tuple[int, ...] = (0, 1, 2, 3, 4),
+    feature_location: str = "block",
     **overrides,
-) -> EfficientNet:
+) -> EfficientNet | EfficientNetFeatures:
     """An EfficientNet, from scratch or from pretrained weights.
 
     Args:
@@ -227,16 +232,28 @@ def create_model(
             torchvision, timm, EfficientNet-PyTorch or this project's layout.
         weights_only: read a weights file without running pickled code in it; False only for
             files you trust (old pickles of whole models).
+        features_only: a backbone (`features.EfficientNetFeatures`) instead of a classifier: it
+            returns the feature maps of `out_indices` (0-4: reductions 2, 4, 8, 16, 32) and says
+            their channels and reductions in `feature_info`. The weights are the classifier's;
+            their head and classifier tensors are not required.
+        out_indices: the levels a backbone returns, increasing.
+        feature_location: "block" (each level's last block output) or "expansion" (that block's
+            expanded map, before its 1x1 projection, as EfficientDet takes it).
         overrides: `EfficientNet` options (padding, bn_eps, bn_momentum, activation, se,
             dropout, drop_path_rate, in_channels, zero_init_residual). Settings the weights need
             (SAME padding for TF-ported weights, torchvision's BatchNorm for b5-b7) are chosen
             automatically; an override wins.
     """
+    if features_only and num_classes:
+        raise ValueError("a features_only network has no classifier: leave num_classes out")
     source = resolve_weights(variant.name if isinstance(variant, Variant) else variant, weights, weights_only)
     v = variant if isinstance(variant, Variant) else get_variant(variant or source.variant or "b0")
     state_dict = source.load()
-    model = build_network(v, state_dict, source.build, num_classes, **overrides)
-    return load_into(model, state_dict, source)
+    if not features_only:
+        return load_into(build_network(v, state_dict, source.build, num_classes, **overrides), state_dict, source)
+    network = build_network(v, state_dict, source.build, 0, **overrides)
+    optional = unused_by_features(network, out_indices, feature_location)
+    return EfficientNetFeatures(load_into(network, state_dict, source, optional), out_indices, feature_location)
 
 
 def build_network(
@@ -259,12 +276,16 @@ def build_network(
 
 
 def load_into(
-    model: EfficientNet, state_dict: Mapping[str, torch.Tensor] | None, source: WeightsSource
+    model: EfficientNet,
+    state_dict: Mapping[str, torch.Tensor] | None,
+    source: WeightsSource,
+    optional: tuple[str, ...] = (),
 ) -> EfficientNet:
-    """The state dict into `model`, and the provenance that says what it came from and needs."""
+    """The state dict into `model` (tensors under `optional` may be missing), and the
+    provenance that says what it came from and needs."""
     head_loaded = False
     if state_dict is not None:
-        layout, head_loaded = load_weights(model, state_dict, source.name)
+        layout, head_loaded = load_weights(model, state_dict, source.name, optional)
         log.info("loaded %s weights (%s layout) into %s", source.name, layout, model.variant.name)
     categories = source.categories if model.num_classes == len(source.categories) else ()
     model.provenance = replace(

@@ -174,7 +174,15 @@ class MBConv(nn.Module):
         self.inplace = False  # the inference form sets it: the residual sum overwrites the branch's output
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.project(self.se(self.dw(self.expand(x))))
+        return self.project_from(self.expanded(x), x)
+
+    def expanded(self, x: torch.Tensor) -> torch.Tensor:
+        """The expanded map: after the depthwise convolution and SE, the 1x1 projection's input."""
+        return self.se(self.dw(self.expand(x)))
+
+    def project_from(self, expanded: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """The block's output from its expanded map and its input."""
+        out = self.project(expanded)
         if self.has_residual:
             out = self.drop_path(out)
             out = out.add_(x) if self.inplace else out + x

@@ -193,13 +193,14 @@ def key_map(model: EfficientNet, layout: str) -> dict[str, str]:
 
 
 def load_weights(
-    model: EfficientNet, state_dict: Mapping[str, torch.Tensor], source: str = "weights"
+    model: EfficientNet, state_dict: Mapping[str, torch.Tensor], source: str = "weights", optional: tuple[str, ...] = ()
 ) -> tuple[str, bool]:
     """Copy a state dict of any known layout into `model`, checking every key and shape.
 
     A classifier whose class count differs is left freshly initialised (logged); a stem with
-    another input-channel count is adapted (summed for 1 channel). Returns the layout name and
-    whether the classifier was loaded.
+    another input-channel count is adapted (summed for 1 channel); tensors of ours whose names
+    start with one of `optional` may be missing (they keep their initialisation: a backbone
+    does not use them). Returns the layout name and whether the classifier was loaded.
     """
     layout, state_dict = detect_layout(state_dict)
     mapping = key_map(model, layout)
@@ -224,7 +225,8 @@ def load_weights(
             new_state[ours] = own[ours]
             continue
         if theirs not in state_dict:
-            if ours.endswith("num_batches_tracked"):  # a counter, not weights; some exporters drop it
+            # a counter, not weights (some exporters drop it), or a tensor the caller does not need
+            if ours.endswith("num_batches_tracked") or ours.startswith(optional):
                 new_state[ours] = own[ours]
                 continue
             raise WeightsError(
