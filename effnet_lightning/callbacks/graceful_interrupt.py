@@ -75,8 +75,9 @@ class GracefulInterrupt(L.Callback):
             return
         agreed = torch.tensor([_received_signal or 0], device=trainer.strategy.root_device)
         dist.all_reduce(agreed, op=dist.ReduceOp.MAX)
-        if agreed.item():
-            _received_signal = _received_signal or int(agreed.item())
+        signum = int(agreed.item())  # one device-to-host copy a step
+        if signum:
+            _received_signal = _received_signal or signum
             request_stop(trainer)
 
     def on_exception(self, trainer, pl_module, exception):

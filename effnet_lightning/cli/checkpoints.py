@@ -202,9 +202,8 @@ def checkpoint_data_settings(
     """The data settings a run from a checkpoint takes from its fit (`saved`: the checkpoint's
     data hyperparameters): those in RECORDED_DATA_SETTINGS that the user did not give (`given`:
     typed flags and --config files, as names under `data.`; the sizes as one) and that differ
-    from `current`.
-    None when the fit recorded no root (the demo data stays the default). A recorded folder
-    that no longer exists is an error."""
+    from `current`. Nothing when the fit recorded no root (the demo data stays the default). A
+    recorded folder that no longer exists is an error."""
     root = saved.get("root")
     if not root:
         return {}

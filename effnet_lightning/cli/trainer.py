@@ -72,8 +72,8 @@ class EffNetTrainer(Trainer):
                 replaced only once the new export has passed its checks.
             formats: any of onnx, torchscript, safetensors, hub, onnx_int8 (default: the first
                 three). onnx_int8: statically quantized ONNX (needs the data: the checkpoint's
-                fit's, or --data.root). hub: a `hub/` folder in timm's Hugging Face layout (timm key names, config.json,
-                model card with the checkpoint's evaluation reports).
+                fit's, or --data.root). hub: a `hub/` folder in timm's Hugging Face layout (timm
+                key names, config.json, model card with the checkpoint's evaluation reports).
             tolerance: largest allowed |logit difference| of a reloaded export.
             push_to: a Hugging Face repository (user/name) to upload the hub folder to, created
                 private if missing; needs a token (HF_TOKEN or `hf auth login`). Adds hub to the

@@ -411,7 +411,7 @@ class ImageFolderDataModule(L.LightningDataModule):
             drop_last=train and len(dataset) > hp.batch_size,
             collate_fn=collate,
             # A signal sent to the whole process group is the main process's to act on (stop at a
-            # batch boundary, checkpoint, shut the workers down): the workers ignore it.
+            # batch boundary, checkpoint, shut the workers down): the workers leave it to it.
             worker_init_fn=LeavingStopSignals(),
             # Its own generator: starting an iteration (resumes and sanity checks start more of them)
             # draws worker seeds from it, not from the global one that dropout and augmentation use.

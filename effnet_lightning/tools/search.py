@@ -16,8 +16,8 @@ Finished candidates are cached in the output folder, so a re-run resumes where t
 stopped. A stop signal (Ctrl+C, SIGTERM from `timeout` or a scheduler, SIGUSR1/SIGUSR2) is passed
 on to the running fits, which stop at a batch boundary with their `last.ckpt`; the search then
 exits with 128 + the signal, and the same command again resumes those fits from their
-checkpoints and skips the finished ones. `--launcher slurm` submits each fit as its own SLURM job through submitit (one job
-array; `--slurm-partition`, `--slurm-timeout-min`, `--slurm-gpus`, `--slurm-cpus`) and waits for
+checkpoints and skips the finished ones. `--launcher slurm` submits each fit as its own SLURM
+job through submitit (one job array; `--slurm-partition`, `--slurm-timeout-min`, `--slurm-gpus`, `--slurm-cpus`) and waits for
 them, into the same cache and report. Then scale further with `--model.variant phi2_a<alpha>_b<beta>_g<gamma>`.
 """
 
