@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 
 from effnet_lightning.models import hub
-from effnet_lightning.models.efficientnet import EfficientNet
+from effnet_lightning.models.efficientnet import EfficientNet, variant_preprocessing
 from effnet_lightning.models.features import EfficientNetFeatures, unused_by_features
 from effnet_lightning.models.preprocessing import Preprocessing
 from effnet_lightning.models.provenance import TF_BATCHNORM, TF_BUILD, BuildOptions
@@ -205,7 +205,7 @@ def preprocessing_for(variant: str | Variant | None, weights=None) -> Preprocess
     if pretrained is not None:
         return pretrained.preprocessing
     v = get_variant(variant or "b0")
-    return checkpoint_preprocessing(checkpoint_hparams(weights)) or Preprocessing.for_resolution(v.resolution)
+    return checkpoint_preprocessing(checkpoint_hparams(weights)) or variant_preprocessing(v)
 
 
 def create_model(

@@ -1,5 +1,6 @@
 """Building blocks of EfficientNet: conv-BN-activation, squeeze-and-excitation, stochastic
-depth and the MBConv block. Blocks receive final integer sizes from `scaling`."""
+depth, the MBConv block and EfficientNetV2's Fused-MBConv. Blocks receive final integer sizes
+from `scaling`."""
 
 from __future__ import annotations
 
@@ -182,8 +183,67 @@ class MBConv(nn.Module):
 
     def project_from(self, expanded: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """The block's output from its expanded map and its input."""
-        out = self.project(expanded)
-        if self.has_residual:
-            out = self.drop_path(out)
-            out = out.add_(x) if self.inplace else out + x
+        return _add_residual(self, self.project(expanded), x)
+
+    @property
+    def last_bn(self) -> nn.BatchNorm2d:
+        """The BatchNorm that ends the residual branch (zeroed by `zero_init_residual`)."""
+        return self.project.bn
+
+
+class FusedMBConv(nn.Module):
+    """EfficientNetV2's Fused-MBConv: a kxk convolution that expands (in place of MBConv's 1x1
+    expansion and kxk depthwise convolution) -> 1x1 project; without expansion, the kxk
+    convolution alone, to the output channels. No squeeze-and-excitation; a residual (and
+    stochastic depth) when the shape is kept. The same interface as `MBConv`."""
+
+    def __init__(
+        self,
+        cfg: BlockConfig,
+        drop_path_rate: float = 0.0,
+        activation: str = "swish",
+        padding: str = "symmetric",
+        bn_eps: float = 1e-5,
+        bn_momentum: float = 0.1,
+        lean_bn_act: bool = False,
+    ):
+        super().__init__()
+        self.cfg = cfg
+        bn = {"bn_eps": bn_eps, "bn_momentum": bn_momentum, "lean_bn_act": lean_bn_act}
+        hidden = cfg.hidden_channels
+        self.conv = ConvBNAct(
+            cfg.in_channels, hidden, cfg.kernel_size, cfg.stride, activation=activation, padding=padding, **bn
+        )
+        self.project = (
+            ConvBNAct(hidden, cfg.out_channels, 1, activation=None, **bn) if cfg.expand_ratio != 1 else nn.Identity()
+        )
+        self.has_residual = cfg.has_residual
+        self.drop_path = DropPath(drop_path_rate) if self.has_residual and drop_path_rate > 0 else nn.Identity()
+        self.inplace = False
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.project_from(self.expanded(x), x)
+
+    def expanded(self, x: torch.Tensor) -> torch.Tensor:
+        """The expanded map: the kxk convolution's output (the block's output without expansion)."""
+        return self.conv(x)
+
+    def project_from(self, expanded: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        return _add_residual(self, self.project(expanded), x)
+
+    @property
+    def last_bn(self) -> nn.BatchNorm2d:
+        return self.conv.bn if self.cfg.expand_ratio == 1 else self.project.bn
+
+
+def _add_residual(block: MBConv | FusedMBConv, out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """A block's branch output `out` plus its input `x`, through stochastic depth, where the
+    block has a residual; in place in the inference form (`out` is the block's own tensor)."""
+    if not block.has_residual:
         return out
+    out = block.drop_path(out)
+    return out.add_(x) if block.inplace else out + x
+
+
+def make_block(cfg: BlockConfig, **kwargs) -> MBConv | FusedMBConv:
+    return FusedMBConv(cfg, **kwargs) if cfg.fused else MBConv(cfg, **kwargs)
