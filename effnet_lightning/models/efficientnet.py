@@ -109,7 +109,7 @@ class EfficientNet(nn.Module):
         if self.zero_init_residual:
             for block in self.blocks:
                 if block.has_residual:
-                    nn.init.zeros_(block.last_bn.weight)
+                    nn.init.zeros_(block.last_bn().weight)
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         """Recompute each block's activations in backward instead of storing them."""

@@ -32,7 +32,7 @@ from effnet_lightning.models import hub
 from effnet_lightning.models.efficientnet import EfficientNet, variant_preprocessing
 from effnet_lightning.models.features import EfficientNetFeatures, unused_by_features
 from effnet_lightning.models.preprocessing import Preprocessing
-from effnet_lightning.models.provenance import TF_BATCHNORM, TF_BUILD, BuildOptions
+from effnet_lightning.models.provenance import TF_BATCHNORM, TF_BUILD, TORCHVISION_V2, BuildOptions
 from effnet_lightning.models.scaling import Variant, get_variant
 from effnet_lightning.models.state_dicts import (
     CLASSIFIERS,
@@ -80,6 +80,8 @@ def layout_build(layout: str, variant: Variant) -> BuildOptions:
         return TF_BUILD
     if layout == "torchvision" and variant.name in ("b5", "b6", "b7"):
         return TF_BATCHNORM
+    if layout == "torchvision" and variant.v2:
+        return TORCHVISION_V2
     return BuildOptions()
 
 

@@ -141,7 +141,25 @@ class DropPath(nn.Module):
         return f"rate={self.rate:.4f}"
 
 
-class MBConv(nn.Module):
+class Block(nn.Module):
+    """What MBConv and Fused-MBConv share: the output is the 1x1 projection (`project`) of the
+    expanded map (`expanded`), plus the input through stochastic depth where the block keeps the
+    shape. Subclasses build `project`, `has_residual`, `drop_path` and define `expanded`."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.project_from(self.expanded(x), x)
+
+    def project_from(self, expanded: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """The block's output from its expanded map and its input; the residual sum in place in
+        the inference form (`inplace`), where the projection's output is the block's own tensor."""
+        out = self.project(expanded)
+        if self.has_residual:
+            out = self.drop_path(out)
+            out = out.add_(x) if self.inplace else out + x
+        return out
+
+
+class MBConv(Block):
     """Mobile inverted bottleneck: [1x1 expand] -> kxk depthwise -> [SE] -> 1x1 project,
     with a residual (and stochastic depth) when the shape is kept."""
 
@@ -174,24 +192,16 @@ class MBConv(nn.Module):
         self.drop_path = DropPath(drop_path_rate) if self.has_residual and drop_path_rate > 0 else nn.Identity()
         self.inplace = False  # the inference form sets it: the residual sum overwrites the branch's output
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.project_from(self.expanded(x), x)
-
     def expanded(self, x: torch.Tensor) -> torch.Tensor:
         """The expanded map: after the depthwise convolution and SE, the 1x1 projection's input."""
         return self.se(self.dw(self.expand(x)))
 
-    def project_from(self, expanded: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        """The block's output from its expanded map and its input."""
-        return _add_residual(self, self.project(expanded), x)
-
-    @property
     def last_bn(self) -> nn.BatchNorm2d:
         """The BatchNorm that ends the residual branch (zeroed by `zero_init_residual`)."""
         return self.project.bn
 
 
-class FusedMBConv(nn.Module):
+class FusedMBConv(Block):
     """EfficientNetV2's Fused-MBConv: a kxk convolution that expands (in place of MBConv's 1x1
     expansion and kxk depthwise convolution) -> 1x1 project; without expansion, the kxk
     convolution alone, to the output channels. No squeeze-and-excitation; a residual (and
@@ -221,29 +231,13 @@ class FusedMBConv(nn.Module):
         self.drop_path = DropPath(drop_path_rate) if self.has_residual and drop_path_rate > 0 else nn.Identity()
         self.inplace = False
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.project_from(self.expanded(x), x)
-
     def expanded(self, x: torch.Tensor) -> torch.Tensor:
         """The expanded map: the kxk convolution's output (the block's output without expansion)."""
         return self.conv(x)
 
-    def project_from(self, expanded: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        return _add_residual(self, self.project(expanded), x)
-
-    @property
     def last_bn(self) -> nn.BatchNorm2d:
         return self.conv.bn if self.cfg.expand_ratio == 1 else self.project.bn
 
 
-def _add_residual(block: MBConv | FusedMBConv, out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """A block's branch output `out` plus its input `x`, through stochastic depth, where the
-    block has a residual; in place in the inference form (`out` is the block's own tensor)."""
-    if not block.has_residual:
-        return out
-    out = block.drop_path(out)
-    return out.add_(x) if block.inplace else out + x
-
-
-def make_block(cfg: BlockConfig, **kwargs) -> MBConv | FusedMBConv:
+def make_block(cfg: BlockConfig, **kwargs) -> Block:
     return FusedMBConv(cfg, **kwargs) if cfg.fused else MBConv(cfg, **kwargs)
