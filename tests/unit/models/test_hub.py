@@ -34,6 +34,8 @@ def test_hub_weights_give_timms_logits_with_the_repositorys_variant_build_and_pr
         assert (pre.crop_size, pre.interpolation) == (expected["input_size"][-1], expected["interpolation"])
         assert pre.resize_size == math.floor(expected["input_size"][-1] / expected["crop_pct"])
         assert pre.mean == pytest.approx(expected["mean"]) and pre.std == pytest.approx(expected["std"])
+        test_size = theirs.pretrained_cfg.get("test_input_size", expected["input_size"])[-1]  # V2: above training's
+        assert (pre.test_size or pre.crop_size) == test_size
     assert create_model(weights="hf-hub:timm/tf_efficientnet_b0.ap_in1k").provenance.preprocessing.mean == (0.5,) * 3
     # a new classifier for 5 classes on the hub backbone
     five = create_model(num_classes=5, weights="hf-hub:timm/tf_efficientnet_lite0.in1k")

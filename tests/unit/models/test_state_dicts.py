@@ -78,6 +78,32 @@ def test_equivalent_to_torchvision(name, image_batch):
     assert diff <= TOLERANCE
 
 
+@pytest.mark.parametrize("size", ["s", "m", "l"])
+def test_v2_equivalent_to_torchvision_with_its_parameter_count(size, image_batch):
+    torch.manual_seed(0)
+    reference = randomise_batchnorm(getattr(torchvision.models, f"efficientnet_v2_{size}")())
+    ours = create_model(f"v2-{size}", weights=reference.state_dict())  # torchvision's V2 BN eps chosen automatically
+    assert ours.stem.bn.eps == reference.features[0][1].eps == 1e-3
+    assert sum(p.numel() for p in ours.parameters()) == sum(p.numel() for p in reference.parameters())
+    diff = max_logit_difference(reference, ours, image_batch)
+    print(f"torchvision v2-{size}: max |logit diff| {diff:.2e}")
+    assert diff <= TOLERANCE
+
+
+def test_v2_parameter_counts_equal_torchvisions_published_ones():
+    # torchvision's weights metadata, counted there on its own networks
+    for size in ("s", "m", "l"):
+        meta = torchvision.models.get_weight(f"EfficientNet_V2_{size.upper()}_Weights.IMAGENET1K_V1").meta
+        with torch.device("meta"):
+            assert sum(p.numel() for p in create_model(f"v2-{size}").parameters()) == meta["num_params"]
+
+
+def test_v2_layouts_refuse_efficientnet_pytorch_weights_in_one_line():
+    reference = LukemelasReference.from_name("efficientnet-b0", image_size=64)
+    with pytest.raises(WeightsError, match=r"^EfficientNet-PyTorch weights hold no EfficientNetV2"):
+        create_model("v2-b0", weights=reference.state_dict())
+
+
 def test_equivalent_to_timm_efficientnet_b0(image_batch):
     torch.manual_seed(0)
     reference = randomise_batchnorm(timm.create_model("efficientnet_b0"))
