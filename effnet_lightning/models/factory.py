@@ -117,6 +117,7 @@ def resolve_weights(variant: str | None, weights, weights_only: bool = True) -> 
             load=partial(read_state_dict, weights, weights_only),
             preprocessing=checkpoint_preprocessing(hparams),
             build=checkpoint_build(hparams),
+            variant=(hparams or {}).get("variant"),
         )
     raise WeightsError(
         f"weights must be None, 'imagenet', a short name, 'hf-hub:<repo>', a file path or a state dict, got "
@@ -223,8 +224,9 @@ def create_model(
     """An EfficientNet, from scratch or from pretrained weights.
 
     Args:
-        variant: b0-b8, l2, lite0-lite4, phi<x> (custom compound scaling) or a `scaling.Variant`.
-            None: the one hub weights are for, else b0.
+        variant: b0-b8, l2, lite0-lite4, v2-b0 to v2-b3, v2-s/m/l/xl, phi<x> (custom compound
+            scaling) or a `scaling.Variant`. None: the one hub weights or a checkpoint of this
+            project are for, else b0.
         num_classes: classifier outputs. None: as many as the weights' classifier has (1000
             without weights). If the weights' classifier differs, the backbone loads and the
             classifier is freshly initialised (logged).
