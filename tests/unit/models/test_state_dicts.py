@@ -90,6 +90,13 @@ def test_v2_equivalent_to_torchvision_with_its_parameter_count(size, image_batch
     assert diff <= TOLERANCE
 
 
+def test_v2_s_equivalent_to_timms_pytorch_efficientnetv2_s(image_batch):
+    torch.manual_seed(0)
+    reference = randomise_batchnorm(timm.create_model("efficientnetv2_s"))
+    ours = create_model("v2-s", weights=reference.state_dict())  # PyTorch padding and BatchNorm, as timm's
+    assert max_logit_difference(reference, ours, image_batch) <= TOLERANCE
+
+
 def test_v2_parameter_counts_equal_torchvisions_published_ones():
     # torchvision's weights metadata, counted there on its own networks
     for size in ("s", "m", "l"):
