@@ -24,8 +24,9 @@ def timm_architecture(model) -> tuple[str, dict]:
     architecture for are refused in one line."""
     variant, build = model.variant.name, model.provenance.build
     lite = variant.startswith("lite")
-    # timm builds v2-b0 to v2-b3 only as TF ports: with symmetric padding, their port without SAME
-    tf = build.padding == "same" or variant.startswith("v2-b")
+    # timm builds v2-b0 to v2-b3 only as TF ports (with symmetric padding: their port without
+    # SAME) and v2-rw-t only as its own (with SAME padding: pad_type "same")
+    tf = (build.padding == "same" or variant.startswith("v2-b")) and variant != "v2-rw-t"
     architecture = timm_architecture_name(variant, tf)
     try:
         implied = parse_architecture(architecture)[1]

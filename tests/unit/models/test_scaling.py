@@ -139,6 +139,7 @@ def test_v2_table_holds_the_official_sizes_dropout_and_scaling():
         "v2-m": (1.0, 1.0, 384, 480, 0.3),
         "v2-l": (1.0, 1.0, 384, 480, 0.4),
         "v2-xl": (1.0, 1.0, 384, 512, 0.4),
+        "v2-rw-t": (0.8, 0.9, 224, 288, 0.2),  # timm's efficientnetv2_rw_t: V2-S's table scaled
     }
 
 

@@ -53,6 +53,7 @@ RESOLVES = [
     ("v2-s", "tf", HubRepo("timm/tf_efficientnetv2_s.in1k")),
     ("v2-m", "in21k", HubRepo("timm/tf_efficientnetv2_m.in21k_ft_in1k")),
     ("v2-xl", "imagenet", HubRepo("timm/tf_efficientnetv2_xl.in21k_ft_in1k")),
+    ("v2-rw-t", "imagenet", HubRepo("timm/efficientnetv2_rw_t.ra2_in1k")),
 ]  # fmt: skip
 
 
@@ -66,7 +67,7 @@ def test_the_table_has_one_row_per_variant_and_name_and_imagenet_weights_for_b0_
     pairs = [(w.variant, tag) for w in PUBLISHED for tag in w.tags]
     assert len(pairs) == len(set(pairs))
     imagenet = [w.variant for w in PUBLISHED if weights.IMAGENET in w.tags]
-    v2 = [f"v2-b{i}" for i in range(4)] + ["v2-s", "v2-m", "v2-l", "v2-xl"]
+    v2 = [f"v2-b{i}" for i in range(4)] + ["v2-s", "v2-m", "v2-l", "v2-xl", "v2-rw-t"]
     assert sorted(imagenet) == sorted([f"b{i}" for i in range(8)] + [f"lite{i}" for i in range(5)] + v2)
     assert SHORT_NAMES == ("tf", "ns", "ap", "aa", "ra", "ra2", "in21k")
     for w in PUBLISHED:
