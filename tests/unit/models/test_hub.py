@@ -70,7 +70,7 @@ def test_hub_names_that_cannot_be_used_are_one_line_errors(offline_hub):
         (
             {"variant": "b1", "weights": "ra2"},
             (
-                "weights 'ra2' exist for b3, b4, not for variant 'b1': choose one of those, or another set (tf, ns, ap, "
+                "weights 'ra2' exist for b3, b4, v2-rw-t, not for variant 'b1': choose one of those, or another set (tf, ns, ap, "
                 "aa, ra, ra2, in21k, imagenet)"
             ),
         ),
