@@ -9,6 +9,7 @@ per-channel).
     python benchmarks/inference.py                              # b0 and lite0, 224 px, batch 16
     python benchmarks/inference.py --variants b0 --size 224 --batch 16 --rounds 7 --compile
     python benchmarks/inference.py --device cuda --batch 64 --compile   # GPU rows: fp32 and bf16
+    python benchmarks/inference.py --variants v2-s --size 384 --batch 8   # EfficientNetV2-S at its evaluation size
 
 The INT8 file is calibrated here on random images: for speed only (its accuracy is measured by
 `export --formats onnx_int8` on real data, see docs/performance.md). Reported: images per second,
@@ -47,6 +48,7 @@ from effnet_lightning import create_model
 from effnet_lightning.export.onnx import export_onnx
 from effnet_lightning.export.onnx_int8 import quantize_onnx_int8
 from effnet_lightning.export.runtime import onnx_session
+from effnet_lightning.models.hub import timm_architecture_name
 from effnet_lightning.models.inference import fold_batchnorm, in_chunks
 
 
@@ -126,17 +128,17 @@ def _bf16(network, images: torch.Tensor) -> torch.Tensor:
 
 
 def networks(variant: str) -> dict:
-    """torchvision's (B variants only), timm's and this project's network for `variant`, in eval
+    """torchvision's (B and V2-S/M/L only), timm's and this project's network for `variant`, in eval
     mode, with seeded random weights."""
     import timm
     import torchvision
 
     torch.manual_seed(0)
     nets = {}
-    if variant.startswith("b"):
-        nets["torchvision"] = getattr(torchvision.models, f"efficientnet_{variant}")()
-    timm_name = f"efficientnet_{variant}" if variant.startswith("b") else f"tf_efficientnet_{variant}"
-    nets["timm"] = timm.create_model(timm_name)
+    if variant.startswith("b") or variant in ("v2-s", "v2-m", "v2-l"):
+        nets["torchvision"] = getattr(torchvision.models, f"efficientnet_{variant.replace('-', '_')}")()
+    # timm has Lite and V2-B0 to B3 only as TF ports (SAME padding)
+    nets["timm"] = timm.create_model(timm_architecture_name(variant, tf=variant.startswith(("lite", "v2-b"))))
     nets["ours plain"] = create_model(variant)
     return {name: net.eval() for name, net in nets.items()}
 

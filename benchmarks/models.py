@@ -5,6 +5,7 @@ torchvision's and timm's, measured in one run so that machine noise hits every n
     python benchmarks/models.py --precision bf16                       # autocast bf16 (CPU or GPU)
     python benchmarks/models.py --variant b3 --size 300 --batch 8
     python benchmarks/models.py --variant b7 --size 256 --batch 2
+    python benchmarks/models.py --variant v2-s --size 300 --batch 8   # EfficientNetV2-S at its training size
     python benchmarks/models.py --configs ours ours-compile timm-cl    # a subset (see --help)
 
 Every configuration lives in its own worker process: it builds its network once, warms up
@@ -93,6 +94,8 @@ def build_network(config: Config, variant: str):
     import timm
     import torchvision
 
+    from effnet_lightning.models.hub import timm_architecture_name
+
     if config.family == "ours":
         from effnet_lightning.training.module import EfficientNetModule
 
@@ -122,9 +125,9 @@ def build_network(config: Config, variant: str):
 
         return network, module.model
     if config.family == "torchvision":  # its default stochastic depth is 0.2, as ours
-        net = getattr(torchvision.models, f"efficientnet_{variant}")()
+        net = getattr(torchvision.models, f"efficientnet_{variant.replace('-', '_')}")()
     else:
-        net = timm.create_model(f"efficientnet_{variant}", drop_path_rate=0.2)
+        net = timm.create_model(timm_architecture_name(variant, tf=False), drop_path_rate=0.2)
         if config.grad_checkpointing:
             net.set_grad_checkpointing(True)
     if config.channels_last:

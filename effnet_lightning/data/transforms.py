@@ -68,11 +68,13 @@ class MixCollate:
 
 
 def eval_transform(pre: Preprocessing) -> v2.Compose:
-    """Resize the short side to resize_size, centre-crop crop_size, normalise."""
+    """Resize the short side to resize_size (both sides for crop_mode "squash"), centre-crop
+    crop_size, normalise."""
+    size = (pre.resize_size, pre.resize_size) if pre.crop_mode == "squash" else pre.resize_size
     return v2.Compose(
         [
             v2.ToImage(),
-            v2.Resize(pre.resize_size, interpolation=v2.InterpolationMode(pre.interpolation), antialias=True),
+            v2.Resize(size, interpolation=v2.InterpolationMode(pre.interpolation), antialias=True),
             v2.CenterCrop(pre.crop_size),
             v2.ToDtype(torch.float32, scale=True),
             v2.Normalize(pre.mean, pre.std),

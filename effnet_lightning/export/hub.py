@@ -14,7 +14,7 @@ from pathlib import Path
 from effnet_lightning.export.formats import Checked, Format
 from effnet_lightning.export.job import ExportJob, compare_logits
 from effnet_lightning.models.factory import create_model
-from effnet_lightning.models.hub import parse_architecture
+from effnet_lightning.models.hub import parse_architecture, timm_architecture_name
 from effnet_lightning.models.preprocessing import Preprocessing
 from effnet_lightning.models.state_dicts import WeightsError, key_map
 
@@ -24,7 +24,10 @@ def timm_architecture(model) -> tuple[str, dict]:
     architecture for are refused in one line."""
     variant, build = model.variant.name, model.provenance.build
     lite = variant.startswith("lite")
-    architecture = f"{'tf_' if build.padding == 'same' else ''}efficientnet_{variant}"
+    # timm builds v2-b0 to v2-b3 only as TF ports (with symmetric padding: their port without
+    # SAME) and v2-rw-t only as its own (with SAME padding: pad_type "same")
+    tf = (build.padding == "same" or variant.startswith("v2-b")) and variant != "v2-rw-t"
+    architecture = timm_architecture_name(variant, tf)
     try:
         implied = parse_architecture(architecture)[1]
     except WeightsError:
@@ -41,6 +44,8 @@ def timm_architecture(model) -> tuple[str, dict]:
     for key in ("bn_eps", "bn_momentum"):  # timm's keyword names are ours
         if getattr(build, key) != getattr(implied, key):
             args[key] = getattr(build, key)
+    if build.padding != implied.padding:
+        args["pad_type"] = "same" if build.padding == "same" else ""
     return architecture, args
 
 
@@ -65,7 +70,7 @@ def hub_config(model, class_names: list[str]) -> dict:
         "fixed_input_size": False,
         "interpolation": pre.interpolation,
         "crop_pct": _crop_pct(pre),
-        "crop_mode": "center",
+        "crop_mode": pre.crop_mode,
         "mean": mean,
         "std": std,
         "num_classes": model.num_classes,
@@ -125,7 +130,9 @@ def model_card(config: dict, source: str | None, evaluation: dict[str, str], rep
         + ".",
         "",
         f"- Classes ({len(names)}): {', '.join(names[:20])}{', ...' if len(names) > 20 else ''}",
-        f"- Input: {cfg['input_size'][0]} x {size} x {size}: {resize} px short side ({cfg['interpolation']}), "
+        f"- Input: {cfg['input_size'][0]} x {size} x {size}: {resize} px "
+        + ("both sides" if cfg["crop_mode"] == "squash" else "short side")
+        + f" ({cfg['interpolation']}), "
         + f"centre crop, mean {[round(m, 4) for m in cfg['mean']]}, std {[round(s, 4) for s in cfg['std']]}",
         "",
         "## Use",

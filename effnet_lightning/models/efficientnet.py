@@ -1,4 +1,5 @@
-"""The EfficientNet network: stem, MBConv blocks, head, dropout, classifier.
+"""The EfficientNet network (V1 and V2): stem, MBConv / Fused-MBConv blocks, head, dropout,
+classifier.
 
     model = EfficientNet("b3", num_classes=10)
     feats = model.forward_features(x)      # (N, head_channels, H/32, W/32)
@@ -16,7 +17,7 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from effnet_lightning.models.layers import ConvBNAct, MBConv
+from effnet_lightning.models.layers import ConvBNAct, make_block
 from effnet_lightning.models.preprocessing import Preprocessing
 from effnet_lightning.models.provenance import BuildOptions, Provenance
 from effnet_lightning.models.scaling import DROP_PATH_RATE, Variant, build_architecture, drop_path_rates, get_variant
@@ -26,7 +27,8 @@ class EfficientNet(nn.Module):
     """EfficientNet / EfficientNet-Lite built from a variant's scaling coefficients.
 
     Args:
-        variant: name (b0-b7, lite0-lite4, phi<x>) or a `scaling.Variant`.
+        variant: name (b0-b8, l2, lite0-lite4, v2-b0 to v2-b3, v2-s/m/l/xl, phi<x>) or a
+            `scaling.Variant`.
         num_classes: classifier outputs; 0 leaves the pooled features (no classifier).
         options: the structural settings (`BuildOptions`: padding, BatchNorm eps/momentum,
             activation, squeeze-and-excitation, input channels); keyword arguments of the same
@@ -75,7 +77,7 @@ class EfficientNet(nn.Module):
         self.stem = ConvBNAct(in_channels, arch.stem_channels, 3, stride=2, **conv)
         rates = drop_path_rates(len(arch.blocks), drop_path_rate)
         self.blocks = nn.Sequential(
-            *[MBConv(cfg, drop_path_rate=rate, **conv) for cfg, rate in zip(arch.blocks, rates)]
+            *[make_block(cfg, drop_path_rate=rate, **conv) for cfg, rate in zip(arch.blocks, rates)]
         )
         self.head = ConvBNAct(arch.blocks[-1].out_channels, arch.head_channels, 1, **conv)
         self.num_features = arch.head_channels
@@ -84,7 +86,7 @@ class EfficientNet(nn.Module):
         self.num_classes = num_classes
         self.classifier = nn.Linear(self.num_features, num_classes) if num_classes else nn.Identity()
         self.grad_checkpointing = False
-        self.provenance = Provenance(Preprocessing.for_resolution(self.variant.resolution), options)
+        self.provenance = Provenance(variant_preprocessing(self.variant), options)
         self.zero_init_residual = zero_init_residual
         self.reset_parameters()
 
@@ -107,7 +109,7 @@ class EfficientNet(nn.Module):
         if self.zero_init_residual:
             for block in self.blocks:
                 if block.has_residual:
-                    nn.init.zeros_(block.project.bn.weight)
+                    nn.init.zeros_(block.last_bn().weight)
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         """Recompute each block's activations in backward instead of storing them."""
@@ -150,6 +152,14 @@ class EfficientNet(nn.Module):
         self.classifier = nn.Linear(self.num_features, num_classes, device=device) if num_classes else nn.Identity()
         if num_classes:
             _init_linear(self.classifier)
+
+
+def variant_preprocessing(variant: Variant) -> Preprocessing:
+    """The input a variant trains and evaluates at without weights that say otherwise:
+    ImageNet's statistics, its training size as the crop and, for EfficientNetV2, its larger
+    evaluation size as the test size."""
+    pre = Preprocessing.for_resolution(variant.train_resolution or variant.resolution)
+    return replace(pre, test_size=variant.resolution) if variant.train_resolution else pre
 
 
 def _init_linear(m: nn.Linear) -> None:

@@ -29,10 +29,10 @@ from pathlib import Path
 import torch
 
 from effnet_lightning.models import hub
-from effnet_lightning.models.efficientnet import EfficientNet
+from effnet_lightning.models.efficientnet import EfficientNet, variant_preprocessing
 from effnet_lightning.models.features import EfficientNetFeatures, unused_by_features
 from effnet_lightning.models.preprocessing import Preprocessing
-from effnet_lightning.models.provenance import TF_BATCHNORM, TF_BUILD, BuildOptions
+from effnet_lightning.models.provenance import TF_BATCHNORM, TF_BUILD, TORCHVISION_V2, BuildOptions
 from effnet_lightning.models.scaling import Variant, get_variant
 from effnet_lightning.models.state_dicts import (
     CLASSIFIERS,
@@ -80,6 +80,8 @@ def layout_build(layout: str, variant: Variant) -> BuildOptions:
         return TF_BUILD
     if layout == "torchvision" and variant.name in ("b5", "b6", "b7"):
         return TF_BATCHNORM
+    if layout == "torchvision" and variant.v2:
+        return TORCHVISION_V2
     return BuildOptions()
 
 
@@ -115,6 +117,7 @@ def resolve_weights(variant: str | None, weights, weights_only: bool = True) -> 
             load=partial(read_state_dict, weights, weights_only),
             preprocessing=checkpoint_preprocessing(hparams),
             build=checkpoint_build(hparams),
+            variant=(hparams or {}).get("variant"),
         )
     raise WeightsError(
         f"weights must be None, 'imagenet', a short name, 'hf-hub:<repo>', a file path or a state dict, got "
@@ -205,7 +208,7 @@ def preprocessing_for(variant: str | Variant | None, weights=None) -> Preprocess
     if pretrained is not None:
         return pretrained.preprocessing
     v = get_variant(variant or "b0")
-    return checkpoint_preprocessing(checkpoint_hparams(weights)) or Preprocessing.for_resolution(v.resolution)
+    return checkpoint_preprocessing(checkpoint_hparams(weights)) or variant_preprocessing(v)
 
 
 def create_model(
@@ -221,8 +224,9 @@ def create_model(
     """An EfficientNet, from scratch or from pretrained weights.
 
     Args:
-        variant: b0-b8, l2, lite0-lite4, phi<x> (custom compound scaling) or a `scaling.Variant`.
-            None: the one hub weights are for, else b0.
+        variant: b0-b8, l2, lite0-lite4, v2-b0 to v2-b3, v2-s/m/l/xl, phi<x> (custom compound
+            scaling) or a `scaling.Variant`. None: the one hub weights or a checkpoint of this
+            project are for, else b0.
         num_classes: classifier outputs. None: as many as the weights' classifier has (1000
             without weights). If the weights' classifier differs, the backbone loads and the
             classifier is freshly initialised (logged).

@@ -23,13 +23,25 @@ import re
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from effnet_lightning.models.preprocessing import INTERPOLATIONS, Preprocessing
+from effnet_lightning.models.preprocessing import CROP_MODES, INTERPOLATIONS, Preprocessing
 from effnet_lightning.models.provenance import TF_BUILD, BuildOptions
 from effnet_lightning.models.state_dicts import WeightsError, read_state_dict
 
 PREFIX = "hf-hub:"
-# timm architecture names this project builds: (tf_)efficientnet_<variant>
-_ARCHITECTURE = re.compile(r"^(tf_)?efficientnet_(b[0-8]|l2|lite[0-4])$")
+# timm architecture names this project builds: (tf_)efficientnet_<variant>, and
+# (tf_)efficientnetv2_<size> for the variant v2-<size> (efficientnetv2_rw_t: v2-rw-t)
+_ARCHITECTURE = re.compile(
+    r"^(tf_)?(?:efficientnet_(b[0-8]|l2|lite[0-4])|efficientnetv2_(b[0-3]|s|m|l|xl))$|^efficientnetv2_(rw_t)$"
+)
+
+
+def timm_architecture_name(variant: str, tf: bool) -> str:
+    """timm's architecture name for one of our variant names (`tf`: its TensorFlow port)."""
+    if variant.startswith("v2-"):
+        family = f"efficientnetv2_{variant[3:].replace('-', '_')}"
+    else:
+        family = f"efficientnet_{variant}"
+    return f"tf_{family}" if tf else family
 
 
 @dataclass(frozen=True)
@@ -81,7 +93,7 @@ def parse_architecture(architecture: str, model_args: dict | None = None) -> tup
     if not match:
         raise WeightsError(
             f"the repository holds a {architecture!r}, not an EfficientNet this project builds "
-            f"((tf_)efficientnet_b0-b8, l2, lite0-lite4)"
+            f"((tf_)efficientnet_b0-b8, l2, lite0-lite4; (tf_)efficientnetv2_b0-b3, s, m, l, xl; efficientnetv2_rw_t)"
         )
     build, args = (TF_BUILD if match.group(1) else BuildOptions()), model_args or {}
     changes = {
@@ -91,14 +103,16 @@ def parse_architecture(architecture: str, model_args: dict | None = None) -> tup
     }
     if "pad_type" in args:
         changes["padding"] = "same" if args["pad_type"] == "same" else "symmetric"
-    return match.group(2), replace(build, **{k: v for k, v in changes.items() if v is not None})
+    variant = match.group(2) or f"v2-{(match.group(3) or match.group(4)).replace('_', '-')}"
+    return variant, replace(build, **{k: v for k, v in changes.items() if v is not None})
 
 
 def preprocessing_from_config(cfg: dict) -> Preprocessing:
     """timm's pretrained_cfg -> our preprocessing (its test size, where it has one, becomes the
     default evaluation size)."""
-    if cfg.get("crop_mode", "center") != "center":
-        raise WeightsError(f"crop_mode {cfg['crop_mode']!r} is not supported: only centre crops")
+    crop_mode = cfg.get("crop_mode", "center")
+    if crop_mode not in CROP_MODES:
+        raise WeightsError(f"crop_mode {crop_mode!r} is not supported: only {' and '.join(CROP_MODES)}")
     interpolation = cfg.get("interpolation", "bicubic")
     if interpolation not in INTERPOLATIONS:
         interpolation = "bicubic"
@@ -110,6 +124,7 @@ def preprocessing_from_config(cfg: dict) -> Preprocessing:
         std=tuple(cfg.get("std", (0.229, 0.224, 0.225))),
         interpolation=interpolation,
     )
+    pre = replace(pre, crop_mode=crop_mode)
     test = cfg.get("test_input_size")
     return replace(pre, test_size=int(test[-1])) if test and int(test[-1]) != size else pre
 

@@ -1,5 +1,6 @@
 """Building blocks of EfficientNet: conv-BN-activation, squeeze-and-excitation, stochastic
-depth and the MBConv block. Blocks receive final integer sizes from `scaling`."""
+depth, the MBConv block and EfficientNetV2's Fused-MBConv. Blocks receive final integer sizes
+from `scaling`."""
 
 from __future__ import annotations
 
@@ -140,7 +141,25 @@ class DropPath(nn.Module):
         return f"rate={self.rate:.4f}"
 
 
-class MBConv(nn.Module):
+class Block(nn.Module):
+    """What MBConv and Fused-MBConv share: the output is the 1x1 projection (`project`) of the
+    expanded map (`expanded`), plus the input through stochastic depth where the block keeps the
+    shape. Subclasses build `project`, `has_residual`, `drop_path` and define `expanded`."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.project_from(self.expanded(x), x)
+
+    def project_from(self, expanded: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """The block's output from its expanded map and its input; the residual sum in place in
+        the inference form (`inplace`), where the projection's output is the block's own tensor."""
+        out = self.project(expanded)
+        if self.has_residual:
+            out = self.drop_path(out)
+            out = out.add_(x) if self.inplace else out + x
+        return out
+
+
+class MBConv(Block):
     """Mobile inverted bottleneck: [1x1 expand] -> kxk depthwise -> [SE] -> 1x1 project,
     with a residual (and stochastic depth) when the shape is kept."""
 
@@ -173,17 +192,52 @@ class MBConv(nn.Module):
         self.drop_path = DropPath(drop_path_rate) if self.has_residual and drop_path_rate > 0 else nn.Identity()
         self.inplace = False  # the inference form sets it: the residual sum overwrites the branch's output
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.project_from(self.expanded(x), x)
-
     def expanded(self, x: torch.Tensor) -> torch.Tensor:
         """The expanded map: after the depthwise convolution and SE, the 1x1 projection's input."""
         return self.se(self.dw(self.expand(x)))
 
-    def project_from(self, expanded: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        """The block's output from its expanded map and its input."""
-        out = self.project(expanded)
-        if self.has_residual:
-            out = self.drop_path(out)
-            out = out.add_(x) if self.inplace else out + x
-        return out
+    def last_bn(self) -> nn.BatchNorm2d:
+        """The BatchNorm that ends the residual branch (zeroed by `zero_init_residual`)."""
+        return self.project.bn
+
+
+class FusedMBConv(Block):
+    """EfficientNetV2's Fused-MBConv: a kxk convolution that expands (in place of MBConv's 1x1
+    expansion and kxk depthwise convolution) -> 1x1 project; without expansion, the kxk
+    convolution alone, to the output channels. No squeeze-and-excitation; a residual (and
+    stochastic depth) when the shape is kept. The same interface as `MBConv`."""
+
+    def __init__(
+        self,
+        cfg: BlockConfig,
+        drop_path_rate: float = 0.0,
+        activation: str = "swish",
+        padding: str = "symmetric",
+        bn_eps: float = 1e-5,
+        bn_momentum: float = 0.1,
+        lean_bn_act: bool = False,
+    ):
+        super().__init__()
+        self.cfg = cfg
+        bn = {"bn_eps": bn_eps, "bn_momentum": bn_momentum, "lean_bn_act": lean_bn_act}
+        hidden = cfg.hidden_channels
+        self.conv = ConvBNAct(
+            cfg.in_channels, hidden, cfg.kernel_size, cfg.stride, activation=activation, padding=padding, **bn
+        )
+        self.project = (
+            ConvBNAct(hidden, cfg.out_channels, 1, activation=None, **bn) if cfg.expand_ratio != 1 else nn.Identity()
+        )
+        self.has_residual = cfg.has_residual
+        self.drop_path = DropPath(drop_path_rate) if self.has_residual and drop_path_rate > 0 else nn.Identity()
+        self.inplace = False
+
+    def expanded(self, x: torch.Tensor) -> torch.Tensor:
+        """The expanded map: the kxk convolution's output (the block's output without expansion)."""
+        return self.conv(x)
+
+    def last_bn(self) -> nn.BatchNorm2d:
+        return self.conv.bn if self.cfg.expand_ratio == 1 else self.project.bn
+
+
+def make_block(cfg: BlockConfig, **kwargs) -> Block:
+    return FusedMBConv(cfg, **kwargs) if cfg.fused else MBConv(cfg, **kwargs)

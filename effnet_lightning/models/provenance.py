@@ -58,6 +58,8 @@ class BuildOptions:
 TF_BUILD = BuildOptions(padding="same", bn_eps=1e-3, bn_momentum=0.01)
 # torchvision built b5-b7 (whose weights came from TF) with TF's BatchNorm, b0-b4 with PyTorch's.
 TF_BATCHNORM = BuildOptions(bn_eps=1e-3, bn_momentum=0.01)
+# torchvision builds EfficientNetV2 with TF's BatchNorm eps and PyTorch's momentum.
+TORCHVISION_V2 = BuildOptions(bn_eps=1e-3)
 
 
 @dataclass(frozen=True)

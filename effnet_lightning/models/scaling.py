@@ -1,4 +1,4 @@
-"""Compound scaling for EfficientNet: every number the family is built from.
+"""Compound scaling for EfficientNet: every number the family is built from, V1 and V2.
 
 Pure Python (no torch import), so data transforms and CLI defaults can read the
 variant table without loading the network code.
@@ -9,6 +9,11 @@ variant table without loading the network code.
 The published B1-B7 coefficients were rounded by hand and differ from the formula, so the
 table is used for b0-b7 and the formula (depth alpha^phi, width beta^phi, resolution
 gamma^phi) only for custom phi.
+
+EfficientNetV2 (Tan & Le, 2021) is built from the same kind of table: its own block rows, with
+Fused-MBConv (one regular kxk convolution in place of the 1x1 expansion and the depthwise
+convolution) in the early rows, a smaller training size than evaluation size, and the
+official code's width/depth scaling of its base rows for v2-b0 to v2-b3.
 """
 
 from __future__ import annotations
@@ -28,13 +33,15 @@ CHANNEL_DIVISOR = 8
 
 @dataclass(frozen=True)
 class BlockRow:
-    """One row of the B0 baseline (paper, Table 1); stride applies to the first block only."""
+    """One row of a block table (B0's: the paper's Table 1); stride applies to the first block
+    only. `fused`: Fused-MBConv (EfficientNetV2's early rows: no squeeze-and-excitation)."""
 
     expand_ratio: int
     kernel_size: int
     stride: int
     out_channels: int
     repeats: int
+    fused: bool = False
 
 
 B0_ROWS: tuple[BlockRow, ...] = (
@@ -48,12 +55,71 @@ B0_ROWS: tuple[BlockRow, ...] = (
 )
 
 
+def _fused(expand_ratio: int, stride: int, out_channels: int, repeats: int) -> BlockRow:
+    return BlockRow(expand_ratio, 3, stride, out_channels, repeats, fused=True)
+
+
+def _mbconv(expand_ratio: int, stride: int, out_channels: int, repeats: int) -> BlockRow:
+    return BlockRow(expand_ratio, 3, stride, out_channels, repeats)
+
+
+# EfficientNetV2's tables (the official effnetv2_configs.py; torchvision's and timm's are the
+# same): every kernel is 3x3.
+V2_BASE_ROWS = (  # scaled by width and depth for v2-b0 to v2-b3
+    _fused(1, 1, 16, 1),
+    _fused(4, 2, 32, 2),
+    _fused(4, 2, 48, 2),
+    _mbconv(4, 2, 96, 3),
+    _mbconv(6, 1, 112, 5),
+    _mbconv(6, 2, 192, 8),
+)
+V2_S_ROWS = (
+    _fused(1, 1, 24, 2),
+    _fused(4, 2, 48, 4),
+    _fused(4, 2, 64, 4),
+    _mbconv(4, 2, 128, 6),
+    _mbconv(6, 1, 160, 9),
+    _mbconv(6, 2, 256, 15),
+)
+V2_M_ROWS = (
+    _fused(1, 1, 24, 3),
+    _fused(4, 2, 48, 5),
+    _fused(4, 2, 80, 5),
+    _mbconv(4, 2, 160, 7),
+    _mbconv(6, 1, 176, 14),
+    _mbconv(6, 2, 304, 18),
+    _mbconv(6, 1, 512, 5),
+)
+V2_L_ROWS = (
+    _fused(1, 1, 32, 4),
+    _fused(4, 2, 64, 7),
+    _fused(4, 2, 96, 7),
+    _mbconv(4, 2, 192, 10),
+    _mbconv(6, 1, 224, 19),
+    _mbconv(6, 2, 384, 25),
+    _mbconv(6, 1, 640, 7),
+)
+V2_XL_ROWS = (
+    _fused(1, 1, 32, 4),
+    _fused(4, 2, 64, 8),
+    _fused(4, 2, 96, 8),
+    _mbconv(4, 2, 192, 16),
+    _mbconv(6, 1, 256, 24),
+    _mbconv(6, 2, 512, 32),
+    _mbconv(6, 1, 640, 8),
+)
+
+
 @dataclass(frozen=True)
 class Variant:
     """Scaling coefficients of one family member.
 
-    `lite` selects EfficientNet-Lite: ReLU6, no SE, stem/head channels and the first and
-    last row's repeats left unscaled.
+    `resolution`: the size it is evaluated at (and, unless `train_resolution` says otherwise,
+    trained at). `lite` selects EfficientNet-Lite: ReLU6, no SE, stem/head channels and the
+    first and last row's repeats left unscaled. `rows` and `stem_channels`: the block table and
+    stem width that `width` and `depth` scale (B0's for V1). `round_limit`: channels round down
+    to a multiple of 8 by at most this fraction (V1's 0.9 never shrinks them by more than 10%;
+    the official V2 code rounds to the nearest multiple, 0).
     """
 
     name: str
@@ -62,6 +128,21 @@ class Variant:
     resolution: int
     dropout: float
     lite: bool = False
+    rows: tuple[BlockRow, ...] = B0_ROWS
+    stem_channels: int = STEM_CHANNELS
+    train_resolution: int | None = None
+    round_limit: float = 0.9
+
+    @property
+    def v2(self) -> bool:
+        return any(row.fused for row in self.rows)
+
+
+def _v2(name, rows, stem, train, evaluate, dropout, width=1.0, depth=1.0) -> Variant:
+    """An EfficientNetV2 member: trained at `train` px, evaluated at `evaluate` px."""
+    return Variant(
+        name, width, depth, evaluate, dropout, rows=rows, stem_channels=stem, train_resolution=train, round_limit=0.0
+    )
 
 
 VARIANTS: dict[str, Variant] = {
@@ -83,6 +164,19 @@ VARIANTS: dict[str, Variant] = {
         Variant("lite2", width=1.1, depth=1.2, resolution=260, dropout=0.3, lite=True),
         Variant("lite3", width=1.2, depth=1.4, resolution=280, dropout=0.3, lite=True),
         Variant("lite4", width=1.4, depth=1.8, resolution=300, dropout=0.3, lite=True),
+        _v2("v2-b0", V2_BASE_ROWS, 32, train=192, evaluate=224, dropout=0.2),
+        _v2("v2-b1", V2_BASE_ROWS, 32, train=192, evaluate=240, dropout=0.2, depth=1.1),
+        _v2("v2-b2", V2_BASE_ROWS, 32, train=208, evaluate=260, dropout=0.3, width=1.1, depth=1.2),
+        _v2("v2-b3", V2_BASE_ROWS, 32, train=240, evaluate=300, dropout=0.3, width=1.2, depth=1.4),
+        _v2("v2-s", V2_S_ROWS, 24, train=300, evaluate=384, dropout=0.2),
+        _v2("v2-m", V2_M_ROWS, 24, train=384, evaluate=480, dropout=0.3),
+        _v2("v2-l", V2_L_ROWS, 32, train=384, evaluate=480, dropout=0.4),
+        _v2("v2-xl", V2_XL_ROWS, 32, train=384, evaluate=512, dropout=0.4),
+        # timm's EfficientNetV2-Tiny (efficientnetv2_rw_t): V2-S's table at width 0.8, depth 0.9,
+        # rounded as V1 rounds; not in the paper
+        replace(
+            _v2("v2-rw-t", V2_S_ROWS, 24, train=224, evaluate=288, dropout=0.2, width=0.8, depth=0.9), round_limit=0.9
+        ),
     )
 }
 
@@ -99,11 +193,12 @@ def phi_name(phi: float, alpha: float = ALPHA, beta: float = BETA, gamma: float 
     return f"phi{phi:g}_a{alpha:g}_b{beta:g}_g{gamma:g}"
 
 
-def round_channels(channels: int, width: float, divisor: int = CHANNEL_DIVISOR) -> int:
-    """Scale a channel count by `width`, to a multiple of `divisor`, never down by >10%."""
+def round_channels(channels: int, width: float, divisor: int = CHANNEL_DIVISOR, round_limit: float = 0.9) -> int:
+    """Scale a channel count by `width`, to the nearest multiple of `divisor`, but never down by
+    more than 1 - `round_limit` (10% by default)."""
     scaled = channels * width
     rounded = max(divisor, int(scaled + divisor / 2) // divisor * divisor)
-    if rounded < 0.9 * scaled:
+    if rounded < round_limit * scaled:
         rounded += divisor
     return int(rounded)
 
@@ -141,7 +236,8 @@ def custom(width: float, depth: float, resolution: int, dropout: float = 0.2, na
 
 
 def get_variant(variant: str | Variant) -> Variant:
-    """Look a variant up by name: b0-b7, lite0-lite4, `phi<value>` (e.g. `phi1.5`, the paper's
+    """Look a variant up by name: b0-b8, l2, lite0-lite4, v2-b0 to v2-b3, v2-s, v2-m, v2-l,
+    v2-xl, v2-rw-t, `phi<value>` (e.g. `phi1.5`, the paper's
     coefficients) or `phi<value>_a<alpha>_b<beta>_g<gamma>` (e.g. `phi1_a1.3_b1.05_g1.2`)."""
     if isinstance(variant, Variant):
         return variant
@@ -162,7 +258,7 @@ def get_variant(variant: str | Variant) -> Variant:
 
 @dataclass(frozen=True)
 class BlockConfig:
-    """One MBConv block with final integer sizes: blocks never see multipliers."""
+    """One MBConv or Fused-MBConv block with final integer sizes: blocks never see multipliers."""
 
     row: int  # of the block table
     index: int  # within its row
@@ -172,6 +268,7 @@ class BlockConfig:
     kernel_size: int
     stride: int
     se_channels: int  # 0: no squeeze-and-excitation
+    fused: bool = False  # Fused-MBConv
 
     @property
     def has_residual(self) -> bool:
@@ -179,6 +276,9 @@ class BlockConfig:
 
     @property
     def hidden_channels(self) -> int:
+        """The expanded map's channels (a Fused-MBConv without expansion has only its output)."""
+        if self.fused and self.expand_ratio == 1:
+            return self.out_channels
         return self.in_channels * self.expand_ratio
 
 
@@ -190,19 +290,25 @@ class Architecture:
     num_rows: int
 
 
-def build_architecture(variant: str | Variant, se: bool = True, rows: tuple[BlockRow, ...] = B0_ROWS) -> Architecture:
-    """Apply a variant's width and depth to the B0 rows once, giving every block's sizes.
+def build_architecture(variant: str | Variant, se: bool = True) -> Architecture:
+    """Apply a variant's width and depth to its block rows once, giving every block's sizes.
 
-    Squeeze-and-excitation is on unless `se` is False or the variant is Lite."""
+    Squeeze-and-excitation is on unless `se` is False, the variant is Lite or the block is a
+    Fused-MBConv."""
     v = get_variant(variant)
+    rows = v.rows
     use_se = se and not v.lite
     last = len(rows) - 1
-    stem = STEM_CHANNELS if v.lite else round_channels(STEM_CHANNELS, v.width)
-    head = HEAD_CHANNELS if v.lite else round_channels(HEAD_CHANNELS, v.width)
+
+    def channels(n: int) -> int:
+        return round_channels(n, v.width, round_limit=v.round_limit)
+
+    stem = v.stem_channels if v.lite else channels(v.stem_channels)
+    head = HEAD_CHANNELS if v.lite else channels(HEAD_CHANNELS)
     blocks: list[BlockConfig] = []
     in_channels = stem
     for r, row in enumerate(rows):
-        out_channels = round_channels(row.out_channels, v.width)
+        out_channels = channels(row.out_channels)
         fixed_depth = v.lite and r in (0, last)
         repeats = row.repeats if fixed_depth else round_repeats(row.repeats, v.depth)
         for i in range(repeats):
@@ -215,7 +321,8 @@ def build_architecture(variant: str | Variant, se: bool = True, rows: tuple[Bloc
                     expand_ratio=row.expand_ratio,
                     kernel_size=row.kernel_size,
                     stride=row.stride if i == 0 else 1,
-                    se_channels=max(1, int(in_channels * SE_RATIO)) if use_se else 0,
+                    se_channels=max(1, int(in_channels * SE_RATIO)) if use_se and not row.fused else 0,
+                    fused=row.fused,
                 )
             )
             in_channels = out_channels

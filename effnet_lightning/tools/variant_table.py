@@ -1,4 +1,5 @@
-"""Resolution, parameters and GMACs of every variant, counted on the built network.
+"""Training and evaluation resolution, parameters and GMACs (at the evaluation resolution) of
+every variant, counted on the built network.
 
 python -m effnet_lightning.tools.variant_table [--phi 1.5] [--alpha 1.2 --beta 1.1 --gamma 1.15]
 """
@@ -25,13 +26,15 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     variants = list(VARIANTS.values()) + [from_phi(p, args.alpha, args.beta, args.gamma) for p in args.phi]
-    print(f"{'variant':<10}{'width':>7}{'depth':>7}{'res':>6}{'dropout':>9}{'blocks':>8}{'params':>14}{'GMACs':>9}")
+    header = f"{'variant':<10}{'width':>7}{'depth':>7}{'train':>6}{'res':>6}{'dropout':>9}{'blocks':>8}{'params':>14}"
+    print(f"{header}{'GMACs':>9}")
     for v in variants:
         model = create_model(v, num_classes=args.num_classes)
         n_blocks = len(build_architecture(v).blocks)
         gmacs = count_gmacs(model, v.resolution)
         print(
-            f"{v.name:<10}{v.width:>7.3f}{v.depth:>7.3f}{v.resolution:>6}{v.dropout:>9.2f}{n_blocks:>8}"
+            f"{v.name:<10}{v.width:>7.3f}{v.depth:>7.3f}{v.train_resolution or v.resolution:>6}{v.resolution:>6}"
+            f"{v.dropout:>9.2f}{n_blocks:>8}"
             f"{count_parameters(model):>14,}{gmacs:>9.3f}"
         )
 

@@ -39,7 +39,8 @@ class EfficientNetModule(L.LightningModule):
     """Train, validate and test an EfficientNet.
 
     Args:
-        variant: b0-b8, l2, lite0-lite4 or phi<x>. None: the one hub weights are for, else b0
+        variant: b0-b8, l2, lite0-lite4, v2-b0 to v2-b3, v2-s/m/l/xl or phi<x>. None: the one hub
+            weights are for, else b0
             (checkpoints record the variant built).
         num_classes: set from the data by the CLI; nobody types it.
         weights: None (from scratch), "imagenet", a published set ("ns", "ap", ...),

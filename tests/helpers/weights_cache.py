@@ -29,9 +29,11 @@ def add_to_cache(cache, repo: str, model=None, config: dict | None = None, folde
     (snapshot.parents[1] / "refs" / "main").write_text(commit_of(repo))
 
 
-REPOS = {  # a TF-ported B variant, a PyTorch-trained B variant, a TF Lite variant, AdvProp
+REPOS = {  # a TF-ported B variant, a PyTorch-trained B variant, a TF Lite variant, AdvProp, two V2 TF ports
     "timm/tf_efficientnet_b0.ns_jft_in1k": "b0",
     "timm/efficientnet_b0.ra_in1k": "b0",
     "timm/tf_efficientnet_lite0.in1k": "lite0",
     "timm/tf_efficientnet_b0.ap_in1k": "b0",
+    "timm/tf_efficientnetv2_b0.in1k": "v2-b0",
+    "timm/tf_efficientnetv2_s.in21k_ft_in1k": "v2-s",
 }

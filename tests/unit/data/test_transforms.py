@@ -1,4 +1,4 @@
-"""MixUp and CutMix targets."""
+"""MixUp and CutMix targets; the evaluation resize of either crop mode."""
 
 import math
 
@@ -6,6 +6,8 @@ import pytest
 import torch
 
 from effnet_lightning.data.datamodule import MixCollate
+from effnet_lightning.data.transforms import eval_transform
+from effnet_lightning.models.preprocessing import Preprocessing
 from effnet_lightning.training.module import EfficientNetModule
 
 
@@ -31,3 +33,16 @@ def test_mixup_and_cutmix_targets_sum_to_one_and_the_loss_takes_them(mixup, cutm
         loss = module.model_step((images, targets), "train")["loss"].item()
     smoothed = targets * 0.9 + 0.1 / 5  # label smoothing on top of the mixed targets
     assert loss == pytest.approx(float(-(smoothed * logp).sum(1).mean()), abs=1e-5)
+
+
+def test_squash_resizes_both_sides_and_center_keeps_the_aspect_ratio():
+    wide = torch.zeros(3, 40, 120, dtype=torch.uint8)
+    wide[:, :, :20] = 255  # a white band at the far left, outside a centre crop of the short side
+    plain = {"mean": (0.0,) * 3, "std": (1.0,) * 3}
+    squash = eval_transform(Preprocessing(32, 32, **plain, crop_mode="squash"))(wide)
+    center = eval_transform(Preprocessing(32, 32, **plain))(wide)
+    assert squash.shape == center.shape == (3, 32, 32)
+    assert squash[0, :, :4].min() > 0.95 and squash[0, :, 8:].max() < 0.05  # the whole width, squeezed
+    assert center.max() < 0.05  # 96 x 32 after the resize: the middle 32 columns only
+    assert Preprocessing.from_dict(Preprocessing(32, 32, crop_mode="squash").to_dict()).crop_mode == "squash"
+    assert "crop_mode" not in Preprocessing(32, 32).to_dict()  # checkpoints of centre crops stay as they were

@@ -20,11 +20,16 @@ from effnet_lightning.models.state_dicts import WeightsError
 from tests.helpers.networks import randomise_batchnorm
 from tests.helpers.weights_cache import add_to_cache
 
-HUB_EXPORTS = {  # name: (variant, build options), each a timm architecture of its own
-    "b0": ("b0", {}),
-    "tf-lite0": ("lite0", {"padding": "same", "bn_eps": 1e-3, "bn_momentum": 0.01}),
-    "b1-tv-bn": ("b1", {"bn_eps": 1e-3, "bn_momentum": 0.01}),  # torchvision's b5-b7 BatchNorm
-    "b0-grey": ("b0", {"in_channels": 1}),
+HUB_EXPORTS = {  # name: (variant, build options, timm's architecture)
+    "b0": ("b0", {}, "efficientnet_b0"),
+    "tf-lite0": ("lite0", {"padding": "same", "bn_eps": 1e-3, "bn_momentum": 0.01}, "tf_efficientnet_lite0"),
+    "b1-tv-bn": ("b1", {"bn_eps": 1e-3, "bn_momentum": 0.01}, "efficientnet_b1"),  # torchvision's b5-b7 BatchNorm
+    "b0-grey": ("b0", {"in_channels": 1}, "efficientnet_b0"),
+    "tf-v2-s": ("v2-s", {"padding": "same", "bn_eps": 1e-3, "bn_momentum": 0.01}, "tf_efficientnetv2_s"),
+    "v2-s-tv-bn": ("v2-s", {"bn_eps": 1e-3}, "efficientnetv2_s"),  # torchvision's V2 BatchNorm
+    # timm builds v2-b0 only as a TF port: symmetric padding and PyTorch's BatchNorm through model_args
+    "v2-b0": ("v2-b0", {}, "tf_efficientnetv2_b0"),
+    "v2-rw-t": ("v2-rw-t", {}, "efficientnetv2_rw_t"),
 }
 
 
@@ -32,7 +37,7 @@ def test_exported_hub_folder_loads_in_timm_and_back_with_identical_logits(offlin
     cache = huggingface_hub.constants.HF_HUB_CACHE
     classes = ["cat", "dog", "eel", "fox"]
     pre = Preprocessing.for_resolution(72, crop_pct=0.9, mean=(0.5,) * 3, std=(0.25,) * 3, interpolation="bilinear")
-    for i, (name, (variant, options)) in enumerate(HUB_EXPORTS.items()):
+    for i, (name, (variant, options, architecture)) in enumerate(HUB_EXPORTS.items()):
         channels = options.get("in_channels", 3)
         model = create_model(variant, num_classes=4, **options)
         model = randomise_batchnorm(model, seed=i, in_channels=channels).eval()
@@ -41,7 +46,7 @@ def test_exported_hub_folder_loads_in_timm_and_back_with_identical_logits(offlin
         # measured 0.0 here: the same operations in both libraries; float rounding at most elsewhere
         assert info["files"] == {"hub": "hub"} and info["max_abs_logit_difference"]["hub"] <= 1e-5
         config = json.loads((tmp_path / name / "hub" / "config.json").read_text())
-        assert config["architecture"] == ("tf_" if "tf" in name else "") + f"efficientnet_{variant}"
+        assert config["architecture"] == architecture
         assert config["label_names"] == classes and config["model_args"]["in_chans"] == channels
         add_to_cache(Path(cache), f"me/{name}", folder=tmp_path / name / "hub")  # as if pushed
 

@@ -4,6 +4,7 @@ preprocessing."""
 import os
 import subprocess
 import sys
+from dataclasses import replace
 
 import pytest
 import skimage.data
@@ -12,7 +13,7 @@ import torchvision
 
 from effnet_lightning import create_model
 from effnet_lightning.data.datamodule import eval_transform
-from effnet_lightning.models.factory import imagenet_categories, pretrained_source
+from effnet_lightning.models.factory import imagenet_categories, preprocessing_for, pretrained_source
 from effnet_lightning.models.preprocessing import IMAGENET_MEAN, Preprocessing
 from effnet_lightning.models.provenance import BuildOptions
 from effnet_lightning.models.state_dicts import WeightsError
@@ -114,5 +115,10 @@ def test_missing_lite_package_is_a_clear_error():
 def test_default_preprocessing_follows_the_variant():
     model = create_model("b3", num_classes=2)
     assert model.provenance.preprocessing == Preprocessing(300, 342)
+    # EfficientNetV2 trains smaller than it evaluates: v2-b0 at 192, then 224
+    v2 = create_model("v2-b0", num_classes=2).provenance.preprocessing
+    assert (v2.crop_size, v2.test_size) == (192, 224) and preprocessing_for("v2-s") == replace(
+        Preprocessing.for_resolution(300), test_size=384
+    )
     assert model.provenance.source == "random init" and model.provenance.categories == ()
     assert Preprocessing.from_dict(model.provenance.preprocessing.to_dict()) == model.provenance.preprocessing

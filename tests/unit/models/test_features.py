@@ -14,6 +14,7 @@ PAIRS = {
     "b0": ("efficientnet_b0", "b0", {}),
     "tf-b0": ("tf_efficientnet_b0", "b0", {"padding": "same", "bn_eps": 1e-3}),
     "lite0": ("efficientnet_lite0", "lite0", {}),
+    "tf-v2-b0": ("tf_efficientnetv2_b0", "v2-b0", {"padding": "same", "bn_eps": 1e-3}),  # Fused-MBConv levels
 }
 
 

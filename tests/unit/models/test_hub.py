@@ -34,6 +34,8 @@ def test_hub_weights_give_timms_logits_with_the_repositorys_variant_build_and_pr
         assert (pre.crop_size, pre.interpolation) == (expected["input_size"][-1], expected["interpolation"])
         assert pre.resize_size == math.floor(expected["input_size"][-1] / expected["crop_pct"])
         assert pre.mean == pytest.approx(expected["mean"]) and pre.std == pytest.approx(expected["std"])
+        test_size = theirs.pretrained_cfg.get("test_input_size", expected["input_size"])[-1]  # V2: above training's
+        assert (pre.test_size or pre.crop_size) == test_size
     assert create_model(weights="hf-hub:timm/tf_efficientnet_b0.ap_in1k").provenance.preprocessing.mean == (0.5,) * 3
     # a new classifier for 5 classes on the hub backbone
     five = create_model(num_classes=5, weights="hf-hub:timm/tf_efficientnet_lite0.in1k")
@@ -62,14 +64,14 @@ def test_hub_names_that_cannot_be_used_are_one_line_errors(offline_hub):
             {"weights": "hf-hub:timm/resnet50.a1_in1k"},
             (
                 "the repository holds a 'resnet50', not an EfficientNet this project builds ((tf_)efficientnet_b0-b8, "
-                "l2, lite0-lite4)"
+                "l2, lite0-lite4; (tf_)efficientnetv2_b0-b3, s, m, l, xl; efficientnetv2_rw_t)"
             ),
         ),
         (
             {"variant": "b1", "weights": "ra2"},
             (
-                "weights 'ra2' exist for b3, b4, not for variant 'b1': choose one of those, or another set (tf, ns, ap, "
-                "aa, ra, ra2, imagenet)"
+                "weights 'ra2' exist for b3, b4, v2-rw-t, not for variant 'b1': choose one of those, or another set (tf, ns, ap, "
+                "aa, ra, ra2, in21k, imagenet)"
             ),
         ),
         (

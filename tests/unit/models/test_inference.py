@@ -12,7 +12,13 @@ from tests.helpers.probes import batchnorm_count
 
 
 def test_folded_network_gives_the_plain_networks_logits():
-    cases = [("b0", {}), ("b0", {"lean_bn_act": True}), ("lite0", {"padding": "same", "bn_eps": 1e-3})]
+    cases = [
+        ("b0", {}),
+        ("b0", {"lean_bn_act": True}),
+        ("lite0", {"padding": "same", "bn_eps": 1e-3}),
+        ("v2-b0", {}),  # Fused-MBConv without expansion, with expansion, then MBConv
+        ("v2-s", {"padding": "same", "bn_eps": 1e-3}),  # a Fused-MBConv without expansion with a residual
+    ]
     for i, (variant, options) in enumerate(cases):
         model = randomise_batchnorm(create_model(variant, num_classes=10, **options), seed=i).eval()
         model = model.to(memory_format=torch.channels_last)

@@ -43,7 +43,7 @@ def test_round_repeats_is_ceiling():
 
 
 def test_table_holds_the_published_coefficients():
-    got = {n: (v.width, v.depth, v.resolution, v.dropout) for n, v in VARIANTS.items() if not v.lite}
+    got = {n: (v.width, v.depth, v.resolution, v.dropout) for n, v in VARIANTS.items() if not v.lite and not v.v2}
     assert got == {
         "b0": (1.0, 1.0, 224, 0.2),
         "b1": (1.0, 1.1, 240, 0.2),
@@ -126,3 +126,51 @@ def test_custom_variant_from_explicit_multipliers():
 def test_drop_path_rates_ramp_linearly():
     rates = scaling.drop_path_rates(16, 0.2)
     assert rates[0] == 0.0 and rates[8] == pytest.approx(0.1) and rates[-1] == pytest.approx(0.2 * 15 / 16)
+
+
+def test_v2_table_holds_the_official_sizes_dropout_and_scaling():
+    got = {n: (v.width, v.depth, v.train_resolution, v.resolution, v.dropout) for n, v in VARIANTS.items() if v.v2}
+    assert got == {  # effnetv2_configs.py: (width, depth, train size, eval size, dropout)
+        "v2-b0": (1.0, 1.0, 192, 224, 0.2),
+        "v2-b1": (1.0, 1.1, 192, 240, 0.2),
+        "v2-b2": (1.1, 1.2, 208, 260, 0.3),
+        "v2-b3": (1.2, 1.4, 240, 300, 0.3),
+        "v2-s": (1.0, 1.0, 300, 384, 0.2),
+        "v2-m": (1.0, 1.0, 384, 480, 0.3),
+        "v2-l": (1.0, 1.0, 384, 480, 0.4),
+        "v2-xl": (1.0, 1.0, 384, 512, 0.4),
+        "v2-rw-t": (0.8, 0.9, 224, 288, 0.2),  # timm's efficientnetv2_rw_t: V2-S's table scaled
+    }
+
+
+@pytest.mark.parametrize(
+    "name, per_row, outs, stem",
+    [
+        ("v2-s", [2, 4, 4, 6, 9, 15], [24, 48, 64, 128, 160, 256], 24),
+        ("v2-m", [3, 5, 5, 7, 14, 18, 5], [24, 48, 80, 160, 176, 304, 512], 24),
+        ("v2-l", [4, 7, 7, 10, 19, 25, 7], [32, 64, 96, 192, 224, 384, 640], 32),
+        # the base rows scaled: depth 1.4 rounds up, width 1.2 rounds to the nearest multiple of 8
+        # (19.2 -> 16, where V1's rule would give 24)
+        ("v2-b3", [2, 3, 3, 5, 7, 12], [16, 40, 56, 112, 136, 232], 40),
+    ],
+)
+def test_v2_blocks_follow_the_official_tables(name, per_row, outs, stem):
+    arch = build_architecture(name)
+    rows = range(arch.num_rows)
+    assert [sum(b.row == r for b in arch.blocks) for r in rows] == per_row
+    assert [b.out_channels for b in arch.blocks if b.index == 0] == outs
+    assert arch.stem_channels == stem and arch.head_channels == (1536 if name == "v2-b3" else 1280)
+    firsts = [b for b in arch.blocks if b.index == 0]
+    # Fused-MBConv in the first three rows, without SE; MBConv after, SE a quarter of the input
+    assert [b.fused for b in firsts] == [True] * 3 + [False] * (arch.num_rows - 3)
+    assert all(b.se_channels == 0 for b in arch.blocks if b.fused)
+    assert all(b.se_channels == b.in_channels // 4 for b in arch.blocks if not b.fused)
+    assert [b.expand_ratio for b in firsts][:4] == [1, 4, 4, 4] and {b.kernel_size for b in arch.blocks} == {3}
+    # a Fused-MBConv without expansion has only its output channels
+    assert firsts[0].hidden_channels == firsts[0].out_channels
+
+
+def test_v2_names_are_their_own_and_phi_stays_v1():
+    assert get_variant("V2-S").name == "v2-s" and get_variant("b0").v2 is False
+    with pytest.raises(ValueError, match="v2-b0"):
+        get_variant("v2-b4")

@@ -13,6 +13,7 @@ from efficientnet_pytorch import EfficientNet as LukemelasReference
 from safetensors.torch import save_file
 
 from effnet_lightning import create_model
+from effnet_lightning.models.hub import parse_architecture
 from effnet_lightning.models.state_dicts import WeightsError, detect_layout, read_state_dict
 from tests.helpers.cli import run_main
 from tests.helpers.fault_doc import expect
@@ -76,6 +77,45 @@ def test_equivalent_to_torchvision(name, image_batch):
     diff = max_logit_difference(reference, ours, image_batch)
     print(f"torchvision {name}: max |logit diff| {diff:.2e}")
     assert diff <= TOLERANCE
+
+
+@pytest.mark.parametrize("size", ["s", "m", "l"])
+def test_v2_equivalent_to_torchvision_with_its_parameter_count(size, image_batch):
+    torch.manual_seed(0)
+    reference = randomise_batchnorm(getattr(torchvision.models, f"efficientnet_v2_{size}")())
+    ours = create_model(f"v2-{size}", weights=reference.state_dict())  # torchvision's V2 BN eps chosen automatically
+    assert ours.stem.bn.eps == reference.features[0][1].eps == 1e-3
+    assert sum(p.numel() for p in ours.parameters()) == sum(p.numel() for p in reference.parameters())
+    diff = max_logit_difference(reference, ours, image_batch)
+    print(f"torchvision v2-{size}: max |logit diff| {diff:.2e}")
+    assert diff <= TOLERANCE
+
+
+@pytest.mark.parametrize(("name", "variant"), [("efficientnetv2_s", "v2-s"), ("efficientnetv2_rw_t", "v2-rw-t")])
+def test_v2_equivalent_to_timms_pytorch_networks(name, variant, image_batch):
+    torch.manual_seed(0)
+    reference = randomise_batchnorm(timm.create_model(name))
+    ours = create_model(variant, weights=reference.state_dict())  # PyTorch padding and BatchNorm, as timm's
+    assert sum(p.numel() for p in ours.parameters()) == sum(p.numel() for p in reference.parameters())
+    assert max_logit_difference(reference, ours, image_batch) <= TOLERANCE
+    # timm's own V2-S variants of 2021 are other networks: refused by the hub reader in one line
+    if variant == "v2-s":
+        with pytest.raises(WeightsError, match="'efficientnetv2_rw_s', not an EfficientNet this project builds"):
+            parse_architecture("efficientnetv2_rw_s")
+
+
+def test_v2_parameter_counts_equal_torchvisions_published_ones():
+    # torchvision's weights metadata, counted there on its own networks
+    for size in ("s", "m", "l"):
+        meta = torchvision.models.get_weight(f"EfficientNet_V2_{size.upper()}_Weights.IMAGENET1K_V1").meta
+        with torch.device("meta"):
+            assert sum(p.numel() for p in create_model(f"v2-{size}").parameters()) == meta["num_params"]
+
+
+def test_v2_layouts_refuse_efficientnet_pytorch_weights_in_one_line():
+    reference = LukemelasReference.from_name("efficientnet-b0", image_size=64)
+    with pytest.raises(WeightsError, match=r"^EfficientNet-PyTorch weights hold no EfficientNetV2"):
+        create_model("v2-b0", weights=reference.state_dict())
 
 
 def test_equivalent_to_timm_efficientnet_b0(image_batch):

@@ -4,13 +4,14 @@ weights enums, timm's pretrained cfgs), and every name `weights=` takes resolved
 import dataclasses
 
 import pytest
+import torch
 import torchvision
 from timm.models import get_pretrained_cfg
 
 from effnet_lightning.models import hub, weights
 from effnet_lightning.models.factory import imagenet_categories, preprocessing_for, pretrained_source
 from effnet_lightning.models.hub import HubWeights, parse_architecture, preprocessing_from_config
-from effnet_lightning.models.preprocessing import TF_LITE_MEAN, TF_LITE_STD, Preprocessing
+from effnet_lightning.models.preprocessing import IMAGENET_MEAN, IMAGENET_STD, TF_LITE_MEAN, TF_LITE_STD, Preprocessing
 from effnet_lightning.models.provenance import TF_BATCHNORM, TF_BUILD, BuildOptions
 from effnet_lightning.models.scaling import get_variant
 from effnet_lightning.models.state_dicts import WeightsError
@@ -40,6 +41,19 @@ RESOLVES = [
     ("b5", "ra", HubRepo("timm/tf_efficientnet_b5.ra_in1k")),
     ("lite0", "ra", HubRepo("timm/efficientnet_lite0.ra_in1k")),
     ("b4", "ra2", HubRepo("timm/efficientnet_b4.ra2_in1k")),
+    ("v2-s", "imagenet", TorchvisionFile(
+        "EfficientNet_V2_S_Weights.IMAGENET1K_V1",
+        "https://download.pytorch.org/models/efficientnet_v2_s-dd5fe13b.pth",
+    )),
+    ("v2-l", "imagenet", TorchvisionFile(
+        "EfficientNet_V2_L_Weights.IMAGENET1K_V1",
+        "https://download.pytorch.org/models/efficientnet_v2_l-59c71312.pth",
+    )),
+    ("v2-b0", "imagenet", HubRepo("timm/tf_efficientnetv2_b0.in1k")),
+    ("v2-s", "tf", HubRepo("timm/tf_efficientnetv2_s.in1k")),
+    ("v2-m", "in21k", HubRepo("timm/tf_efficientnetv2_m.in21k_ft_in1k")),
+    ("v2-xl", "imagenet", HubRepo("timm/tf_efficientnetv2_xl.in21k_ft_in1k")),
+    ("v2-rw-t", "imagenet", HubRepo("timm/efficientnetv2_rw_t.ra2_in1k")),
 ]  # fmt: skip
 
 
@@ -53,8 +67,9 @@ def test_the_table_has_one_row_per_variant_and_name_and_imagenet_weights_for_b0_
     pairs = [(w.variant, tag) for w in PUBLISHED for tag in w.tags]
     assert len(pairs) == len(set(pairs))
     imagenet = [w.variant for w in PUBLISHED if weights.IMAGENET in w.tags]
-    assert sorted(imagenet) == sorted([f"b{i}" for i in range(8)] + [f"lite{i}" for i in range(5)])
-    assert SHORT_NAMES == ("tf", "ns", "ap", "aa", "ra", "ra2")
+    v2 = [f"v2-b{i}" for i in range(4)] + ["v2-s", "v2-m", "v2-l", "v2-xl", "v2-rw-t"]
+    assert sorted(imagenet) == sorted([f"b{i}" for i in range(8)] + [f"lite{i}" for i in range(5)] + v2)
+    assert SHORT_NAMES == ("tf", "ns", "ap", "aa", "ra", "ra2", "in21k")
     for w in PUBLISHED:
         assert get_variant(w.variant).name == w.variant and w.categories == "imagenet-1k"
         assert w.top1 is None or 70 < w.top1 < 90
@@ -75,9 +90,15 @@ def test_torchvision_rows_match_torchvisions_weights_enum(row):
     enum = torchvision.models.get_weight(row.source.enum)
     t = enum.transforms.keywords  # torchvision's own eval transform for these weights
     assert row.source.url == enum.url and row.top1 == enum.meta["_metrics"]["ImageNet-1K"]["acc@1"]
-    assert row.preprocessing == Preprocessing(t["crop_size"], t["resize_size"], interpolation=t["interpolation"].value)
+    mean, std = tuple(t.get("mean", IMAGENET_MEAN)), tuple(t.get("std", IMAGENET_STD))
+    interpolation = t["interpolation"].value
+    assert row.preprocessing == Preprocessing(t["crop_size"], t["resize_size"], mean, std, interpolation)
     assert tuple(enum.meta["categories"]) == imagenet_categories()
-    assert row.build == (TF_BATCHNORM if row.variant in ("b5", "b6", "b7") else BuildOptions())
+    # torchvision's own builders: TF's BatchNorm for b5-b7, TF's eps for V2
+    built = torchvision.models.get_model(row.source.enum.split("_Weights")[0].lower())
+    bn = next(m for m in built.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    assert (row.build.bn_eps, row.build.bn_momentum) == (bn.eps, bn.momentum)
+    assert row.build == (TF_BATCHNORM if row.variant in ("b5", "b6", "b7") else BuildOptions(bn_eps=bn.eps))
     source = pretrained_source(row.variant, "imagenet")  # no download until the weights are loaded
     assert source.name == f"torchvision {row.source.enum}" and source.preprocessing == row.preprocessing
     assert source.build == row.build and source.categories == imagenet_categories()
