@@ -10,6 +10,8 @@ from pathlib import Path
 import lightning as L
 import torch
 
+from effnet_lightning.callbacks.graceful_interrupt import received_signal
+
 
 class TrainStartProbe(L.Callback):
     """Writes the shape of the first batch the network sees, the global step and a fingerprint
@@ -99,7 +101,8 @@ class GroupSignalAtStep(L.Callback):
     `--signal` are: a loader worker treats a SIGTERM from its own parent differently (it exits
     quietly), so a signal from the main process would not show what a launcher's does. Under
     DDP only rank 0 has it sent. With $PROBE_GROUP=parent the group is the parent process's
-    (the command that started this fit); with $PROBE_IN, only a fit whose default_root_dir ends
+    (the command that started this fit), which passes the signal on: the probe waits for it to
+    arrive, so that the fit stops at this step however long passing it on takes; with $PROBE_IN, only a fit whose default_root_dir ends
     with it sends. With $PROBE_FILE set, each rank writes the global step it stopped at to
     $PROBE_FILE.<rank>."""
 
@@ -116,6 +119,10 @@ class GroupSignalAtStep(L.Callback):
                 start_new_session=True,
                 check=True,
             )
+            if pid:  # the parent passes the signal on: wait for it here, so the fit stops at this step
+                deadline = time.monotonic() + 30
+                while received_signal() is None and time.monotonic() < deadline:
+                    time.sleep(0.01)
 
     def on_exception(self, trainer, pl_module, exception):
         if os.environ.get("PROBE_FILE"):
