@@ -144,7 +144,15 @@ class DropPath(nn.Module):
 class Block(nn.Module):
     """What MBConv and Fused-MBConv share: the output is the 1x1 projection (`project`) of the
     expanded map (`expanded`), plus the input through stochastic depth where the block keeps the
-    shape. Subclasses build `project`, `has_residual`, `drop_path` and define `expanded`."""
+    shape. Subclasses build `project` and define `expanded`."""
+
+    def __init__(self, cfg: BlockConfig, drop_path_rate: float):
+        super().__init__()
+        self.cfg = cfg
+        self.has_residual = cfg.has_residual
+        # Blocks without a residual have no stochastic depth (there is no branch to drop).
+        self.drop_path = DropPath(drop_path_rate) if self.has_residual and drop_path_rate > 0 else nn.Identity()
+        self.inplace = False  # the inference form sets it: the residual sum overwrites the branch's output
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.project_from(self.expanded(x), x)
@@ -173,8 +181,7 @@ class MBConv(Block):
         bn_momentum: float = 0.1,
         lean_bn_act: bool = False,
     ):
-        super().__init__()
-        self.cfg = cfg
+        super().__init__(cfg, drop_path_rate)
         bn = {"bn_eps": bn_eps, "bn_momentum": bn_momentum, "lean_bn_act": lean_bn_act}
         hidden = cfg.hidden_channels
         self.expand = (
@@ -187,10 +194,6 @@ class MBConv(Block):
         )
         self.se = SqueezeExcite(hidden, cfg.se_channels, activation) if cfg.se_channels else nn.Identity()
         self.project = ConvBNAct(hidden, cfg.out_channels, 1, activation=None, **bn)
-        self.has_residual = cfg.has_residual
-        # Blocks without a residual have no stochastic depth (there is no branch to drop).
-        self.drop_path = DropPath(drop_path_rate) if self.has_residual and drop_path_rate > 0 else nn.Identity()
-        self.inplace = False  # the inference form sets it: the residual sum overwrites the branch's output
 
     def expanded(self, x: torch.Tensor) -> torch.Tensor:
         """The expanded map: after the depthwise convolution and SE, the 1x1 projection's input."""
@@ -217,8 +220,7 @@ class FusedMBConv(Block):
         bn_momentum: float = 0.1,
         lean_bn_act: bool = False,
     ):
-        super().__init__()
-        self.cfg = cfg
+        super().__init__(cfg, drop_path_rate)
         bn = {"bn_eps": bn_eps, "bn_momentum": bn_momentum, "lean_bn_act": lean_bn_act}
         hidden = cfg.hidden_channels
         self.conv = ConvBNAct(
@@ -227,9 +229,6 @@ class FusedMBConv(Block):
         self.project = (
             ConvBNAct(hidden, cfg.out_channels, 1, activation=None, **bn) if cfg.expand_ratio != 1 else nn.Identity()
         )
-        self.has_residual = cfg.has_residual
-        self.drop_path = DropPath(drop_path_rate) if self.has_residual and drop_path_rate > 0 else nn.Identity()
-        self.inplace = False
 
     def expanded(self, x: torch.Tensor) -> torch.Tensor:
         """The expanded map: the kxk convolution's output (the block's output without expansion)."""
