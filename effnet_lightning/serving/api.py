@@ -1,0 +1,98 @@
+"""The LitAPI each inference worker runs: the checked upload decoded as `predict` decodes a file,
+the evaluation transform, a batch through the network `predict` runs (the module with its
+folded BatchNorm, or the exported ONNX file through onnxruntime), the top-k classes.
+
+Each worker is a process of its own; it outlives a SIGTERM sent to the process group until the
+server has answered every request it accepted (`released`), then exits.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import signal
+import sys
+import time
+
+import litserve as ls
+import torch
+
+from effnet_lightning.cli.onnx_predict import OnnxPredictor
+from effnet_lightning.data.decode import EncodedImage, load_rgb
+from effnet_lightning.data.transforms import eval_transform
+from effnet_lightning.models.preprocessing import Preprocessing
+
+
+class ClassifierAPI(ls.LitAPI):
+    """Requests are `{"image": <base64 of an image file>, "k": int}` (what `gate.RequestGate`
+    passes on); answers `{"top_k": [{"class": name, "prob": p}, ...]}`, as predict's JSON rows.
+
+    Args:
+        module: the trained `EfficientNetModule` (None with `onnx`).
+        onnx: path of an exported model.onnx (its model.json beside it).
+        test_time_flip: with `onnx`, average each image's logits with its mirror's (as predict).
+        preprocessing: the evaluation transform's resize, crop and normalisation.
+        class_names: the names the answers give.
+        released: set by the server once the HTTP servers have drained; only then does a
+            SIGTERM end the worker.
+        workers_per_device: CPU workers share the cores (torch threads = cores / workers).
+    """
+
+    def __init__(
+        self,
+        *,
+        module=None,
+        onnx: str | None = None,
+        test_time_flip: bool = False,
+        preprocessing: Preprocessing,
+        class_names: list[str],
+        released,
+        workers_per_device: int = 1,
+        max_batch_size: int = 1,
+        batch_timeout: float = 0.0,
+    ):
+        super().__init__(max_batch_size=max_batch_size, batch_timeout=batch_timeout)
+        self.module = module
+        self.onnx = onnx
+        self.test_time_flip = test_time_flip
+        self.preprocessing = preprocessing
+        self.class_names = list(class_names)
+        self.released = released
+        self.workers_per_device = workers_per_device
+
+    def setup(self, device: str) -> None:
+        signal.signal(signal.SIGTERM, self.on_sigterm)
+        if device == "cpu":
+            torch.set_num_threads(max(1, (os.cpu_count() or 1) // self.workers_per_device))
+        self.transform = eval_transform(self.preprocessing)
+        if self.onnx:
+            self.predictor = OnnxPredictor(self.onnx, test_time_flip=self.test_time_flip)
+        else:
+            self.predictor = self.module.to(device).eval()
+            self.predictor.forms.start_evaluation()  # the folded copy predict runs
+        self.device_name = device
+
+    def on_sigterm(self, signum, frame) -> None:
+        if self.released.is_set():
+            raise SystemExit(0)
+
+    def decode_request(self, request: dict) -> tuple[torch.Tensor, int]:
+        image = load_rgb(EncodedImage("upload", base64.b64decode(request["image"])))
+        return self.transform(image), int(request["k"])
+
+    def predict(self, x):
+        """One request (`max_batch_size` 1) or a list of them: (image, k) -> (probabilities, k)."""
+        requests = x if isinstance(x, list) else [x]
+        start = time.perf_counter()
+        images = torch.stack([image for image, _ in requests]).to(self.device_name)
+        with torch.inference_mode():
+            probs = self.predictor.predict_step((images, None), 0)["probs"].float().cpu()
+        milliseconds = (time.perf_counter() - start) * 1000
+        print(f"serve: batch of {len(requests)} in {milliseconds:.1f} ms", file=sys.stderr, flush=True)
+        answers = [(row, k) for row, (_, k) in zip(probs, requests)]
+        return answers if isinstance(x, list) else answers[0]
+
+    def encode_response(self, output) -> dict:
+        probs, k = output
+        values, classes = probs.topk(k)
+        return {"top_k": [{"class": self.class_names[c], "prob": p} for c, p in zip(classes.tolist(), values.tolist())]}
