@@ -146,8 +146,9 @@ class EffNetTrainer(Trainer):
             timeout: seconds a request may wait for the model before it gets 504.
         """
         from effnet_lightning.serving.api import ClassifierAPI
-        from effnet_lightning.serving.server import serve
+        from effnet_lightning.serving.server import check_address, serve
 
+        check_address(host, port)  # before anything loads
         if max_batch_size < 1 or batch_timeout < 0 or workers_per_device < 1:
             raise ValueError(
                 "serve: --max_batch_size and --workers_per_device must be at least 1, --batch_timeout >= 0"
@@ -155,7 +156,7 @@ class EffNetTrainer(Trainer):
         if onnx:
             predictor = OnnxPredictor(onnx)  # read here, so a bad file is one line before anything starts
             source = {"onnx": str(onnx), "test_time_flip": model.hparams.test_time_flip}
-            class_names = predictor.class_names
+            class_names = predictor.class_names  # the export's model.json
         else:
             load_trained(model, ckpt_path)
             source, class_names = {"module": model}, model.class_names

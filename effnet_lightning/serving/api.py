@@ -17,9 +17,9 @@ import time
 import litserve as ls
 import torch
 
-from effnet_lightning.cli.onnx_predict import OnnxPredictor
 from effnet_lightning.data.decode import EncodedImage, load_rgb
 from effnet_lightning.data.transforms import eval_transform
+from effnet_lightning.export.runtime import onnx_probabilities, onnx_session
 from effnet_lightning.models.preprocessing import Preprocessing
 
 
@@ -66,11 +66,11 @@ class ClassifierAPI(ls.LitAPI):
             torch.set_num_threads(max(1, (os.cpu_count() or 1) // self.workers_per_device))
         self.transform = eval_transform(self.preprocessing)
         if self.onnx:
-            self.predictor = OnnxPredictor(self.onnx, test_time_flip=self.test_time_flip)
+            self.session = onnx_session(self.onnx)  # on the CPU, as predict --onnx
         else:
-            self.predictor = self.module.to(device).eval()
-            self.predictor.forms.start_evaluation()  # the folded copy predict runs
-        self.device_name = device
+            self.module = self.module.to(device).eval()
+            self.module.forms.start_evaluation()  # the folded copy predict runs
+        self.device_name = "cpu" if self.onnx else device
 
     def on_sigterm(self, signum, frame) -> None:
         if self.released.is_set():
@@ -85,12 +85,18 @@ class ClassifierAPI(ls.LitAPI):
         requests = x if isinstance(x, list) else [x]
         start = time.perf_counter()
         images = torch.stack([image for image, _ in requests]).to(self.device_name)
-        with torch.inference_mode():
-            probs = self.predictor.predict_step((images, None), 0)["probs"].float().cpu()
+        probs = self.probabilities(images)
         milliseconds = (time.perf_counter() - start) * 1000
         print(f"serve: batch of {len(requests)} in {milliseconds:.1f} ms", file=sys.stderr, flush=True)
         answers = [(row, k) for row, (_, k) in zip(probs, requests)]
         return answers if isinstance(x, list) else answers[0]
+
+    def probabilities(self, images: torch.Tensor) -> torch.Tensor:
+        """What predict gives for a batch: the module's predict_step, or the ONNX file's."""
+        if self.onnx:
+            return onnx_probabilities(self.session, images, self.test_time_flip)
+        with torch.inference_mode():
+            return self.module.predict_step((images, None), 0)["probs"].float().cpu()
 
     def encode_response(self, output) -> dict:
         probs, k = output

@@ -118,8 +118,8 @@ def serve(
     max_upload_mb: float,
     timeout: float,
 ) -> None:
-    """Serve `api` (a `ClassifierAPI`) until SIGTERM or Ctrl+C."""
-    check_address(host, port)
+    """Serve `api` (a `ClassifierAPI`) until SIGTERM or Ctrl+C, at an address `check_address`
+    accepted."""
     shown = f"[{host}]" if ":" in host else host
     server = ModelServer(
         api,

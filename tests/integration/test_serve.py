@@ -6,6 +6,7 @@ stopped by SIGTERM to its process group in the middle of a burst."""
 import io
 import json
 import signal
+import socket
 import struct
 import zlib
 from concurrent.futures import ThreadPoolExecutor
@@ -16,7 +17,8 @@ import pytest
 from PIL import Image
 
 from tests.helpers.browser import Browser
-from tests.helpers.cli import CSV, run_cli
+from tests.helpers.cli import CSV, run_cli, run_main
+from tests.helpers.fault_doc import expect
 from tests.helpers.serving import ServeProcess, multipart, post
 
 LITE0 = ["--model.variant", "lite0", "--model.weights", "imagenet"]
@@ -100,6 +102,7 @@ def test_while_the_model_loads_predict_answers_503_with_retry_after(server):
     for status, answer, headers in loading:
         assert status == 503 and int(headers["retry-after"]) > 0
         assert answer == {"detail": "the model is still loading: retry shortly"}
+    expect("serve-loading", "503", "Retry-After", "the model is still loading: retry shortly")
 
 
 @pytest.mark.slow
@@ -223,6 +226,7 @@ def test_every_bad_request_gets_its_4xx_line_and_the_next_good_request_is_answer
     finally:
         assert limited.stop() == 0, limited.log()
     assert "Traceback" not in server.log() and "Traceback" not in limited.log()
+    expect("serve-bad-requests", *(message for *_, message in bad_requests(photos).values()))
 
 
 @pytest.mark.slow
@@ -243,6 +247,33 @@ def test_sigterm_to_the_group_during_a_burst_answers_every_accepted_request_then
     for path, (status, answer, _) in zip(jobs, answers):
         assert status == 200, answer
         assert_same_top5(answer_pairs(answer), predicted[path.name], tolerance=1e-4)  # ONNX's rounding
-    assert "answering the requests in flight" in served.log() and "serve: stopped" in served.log()
+    log = served.err.read_text()  # the workers' batch lines and the server's notices, in order
+    stopping = "serve: SIGTERM: answering the requests in flight, then stopping"
+    assert stopping in log and served.out.read_text().rstrip().endswith("serve: stopped"), served.log()
+    answered_after = [line for line in log.split(stopping)[1].splitlines() if line.startswith("serve: batch of")]
+    print(f"batches answered after SIGTERM: {answered_after}")
+    assert answered_after, "the signal came after the burst: nothing was in flight"
+    expect("serve-sigterm", stopping, "serve: stopped", "0")
     with pytest.raises(OSError):
         post(served.port, b"", timeout=5)
+
+
+def test_bad_serve_arguments_end_in_one_line_before_anything_loads(capsys, monkeypatch, tmp_path):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        cases = {
+            ("--host", "localhost"): "error: --host localhost: give 127.0.0.1 (this machine only), 0.0.0.0",
+            ("--port", "80"): "error: --port 80: give a port from 1024 to 65535",
+            ("--port", str(port)): f"error: --port {port}: cannot listen on 127.0.0.1 (Address already in use)",
+            ("--max_batch_size", "0"): "error: serve: --max_batch_size and --workers_per_device must be at least 1",
+            ("--onnx", str(tmp_path / "gone.onnx")): f"error: --onnx {tmp_path / 'gone.onnx'}: no such file",
+        }
+        for args, expected in cases.items():
+            code, line = run_main(["serve", *LITE0, *args], capsys, monkeypatch, tmp_path)
+            assert code == 2 and line.startswith(expected), line
+    code, line = run_main(["serve"], capsys, monkeypatch, tmp_path)
+    assert code == 2 and line.startswith("error: nothing to serve: no trained checkpoint recorded"), line
+    expect("serve-args", "give a port from 1024 to 65535", "(Address already in use): pass another --port")
+    expect("serve-args", "nothing to serve: no trained checkpoint recorded")
