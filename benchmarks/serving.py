@@ -3,14 +3,16 @@ each model path (the folded network in PyTorch, ONNX fp32 and INT8 through onnxr
 and B0, with dynamic batching (`--max_batch_size 8`) and without it (`--max_batch_size 1`: the
 same server and model path, one request per forward pass), at 1, 8 and 32 concurrent clients.
 
-    python benchmarks/serving.py                          # every row below (about 15 minutes on 2 cores)
-    python benchmarks/serving.py --variants lite0 --paths eager --requests 64
+    python benchmarks/serving.py                          # every row below (about 10 minutes on 2 cores)
+    python benchmarks/serving.py --variants lite0 --paths eager --rounds 5
 
 Each configuration is a real server process started by the CLI; the client is this process:
 threads sending real photos (skimage's, as JPEG) over HTTP/1.1 keep-alive connections, each
-request timed from send to answer. Reported per row: requests per second, p50 and p99 latency,
-the batch sizes the workers logged, and the client's share of the machine's CPU time (it runs
-on the same cores as the server). Lite0 serves its packaged ImageNet weights; B0 a network
+request timed from send to answer. Each server is measured `--rounds` times at each concurrency;
+reported per row: requests per second, p50 and p99 latency (medians over the rounds), the batch
+sizes the workers logged, the client's share of the machine's CPU time (it runs on the same
+cores as the server), and the ratio to the same path one request at a time (the median of the
+per-round ratios, and the worst). Lite0 serves its packaged ImageNet weights; B0 a network
 with random weights (speed only). The INT8 file is calibrated on random images, also for speed
 only: `export --formats "[onnx_int8]"` measures a real one's accuracy. Results go to
 benchmarks/results/serving-cpu.json, which the command resumes from: delete it to measure again.
@@ -47,6 +49,14 @@ from effnet_lightning.models.factory import imagenet_categories
 RESULTS = ROOT / "benchmarks" / "results" / "serving-cpu.json"
 CONCURRENCY = (1, 8, 32)
 PATHS = ("eager", "onnx", "onnx_int8")
+
+
+def cpu_name() -> str:
+    cpuinfo = Path("/proc/cpuinfo")
+    names = [
+        line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines() if line.startswith("model name")
+    ]
+    return names[0] if names else platform.machine()
 
 
 def photos() -> list[bytes]:
@@ -147,27 +157,21 @@ def load(port: int, images: list[bytes], concurrency: int, requests: int) -> dic
 
 
 def measure(args, images, row_key, serve_args, batch: int, folder: Path, port: int) -> list[dict]:
+    """Rows of one server: each concurrency level, `args.rounds` times."""
     server = Server(
         [*serve_args, "--max_batch_size", str(batch), "--batch_timeout", "0.01"], port, folder / "serve.log"
     )
     try:
         load(port, images, 8, 16)  # warm-up
         rows = []
-        for concurrency in CONCURRENCY:
-            before = len(server.batch_sizes())
-            result = load(port, images, concurrency, max(args.requests, 6 * concurrency))
-            sizes = server.batch_sizes()[before:]
-            rows.append(
-                {
-                    **row_key,
-                    "max_batch_size": batch,
-                    "concurrency": concurrency,
-                    **result,
-                    "mean_batch": statistics.mean(sizes),
-                    "largest_batch": max(sizes),
-                }
-            )
-            print(json.dumps(rows[-1]), flush=True)
+        for round_index in range(args.rounds):
+            for concurrency in CONCURRENCY:
+                before = len(server.batch_sizes())
+                result = load(port, images, concurrency, max(args.requests, 6 * concurrency))
+                sizes = server.batch_sizes()[before:]
+                row = {**row_key, "max_batch_size": batch, "concurrency": concurrency, "round": round_index}
+                rows.append({**row, **result, "mean_batch": statistics.mean(sizes), "largest_batch": max(sizes)})
+                print(json.dumps(rows[-1]), flush=True)
         return rows
     finally:
         server.stop()
@@ -184,9 +188,8 @@ def main() -> None:
     parser.add_argument("--results", type=Path, default=RESULTS)
     args = parser.parse_args()
     results = json.loads(args.results.read_text()) if args.results.exists() else {"rows": []}
-    results["machine"] = (
-        f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}"
-    )
+    kernels = os.environ.get("ONEDNN_MAX_CPU_ISA", "default")
+    results["machine"] = f"{cpu_name()}, {os.cpu_count()} cores, torch {torch.__version__}, oneDNN ISA {kernels}"
     done = {(r["variant"], r["path"], r["max_batch_size"]) for r in results["rows"]}
     images = photos()
     with tempfile.TemporaryDirectory() as tmp:
@@ -207,18 +210,28 @@ def main() -> None:
 
 
 def print_table(rows: list[dict]) -> None:
-    """A markdown table: each path and concurrency with batching and without, and the ratio."""
-    print("| variant | path | clients | req/s batched | req/s one by one | ratio | p50 / p99 ms batched | mean batch |")
+    """A markdown table: each path and concurrency, batched and one request at a time (medians
+    over the rounds), and the ratio (median of the per-round ratios, the worst in brackets)."""
+    print(
+        "| variant | path | clients | req/s batched | req/s one at a time | ratio | p50 / p99 ms batched | mean batch |"
+    )
     print("|---|---|---|---|---|---|---|---|")
-    by_key = {(r["variant"], r["path"], r["concurrency"], r["max_batch_size"]): r for r in rows}
-    for (variant, path, concurrency, batch), row in by_key.items():
-        alone = by_key.get((variant, path, concurrency, 1))
-        if batch != 8 or alone is None:
+    groups: dict[tuple, list[dict]] = {}
+    for row in rows:
+        groups.setdefault((row["variant"], row["path"], row["concurrency"], row["max_batch_size"]), []).append(row)
+    for (variant, path, concurrency, batch), batched in groups.items():
+        alone = groups.get((variant, path, concurrency, 1))
+        if batch == 1 or not alone:
             continue
+        ratios = [b["requests_per_s"] / a["requests_per_s"] for b, a in zip(batched, alone)]
+
+        def median(key, found=batched):
+            return statistics.median(r[key] for r in found)
+
         print(
-            f"| {variant} | {path} | {concurrency} | {row['requests_per_s']:.1f} | {alone['requests_per_s']:.1f} | "
-            f"{row['requests_per_s'] / alone['requests_per_s']:.2f}x | {row['p50_ms']:.0f} / {row['p99_ms']:.0f} | "
-            f"{row['mean_batch']:.1f} |"
+            f"| {variant} | {path} | {concurrency} | {median('requests_per_s'):.1f} | "
+            f"{median('requests_per_s', alone):.1f} | {statistics.median(ratios):.2f}x ({min(ratios):.2f}) | "
+            f"{median('p50_ms'):.0f} / {median('p99_ms'):.0f} | {median('mean_batch'):.1f} |"
         )
 
 

@@ -15,6 +15,7 @@ import sys
 import time
 
 import litserve as ls
+import onnxruntime
 import torch
 
 from effnet_lightning.data.decode import EncodedImage, load_rgb
@@ -65,8 +66,11 @@ class ClassifierAPI(ls.LitAPI):
         if device == "cpu":
             torch.set_num_threads(max(1, (os.cpu_count() or 1) // self.workers_per_device))
         self.transform = eval_transform(self.preprocessing)
-        if self.onnx:
-            self.session = onnx_session(self.onnx)  # on the CPU, as predict --onnx
+        if self.onnx:  # on the CPU, as predict --onnx
+            options = onnxruntime.SessionOptions()
+            # Idle threads that spin would take the cores from the HTTP server decoding uploads.
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+            self.session = onnx_session(self.onnx, options)
         else:
             self.module = self.module.to(device).eval()
             self.module.forms.start_evaluation()  # the folded copy predict runs

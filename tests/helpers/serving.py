@@ -23,16 +23,21 @@ def free_port() -> int:
 
 
 def post(port: int, body: bytes, content_type: str | None = "image/jpeg", query: str = "", timeout: float = 120):
-    """POST /predict: (status, JSON answer, headers by lower-case name)."""
+    """POST /predict on a connection of its own: (status, JSON answer, headers by lower-case name)."""
     connection = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
     try:
-        headers = {"Content-Type": content_type} if content_type else {}
-        connection.request("POST", f"/predict{query}", body=body, headers=headers)
-        answer = connection.getresponse()
-        data = answer.read()
-        return answer.status, json.loads(data) if data else None, {k.lower(): v for k, v in answer.getheaders()}
+        return exchange(connection, body, content_type, query)
     finally:
         connection.close()
+
+
+def exchange(connection: http.client.HTTPConnection, body: bytes, content_type: str | None = "image/jpeg", query=""):
+    """POST /predict on `connection` (kept open when the server keeps it alive)."""
+    headers = {"Content-Type": content_type} if content_type else {}
+    connection.request("POST", f"/predict{query}", body=body, headers=headers)
+    answer = connection.getresponse()
+    data = answer.read()
+    return answer.status, json.loads(data) if data else None, {k.lower(): v for k, v in answer.getheaders()}
 
 
 def multipart(data: bytes, filename: str = "photo.jpg", field: str = "file") -> tuple[bytes, str]:

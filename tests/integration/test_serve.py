@@ -3,11 +3,15 @@ packaged Lite0 ImageNet weights, batching on) answers the photos, the concurrent
 bad requests; the page is opened in headless Chromium; a server of the exported ONNX file is
 stopped by SIGTERM to its process group in the middle of a burst."""
 
+import http.client
 import io
+import os
 import json
 import signal
 import socket
 import struct
+import threading
+import time
 import zlib
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -17,9 +21,9 @@ import pytest
 from PIL import Image
 
 from tests.helpers.browser import Browser
-from tests.helpers.cli import CSV, run_cli, run_main
+from tests.helpers.cli import CSV, TINY, run_cli, run_main
 from tests.helpers.fault_doc import expect
-from tests.helpers.serving import ServeProcess, multipart, post
+from tests.helpers.serving import ServeProcess, exchange, multipart, post
 
 LITE0 = ["--model.variant", "lite0", "--model.weights", "imagenet"]
 QUIET = ["--trainer.enable_progress_bar", "false", *CSV]
@@ -234,13 +238,30 @@ def test_sigterm_to_the_group_during_a_burst_answers_every_accepted_request_then
     run_cli(["export", *LITE0, "--formats", "[onnx]", "--output_dir", tmp_path / "export", *QUIET], tmp_path)
     onnx = tmp_path / "export" / "model.onnx"
     served = ServeProcess(["--onnx", onnx, "--max_batch_size", "4", *QUIET], tmp_path)
-    served.first_answers((photos / "chelsea.png").read_bytes())
+    warm = (photos / "chelsea.png").read_bytes()
+    served.first_answers(warm)
     names = sorted(photos.iterdir())
     jobs = [names[i % len(names)] for i in range(24)]
-    with ThreadPoolExecutor(24) as pool:
-        futures = [pool.submit(post, served.port, p.read_bytes(), "image/jpeg") for p in jobs]
-        while not served.batch_sizes()[1:]:  # the burst is being answered
-            pass
+    warmed, go = threading.Barrier(len(jobs) + 1), threading.Barrier(len(jobs) + 1)
+
+    def client(path: Path):
+        """A connection the server has accepted (its first request answered), then the burst's request."""
+        connection = http.client.HTTPConnection("127.0.0.1", served.port, timeout=120)
+        try:
+            assert exchange(connection, warm, "image/png")[0] == 200
+            warmed.wait()
+            go.wait()
+            return exchange(connection, path.read_bytes())
+        finally:
+            connection.close()
+
+    with ThreadPoolExecutor(len(jobs)) as pool:
+        futures = [pool.submit(client, path) for path in jobs]
+        warmed.wait()
+        before = len(served.batch_sizes())
+        go.wait()
+        while len(served.batch_sizes()) < before + 2:  # the burst is being answered
+            time.sleep(0.001)
         served.signal_group(signal.SIGTERM)
         answers = [f.result() for f in futures]
     assert served.process.wait(timeout=60) == 0, served.log()
@@ -277,3 +298,41 @@ def test_bad_serve_arguments_end_in_one_line_before_anything_loads(capsys, monke
     assert code == 2 and line.startswith("error: nothing to serve: no trained checkpoint recorded"), line
     expect("serve-args", "give a port from 1024 to 65535", "(Address already in use): pass another --port")
     expect("serve-args", "nothing to serve: no trained checkpoint recorded")
+
+
+@pytest.mark.slow
+def test_after_a_fit_serve_with_no_flags_answers_as_predict_from_the_best_checkpoint(small_root, tmp_path):
+    run_cli(
+        [
+            "fit",
+            "--data.root",
+            small_root,
+            *TINY,
+            *CSV,
+            "--trainer.max_epochs",
+            "1",
+            "--trainer.limit_train_batches",
+            "2",
+        ],
+        tmp_path,
+    )
+    images = tmp_path / "to_predict"
+    images.mkdir()
+    for path in sorted(small_root.glob("val/*/*.png"))[::20]:
+        (images / f"{path.parent.name}-{path.name}").write_bytes(path.read_bytes())
+    run_cli(["predict", "--data.predict_root", images, "--predictions.output_dir", tmp_path / "out", *QUIET], tmp_path)
+    rows = json.loads((tmp_path / "out" / "predictions.json").read_text())["predictions"]
+    served = ServeProcess(QUIET, tmp_path)
+    try:
+        served.first_answers(next(images.iterdir()).read_bytes())
+        for row in rows:
+            status, answer, _ = post(served.port, Path(row["path"]).read_bytes(), "image/png")
+            assert status == 200
+            assert_same_top5(answer_pairs(answer), [(c["class"], c["prob"]) for c in row["top_k"]])
+    finally:
+        served.process.send_signal(signal.SIGTERM)  # to the server's process alone: it stops its group
+        assert served.process.wait(timeout=60) == 0, served.log()
+    with pytest.raises(ProcessLookupError):  # no worker or HTTP server left behind
+        os.killpg(served.process.pid, 0)
+    best = json.loads((tmp_path / "runs" / "latest_fit.json").read_text())["best_model_path"]
+    assert f"serve: using the best checkpoint of the most recent fit: {best}" in served.log()
