@@ -181,16 +181,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--variants", nargs="+", default=["lite0", "b0"])
     parser.add_argument("--paths", nargs="+", default=list(PATHS), choices=PATHS)
-    parser.add_argument(
-        "--requests", type=int, default=96, help="requests per concurrency level (at least 6 per client)"
-    )
+    parser.add_argument("--requests", type=int, default=64, help="requests per level and round (at least 6 per client)")
+    parser.add_argument("--rounds", type=int, default=3, help="measurements of each concurrency level per server")
     parser.add_argument("--port", type=int, default=8765)
     parser.add_argument("--results", type=Path, default=RESULTS)
     args = parser.parse_args()
     results = json.loads(args.results.read_text()) if args.results.exists() else {"rows": []}
     kernels = os.environ.get("ONEDNN_MAX_CPU_ISA", "default")
     results["machine"] = f"{cpu_name()}, {os.cpu_count()} cores, torch {torch.__version__}, oneDNN ISA {kernels}"
-    done = {(r["variant"], r["path"], r["max_batch_size"]) for r in results["rows"]}
+    done = {(r["variant"], r["path"], r["max_batch_size"]) for r in results["rows"]}  # resumed: measured already
     images = photos()
     with tempfile.TemporaryDirectory() as tmp:
         for variant in args.variants:

@@ -1,6 +1,6 @@
-"""The LitAPI each inference worker runs: the checked upload decoded as `predict` decodes a file,
-the evaluation transform, a batch through the network `predict` runs (the module with its
-folded BatchNorm, or the exported ONNX file through onnxruntime), the top-k classes.
+"""The LitAPI each inference worker runs: the cropped images the HTTP servers decoded
+(`gate.RequestGate`) normalised, a batch through the network `predict` runs (the module with
+its folded BatchNorm, or the exported ONNX file through onnxruntime), the top-k classes.
 
 Each worker is a process of its own; it outlives a SIGTERM sent to the process group until the
 server has answered every request it accepted (`released`), then exits.
@@ -18,21 +18,20 @@ import litserve as ls
 import onnxruntime
 import torch
 
-from effnet_lightning.data.decode import EncodedImage, load_rgb
-from effnet_lightning.data.transforms import eval_transform
+from effnet_lightning.data.transforms import eval_normalize
 from effnet_lightning.export.runtime import onnx_probabilities, onnx_session
 from effnet_lightning.models.preprocessing import Preprocessing
 
 
 class ClassifierAPI(ls.LitAPI):
-    """Requests are `{"image": <base64 of an image file>, "k": int}` (what `gate.RequestGate`
-    passes on); answers `{"top_k": [{"class": name, "prob": p}, ...]}`, as predict's JSON rows.
+    """Requests are `{"pixels": <base64 of a 3 x crop x crop uint8 image>, "k": int}` (what
+    `gate.RequestGate` passes on); answers `{"top_k": [{"class": name, "prob": p}, ...]}`, as predict's JSON rows.
 
     Args:
         module: the trained `EfficientNetModule` (None with `onnx`).
         onnx: path of an exported model.onnx (its model.json beside it).
         test_time_flip: with `onnx`, average each image's logits with its mirror's (as predict).
-        preprocessing: the evaluation transform's resize, crop and normalisation.
+        preprocessing: the evaluation crop size and normalisation.
         class_names: the names the answers give.
         released: set by the server once the HTTP servers have drained; only then does a
             SIGTERM end the worker.
@@ -65,7 +64,7 @@ class ClassifierAPI(ls.LitAPI):
         signal.signal(signal.SIGTERM, self.on_sigterm)
         if device == "cpu":
             torch.set_num_threads(max(1, (os.cpu_count() or 1) // self.workers_per_device))
-        self.transform = eval_transform(self.preprocessing)
+        self.normalize = eval_normalize(self.preprocessing)
         if self.onnx:  # on the CPU, as predict --onnx
             options = onnxruntime.SessionOptions()
             # Idle threads that spin would take the cores from the HTTP server decoding uploads.
@@ -81,8 +80,9 @@ class ClassifierAPI(ls.LitAPI):
             raise SystemExit(0)
 
     def decode_request(self, request: dict) -> tuple[torch.Tensor, int]:
-        image = load_rgb(EncodedImage("upload", base64.b64decode(request["image"])))
-        return self.transform(image), int(request["k"])
+        size = self.preprocessing.crop_size
+        pixels = torch.frombuffer(bytearray(base64.b64decode(request["pixels"])), dtype=torch.uint8)
+        return self.normalize(pixels.view(3, size, size)), int(request["k"])
 
     def predict(self, x):
         """One request (`max_batch_size` 1) or a list of them: (image, k) -> (probabilities, k)."""

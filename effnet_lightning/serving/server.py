@@ -18,6 +18,7 @@ import threading
 import time
 from importlib.resources import files
 
+import torch
 from fastapi.responses import HTMLResponse
 from litserve import LitServer
 from litserve.utils import WorkerSetupStatus
@@ -130,20 +131,36 @@ def serve(
         timeout=timeout,
     )
     server.app.router.routes = [r for r in server.app.router.routes if getattr(r, "path", None) != "/"]
-    server.app.add_api_route("/", lambda: HTMLResponse(page()), methods=["GET"], include_in_schema=False)
+    html = page()
+    server.app.add_api_route("/", lambda: HTMLResponse(html), methods=["GET"], include_in_schema=False)
     server.app.add_middleware(
         RequestGate,
         ready=server.workers_ready,
+        preprocessing=api.preprocessing,
         num_classes=len(api.class_names),
         max_upload_bytes=int(max_upload_mb * 2**20),
         min_side=MIN_SIDE,
         max_pixels=MAX_PIXELS,
     )
+    # The HTTP servers are forked from here; each decodes and crops its uploads on one torch
+    # thread per request (torch's OpenMP threads do not survive a fork).
+    os.register_at_fork(after_in_child=lambda: torch.set_num_threads(1))
     signal.signal(signal.SIGTERM, Drain(api.released))
     try:
         server.run(host=host, port=port, log_level="warning", generate_client_file=False)
     except KeyboardInterrupt:
         pass
+    finally:
+        end_children(api.released)
     if server.failed:
         raise ValueError("serve: the model failed to load in its worker (its error is above)")
     say("serve: stopped")
+
+
+def end_children(released) -> None:
+    """Whatever LitServer left running (a stop during its start): the workers exit on SIGTERM
+    once `released` is set."""
+    released.set()
+    for child in mp.active_children():
+        child.terminate()
+        child.join(timeout=10)

@@ -3,7 +3,7 @@ request body or from a multipart form's file. What is not an image the model can
 refused as `BadUpload`: an HTTP status and one line saying what was wrong.
 
     data = upload_bytes(body, "multipart/form-data; boundary=...")
-    check_image(data, min_side=8, max_pixels=Image.MAX_IMAGE_PIXELS)   # or raises BadUpload
+    image = decode_upload(data, min_side=8, max_pixels=Image.MAX_IMAGE_PIXELS)   # or BadUpload
 """
 
 from __future__ import annotations
@@ -16,12 +16,14 @@ import warnings
 
 from PIL import Image, UnidentifiedImageError
 
+from effnet_lightning.data.decode import EncodedImage, load_rgb
+
 # Content types sent as the image itself (besides image/*): what curl --data-binary and
 # generic clients send.
 RAW_TYPES = ("application/octet-stream", "")
 FORM_TYPE = "application/x-www-form-urlencoded"
 
-# check_image refuses large images itself, with a status and a line for the client.
+# decode_upload refuses large images itself, with a status and a line for the client.
 warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
 
 
@@ -72,20 +74,20 @@ def multipart_file(body: bytes, content_type: str) -> bytes:
     raise BadUpload(400, "the multipart form has no file: send the image as a form field named file")
 
 
-def check_image(data: bytes, min_side: int, max_pixels: int) -> None:
-    """Decode `data` once, as the model will: refuses what is not an image (400), a truncated
-    file (400), an image of more than `max_pixels` pixels (a decompression bomb; 413, from its
-    header alone) and one under `min_side` pixels a side (422)."""
+def decode_upload(data: bytes, min_side: int, max_pixels: int) -> Image.Image:
+    """The image as `predict` reads a file (8-bit RGB: `load_rgb`), decoded once; refuses what
+    is not an image (400), a truncated file (400), an image of more than `max_pixels` pixels (a
+    decompression bomb; 413, from its header alone) and one under `min_side` pixels a side (422)."""
     try:
         with Image.open(io.BytesIO(data)) as image:
             width, height = image.size
-            if width * height > max_pixels:
-                raise too_many_pixels(f"{width}x{height}", max_pixels)
-            if min(width, height) < min_side:
-                raise BadUpload(
-                    422, f"the image is {width}x{height} pixels: too small to classify (at least {min_side} a side)"
-                )
-            image.load()
+        if width * height > max_pixels:
+            raise too_many_pixels(f"{width}x{height}", max_pixels)
+        if min(width, height) < min_side:
+            raise BadUpload(
+                422, f"the image is {width}x{height} pixels: too small to classify (at least {min_side} a side)"
+            )
+        return load_rgb(EncodedImage("upload", data))
     except Image.DecompressionBombError as e:  # PIL's own limit, met while opening
         found = re.search(r"\((\d+) pixels\)", str(e))
         raise too_many_pixels(f"{int(found.group(1)):,}" if found else "too many", max_pixels) from None

@@ -6,13 +6,18 @@ import base64
 import io
 import json
 
+import numpy as np
 from PIL import Image
 
+from effnet_lightning.data.decode import load_rgb
+from effnet_lightning.data.transforms import eval_crop
+from effnet_lightning.models.preprocessing import Preprocessing
 from effnet_lightning.serving.gate import RequestGate
 
 PNG = io.BytesIO()
-Image.new("RGB", (20, 20), "blue").save(PNG, "PNG")
+Image.fromarray(np.random.default_rng(0).integers(0, 256, (20, 30, 3), dtype=np.uint8)).save(PNG, "PNG")
 PNG = PNG.getvalue()
+PRE = Preprocessing(crop_size=12, resize_size=14)
 
 
 def call(gate, body: bytes, content_type="image/png", query=b"", chunks=1, method="POST", path="/predict"):
@@ -47,6 +52,7 @@ def call(gate, body: bytes, content_type="image/png", query=b"", chunks=1, metho
 def gate(ready=True, **changes):
     settings = {
         "ready": lambda: ready,
+        "preprocessing": PRE,
         "num_classes": 10,
         "max_upload_bytes": 10_000,
         "min_side": 8,
@@ -55,12 +61,16 @@ def gate(ready=True, **changes):
     return {**settings, **changes}
 
 
-def test_a_good_upload_reaches_the_workers_as_json_with_its_k():
+def test_a_good_upload_reaches_the_workers_as_its_evaluation_crop_with_its_k(tmp_path):
     status, _, _, seen = call(gate(), PNG, query=b"k=3")
     assert status == 200
     assert seen["headers"][b"content-type"] == b"application/json"
     assert int(seen["headers"][b"content-length"]) == len(seen["body"])
-    assert json.loads(seen["body"]) == {"image": base64.b64encode(PNG).decode(), "k": 3}
+    sent = json.loads(seen["body"])
+    assert sent["k"] == 3
+    (tmp_path / "upload.png").write_bytes(PNG)
+    crop = eval_crop(PRE)(load_rgb(str(tmp_path / "upload.png")))  # what predict's transform gives the file
+    assert crop.shape == (3, 12, 12) and base64.b64decode(sent["pixels"]) == crop.numpy().tobytes()
     _, _, _, seen = call(gate(num_classes=3), PNG)
     assert json.loads(seen["body"])["k"] == 3  # default: 5, or every class when there are fewer
 

@@ -5,7 +5,7 @@ import io
 import pytest
 from PIL import Image
 
-from effnet_lightning.serving.uploads import BadUpload, check_image, upload_bytes
+from effnet_lightning.serving.uploads import BadUpload, decode_upload, upload_bytes
 from tests.helpers.serving import multipart
 
 
@@ -48,15 +48,15 @@ def test_a_form_without_a_file_and_other_types_are_refused_with_one_line():
     assert refused(upload_bytes, b"", "image/png")[0] == 400
 
 
-def test_image_checks_decode_the_whole_file_and_bound_its_size():
-    check_image(jpeg((8, 8)), min_side=8, max_pixels=64)  # at both limits: accepted
-    assert refused(check_image, jpeg((8, 9)), 8, 64) == (
+def test_uploads_are_decoded_whole_as_8_bit_rgb_within_size_bounds():
+    assert decode_upload(jpeg((8, 8)), min_side=8, max_pixels=64).size == (8, 8)  # at both limits: accepted
+    assert refused(decode_upload, jpeg((8, 9)), 8, 64) == (
         413,
         "the image is 8x9 pixels, more than the 64 this server decodes: send a smaller one",
     )
-    assert refused(check_image, jpeg((7, 30)), 8, 10_000)[0] == 422
+    assert refused(decode_upload, jpeg((7, 30)), 8, 10_000)[0] == 422
     data = jpeg((64, 64))
-    status, message = refused(check_image, data[: len(data) // 2], 8, 10_000)
+    status, message = refused(decode_upload, data[: len(data) // 2], 8, 10_000)
     assert status == 400 and message.startswith("the image could not be decoded (")
-    assert refused(check_image, b"GIF89a not really", 8, 10_000)[0] == 400
-    check_image(jpeg((16, 16), "CMYK"), 8, 10_000)  # an odd mode is decoded as predict decodes it
+    assert refused(decode_upload, b"GIF89a not really", 8, 10_000)[0] == 400
+    assert decode_upload(jpeg((16, 16), "CMYK"), 8, 10_000).mode == "RGB"  # as predict reads it
