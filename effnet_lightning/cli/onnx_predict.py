@@ -62,7 +62,11 @@ class OnnxPredictor(L.LightningModule):
             )
 
     def on_predict_start(self) -> None:
-        size, expected = self.trainer.datamodule.preprocessing.crop_size, self.info["preprocessing"]["crop_size"]
+        self.require_crop_size(self.trainer.datamodule.preprocessing.crop_size)
+
+    def require_crop_size(self, size: int) -> None:
+        """The data's evaluation crop must be the size the file takes."""
+        expected = self.info["preprocessing"]["crop_size"]
         if size != expected:
             raise ValueError(
                 f"the ONNX file takes {expected}-px images (its model.json) but the data module crops {size} px: "

@@ -155,6 +155,7 @@ class EffNetTrainer(Trainer):
             )
         if onnx:
             predictor = OnnxPredictor(onnx)  # read here, so a bad file is one line before anything starts
+            predictor.require_crop_size(datamodule.preprocessing.crop_size)
             source = {"onnx": str(onnx), "test_time_flip": model.hparams.test_time_flip}
             class_names = predictor.class_names  # the export's model.json
         else:

@@ -233,9 +233,16 @@ def test_every_bad_request_gets_its_4xx_line_and_the_next_good_request_is_answer
 
 
 @pytest.mark.slow
-def test_sigterm_to_the_group_during_a_burst_answers_every_accepted_request_then_exits_0(photos, predicted, tmp_path):
+def test_sigterm_to_the_group_during_a_burst_answers_every_accepted_request_then_exits_0(
+    photos, predicted, tmp_path, capsys, monkeypatch
+):
     run_cli(["export", *LITE0, "--formats", "[onnx]", "--output_dir", tmp_path / "export", *QUIET], tmp_path)
     onnx = tmp_path / "export" / "model.onnx"
+    code, line = run_main(["serve", "--onnx", onnx, "--data.eval_image_size", "256"], capsys, monkeypatch, tmp_path)
+    assert code == 2 and line == (
+        "error: the ONNX file takes 224-px images (its model.json) but the data module crops 256 px: "
+        "leave --data.image_size and --data.eval_image_size out"
+    )
     served = ServeProcess(["--onnx", onnx, "--max_batch_size", "4", *QUIET], tmp_path)
     warm = (photos / "chelsea.png").read_bytes()
     served.first_answers(warm)
