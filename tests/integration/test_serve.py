@@ -1,7 +1,9 @@
 """`python cli.py serve`: the real server on 127.0.0.1, talked to over HTTP. One server (the
 packaged Lite0 ImageNet weights, batching on) answers the photos, the concurrent burst and the
-bad requests; the page is opened in headless Chromium; a server of the exported ONNX file is
-stopped by SIGTERM to its process group in the middle of a burst."""
+bad requests, and its page is opened in headless Chromium; a server of the exported ONNX file
+is stopped by SIGTERM to its process group in the middle of a burst; after a fit, `serve` with
+no flags serves its best checkpoint and stops on a SIGTERM to its own process; bad arguments
+end in one line."""
 
 import http.client
 import io
