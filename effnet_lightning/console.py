@@ -15,13 +15,23 @@ def say(line: str, err: bool = False) -> None:
     print(line, file=sys.stderr if err else sys.stdout, flush=True)
 
 
+class CurrentStderr(logging.StreamHandler):
+    """A handler that writes to `sys.stderr` as it is when a record comes, not as it was when the
+    handler was made: `main` run twice in one process with stderr redirected in between (as
+    in-process tests do) logs to the second stream, not to the closed first one."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.stream = sys.stderr
+        super().emit(record)
+
+
 def log_to_stderr() -> None:
     """The project's log messages (data found, files skipped, weights loaded) on stderr, from
     process 0 only."""
     logger = logging.getLogger("effnet_lightning")
     if logger.handlers:
         return
-    handler = logging.StreamHandler(sys.stderr)
+    handler = CurrentStderr()
     handler.addFilter(lambda record: getattr(rank_zero_only, "rank", 0) == 0)
     logger.addHandler(handler)
     logger.setLevel(logging.INFO)

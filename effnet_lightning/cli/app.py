@@ -9,6 +9,7 @@
     python cli.py predict --data.predict_root ~/new_images     # CSV + JSON of top-5 classes
     python cli.py predict --onnx export/model.onnx --data.predict_root ~/new_images   # with onnxruntime
     python cli.py export                                       # ONNX, TorchScript, safetensors
+    python cli.py serve                                        # HTTP API and a page at http://127.0.0.1:8000
     python cli.py export --formats "[hub]" --push_to me/my-effnet   # timm's hub layout, uploaded
     python cli.py scale-search --config configs/default.yaml   # search alpha, beta, gamma (see search.py)
     python cli.py prepare --data.root ~/my_images --output_dir ~/my_shards   # then --data.root ~/my_shards
@@ -144,7 +145,7 @@ class EffNetCLI(LightningCLI):
 
     @staticmethod
     def subcommands() -> dict[str, set[str]]:
-        return {**LightningCLI.subcommands(), "export": {"model", "datamodule"}}
+        return {**LightningCLI.subcommands(), "export": {"model", "datamodule"}, "serve": {"model", "datamodule"}}
 
     def _prepare_subcommand_parser(self, klass, subcommand: str, **kwargs):
         # LightningCLI has no public hook to set per-subcommand defaults; this private one builds each parser.
@@ -170,7 +171,7 @@ class EffNetCLI(LightningCLI):
         if not subcommand:
             return
         config = self.config[subcommand]
-        if subcommand == "predict" and config.get("onnx"):
+        if subcommand in ("predict", "serve") and config.get("onnx"):
             self._apply_export_settings(subcommand, config.onnx)
             return
         root = config.trainer.default_root_dir or RUNS_DIR
@@ -194,7 +195,7 @@ class EffNetCLI(LightningCLI):
             config.data.class_names = pretrained_class_names(subcommand, config)
 
     def _apply_export_settings(self, subcommand: str, onnx: str) -> None:
-        """predict --onnx: the export's classes and preprocessing (its model.json) for the data;
+        """predict / serve --onnx: the export's classes and preprocessing (its model.json) for the data;
         no checkpoint and no weights are read."""
         if self.config[subcommand].get("ckpt_path"):
             raise ValueError("give --onnx or --ckpt_path, not both")

@@ -18,7 +18,7 @@ from effnet_lightning.models.factory import checkpoint_hparams, pretrained_sourc
 from effnet_lightning.models.state_dicts import WeightsError, read_checkpoint
 
 # Subcommands that run a trained model: without --ckpt_path, the latest fit's best checkpoint.
-EVAL_SUBCOMMANDS = ("validate", "test", "predict", "export")
+EVAL_SUBCOMMANDS = ("validate", "test", "predict", "export", "serve")
 
 
 @dataclass(frozen=True)
@@ -46,7 +46,7 @@ def choose_what_to_run(
     - `--ckpt_path FILE` runs FILE; `--ckpt_path last|best` the latest fit's last / best
       checkpoint (from its record).
     - fit: the weights as a starting point (a hub name, "imagenet", a file or None).
-    - validate / test / predict / export: weights typed on the command line (`--model.weights
+    - validate / test / predict / export / serve: weights typed on the command line (`--model.weights
       imagenet`, a hub name, a file); else the latest fit's best checkpoint; else weights set in
       a config file. A config's weights are a fit's starting point, so a fit recorded after them
       is what the user means to evaluate.
@@ -82,7 +82,9 @@ def choose_what_to_run(
     if weights:
         why = f"the recorded best checkpoint {best} is missing" if best else f"no fit recorded in {record_path}"
         return Choice(None, weights, f"{subcommand}: {why}; using --model.weights {weights}")
-    hint = " (or --model.weights imagenet for ImageNet's classes)" if subcommand in ("predict", "export") else ""
+    hint = (
+        " (or --model.weights imagenet for ImageNet's classes)" if subcommand in ("predict", "export", "serve") else ""
+    )
     raise FileNotFoundError(
         f"nothing to {subcommand}: no trained checkpoint recorded in {record_path}; run `python "
         f"cli.py fit` first or pass --ckpt_path{hint}"
@@ -292,12 +294,12 @@ def continue_wandb_run(config, run: dict | None) -> None:
 def pretrained_class_names(subcommand: str, config) -> list[str] | None:
     """The classes of weights used without --ckpt_path: a checkpoint's own (so the data
     folder is checked against them), the published weights' own (ImageNet's, a hub
-    repository's label names) for predict / export, else the data folder's (None)."""
+    repository's label names) for predict / export / serve, else the data folder's (None)."""
     weights = config.model.weights
     names = (checkpoint_hparams(weights) or {}).get("class_names")
     if names:
         return list(names)
-    if subcommand not in ("predict", "export") or not weights:
+    if subcommand not in ("predict", "export", "serve") or not weights:
         return None
     try:
         source = pretrained_source(config.model.variant, weights)

@@ -11,9 +11,8 @@ import json
 from pathlib import Path
 
 import lightning as L
-import torch
 
-from effnet_lightning.export.runtime import onnx_logits, onnx_session, onnxruntime_installed
+from effnet_lightning.export.runtime import onnx_probabilities, onnx_session, onnxruntime_installed
 
 
 def read_export_info(onnx: str | Path) -> dict:
@@ -63,7 +62,11 @@ class OnnxPredictor(L.LightningModule):
             )
 
     def on_predict_start(self) -> None:
-        size, expected = self.trainer.datamodule.preprocessing.crop_size, self.info["preprocessing"]["crop_size"]
+        self.require_crop_size(self.trainer.datamodule.preprocessing.crop_size)
+
+    def require_crop_size(self, size: int) -> None:
+        """The data's evaluation crop must be the size the file takes."""
+        expected = self.info["preprocessing"]["crop_size"]
         if size != expected:
             raise ValueError(
                 f"the ONNX file takes {expected}-px images (its model.json) but the data module crops {size} px: "
@@ -72,10 +75,4 @@ class OnnxPredictor(L.LightningModule):
 
     def predict_step(self, batch, batch_idx):
         images, indices = batch
-        logits = self._logits(images)
-        if self.hparams.test_time_flip:  # as the network's evaluation: the mean of both logits
-            logits = (logits + self._logits(images.flip(3))) / 2
-        return {"index": indices, "probs": logits.softmax(1)}
-
-    def _logits(self, images: torch.Tensor) -> torch.Tensor:
-        return onnx_logits(self.session, images)
+        return {"index": indices, "probs": onnx_probabilities(self.session, images, self.hparams.test_time_flip)}

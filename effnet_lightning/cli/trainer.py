@@ -1,9 +1,12 @@
 """The Trainer the CLI builds: checkpoints written atomically, SLURM requeue by this project,
-`predict --onnx` through onnxruntime, and the `export` subcommand."""
+`predict --onnx` through onnxruntime, and the `export` and `serve` subcommands."""
 
 from __future__ import annotations
 
+import multiprocessing as mp
+
 from lightning.pytorch import Trainer
+from lightning.pytorch.accelerators import CUDAAccelerator
 from lightning.pytorch.plugins.io import CheckpointIO
 
 from effnet_lightning.callbacks.atomic import AtomicCheckpointIO
@@ -108,3 +111,73 @@ class EffNetTrainer(Trainer):
         if push_to:
             print(f"export: pushed {out / 'hub'} to {push_folder(out / 'hub', push_to)}", flush=True)
         return info
+
+    def serve(
+        self,
+        model: EfficientNetModule,
+        datamodule=None,
+        ckpt_path: str | None = None,
+        onnx: str | None = None,
+        host: str = "127.0.0.1",
+        port: int = 8000,
+        max_batch_size: int = 8,
+        batch_timeout: float = 0.01,
+        workers_per_device: int = 1,
+        max_upload_mb: float = 20.0,
+        timeout: float = 30.0,
+    ) -> None:
+        """Serve the network over HTTP (LitServe) until SIGTERM or Ctrl+C: POST /predict with an
+        image gives its top-k classes as JSON, GET / a page to try it, GET /health 200 once the
+        model is loaded. The model is chosen as predict chooses it; preprocessing and classes
+        come with it.
+
+        Args:
+            ckpt_path: the checkpoint to serve; None: --model.weights when typed, else the best
+                checkpoint of the latest fit.
+            onnx: serve an exported model.onnx (fp32 or INT8) through onnxruntime instead; its
+                model.json gives the classes and preprocessing.
+            host: 127.0.0.1 (this machine only), 0.0.0.0 or ::.
+            port: the HTTP port.
+            max_batch_size: requests that arrive together run as one batch of up to this many
+                (1: each request alone).
+            batch_timeout: seconds a batch waits to fill.
+            workers_per_device: inference processes per device (on the CPU they share its cores).
+            max_upload_mb: larger uploads are refused (413).
+            timeout: seconds a request may wait for the model before it gets 504.
+        """
+        from effnet_lightning.serving.api import ClassifierAPI
+        from effnet_lightning.serving.server import check_address, serve
+
+        check_address(host, port)  # before anything loads
+        if max_batch_size < 1 or batch_timeout < 0 or workers_per_device < 1:
+            raise ValueError(
+                "serve: --max_batch_size and --workers_per_device must be at least 1, --batch_timeout >= 0"
+            )
+        if onnx:
+            predictor = OnnxPredictor(onnx)  # read here, so a bad file is one line before anything starts
+            predictor.require_crop_size(datamodule.preprocessing.crop_size)
+            source = {"onnx": str(onnx), "test_time_flip": model.hparams.test_time_flip}
+            class_names = predictor.class_names  # the export's model.json
+        else:
+            load_trained(model, ckpt_path)
+            source, class_names = {"module": model}, model.class_names
+        on_gpu = isinstance(self.accelerator, CUDAAccelerator)
+        api = ClassifierAPI(
+            **source,
+            preprocessing=datamodule.preprocessing,
+            class_names=class_names,
+            released=mp.get_context("spawn").Event(),
+            workers_per_device=workers_per_device,
+            max_batch_size=max_batch_size,
+            batch_timeout=batch_timeout,
+        )
+        serve(
+            api,
+            host=host,
+            port=port,
+            accelerator="cuda" if on_gpu else "cpu",
+            devices=self.num_devices if on_gpu else 1,
+            workers_per_device=workers_per_device,
+            max_upload_mb=max_upload_mb,
+            timeout=timeout,
+        )

@@ -69,14 +69,22 @@ class MixCollate:
 
 def eval_transform(pre: Preprocessing) -> v2.Compose:
     """Resize the short side to resize_size (both sides for crop_mode "squash"), centre-crop
-    crop_size, normalise."""
+    crop_size, normalise: `eval_crop` then `eval_normalize`."""
+    return v2.Compose([*eval_crop(pre).transforms, *eval_normalize(pre).transforms])
+
+
+def eval_crop(pre: Preprocessing) -> v2.Compose:
+    """The evaluation resize and centre crop: an image -> a (3, crop, crop) uint8 tensor."""
     size = (pre.resize_size, pre.resize_size) if pre.crop_mode == "squash" else pre.resize_size
     return v2.Compose(
         [
             v2.ToImage(),
             v2.Resize(size, interpolation=v2.InterpolationMode(pre.interpolation), antialias=True),
             v2.CenterCrop(pre.crop_size),
-            v2.ToDtype(torch.float32, scale=True),
-            v2.Normalize(pre.mean, pre.std),
         ]
     )
+
+
+def eval_normalize(pre: Preprocessing) -> v2.Compose:
+    """A uint8 image tensor -> float32 in [0, 1], normalised by the mean and std."""
+    return v2.Compose([v2.ToDtype(torch.float32, scale=True), v2.Normalize(pre.mean, pre.std)])

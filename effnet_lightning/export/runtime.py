@@ -1,4 +1,5 @@
-"""ONNX files run by onnxruntime on the CPU: what the export checks and `predict --onnx` share."""
+"""ONNX files run by onnxruntime on the CPU: what the export checks, `predict --onnx` and
+`serve --onnx` share."""
 
 from __future__ import annotations
 
@@ -24,3 +25,12 @@ def onnx_logits(session, images: torch.Tensor) -> torch.Tensor:
     """The session's output for a batch of images, fed to its (one) input as float32."""
     feed = {session.get_inputs()[0].name: images.float().contiguous().cpu().numpy()}
     return torch.from_numpy(session.run(None, feed)[0])
+
+
+def onnx_probabilities(session, images: torch.Tensor, test_time_flip: bool = False) -> torch.Tensor:
+    """Class probabilities as the network's evaluation gives them: the softmax of the logits,
+    with `test_time_flip` of the mean of each image's and its mirror image's logits."""
+    logits = onnx_logits(session, images)
+    if test_time_flip:
+        logits = (logits + onnx_logits(session, images.flip(3))) / 2
+    return logits.softmax(1)

@@ -133,7 +133,7 @@ def run_main(args, capsys, monkeypatch, cwd) -> tuple[int, str]:
     with pytest.raises(SystemExit) as exit_info:
         main([*map(str, args), *CSV])
     err = capsys.readouterr().err.strip()
-    assert "Traceback" not in err
+    assert "Traceback" not in err, err
     return exit_info.value.code, err.splitlines()[-1]
 
 

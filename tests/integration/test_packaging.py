@@ -62,7 +62,7 @@ def test_pip_install_gives_the_effnet_lightning_command(tmp_path):
     command = bin_dir / "effnet-lightning"
     out = subprocess.run([command, "--help"], check=False, capture_output=True, text=True, cwd=tmp_path)
     assert out.returncode == 0, out.stderr
-    assert "{fit,validate,test,predict,export}" in out.stdout
+    assert "{fit,validate,test,predict,export,serve}" in out.stdout
     fit = subprocess.run([command, "fit", "--help"], check=False, capture_output=True, text=True, cwd=tmp_path)
     assert fit.returncode == 0 and "--model.variant" in fit.stdout
     # the installed package answered, not this checkout
@@ -74,3 +74,6 @@ def test_pip_install_gives_the_effnet_lightning_command(tmp_path):
         cwd=tmp_path,
     ).stdout
     assert where.startswith(site), where
+    # the serving page is package data: installed with the code
+    page = [python, "-c", "from effnet_lightning.serving.server import page; print(page().count('<script>'))"]
+    assert subprocess.run(page, check=True, capture_output=True, text=True, cwd=tmp_path).stdout.strip() == "1"
