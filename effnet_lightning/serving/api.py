@@ -25,7 +25,8 @@ from effnet_lightning.models.preprocessing import Preprocessing
 
 class ClassifierAPI(ls.LitAPI):
     """Requests are `{"pixels": <base64 of a 3 x crop x crop uint8 image>, "k": int}` (what
-    `gate.RequestGate` passes on); answers `{"top_k": [{"class": name, "prob": p}, ...]}`, as predict's JSON rows.
+    `gate.RequestGate` passes on); answers are `{"top_k": [{"class": name, "prob": p}, ...]}`,
+    as the rows of predict's JSON.
 
     Args:
         module: the trained `EfficientNetModule` (None with `onnx`).

@@ -107,6 +107,9 @@ def test_while_the_model_loads_predict_answers_503_with_retry_after(server):
     for status, answer, headers in loading:
         assert status == 503 and int(headers["retry-after"]) > 0
         assert answer == {"detail": "the model is still loading: retry shortly"}
+    # GET /health after each answer: 503 until the model is ready, then 200, never back
+    assert server.health[0] == 503 and server.health[-1] == 200
+    assert server.health == sorted(server.health, reverse=True), server.health
     expect("serve-loading", "503", "Retry-After", "the model is still loading: retry shortly")
 
 
