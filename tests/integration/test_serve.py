@@ -221,9 +221,12 @@ def bad_requests(photos) -> dict[str, tuple[bytes, str | None, str, int, str]]:
 @pytest.mark.slow
 def test_every_bad_request_gets_its_4xx_line_and_the_next_good_request_is_answered(server, photos, tmp_path):
     good = (photos / "chelsea.png").read_bytes()
-    limited = ServeProcess([*LITE0, "--max_upload_mb", "2", *QUIET], tmp_path)  # starts while the shared one is used
+    # two inference workers and two HTTP servers; started while the shared server answers
+    limited = ServeProcess([*LITE0, "--max_upload_mb", "2", "--workers_per_device", "2", *QUIET], tmp_path)
     try:
         limited.first_answers(good)
+        workers = [command for command in group_members(limited.process.pid, 0) if "spawn_main" in command]
+        assert len(workers) == 2, workers
         for name, (body, kind, query, expected, message) in bad_requests(photos).items():
             for port in (server.port, limited.port) if name != "oversized upload" else (limited.port,):
                 status, answer, headers = post(port, body, kind, query)
