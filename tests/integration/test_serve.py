@@ -73,7 +73,13 @@ def server(photos, tmp_path_factory):
         process.first_answers_seen = process.first_answers((photos / "chelsea.png").read_bytes())
         yield process
     finally:
-        assert process.stop() == 0, process.log()
+        process.signal_group(signal.SIGINT)  # Ctrl+C in its terminal: drained as SIGTERM is
+        try:
+            assert process.process.wait(timeout=60) == 0, process.log()
+        finally:
+            process.stop()  # (ends it if it hangs)
+        assert "serve: SIGINT: answering the requests in flight" in process.log()
+        assert "Traceback" not in process.log(), process.log()
 
 
 def answer_pairs(answer: dict) -> list[tuple[str, float]]:
