@@ -53,9 +53,8 @@ PATHS = ("eager", "onnx", "onnx_int8")
 
 def cpu_name() -> str:
     cpuinfo = Path("/proc/cpuinfo")
-    names = [
-        line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines() if line.startswith("model name")
-    ]
+    lines = cpuinfo.read_text().splitlines() if cpuinfo.exists() else []
+    names = [line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")]
     return names[0] if names else platform.machine()
 
 
@@ -205,16 +204,19 @@ def main() -> None:
                     results["rows"] += rows
                     args.results.parent.mkdir(parents=True, exist_ok=True)
                     args.results.write_text(json.dumps(results, indent=1) + "\n")
-    print_table(results["rows"])
+    print(table(results["rows"]))
 
 
-def print_table(rows: list[dict]) -> None:
-    """A markdown table: each path and concurrency, batched and one request at a time (medians
-    over the rounds), and the ratio (median of the per-round ratios, the worst in brackets)."""
-    print(
-        "| variant | path | clients | req/s batched | req/s one at a time | ratio | p50 / p99 ms batched | mean batch |"
-    )
-    print("|---|---|---|---|---|---|---|---|")
+PATH_NAMES = {"eager": "folded (PyTorch)", "onnx": "ONNX fp32", "onnx_int8": "ONNX INT8"}
+
+
+def table(rows: list[dict]) -> str:
+    """The markdown table of docs/serving.md: each model, path and concurrency, batched and one
+    request at a time (medians over the rounds), and their ratio (the median of the per-round
+    ratios, the worst in brackets)."""
+    columns = ["model", "path", "clients", "req/s batched", "req/s one at a time", "ratio (worst)"]
+    columns += ["p50 / p99 ms batched", "p50 / p99 ms one at a time"]
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     groups: dict[tuple, list[dict]] = {}
     for row in rows:
         groups.setdefault((row["variant"], row["path"], row["concurrency"], row["max_batch_size"]), []).append(row)
@@ -224,14 +226,17 @@ def print_table(rows: list[dict]) -> None:
             continue
         ratios = [b["requests_per_s"] / a["requests_per_s"] for b, a in zip(batched, alone)]
 
-        def median(key, found=batched):
+        def median(found: list[dict], key: str) -> float:
             return statistics.median(r[key] for r in found)
 
-        print(
-            f"| {variant} | {path} | {concurrency} | {median('requests_per_s'):.1f} | "
-            f"{median('requests_per_s', alone):.1f} | {statistics.median(ratios):.2f}x ({min(ratios):.2f}) | "
-            f"{median('p50_ms'):.0f} / {median('p99_ms'):.0f} | {median('mean_batch'):.1f} |"
+        model = {"lite0": "Lite0"}.get(variant, variant.upper())
+        lines.append(
+            f"| {model} | {PATH_NAMES[path]} | {concurrency} | {median(batched, 'requests_per_s'):.1f} | "
+            f"{median(alone, 'requests_per_s'):.1f} | {statistics.median(ratios):.2f}x ({min(ratios):.2f}) | "
+            f"{median(batched, 'p50_ms'):.0f} / {median(batched, 'p99_ms'):.0f} | "
+            f"{median(alone, 'p50_ms'):.0f} / {median(alone, 'p99_ms'):.0f} |"
         )
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -2,8 +2,8 @@
 (`gate.RequestGate`) normalised, a batch through the network `predict` runs (the module with
 its folded BatchNorm, or the exported ONNX file through onnxruntime), the top-k classes.
 
-Each worker is a process of its own; it outlives a SIGTERM sent to the process group until the
-server has answered every request it accepted (`released`), then exits.
+Each worker is a process of its own; it outlives a SIGTERM or Ctrl+C sent to the process group
+until the server has answered every request it accepted (`released`), then exits.
 """
 
 from __future__ import annotations
@@ -25,7 +25,8 @@ from effnet_lightning.models.preprocessing import Preprocessing
 
 class ClassifierAPI(ls.LitAPI):
     """Requests are `{"pixels": <base64 of a 3 x crop x crop uint8 image>, "k": int}` (what
-    `gate.RequestGate` passes on); answers `{"top_k": [{"class": name, "prob": p}, ...]}`, as predict's JSON rows.
+    `gate.RequestGate` passes on); answers are `{"top_k": [{"class": name, "prob": p}, ...]}`,
+    as the rows of predict's JSON.
 
     Args:
         module: the trained `EfficientNetModule` (None with `onnx`).
@@ -62,6 +63,7 @@ class ClassifierAPI(ls.LitAPI):
 
     def setup(self, device: str) -> None:
         signal.signal(signal.SIGTERM, self.on_sigterm)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl+C drains as SIGTERM does: the server stops this worker
         if device == "cpu":
             torch.set_num_threads(max(1, (os.cpu_count() or 1) // self.workers_per_device))
         self.normalize = eval_normalize(self.preprocessing)

@@ -1,11 +1,11 @@
 """The server `python cli.py serve` runs: LitServe with the page at `/`, `RequestGate` in front
 of POST /predict, the HTTP port open while the model loads (503 with Retry-After until it is
-ready), and a SIGTERM that drains.
+ready), and a SIGTERM or Ctrl+C that drains.
 
 A SIGTERM, sent to this process alone or to its whole group (as SLURM, `timeout`, systemd and
-container runtimes send it), stops the HTTP servers from accepting, lets them answer every
-request they accepted (the inference workers keep running meanwhile), then stops the workers
-and exits 0.
+container runtimes send it), or Ctrl+C in a terminal, stops the HTTP servers from accepting,
+lets them answer every request they accepted (the inference workers keep running meanwhile),
+then stops the workers and exits 0.
 """
 
 from __future__ import annotations
@@ -86,8 +86,9 @@ class ModelServer(LitServer):
 
 
 class Drain:
-    """The SIGTERM handler of the serving process. Forked children inherit it and ignore the
-    signal here (the HTTP servers install their own, the inference workers theirs)."""
+    """The SIGTERM and SIGINT (Ctrl+C) handler of the serving process. Forked children inherit
+    it and ignore the signal here (the HTTP servers install their own, the inference workers
+    theirs)."""
 
     def __init__(self, released):
         self.pid = os.getpid()
@@ -98,7 +99,7 @@ class Drain:
         if os.getpid() != self.pid or self.stopping:
             return
         self.stopping = True
-        say("serve: SIGTERM: answering the requests in flight, then stopping", err=True)
+        say(f"serve: {signal.Signals(signum).name}: answering the requests in flight, then stopping", err=True)
         http_servers = [p for p in mp.active_children() if p.name.startswith("LitServer-")]
         for process in http_servers:  # the signal may have been sent to this process alone
             os.kill(process.pid, signal.SIGTERM)
@@ -145,7 +146,9 @@ def serve(
     # The HTTP servers are forked from here; each decodes and crops its uploads on one torch
     # thread per request (torch's OpenMP threads do not survive a fork).
     os.register_at_fork(after_in_child=lambda: torch.set_num_threads(1))
-    signal.signal(signal.SIGTERM, Drain(api.released))
+    drain = Drain(api.released)
+    signal.signal(signal.SIGTERM, drain)
+    signal.signal(signal.SIGINT, drain)
     try:
         server.run(host=host, port=port, log_level="warning", generate_client_file=False)
     except KeyboardInterrupt:

@@ -40,6 +40,18 @@ def exchange(connection: http.client.HTTPConnection, body: bytes, content_type: 
     return answer.status, json.loads(data) if data else None, {k.lower(): v for k, v in answer.getheaders()}
 
 
+def health(port: int) -> int:
+    """GET /health's status."""
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    try:
+        connection.request("GET", "/health")
+        answer = connection.getresponse()
+        answer.read()
+        return answer.status
+    finally:
+        connection.close()
+
+
 def multipart(data: bytes, filename: str = "photo.jpg", field: str = "file") -> tuple[bytes, str]:
     """A multipart/form-data body with one file, and its content type."""
     boundary = "effnet-test-boundary"
@@ -70,8 +82,8 @@ class ServeProcess:
 
     def first_answers(self, probe: bytes, timeout: float = 180) -> list[tuple[int, dict, dict]]:
         """POST `probe` until it is answered 200: every answer before that (a 503 while the
-        model loads), then the 200."""
-        answers, deadline = [], time.monotonic() + timeout
+        model loads), then the 200. After each answer, GET /health's status goes to `health`."""
+        answers, deadline, self.health = [], time.monotonic() + timeout, []
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise AssertionError(f"serve exited with {self.process.returncode}:\n{self.log()}")
@@ -80,6 +92,7 @@ class ServeProcess:
             except OSError:  # not listening yet
                 time.sleep(0.01)
                 continue
+            self.health.append(health(self.port))
             if answers[-1][0] == 200:
                 return answers
         raise AssertionError(f"serve did not answer 200 within {timeout} s:\n{self.log()}")

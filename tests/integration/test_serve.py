@@ -73,7 +73,13 @@ def server(photos, tmp_path_factory):
         process.first_answers_seen = process.first_answers((photos / "chelsea.png").read_bytes())
         yield process
     finally:
-        assert process.stop() == 0, process.log()
+        process.signal_group(signal.SIGINT)  # Ctrl+C in its terminal: drained as SIGTERM is
+        try:
+            assert process.process.wait(timeout=60) == 0, process.log()
+        finally:
+            process.stop()  # (ends it if it hangs)
+        assert "serve: SIGINT: answering the requests in flight" in process.log()
+        assert "Traceback" not in process.log(), process.log()
 
 
 def answer_pairs(answer: dict) -> list[tuple[str, float]]:
@@ -107,6 +113,9 @@ def test_while_the_model_loads_predict_answers_503_with_retry_after(server):
     for status, answer, headers in loading:
         assert status == 503 and int(headers["retry-after"]) > 0
         assert answer == {"detail": "the model is still loading: retry shortly"}
+    # GET /health after each answer: 503 until the model is ready, then 200, never back
+    assert server.health[0] == 503 and server.health[-1] == 200
+    assert server.health == sorted(server.health, reverse=True), server.health
     expect("serve-loading", "503", "Retry-After", "the model is still loading: retry shortly")
 
 
@@ -218,9 +227,12 @@ def bad_requests(photos) -> dict[str, tuple[bytes, str | None, str, int, str]]:
 @pytest.mark.slow
 def test_every_bad_request_gets_its_4xx_line_and_the_next_good_request_is_answered(server, photos, tmp_path):
     good = (photos / "chelsea.png").read_bytes()
-    limited = ServeProcess([*LITE0, "--max_upload_mb", "2", *QUIET], tmp_path)  # starts while the shared one is used
+    # two inference workers and two HTTP servers; started while the shared server answers
+    limited = ServeProcess([*LITE0, "--max_upload_mb", "2", "--workers_per_device", "2", *QUIET], tmp_path)
     try:
         limited.first_answers(good)
+        workers = [command for command in group_members(limited.process.pid, 0) if "spawn_main" in command]
+        assert len(workers) == 2, workers
         for name, (body, kind, query, expected, message) in bad_requests(photos).items():
             for port in (server.port, limited.port) if name != "oversized upload" else (limited.port,):
                 status, answer, headers = post(port, body, kind, query)
