@@ -5,6 +5,8 @@ same server and model path, one request per forward pass), at 1, 8 and 32 concur
 
     python benchmarks/serving.py                          # every row below (about 10 minutes on 2 cores)
     python benchmarks/serving.py --variants lite0 --paths eager --rounds 5
+    ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2 python benchmarks/serving.py --variants lite0 \
+        --paths eager --results docs/serving/results-avx2.json   # the torch path's other kernels
 
 Each configuration is a real server process started by the CLI; the client is this process:
 threads sending real photos (skimage's, as JPEG) over HTTP/1.1 keep-alive connections, each
@@ -15,7 +17,7 @@ cores as the server), and the ratio to the same path one request at a time (the 
 per-round ratios, and the worst). Lite0 serves its packaged ImageNet weights; B0 a network
 with random weights (speed only). The INT8 file is calibrated on random images, also for speed
 only: `export --formats "[onnx_int8]"` measures a real one's accuracy. Results go to
-benchmarks/results/serving-cpu.json, which the command resumes from: delete it to measure again.
+docs/serving/results.json, which the command resumes from: delete it to measure again.
 """
 
 from __future__ import annotations
@@ -46,7 +48,7 @@ from effnet_lightning.export.folder import export_model
 from effnet_lightning.export.onnx_int8 import quantize_onnx_int8
 from effnet_lightning.models.factory import imagenet_categories
 
-RESULTS = ROOT / "benchmarks" / "results" / "serving-cpu.json"
+RESULTS = ROOT / "docs" / "serving" / "results.json"
 CONCURRENCY = (1, 8, 32)
 PATHS = ("eager", "onnx", "onnx_int8")
 

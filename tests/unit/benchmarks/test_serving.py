@@ -37,5 +37,5 @@ def test_the_table_gives_medians_over_rounds_and_the_worst_rounds_ratio():
 
 
 def test_the_serving_page_shows_the_committed_results_table():
-    results = json.loads((ROOT / "benchmarks" / "results" / "serving-cpu.json").read_text())
+    results = json.loads((ROOT / "docs" / "serving" / "results.json").read_text())
     assert _benchmark().table(results["rows"]) in (ROOT / "docs" / "serving.md").read_text()
