@@ -62,3 +62,12 @@ class SkippedFiles(Protocol):
     """The files left out as unreadable (path: why), reported by the prediction writer."""
 
     skipped: dict[str, str]
+
+
+@runtime_checkable
+class UnlabelledImages(Protocol):
+    """Images without labels in every training batch, for distillation's `--distill.extra_root`:
+    the training batches become (images, targets, unlabelled images), the unlabelled part
+    `share` of the whole."""
+
+    def add_unlabelled_images(self, root: str, share: float) -> None: ...

@@ -9,6 +9,7 @@ given with `--trainer.callbacks`.
     nonfinite_loss.py           stop at the first NaN or Inf loss
     process_watchdog.py         a multi-process job ends when one process dies
     ema.py                      exponential moving average of the weights
+    distillation.py             --distill: a frozen teacher's term in the loss, recorded in checkpoints
     lr_finder.py                Lightning's learning-rate finder at the start of fit
     progressive.py              progressive learning: image size and regularisation by stage
     learning_rate_log.py        learning rates per parameter group

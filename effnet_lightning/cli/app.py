@@ -30,6 +30,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from effnet_lightning.callbacks.checkpoint import Checkpoint
+from effnet_lightning.callbacks.distillation import Distillation
 from effnet_lightning.callbacks.ema import EMA
 from effnet_lightning.callbacks.evaluation_report import EvaluationReport
 from effnet_lightning.callbacks.fit_summary import FitSummary
@@ -51,6 +52,7 @@ from effnet_lightning.cli.checkpoints import (
     SavedSettings,
     checkpoint_data_settings,
     choose_what_to_run,
+    continue_distillation,
     continue_in_checkpoint_folder,
     continue_wandb_run,
     data_settings_line,
@@ -60,6 +62,7 @@ from effnet_lightning.cli.checkpoints import (
     merge_checkpoint_settings,
     pretrained_class_names,
     read_checkpoint_settings,
+    recorded_teacher,
     uses_fit_data,
 )
 from effnet_lightning.cli.onnx_predict import read_export_info
@@ -110,6 +113,7 @@ class EffNetCLI(LightningCLI):
         parser.add_lightning_class_args(WandbRunInCheckpoint, "wandb_run")
         parser.add_lightning_class_args(StopOnNonFiniteLoss, "nonfinite")
         parser.add_lightning_class_args(ProcessWatchdog, "watchdog")
+        parser.add_lightning_class_args(Distillation, "distill")
         parser.link_arguments(
             ("model.variant", "model.weights", "model.preprocessing"),
             "data.preprocessing",
@@ -161,6 +165,7 @@ class EffNetCLI(LightningCLI):
         argv = list(sys.argv[1:] if args is None else args)
         self.typed_model_settings, self.given_model_settings = given_model_settings(argv)
         self.given_data_settings = given_data_settings(argv)
+        self.given = given_settings(argv)[1]
 
     # LightningCLI has no public hook between parsing and instantiation that may replace the
     # config with a checkpoint's settings; this private one is where it does so itself.
@@ -175,13 +180,16 @@ class EffNetCLI(LightningCLI):
             self._apply_export_settings(subcommand, config.onnx)
             return
         root = config.trainer.default_root_dir or RUNS_DIR
+        record, record_path = read_run_record(root), str(run_record_path(root))
+        if subcommand == "fit":
+            config.distill.teacher = recorded_teacher(config.distill.teacher, record, record_path)
         choice = choose_what_to_run(
             subcommand,
             config.get("ckpt_path"),
             config.model.weights,
             weights_typed="weights" in self.typed_model_settings,
-            record=read_run_record(root),
-            record_path=str(run_record_path(root)),
+            record=record,
+            record_path=record_path,
         )
         if choice.note:
             (rank_zero_warn if choice.warn else say)(choice.note)
@@ -191,6 +199,7 @@ class EffNetCLI(LightningCLI):
             if subcommand == "fit":  # (the config object was replaced by the checkpoint's settings)
                 continue_in_checkpoint_folder(self.config[subcommand], choice.ckpt_path, saved.dirpath)
                 continue_wandb_run(self.config[subcommand], saved.wandb_run)
+                continue_distillation(self.config[subcommand], saved.distillation, self.given)
         elif subcommand in EVAL_SUBCOMMANDS and not config.data.class_names:
             config.data.class_names = pretrained_class_names(subcommand, config)
 

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import yaml
 
+from effnet_lightning.callbacks.distillation import saved_distillation
 from effnet_lightning.callbacks.wandb_run import saved_wandb_run
 from effnet_lightning.console import say
 from effnet_lightning.data.shards import is_shard_url
@@ -149,7 +150,7 @@ def given_settings(argv: list[str]) -> tuple[set[str], set[str]]:
         except (OSError, yaml.YAMLError):
             continue  # the parser reports an unreadable config
         for section, values in content.items() if isinstance(content, dict) else ():
-            if isinstance(values, dict) and section in ("model", "data", "trainer"):
+            if isinstance(values, dict) and section in ("model", "data", "trainer", "distill"):
                 given |= {f"{section}.{k}" for k in values.get("init_args", values)}
             else:
                 given.add(section)
@@ -244,6 +245,7 @@ class SavedSettings:
     data_hparams: dict  # the data module's, as its fit recorded them
     dirpath: str | None  # the folder its run checkpointed into (None if unknown)
     wandb_run: dict | None  # the W&B run it logged to ({"id", "project"}), None if none
+    distillation: dict | None = None  # its fit's --distill settings and teacher digest, None if none
 
 
 def read_checkpoint_settings(path: str) -> SavedSettings:
@@ -265,6 +267,7 @@ def read_checkpoint_settings(path: str) -> SavedSettings:
         dict(checkpoint.get("datamodule_hyper_parameters", {})),
         saved_dirpath,
         saved_wandb_run(checkpoint),
+        saved_distillation(checkpoint),
     )
 
 
@@ -289,6 +292,37 @@ def continue_wandb_run(config, run: dict | None) -> None:
         return
     init_args.id = run["id"]
     say(f"W&B: resuming run {run['id']} of the checkpoint")
+
+
+def recorded_teacher(spec: str | None, record: dict | None, record_path: str) -> str | None:
+    """`--distill.teacher best|last`: the latest fit's best / last checkpoint, as a path (what the
+    student's checkpoints record, so a resumed fit finds the same teacher after later fits)."""
+    if spec not in ("best", "last"):
+        return spec
+    found = (record or {}).get(f"{spec}_model_path")
+    if not found or not os.path.isfile(found):
+        raise FileNotFoundError(
+            f"--distill.teacher {spec}: no {spec} checkpoint of a fit recorded in {record_path}; fit the teacher "
+            f"first, or give its checkpoint file"
+        )
+    return found
+
+
+# The --distill settings a resumed fit takes from its checkpoint unless the user gives them.
+DISTILL_SETTINGS = ("teacher", "teacher_variant", "alpha", "temperature", "extra_root", "extra_share")
+
+
+def continue_distillation(config, saved: dict | None, given: set[str]) -> None:
+    """Resuming a fit that distilled: the same teacher and settings (the teacher is checked
+    against the digest the checkpoint recorded when it loads), except the ones the user gave
+    (`given`: `distill.<name>` typed or in a --config file; a whole `distill` section in one)."""
+    if saved is None or "distill" in given:
+        return
+    taken = {key: saved[key] for key in DISTILL_SETTINGS if key in saved and f"distill.{key}" not in given}
+    for key, value in taken.items():
+        config.distill[key] = value
+    if "teacher" in taken:
+        say(f"fit: distilling from the checkpoint's teacher {saved['teacher']}")
 
 
 def pretrained_class_names(subcommand: str, config) -> list[str] | None:

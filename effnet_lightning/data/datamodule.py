@@ -36,6 +36,7 @@ from effnet_lightning.data import demo
 from effnet_lightning.data.decode import decode_rgb, load_rgb
 from effnet_lightning.data.folders import (
     BadImageError,
+    CycledOrder,
     ImageFileDataset,
     RankShare,
     SeededOrder,
@@ -153,7 +154,7 @@ class ImageFolderDataModule(L.LightningDataModule):
     def _init_loader_state(self) -> None:
         """No loaders yet, and no position in the training data that a checkpoint brings."""
         self._loaders: dict[str, tuple[tuple, DataLoader]] = {}
-        self._train_loader: StatefulDataLoader | None = None  # the one training draws from now
+        self._train_loader: StatefulDataLoader | WithUnlabelled | None = None  # the one training draws from now
         self._train_position: dict | None = None  # a checkpoint's, for the next training loader
         self._resume_epoch = 0  # a checkpoint's next training epoch
 
@@ -165,6 +166,7 @@ class ImageFolderDataModule(L.LightningDataModule):
         self.shards: Shards | None = None
         self.splits: dict[str, list[tuple[str, int]]] = {}
         self.skipped: dict[str, str] = {}  # path: why it is not a readable image
+        self.unlabelled_share: float | None = None  # `add_unlabelled_images`: their share of each batch
 
     def _init_classes(self, class_names: list[str] | None) -> None:
         """The classes: given (from a checkpoint), or those of the labelled folder."""
@@ -231,6 +233,32 @@ class ImageFolderDataModule(L.LightningDataModule):
             raise FileNotFoundError(f"no readable images under --data.predict_root {self.predict_root}")
         self.splits["predict"] = [(p, i) for i, (p, _) in enumerate(paths)]  # label = position
         log.info("predict: %d images under %s", len(paths), self.predict_root)
+
+    def add_unlabelled_images(self, root: str, share: float) -> None:
+        """Images without labels (any depth under `root`, checked as the labelled ones are) beside
+        every training batch: `share` of each batch, the labelled part keeping `batch_size`.
+        Training batches become (images, targets, unlabelled images)."""
+        folder = Path(root).expanduser()
+        if not folder.is_dir():
+            raise FileNotFoundError(f"--distill.extra_root {folder} is not a folder: give a folder of images")
+        samples = self._readable([(path, 0) for path in list_all_images(folder)])  # (label: unused)
+        if not samples:
+            raise FileNotFoundError(f"no readable images under --distill.extra_root {folder}")
+        self.splits["unlabelled"] = samples
+        self.unlabelled_share = share
+        log.info(
+            "unlabelled images: %d under %s, %d beside each batch of %d",
+            len(samples),
+            folder,
+            self.unlabelled_batch_size,
+            self.batch_size,
+        )
+
+    @property
+    def unlabelled_batch_size(self) -> int:
+        """Unlabelled images per training batch: `unlabelled_share` of the whole, at least one."""
+        share = self.unlabelled_share or 0.0
+        return max(1, round(self.batch_size * share / (1 - share)))
 
     def _list_splits(self) -> None:
         """The train, val and test samples: from the shards, or listed (and checked) from the
@@ -418,6 +446,35 @@ class ImageFolderDataModule(L.LightningDataModule):
             generator=torch.Generator().manual_seed(torch.initial_seed()),
         )
 
+    def _unlabelled_loader(self, batches: int, stage: Stage) -> StatefulDataLoader:
+        """`batches` batches of the unlabelled images, each of `unlabelled_batch_size`, under the
+        training transform and mixing of `stage`; under DDP, this process's share."""
+        hp = self.hparams
+        distributed = _distributed()
+        key = (self.preprocessing, stage, distributed, batches)
+        cached = self._loaders.get("unlabelled")
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        mixing = stage.mixup_alpha > 0 or stage.cutmix_alpha > 0
+        dataset = self._dataset("unlabelled", self.preprocessing, stage, with_seed=mixing)
+        per_batch = self.unlabelled_batch_size
+        replicas = dist.get_world_size() if distributed else 1
+        order = CycledOrder(len(dataset), batches * per_batch * replicas, torch.initial_seed(), self.next_epoch)
+        loader = StatefulDataLoader(
+            dataset,
+            batch_size=per_batch,
+            sampler=RankShare(order) if distributed else order,
+            num_workers=hp.num_workers,
+            persistent_workers=hp.num_workers > 0,
+            pin_memory=torch.cuda.is_available(),
+            drop_last=True,
+            collate_fn=MixCollate(self.num_classes, stage.mixup_alpha, stage.cutmix_alpha) if mixing else None,
+            worker_init_fn=LeavingStopSignals(),
+            generator=torch.Generator().manual_seed(torch.initial_seed()),
+        )
+        self._loaders["unlabelled"] = (key, loader)
+        return loader
+
     def _dataset(self, split: str, pre: Preprocessing, stage: Stage | None, with_seed: bool) -> ImageFileDataset:
         """`split`'s images under the training transform at `stage`'s size and augmentation, or,
         with no stage, under the evaluation transform at `pre`'s size."""
@@ -450,8 +507,11 @@ class ImageFolderDataModule(L.LightningDataModule):
             return UnrepeatedDistributedSampler(dataset, shuffle=False)
         return None
 
-    def train_dataloader(self) -> DataLoader:
-        loader = self._loader("train", self.preprocessing, self.train_stage())
+    def train_dataloader(self) -> DataLoader | WithUnlabelled:
+        stage = self.train_stage()
+        loader = self._loader("train", self.preprocessing, stage)
+        if self.unlabelled_share is not None:
+            loader = WithUnlabelled(loader, self._unlabelled_loader(len(loader), stage))
         if self._train_position is not None:
             loader.load_state_dict(self._train_position)  # before its first iteration: it starts there
             self._train_position = None
@@ -511,6 +571,32 @@ class ImageFolderDataModule(L.LightningDataModule):
         )
         images, labels = zip(*loader)
         return torch.cat(images), torch.cat(labels)
+
+
+class WithUnlabelled:
+    """The training batches with a batch of unlabelled images beside each: (images, targets,
+    unlabelled images), as many as the labelled loader has; the position of both goes into
+    checkpoints, so a resumed fit draws the very batches that follow."""
+
+    def __init__(self, labelled: StatefulDataLoader, unlabelled: StatefulDataLoader):
+        self.labelled, self.unlabelled = labelled, unlabelled
+
+    def __len__(self) -> int:
+        return len(self.labelled)
+
+    def __iter__(self):
+        for (images, targets, *_), (unlabelled, *_) in zip(self.labelled, self.unlabelled):
+            yield images, targets, unlabelled
+
+    def state_dict(self) -> dict:
+        return {"labelled": self.labelled.state_dict(), "unlabelled": self.unlabelled.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        if "labelled" not in state:  # a checkpoint of a fit without unlabelled images
+            self.labelled.load_state_dict(state)
+            return
+        self.labelled.load_state_dict(state["labelled"])
+        self.unlabelled.load_state_dict(state["unlabelled"])
 
 
 def check_sizes(

@@ -166,6 +166,31 @@ class SeededOrder(Sampler):
         return iter([((base + i) % 2**63, i) for i in order.tolist()])
 
 
+class CycledOrder(Sampler):
+    """`draws` items from seeded permutations of `n` indices, one after another (the images
+    without labels that accompany each training batch: as many as the epoch needs, each image
+    once before any repeats). Like `SeededOrder`, a function of (seed, epoch) alone, each index
+    paired with the seed of its sample's augmentation; drawn from another stream than the
+    labelled order's."""
+
+    def __init__(self, n: int, draws: int, seed: int, epoch_of: Callable[[], int]):
+        self.n, self.draws, self.seed, self.epoch_of = n, draws, seed, epoch_of
+
+    def __len__(self) -> int:
+        return self.draws
+
+    def __iter__(self):
+        base = ((self.seed * 1_000_003 + self.epoch_of()) * self.draws + UNLABELLED_STREAM) % 2**63
+        generator = torch.Generator().manual_seed(base)
+        order: list[int] = []
+        while len(order) < self.draws:
+            order += torch.randperm(self.n, generator=generator).tolist()
+        return iter([((base + position) % 2**63, i) for position, i in enumerate(order[: self.draws])])
+
+
+UNLABELLED_STREAM = 0x5EED_0F_EB  # keeps the unlabelled images' seeds apart from the labelled order's
+
+
 class RankShare(DistributedSampler):
     """Under DDP, this process's share of a `SeededOrder`: every num_replicas-th item from its
     rank, the order padded with its own start to divide evenly (DistributedSampler's split,

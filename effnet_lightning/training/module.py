@@ -28,6 +28,7 @@ from effnet_lightning.contracts import BatchSize, ClassCounts, ImageSizes
 from effnet_lightning.models.factory import create_model
 from effnet_lightning.models.inference import in_chunks
 from effnet_lightning.models.preprocessing import Preprocessing
+from effnet_lightning.training.distillation import Distill
 from effnet_lightning.training.finetuning import FineTuning
 from effnet_lightning.training.network_forms import NetworkForms
 from effnet_lightning.training.optim import Optimizer, Schedule, lr_lambda, make_optimizer, param_groups, scale_lr
@@ -149,6 +150,9 @@ class EfficientNetModule(L.LightningModule):
         self.save_hyperparameters()
         self._trained = False  # set by training or by loading a checkpoint (load_from_checkpoint too)
         self.class_names = list(class_names) if class_names else [str(i) for i in range(num_classes)]
+        # A teacher's term in the training loss, set for a fit by the `distill` callback. Not a
+        # submodule: the teacher stays out of the optimizer, EMA, DDP and checkpoints.
+        self.distill: Distill | None = None
         self.configure_models()
         self.configure_losses()
         self.configure_metrics()
@@ -220,6 +224,11 @@ class EfficientNetModule(L.LightningModule):
         return in_chunks(self.network, x)
 
     @property
+    def preprocessing(self) -> Preprocessing:
+        """The input the network expects (the data's, once a fit has set it up)."""
+        return self.model.provenance.preprocessing
+
+    @property
     def network(self):
         """What runs now (`forms.network`): `model`, or its folded copy in validate / test /
         predict, compiled when `compile` is on."""
@@ -241,10 +250,20 @@ class EfficientNetModule(L.LightningModule):
 
     def model_step(self, batch, split: str) -> dict:
         """Targets are class indices, or class probabilities (MixUp / CutMix; the metrics then
-        count the largest share as the label)."""
-        images, targets = batch
-        logits = self(images)
-        loss = self.loss(logits, targets, split)
+        count the largest share as the label). In training with a teacher (`distill`), the loss
+        mixes in the teacher's term, and a batch may carry unlabelled images as a third element:
+        the network sees them with the labelled ones, and only the teacher's term counts them."""
+        images, targets = batch[:2]
+        n = len(targets)
+        if split == "train" and self.distill is not None:
+            images = torch.cat([images, batch[2]]) if len(batch) > 2 else images
+            all_logits = self(images)
+            logits = all_logits[:n]
+            loss, terms = self.distill.loss(images, all_logits, self.loss(logits, targets, split), self.preprocessing)
+            self.log_dict({f"train/{k}": v for k, v in terms.items()}, on_step=True, on_epoch=True, batch_size=n)
+        else:
+            logits = self(images)
+            loss = self.loss(logits, targets, split)
         labels = targets.argmax(1) if targets.ndim == 2 else targets
         metrics = self.metrics[f"{split}_metrics"]
         metrics(logits, labels)

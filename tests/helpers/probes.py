@@ -285,3 +285,53 @@ class SampleProbe(L.Callback):
 
     def on_train_epoch_end(self, trainer, pl_module):
         Path(f"{os.environ['PROBE_FILE']}.{trainer.global_rank}").write_text(json.dumps(self.epochs))
+
+
+class TeacherProbe(L.Callback):
+    """Watches the teacher of a distilled fit and writes to $PROBE_FILE: whether it is among the
+    module's submodules or parameters, its training flag and the hash of its tensors at the start
+    and the end of the fit, and, for the first training batch, the batch's images (labelled, then
+    unlabelled) and what the teacher's network received, saved to $PROBE_FILE.pt."""
+
+    def on_train_start(self, trainer, pl_module):
+        teacher = pl_module.distill.teacher
+        self.record = {
+            "digest_at_start": teacher.state_digest(),
+            "teacher_in_modules": any(m is teacher.network for m in pl_module.modules()),
+            "teacher_params_in_module": len(
+                {id(p) for p in teacher.network.parameters()} & set(map(id, pl_module.parameters()))
+            ),
+            "teacher_training": [],
+        }
+        self.seen = None
+        teacher.network.register_forward_pre_hook(self._save_input)
+
+    def _save_input(self, module, args):
+        if self.seen is not None and "teacher_input" not in self.seen:
+            self.seen["teacher_input"] = args[0].detach().clone()
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        self.record["teacher_training"].append(pl_module.distill.teacher.network.training)
+        if self.seen is None:
+            self.seen = {"images": batch[0].detach().clone(), "unlabelled": batch[2].detach().clone()}
+
+    def on_fit_end(self, trainer, pl_module):
+        self.record["digest_at_end"] = pl_module.distill.teacher.state_digest()
+        self.record["teacher_digest"] = pl_module.distill.teacher.digest
+        torch.save(self.seen, os.environ["PROBE_FILE"] + ".pt")
+        with open(os.environ["PROBE_FILE"], "w") as f:
+            json.dump(self.record, f)
+
+
+class RankLosses(L.Callback):
+    """Each process writes its training loss of every step to $PROBE_FILE.<rank> (JSON list)."""
+
+    def __init__(self):
+        self.losses = []
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self.losses.append(float(outputs["loss"]))
+
+    def on_fit_end(self, trainer, pl_module):
+        with open(f"{os.environ['PROBE_FILE']}.{trainer.global_rank}", "w") as f:
+            json.dump(self.losses, f)

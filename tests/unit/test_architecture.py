@@ -16,7 +16,7 @@ ALLOWED = {
     "data": {"models", "compat", "stop_signals"},
     "training": {"models", "compat", "contracts"},
     "tools": {"data", "models", "stop_signals"},
-    "callbacks": {"data", "compat", "contracts", "console", "stop_signals"},
+    "callbacks": {"data", "training", "compat", "contracts", "console", "stop_signals"},
     "export": {"models"},
     "serving": {"data", "export", "models", "console"},
     "cli": {

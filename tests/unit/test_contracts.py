@@ -9,7 +9,14 @@ from types import SimpleNamespace
 import lightning as L
 import pytest
 
-from effnet_lightning.contracts import BatchSize, ClassCounts, ImageSizes, ProgressiveStages, SkippedFiles
+from effnet_lightning.contracts import (
+    BatchSize,
+    ClassCounts,
+    ImageSizes,
+    ProgressiveStages,
+    SkippedFiles,
+    UnlabelledImages,
+)
 from effnet_lightning.data.datamodule import ImageFolderDataModule
 from effnet_lightning.training.module import EfficientNetModule
 
@@ -20,6 +27,7 @@ MEMBERS = {
     BatchSize: {"batch_size": 32},
     ProgressiveStages: {"stage_at": None, "train_size": 224, "hparams": {}, "next_epoch": lambda: 0},
     SkippedFiles: {"skipped": {}},
+    UnlabelledImages: {"add_unlabelled_images": lambda root, share: None},
 }
 
 

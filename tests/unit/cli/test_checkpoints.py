@@ -231,3 +231,30 @@ USES_FIT_DATA = [
 @pytest.mark.parametrize(("subcommand", "formats", "expected"), USES_FIT_DATA)
 def test_uses_fit_data(subcommand, formats, expected):
     assert uses_fit_data(subcommand, formats) is expected
+
+
+def test_a_resumed_fit_takes_the_checkpoints_teacher_unless_the_user_gives_one(capsys):
+    from types import SimpleNamespace
+
+    from effnet_lightning.cli.checkpoints import continue_distillation
+
+    saved = {"teacher": "/t/best.ckpt", "teacher_variant": None, "teacher_digest": "ab", "alpha": 0.7}
+    saved |= {"temperature": 2.0, "extra_root": "/u", "extra_share": 0.25}
+    config = SimpleNamespace(distill={"teacher": None, "alpha": 0.5, "temperature": 1.0})
+    continue_distillation(config, saved, given={"data.root"})
+    assert config.distill == {
+        "teacher": "/t/best.ckpt",
+        "teacher_variant": None,
+        "alpha": 0.7,
+        "temperature": 2.0,
+        "extra_root": "/u",
+        "extra_share": 0.25,
+    }
+    assert "fit: distilling from the checkpoint's teacher /t/best.ckpt" in capsys.readouterr().out
+    typed = SimpleNamespace(distill={"teacher": None, "alpha": 0.5, "temperature": 1.0})
+    continue_distillation(typed, saved, given={"distill.alpha"})
+    assert typed.distill["alpha"] == 0.5 and typed.distill["teacher"] == "/t/best.ckpt"
+    untouched = SimpleNamespace(distill={"teacher": None})
+    continue_distillation(untouched, saved, given={"distill"})  # a whole --config section of the user's
+    continue_distillation(untouched, None, given=set())  # a fit without a teacher
+    assert untouched.distill == {"teacher": None}

@@ -259,3 +259,42 @@ def test_a_small_folder_cropped_as_imagenet_is_pointed_to_the_small_data_recipes
         with caplog.at_level("INFO"):
             ImageFolderDataModule(root=str(small_root), image_size=64).setup("fit")
         assert (hint in caplog.text) == hinted
+
+
+def test_unlabelled_images_come_beside_every_training_batch_each_once_before_any_repeats(tmp_path):
+    make_folder(tmp_path / "labelled", per_class=10)  # 24 training images after the split
+    unlabelled = tmp_path / "unlabelled" / "deeper"
+    unlabelled.mkdir(parents=True)
+    for i in range(10):
+        Image.new("RGB", (40, 30), (i * 25, 0, 0)).save(unlabelled / f"u{i}.png")
+    dm = ImageFolderDataModule(root=str(tmp_path / "labelled"), batch_size=4, num_workers=0, image_size=32)
+    dm.setup("fit")
+    dm.add_unlabelled_images(str(tmp_path / "unlabelled"), share=1 / 3)
+    assert dm.unlabelled_batch_size == 2  # a third of each batch of 4 + 2
+    loader = dm.train_dataloader()
+    batches = list(loader)
+    assert len(loader) == len(batches) == 6
+    assert all(len(b) == 3 and b[0].shape == (4, 3, 32, 32) and b[2].shape == (2, 3, 32, 32) for b in batches)
+    # the 12 unlabelled images of an epoch: the first ten are all ten images, by their red channel
+    reds = [round(float(img[0].mean() * 0.229 + 0.485) * 255 / 25) for b in batches for img in b[2]]
+    assert sorted(reds[:10]) == list(range(10))
+    # a position saved mid-epoch gives the batches that follow
+    again = ImageFolderDataModule(root=str(tmp_path / "labelled"), batch_size=4, num_workers=0, image_size=32)
+    again.setup("fit")
+    again.add_unlabelled_images(str(tmp_path / "unlabelled"), share=1 / 3)
+    first = again.train_dataloader()
+    stream = iter(first)
+    next(stream), next(stream)
+    position = first.state_dict()
+    resumed = ImageFolderDataModule(root=str(tmp_path / "labelled"), batch_size=4, num_workers=0, image_size=32)
+    resumed.setup("fit")
+    resumed.add_unlabelled_images(str(tmp_path / "unlabelled"), share=1 / 3)
+    resumed.load_state_dict({"epoch": 0, "train_loader": position})
+    rest = list(resumed.train_dataloader())
+    assert len(rest) == 4
+    for got, want in zip(rest, batches[2:]):
+        assert all(torch.equal(g, w) for g, w in zip(got, want))
+    with pytest.raises(
+        FileNotFoundError, match="--distill.extra_root .*missing is not a folder: give a folder of images"
+    ):
+        dm.add_unlabelled_images(str(tmp_path / "labelled" / "missing"), share=0.5)
