@@ -63,7 +63,12 @@ class CliServer:
             self.process.stdin.write(json.dumps(command) + "\n")
             self.process.stdin.flush()
             pid = int(self.process.stdout.readline())
-            ready, _, _ = select.select([self.process.stdout], [], [], timeout)
+            try:
+                ready, _, _ = select.select([self.process.stdout], [], [], timeout)
+            except BaseException:  # the test's own timeout: leave no command running behind it
+                os.killpg(pid, signal.SIGKILL)
+                self.process.stdout.readline()
+                raise
             if not ready:
                 os.killpg(pid, signal.SIGKILL)  # the command and its workers
             status = int(self.process.stdout.readline())
