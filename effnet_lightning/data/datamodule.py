@@ -425,7 +425,6 @@ class ImageFolderDataModule(L.LightningDataModule):
             self._train_sampler(dataset, distributed) if train else self._eval_sampler(split, dataset, distributed)
         )
         collate = MixCollate(self.num_classes, stage.mixup_alpha, stage.cutmix_alpha) if mixing else None
-        workers = hp.num_workers
         # The training loader's position (batches handed out this epoch) goes into checkpoints: a fit
         # stopped mid-epoch resumes with the very batches the uninterrupted run would have had next.
         return (StatefulDataLoader if train else DataLoader)(
@@ -433,23 +432,30 @@ class ImageFolderDataModule(L.LightningDataModule):
             batch_size=hp.batch_size,
             shuffle=train and sampler is None,
             sampler=sampler,
-            num_workers=workers,
-            persistent_workers=workers > 0,
-            pin_memory=torch.cuda.is_available(),
             drop_last=train and len(dataset) > hp.batch_size,
             collate_fn=collate,
+            **self._worker_settings(),
+        )
+
+    def _worker_settings(self) -> dict:
+        """The loader arguments every loader of this module shares: its worker processes, and
+        where they take their signals and seeds from."""
+        workers = self.hparams.num_workers
+        return {
+            "num_workers": workers,
+            "persistent_workers": workers > 0,
+            "pin_memory": torch.cuda.is_available(),
             # A signal sent to the whole process group is the main process's to act on (stop at a
             # batch boundary, checkpoint, shut the workers down): the workers leave it to it.
-            worker_init_fn=LeavingStopSignals(),
+            "worker_init_fn": LeavingStopSignals(),
             # Its own generator: starting an iteration (resumes and sanity checks start more of them)
             # draws worker seeds from it, not from the global one that dropout and augmentation use.
-            generator=torch.Generator().manual_seed(torch.initial_seed()),
-        )
+            "generator": torch.Generator().manual_seed(torch.initial_seed()),
+        }
 
     def _unlabelled_loader(self, batches: int, stage: Stage) -> StatefulDataLoader:
         """`batches` batches of the unlabelled images, each of `unlabelled_batch_size`, under the
         training transform and mixing of `stage`; under DDP, this process's share."""
-        hp = self.hparams
         distributed = _distributed()
         key = (self.preprocessing, stage, distributed, batches)
         cached = self._loaders.get("unlabelled")
@@ -464,13 +470,9 @@ class ImageFolderDataModule(L.LightningDataModule):
             dataset,
             batch_size=per_batch,
             sampler=RankShare(order) if distributed else order,
-            num_workers=hp.num_workers,
-            persistent_workers=hp.num_workers > 0,
-            pin_memory=torch.cuda.is_available(),
             drop_last=True,
             collate_fn=MixCollate(self.num_classes, stage.mixup_alpha, stage.cutmix_alpha) if mixing else None,
-            worker_init_fn=LeavingStopSignals(),
-            generator=torch.Generator().manual_seed(torch.initial_seed()),
+            **self._worker_settings(),
         )
         self._loaders["unlabelled"] = (key, loader)
         return loader
