@@ -579,7 +579,8 @@ class ImageFolderDataModule(L.LightningDataModule):
         # Training decodes straight to tensors (faster; see benchmarks/input_pipeline.py); evaluation
         # reads through PIL, as the pretrained weights were evaluated.
         decode = decode_rgb if stage is not None else load_rgb
-        classes = self.num_classes if self.multilabel else None  # multi-hot targets
+        # Multi-hot targets for labelled splits (predict's and the unlabelled images' labels are positions).
+        classes = self.num_classes if self.multilabel and split in ("train", "val", "test") else None
         return ImageFileDataset(
             self.splits[split], transform, strict=hp.strict, decode=decode, with_seed=with_seed, multi_hot=classes
         )

@@ -153,6 +153,8 @@ def _collect(reader: csv.DictReader, parse, folder: Path, single_label: bool, ha
     for row in reader:
         line = reader.line_num
         image, problem = _row_image(row, parse, has_splits, line)
+        if not problem and single_label and len(image.labels) > 1:
+            problem = f"{len(image.labels)} labels ({' '.join(sorted(image.labels))}) for a single-label task"
         if problem:
             table.bad_rows.append(BadRow(line, problem))
             continue

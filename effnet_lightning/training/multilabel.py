@@ -32,9 +32,10 @@ def positive_weights(class_counts: list[int], images: int) -> torch.Tensor:
 
 
 def best_thresholds(probs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Per class, the score at or above which an image is called positive that gives the
-    largest F1 on these predictions (the highest such score on ties); `DEFAULT_THRESHOLD` for a
-    class without positives."""
+    """Per class, the threshold (an image is called positive at or above it) that gives the
+    largest F1 on these predictions (the fewest images called on ties): halfway between the
+    lowest score called and the next score below, so a score that comes out a rounding error
+    lower in another run is still called. `DEFAULT_THRESHOLD` for a class without positives."""
     thresholds = torch.full((probs.shape[1],), DEFAULT_THRESHOLD, dtype=probs.dtype)
     for c in range(probs.shape[1]):
         positives = targets[:, c] > 0.5
@@ -49,7 +50,9 @@ def best_thresholds(probs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         last_of_equal[:-1] = scores[:-1] != scores[1:]
         f1 = 2 * true_pos / (called + positives.sum())
         f1[~last_of_equal] = -1
-        thresholds[c] = scores[int(torch.argmax(f1))]  # argmax: the first (highest-score) maximum
+        k = int(torch.argmax(f1))  # the first (highest-score) maximum
+        below = scores[k + 1] if k + 1 < len(scores) else scores.new_tensor(0.0)
+        thresholds[c] = (scores[k] + below) / 2
     return thresholds
 
 
