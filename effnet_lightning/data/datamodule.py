@@ -215,6 +215,9 @@ class ImageFolderDataModule(L.LightningDataModule):
         if is_shard_folder(self.root):
             self.shards = open_shards(self.root)
             found = self.shards.class_names
+            self.multilabel = self.hparams.task == "multilabel" or (
+                self.hparams.task == "auto" and self.shards.multilabel
+            )
         elif not self.root.is_dir():
             raise FileNotFoundError(f"--data.root {self.root} is not a folder: give a folder of class folders")
         else:
@@ -265,7 +268,7 @@ class ImageFolderDataModule(L.LightningDataModule):
             return
         if "train" in self.splits:
             return
-        if self.root is None:
+        if self.root is None and self.label_table is None:
             self._check_root()
         self._list_splits()
         self._check_sampler()
@@ -456,7 +459,7 @@ class ImageFolderDataModule(L.LightningDataModule):
         """Training images per class (after setup)."""
         counts = [0] * self.num_classes
         for label in sample_labels(self.splits["train"]):
-            for index in label if isinstance(label, tuple) else (label,):
+            for index in (label,) if isinstance(label, int) else label:
                 counts[index] += 1
         return counts
 

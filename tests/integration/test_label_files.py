@@ -93,3 +93,23 @@ def test_a_multi_label_fit_scores_and_thresholds_match_its_predictions(tmp_path)
     assert printed_metric(test.stdout, "test/f1_micro") == pytest.approx(
         f1_score(truth, called, average="micro"), abs=1e-4
     )
+
+
+@pytest.mark.slow
+def test_prepare_takes_a_label_file_and_its_shards_train_as_the_file_does(tmp_path):
+    label_file = write_set(tmp_path / "set", 48, seed=2)
+    (tmp_path / "set" / "images" / "0003.png").write_bytes(b"truncated")  # a row whose file is not an image
+    run_cli(["prepare", "--data.label_file", label_file, "--output_dir", tmp_path / "shards"], tmp_path)
+    info = json.loads((tmp_path / "shards" / "effnet_shards.json").read_text())
+    assert info["multilabel"] and info["class_names"] == ["blue", "green", "red", "yellow"]
+    assert list(info["bad_files"]) == [str(tmp_path / "set" / "images" / "0003.png")]
+    losses = {}
+    for name, source in (
+        ("file", ["--data.label_file", label_file]),
+        ("from-shards", ["--data.root", tmp_path / "shards"]),
+    ):
+        (tmp_path / name).mkdir()
+        out = run_cli(["fit", *source, *TINY, *CSV, *STEPS], tmp_path / name)
+        assert "4 classes (multi-label)" in out.stdout + out.stderr
+        losses[name] = train_losses(tmp_path / name)
+    assert len(losses["file"]) >= 3 and losses["file"] == losses["from-shards"]
