@@ -652,14 +652,20 @@ class ImageFolderDataModule(L.LightningDataModule):
 
     def evaluation_images(self, split: str, limit: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """(images, labels) of `split` under the evaluation transform, all in memory: every image,
-        or `limit` of them drawn with the data seed (e.g. calibration images for INT8 export)."""
+        or `limit` of them drawn with the data seed (e.g. calibration images for INT8 export).
+        Multi-label: the labels are multi-hot rows."""
         self.setup("validate")
         samples = self.splits[split]
         if limit is not None and limit < len(samples):
             order = torch.randperm(len(samples), generator=torch.Generator().manual_seed(self.hparams.seed))
             samples = [samples[i] for i in sorted(order[:limit].tolist())]
+        multi_hot = self.num_classes if self.multilabel else None
         dataset = ImageFileDataset(
-            samples, eval_transform(self.preprocessing), strict=self.hparams.strict, decode=load_rgb
+            samples,
+            eval_transform(self.preprocessing),
+            strict=self.hparams.strict,
+            decode=load_rgb,
+            multi_hot=multi_hot,
         )
         loader = DataLoader(
             dataset,

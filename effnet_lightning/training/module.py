@@ -33,7 +33,13 @@ from effnet_lightning.models.inference import in_chunks
 from effnet_lightning.models.preprocessing import Preprocessing
 from effnet_lightning.training.distillation import Distill
 from effnet_lightning.training.finetuning import FineTuning
-from effnet_lightning.training.multilabel import MultilabelScores, multilabel_loss, positive_weights
+from effnet_lightning.training.multilabel import (
+    MultilabelLoss,
+    MultilabelScores,
+    asymmetric_loss,
+    bce_loss,
+    positive_weights,
+)
 from effnet_lightning.training.network_forms import NetworkForms
 from effnet_lightning.training.optim import Optimizer, Schedule, lr_lambda, make_optimizer, param_groups, scale_lr
 
@@ -96,6 +102,8 @@ class EfficientNetModule(L.LightningModule):
             whole backbone at lr x backbone_lr_ratio.
         freeze_bn: keep every BatchNorm layer on its stored statistics and its scale and shift
             fixed for the whole run (small batches, or data close to the weights' own).
+        multilabel_loss: "bce" (binary cross-entropy) or "asl" (the asymmetric loss, with
+            `asl_gamma_neg`, `asl_gamma_pos` and `asl_clip`: docs/labels.md has both measured).
         class_weighted_loss: weight the loss by total / (classes x images of the class), so
             rare classes count as much as common ones; multi-label: weight each class's
             positives by its negatives / positives.
@@ -141,6 +149,10 @@ class EfficientNetModule(L.LightningModule):
         backbone_lr_ratio: float = 1.0,
         layer_lr_decay: float = 1.0,
         freeze_bn: bool = False,
+        multilabel_loss: MultilabelLoss = "bce",
+        asl_gamma_neg: float = 4.0,
+        asl_gamma_pos: float = 0.0,
+        asl_clip: float = 0.05,
         class_weighted_loss: bool = False,
         test_time_flip: bool = False,
         fold_bn: bool = True,
@@ -155,6 +167,11 @@ class EfficientNetModule(L.LightningModule):
             raise ValueError(
                 f"need 0 < backbone_lr_ratio <= 1 and 0 < layer_lr_decay <= 1, got {backbone_lr_ratio} and "
                 f"{layer_lr_decay}"
+            )
+        if not (asl_gamma_neg >= 0 and asl_gamma_pos >= 0 and 0 <= asl_clip < 1):
+            raise ValueError(
+                f"need asl_gamma_neg >= 0, asl_gamma_pos >= 0 and 0 <= asl_clip < 1, got {asl_gamma_neg}, "
+                f"{asl_gamma_pos} and {asl_clip}"
             )
         self.save_hyperparameters()
         self._trained = False  # set by training or by loading a checkpoint (load_from_checkpoint too)
@@ -265,8 +282,11 @@ class EfficientNetModule(L.LightningModule):
         Targets are class indices, or class probabilities (MixUp / CutMix). Multi-label: binary
         cross-entropy on multi-hot (or mixed) targets, the weights on the positives."""
         weight = self.loss_weights.to(logits.device) if self.loss_weights is not None and split == "train" else None
+        hp = self.hparams
+        if self.multilabel and hp.multilabel_loss == "asl":
+            return asymmetric_loss(logits, targets, hp.asl_gamma_neg, hp.asl_gamma_pos, hp.asl_clip, pos_weight=weight)
         if self.multilabel:
-            return multilabel_loss(logits, targets, self.hparams.label_smoothing, pos_weight=weight)
+            return bce_loss(logits, targets, hp.label_smoothing, pos_weight=weight)
         return F.cross_entropy(logits, targets, weight=weight, label_smoothing=self.hparams.label_smoothing)
 
     def model_step(self, batch, split: str) -> dict:
@@ -365,11 +385,14 @@ class EfficientNetModule(L.LightningModule):
         return out
 
     def predict_step(self, batch, batch_idx):
-        """Class probabilities (multi-label: each class's sigmoid), and the images' positions in
-        the predict list."""
+        """Class probabilities (multi-label: each class's sigmoid, and the labels called, at or
+        above their thresholds), and the images' positions in the predict list."""
         images, indices = batch
         logits = self(images).float()
-        return {"index": indices, "probs": logits.sigmoid() if self.multilabel else logits.softmax(1)}
+        if self.multilabel:
+            probs = logits.sigmoid()
+            return {"index": indices, "probs": probs, "labels": probs >= self.thresholds.to(probs.device)}
+        return {"index": indices, "probs": logits.softmax(1)}
 
     def on_train_epoch_start(self) -> None:
         message = self.finetuning.start_epoch(self.model, self.current_epoch)

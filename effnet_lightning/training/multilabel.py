@@ -4,15 +4,18 @@ predictions (each class's threshold maximises its F1), micro- and macro-averaged
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 import torch.nn.functional as F
 from torchmetrics import Metric
 from torchmetrics.functional.classification import multilabel_average_precision
 
 DEFAULT_THRESHOLD = 0.5  # for a class with no positive image in the validation set
+MultilabelLoss = Literal["bce", "asl"]
 
 
-def multilabel_loss(
+def bce_loss(
     logits: torch.Tensor, targets: torch.Tensor, label_smoothing: float = 0.0, pos_weight: torch.Tensor | None = None
 ) -> torch.Tensor:
     """Binary cross-entropy per class on sigmoid outputs, averaged over images and classes.
@@ -22,6 +25,30 @@ def multilabel_loss(
         off = label_smoothing / targets.shape[1]
         targets = targets * (1 - label_smoothing) + off
     return F.binary_cross_entropy_with_logits(logits.float(), targets.float(), pos_weight=pos_weight)
+
+
+def asymmetric_loss(
+    logits: torch.Tensor,
+    targets: torch.Tensor,
+    gamma_neg: float = 4.0,
+    gamma_pos: float = 0.0,
+    clip: float = 0.05,
+    pos_weight: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """The asymmetric loss (Ridnik et al., 2021), averaged over images and classes as the binary
+    cross-entropy is: each positive term scaled by (1 - p)^gamma_pos, each negative's
+    probability shifted down by `clip` (easy negatives, p < clip, count nothing) and scaled by
+    p^gamma_neg. gamma_neg = gamma_pos = clip = 0 is the binary cross-entropy."""
+    p = logits.float().sigmoid()
+    targets = targets.float()
+    shifted = (p - clip).clamp(min=0) if clip > 0 else p
+    log_p = F.logsigmoid(logits.float())
+    log_not_shifted = torch.log1p(-shifted.clamp(max=1 - 1e-6)) if clip > 0 else F.logsigmoid(-logits.float())
+    positive = (1 - p) ** gamma_pos * log_p
+    negative = shifted**gamma_neg * log_not_shifted
+    if pos_weight is not None:
+        positive = positive * pos_weight
+    return -(targets * positive + (1 - targets) * negative).mean()
 
 
 def positive_weights(class_counts: list[int], images: int) -> torch.Tensor:
@@ -70,6 +97,21 @@ def f1_scores(probs: torch.Tensor, targets: torch.Tensor, thresholds: torch.Tens
     return {"f1_micro": micro, "f1_macro": per_class[present].mean() if present.any() else micro.new_tensor(0.0)}
 
 
+def macro_average_precision(probs: torch.Tensor, targets: torch.Tensor) -> float:
+    """The mean over classes with a positive image of each class's average precision (AP is
+    undefined for a class without positives)."""
+    present = (targets > 0.5).any(0)
+    ap = multilabel_average_precision(
+        probs[:, present], (targets[:, present] > 0.5).int(), int(present.sum()), average="none"
+    )
+    return float(ap.mean())
+
+
+def logits_map(logits: torch.Tensor, targets: torch.Tensor) -> float:
+    """`macro_average_precision` of logits' sigmoid scores."""
+    return macro_average_precision(logits.float().sigmoid(), targets)
+
+
 class MultilabelScores(Metric):
     """Collects a pass's sigmoid scores and multi-hot targets (gathered from every process
     under DDP); `compute` gives `map`, `f1_micro` and `f1_macro`. With `choose_thresholds`
@@ -95,11 +137,10 @@ class MultilabelScores(Metric):
         targets = _joined(self.targets).cpu()
         if self.choose_thresholds:
             self.thresholds = best_thresholds(probs, targets)
-        present = (targets > 0.5).any(0)  # AP is undefined for a class without positives
-        ap = multilabel_average_precision(
-            probs[:, present], (targets[:, present] > 0.5).int(), int(present.sum()), average="none"
-        )
-        return {"map": ap.mean(), **f1_scores(probs, targets, self.thresholds)}
+        return {
+            "map": torch.tensor(macro_average_precision(probs, targets)),
+            **f1_scores(probs, targets, self.thresholds),
+        }
 
 
 def _joined(parts) -> torch.Tensor:

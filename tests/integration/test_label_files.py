@@ -5,13 +5,17 @@ scikit-learn and brute force make of the checkpoint's own predictions."""
 import csv
 import json
 import shutil
+import signal
+from pathlib import Path
 
 import pytest
 import torch
 from sklearn.metrics import average_precision_score, f1_score
 
 from tests.helpers.cli import CSV, ROOT, TINY, fit_summary, printed_metric, run_cli, train_losses
+from tests.helpers.fault_doc import expect
 from tests.helpers.label_sets import write_set
+from tests.helpers.serving import ServeProcess, post
 
 STEPS = ["--trainer.max_epochs", "1", "--trainer.limit_train_batches", "4", "--trainer.log_every_n_steps", "1"]
 
@@ -87,6 +91,13 @@ def test_a_multi_label_fit_scores_and_thresholds_match_its_predictions(tmp_path)
         f1_at = [f1_score(truth[:, c], probs[:, c] >= t, zero_division=0) for t in probs[:, c].unique()]
         assert f1_score(truth[:, c], probs[:, c] >= thresholds[c], zero_division=0) == pytest.approx(max(f1_at))
 
+    assert predicted["thresholds"] == dict(zip(classes, thresholds))
+    for item in predicted["predictions"]:  # the labels called: each class at or above its threshold
+        scores = {top["class"]: top["prob"] for top in item["top_k"]}
+        assert item["labels"] == [c for c in classes if scores[c] >= predicted["thresholds"][c]]
+    with open(tmp_path / "runs" / "predictions" / "predictions.csv", newline="") as f:
+        assert [row["labels"].split() for row in csv.DictReader(f)] == [i["labels"] for i in predicted["predictions"]]
+
     test = run_cli(["test", *CSV, "--data.num_workers", "0"], tmp_path)  # the fit's label file and checkpoint
     assert printed_metric(test.stdout, "test/map") == pytest.approx(record["best_score"], abs=1e-4)
     called = (probs >= torch.tensor(thresholds)).numpy()
@@ -94,15 +105,59 @@ def test_a_multi_label_fit_scores_and_thresholds_match_its_predictions(tmp_path)
         f1_score(truth, called, average="micro"), abs=1e-4
     )
 
+    # The export carries the thresholds; its INT8 check compares mAP; predict --onnx applies them.
+    export = [
+        "export",
+        "--formats",
+        "[onnx, onnx_int8]",
+        "--output_dir",
+        tmp_path / "export",
+        *CSV,
+        "--data.num_workers",
+        "0",
+    ]
+    out = run_cli(export, tmp_path)
+    info = json.loads((tmp_path / "export" / "model.json").read_text())
+    assert info["task"] == "multilabel" and info["thresholds"] == dict(zip(classes, thresholds))
+    assert info["int8"]["fp32_map"] == pytest.approx(record["best_score"], abs=1e-4)
+    assert abs(info["int8"]["drop_points"]) < 5 and "mAP " in out.stdout
+    onnx_dir = tmp_path / "onnx-predictions"
+    args = ["--data.predict_root", val_dir, "--predictions.top_k", "4", "--predictions.output_dir", onnx_dir]
+    run_cli(["predict", "--onnx", tmp_path / "export" / "model.onnx", *args, *CSV, "--data.num_workers", "0"], tmp_path)
+    from_onnx = json.loads((onnx_dir / "predictions.json").read_text())
+    assert from_onnx["thresholds"] == predicted["thresholds"]
+    for a, b in zip(from_onnx["predictions"], predicted["predictions"], strict=True):
+        assert a["path"] == b["path"] and a["labels"] == b["labels"]
+        assert [t["prob"] for t in a["top_k"]] == pytest.approx([t["prob"] for t in b["top_k"]], abs=1e-4)
+
+    # serve (the fit's best checkpoint) answers with the labels predict called.
+    served = ServeProcess(["--trainer.enable_progress_bar", "false", *CSV], tmp_path)
+    try:
+        first = predicted["predictions"][0]
+        served.first_answers((val_dir / Path(first["path"]).name).read_bytes())
+        for item in predicted["predictions"][:6]:
+            status, answer, _ = post(served.port, Path(item["path"]).read_bytes(), "image/png", query="?k=4")
+            assert status == 200 and answer["labels"] == item["labels"], answer
+    finally:
+        served.process.send_signal(signal.SIGTERM)
+        assert served.process.wait(timeout=60) == 0, served.log()
+
 
 @pytest.mark.slow
 def test_prepare_takes_a_label_file_and_its_shards_train_as_the_file_does(tmp_path):
     label_file = write_set(tmp_path / "set", 48, seed=2)
     (tmp_path / "set" / "images" / "0003.png").write_bytes(b"truncated")  # a row whose file is not an image
+    with open(label_file, "a") as f:
+        f.write("images/missing.png,red\nimages/0005.png,\n")  # lines 50 and 51
     run_cli(["prepare", "--data.label_file", label_file, "--output_dir", tmp_path / "shards"], tmp_path)
     info = json.loads((tmp_path / "shards" / "effnet_shards.json").read_text())
     assert info["multilabel"] and info["class_names"] == ["blue", "green", "red", "yellow"]
-    assert list(info["bad_files"]) == [str(tmp_path / "set" / "images" / "0003.png")]
+    assert info["bad_files"] == {
+        f"{label_file}:50": f"{tmp_path}/set/images/missing.png: no such file",
+        f"{label_file}:51": "no label",
+        str(tmp_path / "set" / "images" / "0003.png"): "not an image PIL can read",
+    }
+    assert sum(len(info["splits"][split]["labels"]) for split in ("train", "val")) == 47  # 48 rows, one unreadable
     losses = {}
     for name, source in (
         ("file", ["--data.label_file", label_file]),
@@ -111,5 +166,14 @@ def test_prepare_takes_a_label_file_and_its_shards_train_as_the_file_does(tmp_pa
         (tmp_path / name).mkdir()
         out = run_cli(["fit", *source, *TINY, *CSV, *STEPS], tmp_path / name)
         assert "4 classes (multi-label)" in out.stdout + out.stderr
+        if name == "file":
+            listed = out.stderr[out.stderr.index("leaving out") :].splitlines()[:4]
+            assert listed == [
+                f"leaving out 3 rows of {label_file}:",
+                f"  line 5: {tmp_path}/set/images/0003.png: not an image PIL can read",
+                f"  line 50: {tmp_path}/set/images/missing.png: no such file",
+                "  line 51: no label",
+            ]
+            expect("label-file-bad-rows", "leaving out 3 rows of", "line 50:", "no such file", "no label")
         losses[name] = train_losses(tmp_path / name)
     assert len(losses["file"]) >= 3 and losses["file"] == losses["from-shards"]

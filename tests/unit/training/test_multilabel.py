@@ -8,9 +8,10 @@ from sklearn.metrics import average_precision_score, f1_score
 from effnet_lightning.data.transforms import MixCollate
 from effnet_lightning.training.multilabel import (
     MultilabelScores,
+    asymmetric_loss,
+    bce_loss,
     best_thresholds,
     f1_scores,
-    multilabel_loss,
     positive_weights,
 )
 
@@ -67,14 +68,14 @@ def test_the_loss_is_binary_cross_entropy_with_smoothing_and_positive_weights():
     targets = torch.tensor([[1.0, 0.0, 1.0]])
     p = logits.sigmoid()
     plain = -(targets * p.log() + (1 - targets) * (1 - p).log()).mean()
-    assert float(multilabel_loss(logits, targets)) == pytest.approx(float(plain), rel=1e-6)
+    assert float(bce_loss(logits, targets)) == pytest.approx(float(plain), rel=1e-6)
     smooth = targets * 0.9 + 0.1 / 3
     expected = -(smooth * p.log() + (1 - smooth) * (1 - p).log()).mean()
-    assert float(multilabel_loss(logits, targets, 0.1)) == pytest.approx(float(expected), rel=1e-6)
+    assert float(bce_loss(logits, targets, 0.1)) == pytest.approx(float(expected), rel=1e-6)
     weights = positive_weights([2, 0, 5], images=10)
     assert weights.tolist() == pytest.approx([4.0, 9.0, 1.0])
     weighted = -(weights * targets * p.log() + (1 - targets) * (1 - p).log()).mean()
-    assert float(multilabel_loss(logits, targets, pos_weight=weights)) == pytest.approx(float(weighted), rel=1e-6)
+    assert float(bce_loss(logits, targets, pos_weight=weights)) == pytest.approx(float(weighted), rel=1e-6)
 
 
 @pytest.mark.parametrize("mixup, cutmix", [(0.8, 0.0), (0.0, 1.0)])
@@ -88,3 +89,19 @@ def test_mixing_multi_hot_targets_mixes_them_as_the_images_are_mixed(mixup, cutm
     assert torch.allclose(soft, targets * share + targets.roll(1, 0) * (1 - share), atol=1e-6)
     again, _ = MixCollate(3, mixup, cutmix, multilabel=True)(samples)
     assert torch.equal(mixed, again)  # seeded by the first sample's seed
+
+
+def test_the_asymmetric_loss_by_hand_and_as_cross_entropy_without_its_settings():
+    logits = torch.tensor([[1.5, -0.5, 0.2, -3.0]])
+    targets = torch.tensor([[1.0, 0.0, 0.3, 0.0]])  # 0.3: a mixed target
+    assert float(asymmetric_loss(logits, targets, 0.0, 0.0, 0.0)) == pytest.approx(float(bce_loss(logits, targets)))
+    p = logits.sigmoid()[0]
+    shifted = (p - 0.05).clamp(min=0)
+    terms = [
+        (1 - p[0]) * p[0].log(),  # a positive, gamma_pos 1
+        shifted[1] ** 4 * (1 - shifted[1]).log(),  # a negative, shifted and focused
+        0.3 * (1 - p[2]) * p[2].log() + 0.7 * shifted[2] ** 4 * (1 - shifted[2]).log(),
+        0.0,  # p < clip: an easy negative counts nothing
+    ]
+    expected = -sum(float(t) for t in terms) / 4
+    assert float(asymmetric_loss(logits, targets, 4.0, 1.0, 0.05)) == pytest.approx(expected, rel=1e-5)
