@@ -103,7 +103,7 @@ class EfficientNetModule(L.LightningModule):
         freeze_bn: keep every BatchNorm layer on its stored statistics and its scale and shift
             fixed for the whole run (small batches, or data close to the weights' own).
         multilabel_loss: "bce" (binary cross-entropy) or "asl" (the asymmetric loss, with
-            `asl_gamma_neg`, `asl_gamma_pos` and `asl_clip`: docs/labels.md has both measured).
+            `asl_gamma_neg`, `asl_gamma_pos` and `asl_clip`; see `multilabel.asymmetric_loss`).
         class_weighted_loss: weight the loss by total / (classes x images of the class), so
             rare classes count as much as common ones; multi-label: weight each class's
             positives by its negatives / positives.
