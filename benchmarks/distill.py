@@ -5,6 +5,7 @@ by seed; then the distilled Lite0 exported to INT8. Every run is the real `pytho
     python benchmarks/distill.py                                # every set, seeds 1 2 3
     python benchmarks/distill.py --sets digits --seeds 1 --epochs 3 --scratch-epochs 5
     python benchmarks/distill.py --summary-only docs/distill    # the table again, from results.json
+    python benchmarks/distill.py --sweep                        # the settings tried for B0 from scratch
 
 The sets are benchmarks/finetune.py's (digits, shapes-20, textures: built into
 data/finetune-sets on first use from data that installed packages ship). Per set:
@@ -17,6 +18,11 @@ each student alone and with `--distill.teacher <the teacher's best checkpoint>`,
 `export --formats "[onnx, onnx_int8]"` (its accuracy on the validation images, from model.json)
 and onnxruntime's img/s on them (one image at a time, one thread).
 
+`--sweep` fits B0 from scratch (seed 1) alone and with the teacher under other settings (alpha,
+temperature, MixUp on every batch, longer schedules, unlabelled images generated from the sets'
+training sources: other patches of the textures' training regions, other drawings of the
+shapes) into <out>/sweep.json, resumed from it, and prints them.
+
 Writes <out>/results.json after every run (a stopped benchmark resumes from it) and prints the
 table: the teacher, each student alone and distilled (median of the seeds, and the spread), the
 share of the teacher-student gap the teacher closes, and the cost of the teacher per training
@@ -28,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import random
 import re
 import shutil
 import statistics
@@ -41,6 +48,8 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import finetune  # the sets are finetune.py's
+
+from effnet_lightning.data import demo
 
 SETS = ("digits", "shapes-20", "textures")
 SIZE = "64"
@@ -67,6 +76,89 @@ def fit(root: Path, flags: list[str], seed: int, epochs: int, out: Path) -> dict
         "img_s": float(RATE.search(done.stdout).group(1)),
         "best": str(best if best.is_absolute() else ROOT / best),
     }
+
+
+# (set, epochs, settings): "alone", or alpha, temperature and further `flag=value`s; `extra` adds
+# the set's unlabelled images.
+SWEEP = [
+    ("textures", 10, "alpha=1.0 T=1"),
+    ("textures", 10, "alpha=0.5 T=4"),
+    ("textures", 10, "alpha=1.0 T=4"),
+    ("textures", 10, "alpha=1.0 T=4 data.mixup_alpha=0.8"),
+    ("textures", 10, "alpha=0.5 T=1 extra"),
+    ("textures", 10, "alpha=1.0 T=1 extra"),
+    ("textures", 10, "alpha=1.0 T=1 extra data.mixup_alpha=0.8"),
+    ("textures", 30, "alone"),
+    ("textures", 30, "alpha=0.5 T=1"),
+    ("textures", 30, "alpha=1.0 T=1"),
+    ("textures", 30, "alpha=1.0 T=1 data.mixup_alpha=0.8"),
+    ("shapes-20", 10, "alone"),
+    ("shapes-20", 10, "alpha=0.5 T=1 extra"),
+    ("shapes-20", 10, "alpha=1.0 T=1 extra"),
+    ("shapes-20", 60, "alone"),
+    ("shapes-20", 60, "alpha=0.5 T=1 extra"),
+]
+
+
+def sweep_flags(settings: str, teacher: str, extra: Path) -> list[str]:
+    """The fit flags of one sweep entry."""
+    if settings == "alone":
+        return []
+    flags = ["--distill.teacher", teacher]
+    for part in settings.split():
+        if part == "extra":
+            flags += ["--distill.extra_root", str(extra)]
+        else:
+            key, value = part.split("=")
+            key = {"alpha": "distill.alpha", "T": "distill.temperature"}.get(key, key)
+            flags += [f"--{key}", value]
+    return flags
+
+
+def unlabelled_images(name: str, folder: Path) -> Path:
+    """Images of the set's kind without labels, from its training sources only (never the
+    validation images' regions or seeds), written once into `folder`."""
+    if folder.is_dir():
+        return folder
+    part = folder.with_name(folder.name + ".partial")
+    shutil.rmtree(part, ignore_errors=True)
+    part.mkdir(parents=True)
+    if name == "textures":
+        from skimage import data
+
+        for c, texture in enumerate(finetune.TEXTURES):
+            image = finetune.texture_image(getattr(data, texture)(), texture)
+            width, height = image.size
+            rng = random.Random(900 + c)
+            for i in range(300):
+                x, y = rng.randrange(0, int(width * 0.7) - 48), rng.randrange(0, height - 48)
+                tile = image.crop((x, y, x + 48, y + 48)).rotate(90 * rng.randrange(4))
+                tile.save(part / f"{c}_{i:04d}.png")
+    elif name == "shapes-20":
+        for c, label in enumerate(demo.CLASSES):
+            rng = random.Random(9_000 + c)
+            for i in range(100):
+                demo.draw_shape(label, rng).save(part / f"{c}_{i:04d}.png")
+    else:
+        raise ValueError(f"no unlabelled images for {name}")
+    part.rename(folder)
+    return folder
+
+
+def sweep(out: Path) -> None:
+    """Fit every SWEEP entry not yet in <out>/sweep.json (each saved as it finishes), then print them."""
+    path = out / "sweep.json"
+    done = json.loads(path.read_text()) if path.exists() else {}
+    results = json.loads((out / "results.json").read_text())
+    for name, epochs, settings in SWEEP:
+        key = f"{name} {epochs} epochs: {settings}"
+        if key not in done:
+            root = finetune.build(name, ROOT / "data" / "finetune-sets")
+            extra = unlabelled_images(name, ROOT / "data" / "finetune-sets" / f"{name}-unlabelled")
+            flags = [*STUDENTS["b0"], *sweep_flags(settings, results[name]["teacher"]["best"], extra)]
+            done[key] = fit(root, flags, 1, epochs, ROOT / "data" / "distill-runs" / "sweep")["acc"]
+            path.write_text(json.dumps(done, indent=1))
+        print(f"{key}: {done[key]:.3f}", flush=True)
 
 
 def export_int8(ckpt: str, out: Path) -> dict:
@@ -176,7 +268,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--scratch-epochs", type=int, default=10, help="students from scratch")
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "distill")
     parser.add_argument("--summary-only", type=Path, help="print the table of this folder's results.json")
+    parser.add_argument("--sweep", action="store_true", help="the settings tried for B0 from scratch (seed 1)")
     args = parser.parse_args(argv)
+    if args.sweep:
+        sweep(args.out)
+        return
     macs = {v: gmacs(v) for v in ("lite2", "lite0", "b0")}
     if args.summary_only:
         print(table(summarise(json.loads((args.summary_only / "results.json").read_text())), macs))

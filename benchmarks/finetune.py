@@ -97,15 +97,21 @@ def _shapes_few() -> dict[str, dict[str, list[Image.Image]]]:
 TEXTURES = ("brick", "grass", "gravel", "moon", "cell", "immunohistochemistry", "retina", "hubble_deep_field")
 
 
+def texture_image(pixels, name: str) -> Image.Image:
+    """One of skimage's images as the textures set uses it: grey, the retina without its black surround."""
+    image = Image.fromarray(pixels).convert("L")
+    if name == "retina":  # the fundus only, not the black surround
+        w, h = image.size
+        image = image.crop((w // 5, h // 5, w - w // 5, h - h // 5))
+    return image
+
+
 def _textures(patch: int = 48, train_per_class: int = 60, val_per_class: int = 40):
     from skimage import data
 
     splits = {"train": {}, "val": {}}
     for c, name in enumerate(TEXTURES):
-        image = Image.fromarray(getattr(data, name)()).convert("L")
-        if name == "retina":  # the fundus only, not the black surround
-            w, h = image.size
-            image = image.crop((w // 5, h // 5, w - w // 5, h - h // 5))
+        image = texture_image(getattr(data, name)(), name)
         w, h = image.size
         cut = int(w * 0.7)
         rng = random.Random(c)

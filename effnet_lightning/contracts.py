@@ -11,7 +11,11 @@ This module imports nothing of the project, nor torch or Lightning: both sides i
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, runtime_checkable
+
+# What a model predicts: one class per image, or any number of them (sigmoid outputs); "auto":
+# multi-label when the data gives any image more than one label.
+Task = Literal["auto", "multiclass", "multilabel"]
 
 
 @runtime_checkable
@@ -32,6 +36,17 @@ class ClassCounts(Protocol):
     """Training images per class, read by the module for `class_weighted_loss`."""
 
     def class_counts(self) -> list[int]: ...
+
+
+@runtime_checkable
+class LabelKind(Protocol):
+    """Whether the data gives images several labels each (targets are then multi-hot), read by
+    the module when its `task` is "auto"; the number of training images, for the positive
+    weights of a multi-label `class_weighted_loss`."""
+
+    multilabel: bool
+
+    def train_images(self) -> int: ...
 
 
 @runtime_checkable

@@ -81,11 +81,12 @@ class EMA(WeightAveraging):
         images, targets = batch
         with torch.no_grad():
             logits = raw.eval()(images)
-            loss = torch.nn.functional.cross_entropy(logits, targets, label_smoothing=pl_module.hparams.label_smoothing)
+            loss = pl_module.loss(logits, targets, "val")
+        correct = torch.zeros((), device=logits.device) if pl_module.multilabel else (logits.argmax(1) == targets).sum()
         self._raw += torch.stack(
             [
                 loss.double() * len(targets),
-                (logits.argmax(1) == targets).sum().double(),
+                correct.double(),
                 torch.tensor(len(targets), dtype=torch.float64, device=logits.device),
             ]
         )
@@ -93,8 +94,9 @@ class EMA(WeightAveraging):
     def on_validation_epoch_end(self, trainer, pl_module):
         if averaged_model(self) is not None and self.validate_raw and not trainer.sanity_checking:
             totals = trainer.strategy.reduce(self._raw, reduce_op="sum")
-            if totals[2] > 0:
+            if totals[2] > 0 and not pl_module.multilabel:  # (multi-label: the loss alone)
                 pl_module.log("val/acc_raw", float(totals[1] / totals[2]), sync_dist=False)
+            if totals[2] > 0:
                 pl_module.log("val/loss_raw", float(totals[0] / totals[2]), sync_dist=False)
         super().on_validation_epoch_end(trainer, pl_module)  # the raw weights back
         self._swapped = False

@@ -89,6 +89,8 @@ class EvaluationReport(L.Callback):
         self._report(trainer, pl_module, "test", pl_module.test_confusion)
 
     def _report(self, trainer, pl_module, stage: str, confusion) -> None:
+        if pl_module.multilabel:
+            return  # a confusion matrix is single-label; multi-label scores are the logged map and F1
         matrix = confusion.compute().cpu()  # a collective: every rank calls it
         if not trainer.is_global_zero:
             return

@@ -11,7 +11,7 @@ from effnet_lightning.console import format_duration, say
 
 
 class FitSummary(L.Callback):
-    """Prints one line at the end of fit (best val/acc, its checkpoint, wall time, training
+    """Prints one line at the end of fit (best score of the checkpoint monitor, val/acc or val/map; its checkpoint, wall time, training
     img/s and the share of training time spent waiting for data) and records the run's
     checkpoints in <default_root_dir>/latest_fit.json."""
 
@@ -47,7 +47,8 @@ class FitSummary(L.Callback):
         waiting = self.wait_time / self.train_time if self.train_time else 0.0
         score = record["best_score"]
         best = f"{score:.4f}" if score is not None else "n/a"
+        monitor = getattr(trainer.checkpoint_callback, "monitor", None) or "val/acc"
         say(
-            f"fit done: best val/acc {best} at {record['best_model_path'] or 'no checkpoint'}, "
+            f"fit done: best {monitor} {best} at {record['best_model_path'] or 'no checkpoint'}, "
             f"wall time {format_duration(wall)}, training {rate:.1f} img/s ({waiting:.0%} waiting for data)"
         )

@@ -24,6 +24,8 @@ def _gather_to_rank_zero(rows: list) -> list:
 class PredictionWriter(L.Callback):
     """Writes `predictions.csv` and `predictions.json` into `output_dir` at the end of predict:
     one row per image (each exactly once, also under DDP), its top-k classes and probabilities.
+    A multi-label model's rows also give the labels at or above their class's threshold (its
+    checkpoint's), first in the CSV (`labels`, separated by spaces), and the JSON the thresholds.
 
     Args:
         output_dir: None: <default_root_dir>/predictions.
@@ -36,7 +38,7 @@ class PredictionWriter(L.Callback):
         self.enabled = enabled
         self.output_dir = output_dir
         self.top_k = top_k
-        self.rows: list[tuple[int, list[int], list[float]]] = []
+        self.rows: list[tuple[int, list[int], list[float], list[int]]] = []
 
     def output_folder(self, trainer) -> Path:
         return Path(self.output_dir or Path(trainer.default_root_dir) / "predictions")
@@ -46,8 +48,10 @@ class PredictionWriter(L.Callback):
 
     def on_predict_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
         probs, classes = outputs["probs"].topk(min(self.top_k, outputs["probs"].shape[1]), dim=1)
-        for index, c, p in zip(outputs["index"].tolist(), classes.tolist(), probs.tolist()):
-            self.rows.append((index, c, p))
+        called = outputs.get("labels")
+        called = [row.nonzero().flatten().tolist() for row in called] if called is not None else [[]] * len(probs)
+        for index, c, p, labels in zip(outputs["index"].tolist(), classes.tolist(), probs.tolist(), called):
+            self.rows.append((index, c, p, labels))
 
     def on_predict_epoch_end(self, trainer, pl_module):
         # An image that failed to decode was replaced by the next one in its batch: one row per
@@ -66,12 +70,29 @@ class PredictionWriter(L.Callback):
         out = self.output_folder(trainer)
         out.mkdir(parents=True, exist_ok=True)
         k = len(rows[0][1]) if rows else 0
+        multilabel = getattr(pl_module, "multilabel", False)
+        labels_column = ["labels"] if multilabel else []
 
         def write_csv(f):
             writer = csv.writer(f)
-            writer.writerow(["path"] + [f"{col}_{i}" for i in range(1, k + 1) for col in ("class", "prob")])
-            for index, classes, probs in rows:
-                writer.writerow([paths[index]] + [v for c, p in zip(classes, probs) for v in (names[c], f"{p:.6f}")])
+            writer.writerow(
+                ["path", *labels_column] + [f"{col}_{i}" for i in range(1, k + 1) for col in ("class", "prob")]
+            )
+            for index, classes, probs, labels in rows:
+                called = [" ".join(names[c] for c in labels)] if multilabel else []
+                writer.writerow(
+                    [paths[index], *called] + [v for c, p in zip(classes, probs) for v in (names[c], f"{p:.6f}")]
+                )
+
+        def entry(index, classes, probs, labels) -> dict:
+            called = {"labels": [names[c] for c in labels]} if multilabel else {}
+            return {
+                "path": paths[index],
+                **called,
+                "top_k": [{"class": names[c], "prob": p} for c, p in zip(classes, probs)],
+            }
+
+        thresholds = {"thresholds": dict(zip(names, pl_module.thresholds.tolist()))} if multilabel else {}
 
         def write_json(f):
             json.dump(
@@ -81,13 +102,8 @@ class PredictionWriter(L.Callback):
                     "top_k": k,
                     "images": len(rows),
                     "skipped": skipped,
-                    "predictions": [
-                        {
-                            "path": paths[index],
-                            "top_k": [{"class": names[c], "prob": p} for c, p in zip(classes, probs)],
-                        }
-                        for index, classes, probs in rows
-                    ],
+                    **thresholds,
+                    "predictions": [entry(*row) for row in rows],
                 },
                 f,
                 indent=1,

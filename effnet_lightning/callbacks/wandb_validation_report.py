@@ -63,7 +63,13 @@ class WandbValidationReport(L.Callback):
         self.samples = []
 
     def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
-        if trainer.sanity_checking or dataloader_idx or not trainer.is_global_zero or not self._wandb_loggers(trainer):
+        if (
+            trainer.sanity_checking
+            or dataloader_idx
+            or not trainer.is_global_zero
+            or not self._wandb_loggers(trainer)
+            or pl_module.multilabel  # the samples' table and the confusion matrix are single-label
+        ):
             return
         count = self.samples_in_batch(batch_idx, trainer.num_val_batches[dataloader_idx], self.num_samples)
         if not count:
@@ -78,7 +84,7 @@ class WandbValidationReport(L.Callback):
 
     def on_validation_epoch_end(self, trainer, pl_module):
         loggers = self._wandb_loggers(trainer)
-        if trainer.sanity_checking or not loggers:  # the same on every rank
+        if trainer.sanity_checking or not loggers or pl_module.multilabel:  # the same on every rank
             return
         matrix = pl_module.val_confusion.compute().cpu()  # a collective: every rank calls it
         if not trainer.is_global_zero:

@@ -137,7 +137,20 @@ class EffNetCLI(LightningCLI):
         # Every always-on callback has one switch, `--<name>.enabled false`: switched off, it is
         # not on the trainer at all.
         trainer.callbacks = [c for c in trainer.callbacks if getattr(c, "enabled", True) is not False]
+        if getattr(self.datamodule, "multilabel", False):
+            self._monitor_map(trainer)
         return trainer
+
+    def _monitor_map(self, trainer: Trainer) -> None:
+        """A multi-label fit keeps the checkpoints of the best `val/map` (and names them by it),
+        unless the user chose a monitor."""
+        if "checkpoint.monitor" in self.given:
+            return
+        for callback in trainer.callbacks:
+            if isinstance(callback, Checkpoint) and callback.monitor == "val/acc":
+                callback.monitor = "val/map"
+                if "checkpoint.filename" not in self.given:
+                    callback.filename = "best-epoch{epoch:02d}-map{val/map:.4f}"
 
     # LightningCLI has no public hook to leave out a callback it made from class arguments before
     # the Trainer is built, and the Trainer refuses a ModelCheckpoint under enable_checkpointing=False.
@@ -202,6 +215,7 @@ class EffNetCLI(LightningCLI):
                 continue_distillation(self.config[subcommand], saved.distillation, self.given)
         elif subcommand in EVAL_SUBCOMMANDS and not config.data.class_names:
             config.data.class_names = pretrained_class_names(subcommand, config)
+        self.config[subcommand].data.task = self.config[subcommand].model.task  # the targets follow the task
 
     def _apply_export_settings(self, subcommand: str, onnx: str) -> None:
         """predict / serve --onnx: the export's classes and preprocessing (its model.json) for the data;

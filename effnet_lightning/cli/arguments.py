@@ -24,10 +24,10 @@ def refuse_automatic_optimizers(given: set[str]) -> None:
 
 
 def with_demo_settings(argv: list[str], given: set[str]) -> list[str]:
-    """`fit` without a data root trains on the demo data with its own settings
+    """`fit` without a data root or label file trains on the demo data with its own settings
     (`demo.FIT_SETTINGS`), given as the first config so that every flag and config file of the
     user's wins; the demo's image size only while the variant is not chosen."""
-    if argv[:1] != ["fit"] or "data.root" in given:
+    if argv[:1] != ["fit"] or "data.root" in given or "data.label_file" in given:
         return argv
     settings = {section: dict(values) for section, values in demo.FIT_SETTINGS.items()}
     if "model.variant" in given:

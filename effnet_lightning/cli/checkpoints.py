@@ -187,6 +187,7 @@ def uses_fit_data(subcommand: str, formats: list[str] | str | None = None) -> bo
 # and runtime settings (batch_size, num_workers, ...) and augmentation are chosen per run.
 RECORDED_DATA_SETTINGS = (
     "root",
+    "label_file",
     "val_fraction",
     "seed",
     "image_size",
@@ -197,6 +198,9 @@ RECORDED_DATA_SETTINGS = (
 # The sizes go together: a user who gives one of them chooses the sizes of this run, and the
 # fit's others (an extra evaluation size, say) are not added to that choice.
 SIZE_SETTINGS = ("image_size", "eval_image_size", "extra_eval_sizes")
+# Where the images are goes together too: a root typed alone means its class folders, not the
+# fit's label file.
+SOURCE_SETTINGS = ("root", "label_file")
 
 
 def checkpoint_data_settings(
@@ -205,13 +209,14 @@ def checkpoint_data_settings(
     """The data settings a run from a checkpoint takes from its fit (`saved`: the checkpoint's
     data hyperparameters): those in RECORDED_DATA_SETTINGS that the user did not give (`given`:
     typed flags and --config files, as names under `data.`; the sizes as one) and that differ
-    from `current`. Nothing when the fit recorded no root (the demo data stays the default). A
-    recorded folder that no longer exists is an error."""
+    from `current`. Nothing when the fit recorded no root and no label file (the demo data stays
+    the default). A recorded folder or label file that no longer exists is an error."""
     root = saved.get("root")
-    if not root:
+    if not root and not saved.get("label_file"):
         return {}
-    if given & set(SIZE_SETTINGS):
-        given = given | set(SIZE_SETTINGS)
+    for group in (SIZE_SETTINGS, SOURCE_SETTINGS):
+        if given & set(group):
+            given = given | set(group)
     taken = {
         key: saved[key]
         for key in RECORDED_DATA_SETTINGS
@@ -221,6 +226,11 @@ def checkpoint_data_settings(
         raise FileNotFoundError(
             f"the data folder of the checkpoint's fit, {root}, no longer exists: give its new place with "
             f"--data.root DIR"
+        )
+    if "label_file" in taken and not exists(taken["label_file"]):
+        raise FileNotFoundError(
+            f"the label file of the checkpoint's fit, {taken['label_file']}, no longer exists: give its new "
+            f"place with --data.label_file FILE"
         )
     return taken
 

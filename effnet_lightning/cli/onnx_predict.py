@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 
 import lightning as L
+import torch
 
 from effnet_lightning.export.runtime import onnx_probabilities, onnx_session, onnxruntime_installed
 
@@ -48,6 +49,11 @@ class OnnxPredictor(L.LightningModule):
             raise ValueError("--onnx needs onnxruntime: pip install onnxruntime")
         self.info = read_export_info(onnx)
         self.class_names = list(self.info["class_names"])
+        # A multi-label export: a sigmoid per class, each called at its threshold (model.json's).
+        self.multilabel = self.info.get("task") == "multilabel"
+        self.thresholds = (
+            torch.tensor([self.info["thresholds"][c] for c in self.class_names]) if self.multilabel else None
+        )
         self.save_hyperparameters({"weights": str(onnx), "test_time_flip": test_time_flip})
         try:
             self.session = onnx_session(onnx)
@@ -75,4 +81,7 @@ class OnnxPredictor(L.LightningModule):
 
     def predict_step(self, batch, batch_idx):
         images, indices = batch
-        return {"index": indices, "probs": onnx_probabilities(self.session, images, self.hparams.test_time_flip)}
+        probs = onnx_probabilities(self.session, images, self.hparams.test_time_flip, self.multilabel)
+        if self.multilabel:
+            return {"index": indices, "probs": probs, "labels": probs >= self.thresholds}
+        return {"index": indices, "probs": probs}

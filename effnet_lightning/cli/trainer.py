@@ -20,6 +20,7 @@ from effnet_lightning.export.hub import push_folder, require_token
 from effnet_lightning.export.onnx_int8 import int8_check
 from effnet_lightning.export.trained import load_trained, output_folder
 from effnet_lightning.training.module import EfficientNetModule
+from effnet_lightning.training.multilabel import logits_map
 
 
 class EffNetTrainer(Trainer):
@@ -93,7 +94,8 @@ class EffNetTrainer(Trainer):
             return {}
         load_trained(model, ckpt_path)
         out = output_folder(output_dir, self.default_root_dir, model, ckpt_path)
-        int8 = int8_check(datamodule, calibration_images, int8_max_drop) if "onnx_int8" in formats else None
+        score = logits_map if model.multilabel else None  # a multi-label model's INT8 check compares mAP
+        int8 = int8_check(datamodule, calibration_images, int8_max_drop, score) if "onnx_int8" in formats else None
         info = export_model(
             model.model,
             out,
@@ -104,6 +106,7 @@ class EffNetTrainer(Trainer):
             evaluation=saved_reports(ckpt_path) if ckpt_path else {},
             hub_repo=push_to,
             int8=int8,
+            thresholds=model.thresholds.tolist() if model.multilabel else None,
         )
         for callback in self.callbacks:
             if isinstance(callback, RunConfig):
@@ -158,14 +161,17 @@ class EffNetTrainer(Trainer):
             predictor.require_crop_size(datamodule.preprocessing.crop_size)
             source = {"onnx": str(onnx), "test_time_flip": model.hparams.test_time_flip}
             class_names = predictor.class_names  # the export's model.json
+            thresholds = predictor.thresholds.tolist() if predictor.multilabel else None
         else:
             load_trained(model, ckpt_path)
             source, class_names = {"module": model}, model.class_names
+            thresholds = model.thresholds.tolist() if model.multilabel else None
         on_gpu = isinstance(self.accelerator, CUDAAccelerator)
         api = ClassifierAPI(
             **source,
             preprocessing=datamodule.preprocessing,
             class_names=class_names,
+            thresholds=thresholds,
             released=mp.get_context("spawn").Event(),
             workers_per_device=workers_per_device,
             max_batch_size=max_batch_size,

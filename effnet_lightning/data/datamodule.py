@@ -3,6 +3,7 @@
     root/train/<class>/*.jpg, root/val/<class>/*.jpg [, root/test/<class>/*.jpg]
 or  root/<class>/*.jpg                      (split into train/val: seeded, stratified)
 or  a shard folder written by `prepare`     (the same splits, read from litdata chunks)
+or  a label file, FILE.csv                  (image,labels[,split]: `label_files`; multi-label too)
 and predict_root/**/*.jpg                   (any layout: every image once, for `predict`)
 
 With no root, the built-in demo dataset (`demo`) is generated on first use.
@@ -32,6 +33,7 @@ from torch.utils.data import DataLoader
 from torchdata.stateful_dataloader import StatefulDataLoader
 
 from effnet_lightning.compat import completed_batches
+from effnet_lightning.contracts import Task
 from effnet_lightning.data import demo
 from effnet_lightning.data.decode import decode_rgb, load_rgb
 from effnet_lightning.data.folders import (
@@ -46,7 +48,9 @@ from effnet_lightning.data.folders import (
     image_size,
     list_all_images,
     sample_labels,
+    stratified_split,
 )
+from effnet_lightning.data.label_files import LabelTable, read_label_file
 from effnet_lightning.data.shards import Shards, is_shard_folder, is_shard_url, open_shards
 from effnet_lightning.data.stages import Stage
 from effnet_lightning.data.transforms import Augment, MixCollate, eval_transform, train_transform
@@ -75,7 +79,15 @@ class ImageFolderDataModule(L.LightningDataModule):
             or checked at start-up: prepare did that once), also as an object-store URL
             (s3://bucket/shards, gs://, azure://, hf://).
             None: the built-in demo dataset, generated into data/demo on first use (predict
-            and export with a checkpoint need no labelled folder).
+            and export with a checkpoint need no labelled folder). With `label_file`: only the
+            folder the file's image paths are relative to.
+        label_file: a CSV naming each image's labels instead of class folders (`image`, then
+            `labels` or one 0/1 column per class, optionally `split`; see `data/label_files.py`).
+            Rows that cannot be used are listed with their line numbers and left out (with
+            `strict`, they stop the run).
+        task: "multilabel" gives multi-hot targets, "multiclass" one class per image (an image
+            labelled twice is then a bad row); "auto" follows the data. The CLI sets it from
+            --model.task.
         image_size: training crop size; None follows the model (b0 224, b3 300, ...).
         eval_image_size: evaluation crop size (validate, test, predict; `val/acc` is measured
             at it), resized first to size / the weights' crop fraction. None: `image_size`
@@ -133,6 +145,8 @@ class ImageFolderDataModule(L.LightningDataModule):
         allow_empty_classes: bool = False,
         class_names: list[str] | None = None,
         preprocessing: dict | None = None,
+        label_file: str | None = None,
+        task: Task = "auto",
     ):
         super().__init__()
         check_sizes(batch_size, image_size, eval_image_size, extra_eval_sizes)
@@ -141,6 +155,7 @@ class ImageFolderDataModule(L.LightningDataModule):
         self.save_hyperparameters(ignore=["preprocessing", "class_names"])
         # Recorded absolute, so a command run from another folder finds the fit's data.
         self.hparams["root"] = recorded_root(root)
+        self.hparams["label_file"] = recorded_root(label_file)
         sizes = resolve_sizes(preprocessing, image_size, eval_image_size, extra_eval_sizes)
         self.train_size = sizes.train
         self.preprocessing = sizes.evaluation  # the evaluation's: its crop is the evaluation size
@@ -148,7 +163,7 @@ class ImageFolderDataModule(L.LightningDataModule):
         # Progressive learning: epoch -> that epoch's training settings (set by the `stages` callback).
         self.stage_at: Callable[[int], Stage] | None = None
         self._init_loader_state()
-        self._init_sources(root, predict_root)
+        self._init_sources(root, predict_root, label_file)
         self._init_classes(class_names)
 
     def _init_loader_state(self) -> None:
@@ -158,11 +173,14 @@ class ImageFolderDataModule(L.LightningDataModule):
         self._train_position: dict | None = None  # a checkpoint's, for the next training loader
         self._resume_epoch = 0  # a checkpoint's next training epoch
 
-    def _init_sources(self, root: str | None, predict_root: str | None) -> None:
+    def _init_sources(self, root: str | None, predict_root: str | None, label_file: str | None) -> None:
         """Where the images come from, as given (the labelled root is resolved with the classes),
         and no splits listed yet."""
         self.predict_root = predict_folder(predict_root)
         self.root: Path | str | None = root_location(root)
+        self.label_file = Path(label_file).expanduser() if label_file else None
+        self.label_table: LabelTable | None = None  # the label file as read, with the classes
+        self.multilabel = self.hparams.task == "multilabel"  # with "auto", the label file may say so
         self.shards: Shards | None = None
         self.splits: dict[str, list[tuple[str, int]]] = {}
         self.skipped: dict[str, str] = {}  # path: why it is not a readable image
@@ -183,6 +201,9 @@ class ImageFolderDataModule(L.LightningDataModule):
     def _check_root(self) -> None:
         """Resolve the labelled folder (the demo data by default) and its classes."""
         expected = getattr(self, "class_names", None)
+        if self.label_file is not None:
+            self._read_label_file(expected)
+            return
         if self.root is None:
             if expected is not None and expected != sorted(demo.CLASSES):
                 # Checked before generating: data/demo may be inside the user's own data folder.
@@ -194,6 +215,9 @@ class ImageFolderDataModule(L.LightningDataModule):
         if is_shard_folder(self.root):
             self.shards = open_shards(self.root)
             found = self.shards.class_names
+            self.multilabel = self.hparams.task == "multilabel" or (
+                self.hparams.task == "auto" and self.shards.multilabel
+            )
         elif not self.root.is_dir():
             raise FileNotFoundError(f"--data.root {self.root} is not a folder: give a folder of class folders")
         else:
@@ -205,15 +229,49 @@ class ImageFolderDataModule(L.LightningDataModule):
             )
         self.class_names = found
 
+    def _read_label_file(self, expected: list[str] | None) -> None:
+        """The classes, images and task of the label file (the classes fixed by a checkpoint's
+        `expected`); its bad rows listed, or, with `strict`, refused."""
+        hp = self.hparams
+        if self.root is not None and not self.root.is_dir():
+            raise FileNotFoundError(
+                f"--data.root {self.root} is not a folder: give the folder the label file's paths start in"
+            )
+        table = read_label_file(
+            self.label_file, self.root, expected, single_label=hp.task == "multiclass", check_files=hp.check_files
+        )
+        self._report_bad_rows(table)
+        if not table.class_names:
+            raise ValueError(f"--data.label_file {self.label_file} has no usable row: see the lines listed above")
+        self.label_table = table
+        self.class_names = table.class_names
+        self.multilabel = hp.task == "multilabel" or (hp.task == "auto" and table.multilabel)
+
+    def _report_bad_rows(self, table: LabelTable) -> None:
+        """Name the rows left out of the label file in the log, or with `strict` stop."""
+        if not table.bad_rows:
+            return
+        lines = [str(row) for row in table.bad_rows]
+        if self.hparams.strict:
+            raise ValueError(
+                f"{len(lines)} rows of {self.label_file} cannot be used, e.g. {lines[0]}: mend them, or drop "
+                f"--data.strict to leave them out"
+            )
+        more = f"\n  ... and {len(lines) - LISTED_BAD_FILES} more" if len(lines) > LISTED_BAD_FILES else ""
+        log.warning(
+            f"leaving out {len(lines)} rows of {self.label_file}:\n  " + "\n  ".join(lines[:LISTED_BAD_FILES]) + more
+        )
+
     def setup(self, stage: str | None = None) -> None:
         if stage == "predict":
             self._setup_predict()
             return
         if "train" in self.splits:
             return
-        if self.root is None:
+        if self.root is None and self.label_table is None:
             self._check_root()
         self._list_splits()
+        self._check_sampler()
         self._check_empty_classes()
         digest = self._check_same_on_every_rank()
         self._log_listing(digest)
@@ -264,7 +322,9 @@ class ImageFolderDataModule(L.LightningDataModule):
         """The train, val and test samples: from the shards, or listed (and checked) from the
         folder; an error when train or val has no readable image."""
         hp = self.hparams
-        if self.shards is not None:
+        if self.label_table is not None:
+            self.splits.update(self._label_file_splits())
+        elif self.shards is not None:
             self.splits.update(self.shards.splits)  # listed and checked once, by `prepare`
             self.skipped.update(self.shards.bad_files)
         else:
@@ -275,12 +335,25 @@ class ImageFolderDataModule(L.LightningDataModule):
             if not self.splits[split]:
                 raise FileNotFoundError(f"no readable images for {split} under {self.root}")
 
+    def _label_file_splits(self) -> dict[str, list]:
+        """The label file's train, val and test samples: by its `split` column, or split as a
+        folder of class folders is. Without test rows, test is the val list."""
+        samples = self.label_table.samples(self.multilabel)
+        if self.label_table.has_splits:
+            splits = {"train": samples.get("train", []), "val": samples.get("val", [])}
+        else:
+            train, val = stratified_split(samples.get(None, []), self.hparams.val_fraction, self.hparams.seed)
+            splits = {"train": train, "val": val}
+        splits["test"] = samples.get("test") or splits["val"]
+        return splits
+
     def _log_listing(self, digest: str) -> None:
         counts = ", ".join(f"{k} {len(v)}" for k, v in self.splits.items())
         log.info(
-            "data: %s, %d classes, images: %s, training crop %d, evaluation crop %d, listing %s",
-            self.root,
+            "data: %s, %d classes%s, images: %s, training crop %d, evaluation crop %d, listing %s",
+            self.label_file or self.root,
             self.num_classes,
+            " (multi-label)" if self.multilabel else "",
             counts,
             self.train_size,
             self.preprocessing.crop_size,
@@ -343,16 +416,26 @@ class ImageFolderDataModule(L.LightningDataModule):
         self.skipped.update(bad)
         return [s for s in samples if s[0] not in bad]
 
+    def _check_sampler(self) -> None:
+        if self.multilabel and self.hparams.weighted_sampler:
+            raise ValueError(
+                "--data.weighted_sampler draws images by their one class, and a multi-label image has several: "
+                "drop it and weight each class's positives with --model.class_weighted_loss true"
+            )
+
     def _check_empty_classes(self) -> None:
         empty = [name for name, n in zip(self.class_names, self.class_counts()) if n == 0]
         if not empty:
             return
+        where = (
+            f"class(es) {_preview(empty)} of {self.label_file}"
+            if self.label_file
+            else f"class folder(s) {_preview(empty)} under {self.root}"
+        )
         if not self.hparams.allow_empty_classes:
-            raise ValueError(
-                f"class folder(s) {_preview(empty)} under {self.root} have no training images: add "
-                f"images, remove the folders, or pass --data.allow_empty_classes true"
-            )
-        log.warning(f"class folder(s) {_preview(empty)} have no training images; their outputs will not learn")
+            remedy = "label images with them" if self.label_file else "add images, remove the folders"
+            raise ValueError(f"{where} have no training images: {remedy}, or pass --data.allow_empty_classes true")
+        log.warning(f"{where} have no training images; their outputs will not learn")
 
     def _check_same_on_every_rank(self) -> str:
         """A digest of the classes and splits, compared across processes: every rank must train
@@ -376,8 +459,13 @@ class ImageFolderDataModule(L.LightningDataModule):
         """Training images per class (after setup)."""
         counts = [0] * self.num_classes
         for label in sample_labels(self.splits["train"]):
-            counts[label] += 1
+            for index in (label,) if isinstance(label, int) else label:
+                counts[index] += 1
         return counts
+
+    def train_images(self) -> int:
+        """Training images (after setup)."""
+        return len(self.splits["train"])
 
     def predict_paths(self) -> list[str]:
         return [path for path, _ in self.splits["predict"]]
@@ -424,8 +512,9 @@ class ImageFolderDataModule(L.LightningDataModule):
         sampler = (
             self._train_sampler(dataset, distributed) if train else self._eval_sampler(split, dataset, distributed)
         )
-        collate = MixCollate(self.num_classes, stage.mixup_alpha, stage.cutmix_alpha) if mixing else None
-        workers = hp.num_workers
+        collate = (
+            MixCollate(self.num_classes, stage.mixup_alpha, stage.cutmix_alpha, self.multilabel) if mixing else None
+        )
         # The training loader's position (batches handed out this epoch) goes into checkpoints: a fit
         # stopped mid-epoch resumes with the very batches the uninterrupted run would have had next.
         return (StatefulDataLoader if train else DataLoader)(
@@ -433,23 +522,30 @@ class ImageFolderDataModule(L.LightningDataModule):
             batch_size=hp.batch_size,
             shuffle=train and sampler is None,
             sampler=sampler,
-            num_workers=workers,
-            persistent_workers=workers > 0,
-            pin_memory=torch.cuda.is_available(),
             drop_last=train and len(dataset) > hp.batch_size,
             collate_fn=collate,
+            **self._worker_settings(),
+        )
+
+    def _worker_settings(self) -> dict:
+        """The loader arguments every loader of this module shares: its worker processes, and
+        where they take their signals and seeds from."""
+        workers = self.hparams.num_workers
+        return {
+            "num_workers": workers,
+            "persistent_workers": workers > 0,
+            "pin_memory": torch.cuda.is_available(),
             # A signal sent to the whole process group is the main process's to act on (stop at a
             # batch boundary, checkpoint, shut the workers down): the workers leave it to it.
-            worker_init_fn=LeavingStopSignals(),
+            "worker_init_fn": LeavingStopSignals(),
             # Its own generator: starting an iteration (resumes and sanity checks start more of them)
             # draws worker seeds from it, not from the global one that dropout and augmentation use.
-            generator=torch.Generator().manual_seed(torch.initial_seed()),
-        )
+            "generator": torch.Generator().manual_seed(torch.initial_seed()),
+        }
 
     def _unlabelled_loader(self, batches: int, stage: Stage) -> StatefulDataLoader:
         """`batches` batches of the unlabelled images, each of `unlabelled_batch_size`, under the
         training transform and mixing of `stage`; under DDP, this process's share."""
-        hp = self.hparams
         distributed = _distributed()
         key = (self.preprocessing, stage, distributed, batches)
         cached = self._loaders.get("unlabelled")
@@ -464,13 +560,11 @@ class ImageFolderDataModule(L.LightningDataModule):
             dataset,
             batch_size=per_batch,
             sampler=RankShare(order) if distributed else order,
-            num_workers=hp.num_workers,
-            persistent_workers=hp.num_workers > 0,
-            pin_memory=torch.cuda.is_available(),
             drop_last=True,
-            collate_fn=MixCollate(self.num_classes, stage.mixup_alpha, stage.cutmix_alpha) if mixing else None,
-            worker_init_fn=LeavingStopSignals(),
-            generator=torch.Generator().manual_seed(torch.initial_seed()),
+            collate_fn=MixCollate(self.num_classes, stage.mixup_alpha, stage.cutmix_alpha, self.multilabel)
+            if mixing
+            else None,
+            **self._worker_settings(),
         )
         self._loaders["unlabelled"] = (key, loader)
         return loader
@@ -488,7 +582,11 @@ class ImageFolderDataModule(L.LightningDataModule):
         # Training decodes straight to tensors (faster; see benchmarks/input_pipeline.py); evaluation
         # reads through PIL, as the pretrained weights were evaluated.
         decode = decode_rgb if stage is not None else load_rgb
-        return ImageFileDataset(self.splits[split], transform, strict=hp.strict, decode=decode, with_seed=with_seed)
+        # Multi-hot targets for labelled splits (predict's and the unlabelled images' labels are positions).
+        classes = self.num_classes if self.multilabel and split in ("train", "val", "test") else None
+        return ImageFileDataset(
+            self.splits[split], transform, strict=hp.strict, decode=decode, with_seed=with_seed, multi_hot=classes
+        )
 
     def _train_sampler(self, dataset: ImageFileDataset, distributed: bool) -> SeededOrder | RankShare:
         """Order, augmentation and mixing from (seed, epoch) alone: resumes and rebuilt loaders
@@ -554,14 +652,20 @@ class ImageFolderDataModule(L.LightningDataModule):
 
     def evaluation_images(self, split: str, limit: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """(images, labels) of `split` under the evaluation transform, all in memory: every image,
-        or `limit` of them drawn with the data seed (e.g. calibration images for INT8 export)."""
+        or `limit` of them drawn with the data seed (e.g. calibration images for INT8 export).
+        Multi-label: the labels are multi-hot rows."""
         self.setup("validate")
         samples = self.splits[split]
         if limit is not None and limit < len(samples):
             order = torch.randperm(len(samples), generator=torch.Generator().manual_seed(self.hparams.seed))
             samples = [samples[i] for i in sorted(order[:limit].tolist())]
+        multi_hot = self.num_classes if self.multilabel else None
         dataset = ImageFileDataset(
-            samples, eval_transform(self.preprocessing), strict=self.hparams.strict, decode=load_rgb
+            samples,
+            eval_transform(self.preprocessing),
+            strict=self.hparams.strict,
+            decode=load_rgb,
+            multi_hot=multi_hot,
         )
         loader = DataLoader(
             dataset,

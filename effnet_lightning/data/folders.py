@@ -48,11 +48,12 @@ def list_images(folder: Path, classes: list[str]) -> list[tuple[str, int]]:
     return samples
 
 
-def stratified_split(samples: list[tuple[str, int]], val_fraction: float, seed: int):
-    """Deterministic per-class split: the same seed gives the same split on every rank."""
+def stratified_split(samples: list[tuple[str, int | tuple[int, ...]]], val_fraction: float, seed: int):
+    """Deterministic per-class split: the same seed gives the same split on every rank. A
+    multi-label sample (its label a tuple of classes) goes with its first class."""
     by_class: dict[int, list[tuple[str, int]]] = {}
     for s in samples:
-        by_class.setdefault(s[1], []).append(s)
+        by_class.setdefault(s[1] if isinstance(s[1], int) else s[1][0], []).append(s)
     train, val = [], []
     for label in sorted(by_class):
         items = by_class[label][:]
@@ -216,13 +217,21 @@ class ImageFileDataset(Dataset):
     reads it) or `decode_rgb` (a uint8 tensor, faster for the training transforms). A file
     that fails to load (e.g. a truncated JPEG, which only decoding finds) is replaced by the next
     sample and named in the log once, so one bad file cannot end a long run; with `strict` it
-    raises `BadImageError` instead.
+    raises `BadImageError` instead. With `multi_hot` (the number of classes), a label is a tuple
+    of classes and the target a float vector with 1 at each.
     """
 
     def __init__(
-        self, samples: list[tuple[str, int]], transform, strict: bool = False, decode=load_rgb, with_seed: bool = False
+        self,
+        samples: list[tuple[str, int]],
+        transform,
+        strict: bool = False,
+        decode=load_rgb,
+        with_seed: bool = False,
+        multi_hot: int | None = None,
     ):
         self.samples = samples
+        self.multi_hot = multi_hot
         self.with_seed = with_seed  # (image, label, seed) for a seeded index: MixCollate seeds the batch by it
         self.transform = transform
         self.strict = strict
@@ -244,12 +253,19 @@ class ImageFileDataset(Dataset):
             return (*item, seed) if self.with_seed else item
         return self._load(index)
 
+    def _target(self, label):
+        if self.multi_hot is None:
+            return label
+        target = torch.zeros(self.multi_hot)
+        target[list(label)] = 1.0
+        return target
+
     def _load(self, index: int):
         attempts = min(len(self.samples), LOAD_ATTEMPTS)
         for attempt in range(attempts):
             path, label = self.samples[(index + attempt) % len(self.samples)]
             try:
-                return self.transform(self.decode(path)), label
+                return self.transform(self.decode(path)), self._target(label)
             except (OSError, SyntaxError, ValueError) as e:
                 reason = f"{type(e).__name__}: {e}"
                 if self.strict:

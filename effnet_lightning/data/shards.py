@@ -1,12 +1,15 @@
 """Shards: an image folder converted once into litdata's chunks, and read back by index.
 
     python cli.py prepare --data.root ~/images --output_dir ~/images-shards
+    python cli.py prepare --data.label_file ~/images/labels.csv --output_dir ~/images-shards
     python cli.py fit --data.root ~/images-shards
 
-    SHARDS/effnet_shards.json   class names; per split, the labels in the folder's order
+    SHARDS/effnet_shards.json   class names; per split, the labels in the folder's order (a
+                                multi-label set: each image's list of classes)
     SHARDS/train/, val/, test/  litdata chunks: per image, the file's original encoded bytes,
                                 its label, its position in the folder's listing and its name
-    SHARDS/bad_files.txt        the folder's files that are not readable images, and why
+    SHARDS/bad_files.txt        the folder's files that are not readable images, and why (a
+                                label file's rows that cannot be used: FILE:LINE and why)
 
 `write_shards` lists and splits the folder as training from it does (train/val/test folders,
 or the seeded stratified split), decodes every file once, in parallel (so truncated files are
@@ -37,7 +40,8 @@ from pathlib import Path
 from PIL import Image
 
 from effnet_lightning.data.decode import EncodedImage, load_rgb
-from effnet_lightning.data.folders import folder_classes, folder_splits, image_problem
+from effnet_lightning.data.folders import folder_classes, folder_splits, image_problem, stratified_split
+from effnet_lightning.data.label_files import read_label_file
 from effnet_lightning.stop_signals import leave_stop_signals_to_parent
 
 SHARDS_INFO = "effnet_shards.json"
@@ -56,7 +60,8 @@ def is_shard_folder(root: str | Path) -> bool:
 
 class ShardSamples(Sequence):
     """One split of a shard folder: `samples[i]` is (EncodedImage, label) of the folder's i-th
-    image. `labels` are at hand without reading an image. Each process opens its own reader."""
+    image (a multi-label image's label: the tuple of its classes). `labels` are at hand without
+    reading an image. Each process opens its own reader."""
 
     def __init__(self, folder: str | Path, labels: list[int], order: list[int] | None = None):
         self.folder, self.labels, self.order = folder, labels, order
@@ -77,7 +82,8 @@ class ShardSamples(Sequence):
             # random access throws away (10x slower per image here).
             self._reader, self._pid = StreamingDataset(str(self.folder), batch_decode=False), os.getpid()
         item = self._reader[self.order[index] if self.order else index]
-        return EncodedImage(item["name"], bytes(item["image"])), int(item["label"])
+        label = self.labels[index]
+        return EncodedImage(item["name"], bytes(item["image"])), label if isinstance(label, int) else tuple(label)
 
     def __getstate__(self) -> dict:
         return {**self.__dict__, "_reader": None, "_pid": None}
@@ -93,6 +99,7 @@ class Shards:
     class_names: list[str]
     splits: dict[str, Sequence]  # train, val, test (val's own samples when the folder had no test/)
     bad_files: dict[str, str]
+    multilabel: bool = False  # from a label file that gives some image several labels
 
 
 def open_shards(root: str | Path) -> Shards:
@@ -108,7 +115,7 @@ def open_shards(root: str | Path) -> Shards:
             raise FileNotFoundError(f"{folder} has no index.json: run the prepare that wrote {root} again")
         splits[split] = ShardSamples(folder, saved["labels"], saved.get("order"))
     splits.setdefault("test", splits["val"])
-    return Shards(root, info["class_names"], splits, info.get("bad_files", {}))
+    return Shards(root, info["class_names"], splits, info.get("bad_files", {}), info.get("multilabel", False))
 
 
 def _read_remote_info(url: str) -> str:
@@ -140,9 +147,11 @@ def decode_problem(path: str) -> str | None:
         return f"{type(e).__name__}: {e}"
 
 
-def _shard_item(entry: tuple[int, str, str, int]) -> dict:
+def _shard_item(entry: tuple[int, str, str, int | list[int]]) -> dict:
     position, path, name, label = entry
-    return {"position": position, "label": label, "name": name, "image": Path(path).read_bytes()}
+    # The info file has the labels; a multi-label image's chunk keeps its first class.
+    first = label if isinstance(label, int) else label[0]
+    return {"position": position, "label": first, "name": name, "image": Path(path).read_bytes()}
 
 
 def write_shards(
@@ -153,9 +162,14 @@ def write_shards(
     workers: int | None = None,
     chunk_bytes: str = "64MB",
     say: Callable[[str], None] = print,
+    label_file: str | Path | None = None,
 ) -> Shards:
     """Convert the image folder `root` into shards in `output_dir` (see the module's notes);
-    `workers` processes check and write (default: one per CPU core)."""
+    `workers` processes check and write (default: one per CPU core). With `label_file`, its
+    images and labels (`root`: the folder its paths start in; None: the file's folder)."""
+    label_file = Path(label_file).expanduser() if label_file else None
+    if root is None and label_file is not None:
+        root = label_file.parent
     root, out = Path(root).expanduser(), Path(output_dir).expanduser()
     if not root.is_dir():
         raise FileNotFoundError(f"--data.root {root} is not a folder: give a folder of class folders")
@@ -167,8 +181,9 @@ def write_shards(
         raise ValueError(f"--output_dir {out} is inside --data.root {root}: give a folder outside it")
     workers = workers or os.cpu_count() or 1
     out.mkdir(parents=True, exist_ok=True)
-    listing = _checked_listing(root, out, val_fraction, seed, workers, say)
+    listing = _checked_listing(root, out, val_fraction, seed, workers, say, label_file)
     info = {"format": FORMAT, "source": str(root.resolve()), "class_names": listing["class_names"], "splits": {}}
+    info["multilabel"] = listing.get("multilabel", False)
     for split, samples in listing["splits"].items():
         info["splits"][split] = _write_split(root, out / split, samples, workers, chunk_bytes, say)
     info["bad_files"] = listing["bad_files"]
@@ -180,21 +195,25 @@ def write_shards(
     return open_shards(out)
 
 
-def _checked_listing(root: Path, out: Path, val_fraction: float, seed: int, workers: int, say) -> dict:
-    """The folder's classes and splits, its unreadable files left out and listed; kept in
-    `out` until the shards are complete, so an interrupted prepare does not check again."""
+def _checked_listing(
+    root: Path, out: Path, val_fraction: float, seed: int, workers: int, say, label_file: Path | None = None
+) -> dict:
+    """The folder's (or label file's) classes and splits, its unreadable files left out and
+    listed; kept in `out` until the shards are complete, so an interrupted prepare does not
+    check again."""
     settings = {"source": str(root.resolve()), "val_fraction": val_fraction, "seed": seed}
+    if label_file is not None:
+        settings["label_file"] = str(label_file.resolve())
     saved = out / LISTING
     if saved.is_file():
         listing = json.loads(saved.read_text())
-        if {k: listing[k] for k in settings} != settings:
+        if {k: listing.get(k) for k in settings} != settings:
             raise FileExistsError(
                 f"{out} holds an unfinished prepare of {listing['source']} (val_fraction {listing['val_fraction']}, "
                 f"seed {listing['seed']}): run that command again to finish it, or delete {out}"
             )
         say(f"continuing the unfinished prepare in {out}")
         return listing
-    classes = folder_classes(root)
     bad: dict[str, str] = {}
 
     def readable(samples: list[tuple[str, int]]) -> list[tuple[str, int]]:
@@ -204,7 +223,11 @@ def _checked_listing(root: Path, out: Path, val_fraction: float, seed: int, work
         bad.update({path: problem for path, problem in zip(paths, problems) if problem})
         return [sample for sample, problem in zip(samples, problems) if not problem]
 
-    splits = folder_splits(root, classes, val_fraction, seed, readable=readable)
+    if label_file is not None:
+        classes, multilabel, splits = _label_file_splits(label_file, root, val_fraction, seed, readable, bad)
+    else:
+        classes, multilabel = folder_classes(root), False
+        splits = folder_splits(root, classes, val_fraction, seed, readable=readable)
     if splits["test"] is splits["val"]:
         del splits["test"]  # no test/ folder: test is val, as for the folder
     for split in ("train", "val"):
@@ -215,9 +238,23 @@ def _checked_listing(root: Path, out: Path, val_fraction: float, seed: int, work
         + ", ".join(f"{split} {len(samples)}" for split, samples in splits.items())
         + f" images, {len(bad)} unreadable files left out"
     )
-    listing = {**settings, "class_names": classes, "splits": splits, "bad_files": bad}
+    listing = {**settings, "class_names": classes, "multilabel": multilabel, "splits": splits, "bad_files": bad}
     saved.write_text(json.dumps(listing))
     return listing
+
+
+def _label_file_splits(label_file: Path, root: Path, val_fraction: float, seed: int, readable, bad: dict):
+    """A label file's classes, whether it is multi-label, and its readable samples per split
+    (by its split column, or split as fit splits it); its unusable rows go into `bad`."""
+    table = read_label_file(label_file, root, check_files=False)  # the files are decoded below
+    bad.update({f"{label_file}:{row.line}": row.problem for row in table.bad_rows})
+    samples = table.samples(table.multilabel)
+    if table.has_splits:
+        splits = {"train": readable(samples.get("train", [])), "val": readable(samples.get("val", []))}
+    else:
+        splits = dict(zip(("train", "val"), stratified_split(readable(samples.get(None, [])), val_fraction, seed)))
+    splits["test"] = readable(samples["test"]) if samples.get("test") else splits["val"]
+    return table.class_names, table.multilabel, splits
 
 
 def _write_split(root: Path, folder: Path, samples: list, workers: int, chunk_bytes: str, say) -> dict:
@@ -231,7 +268,7 @@ def _write_split(root: Path, folder: Path, samples: list, workers: int, chunk_by
         from litdata import optimize
 
         say(f"writing {len(samples)} {folder.name} images to {folder}")
-        entries = [(i, path, str(Path(path).relative_to(root)), label) for i, (path, label) in enumerate(samples)]
+        entries = [(i, path, _name(path, root), label) for i, (path, label) in enumerate(samples)]
         optimize(
             fn=_shard_item,
             inputs=entries,
@@ -258,3 +295,8 @@ def _write_split(root: Path, folder: Path, samples: list, workers: int, chunk_by
     for index, position in enumerate(positions):
         order[position] = index
     return {"labels": labels, "order": order}
+
+
+def _name(path: str, root: Path) -> str:
+    """An image's name in the shards: its path under root (a label file's image elsewhere: as given)."""
+    return str(Path(path).relative_to(root)) if Path(path).is_relative_to(root) else path

@@ -44,11 +44,15 @@ def train_transform(
 
 class MixCollate:
     """Collates a batch, then applies MixUp or CutMix (one of them, chosen per batch, when both
-    are on): targets become class probabilities that sum to 1 per sample. Samples that carry
+    are on): targets become class probabilities that sum to 1 per sample, or, for `multilabel`
+    targets (multi-hot vectors), the same mix of the two images' vectors. Samples that carry
     their augmentation seed, (image, label, seed), are mixed from a generator seeded by the
     first one's: the batch's mixing then does not depend on the process or the restart."""
 
-    def __init__(self, num_classes: int, mixup_alpha: float, cutmix_alpha: float):
+    def __init__(self, num_classes: int, mixup_alpha: float, cutmix_alpha: float, multilabel: bool = False):
+        if multilabel:
+            self.mix = MultiHotMix(mixup_alpha, cutmix_alpha)
+            return
         mixers = []
         if mixup_alpha > 0:
             mixers.append(v2.MixUp(alpha=mixup_alpha, num_classes=num_classes))
@@ -65,6 +69,33 @@ class MixCollate:
                 return self.mix(images, targets)
         images, targets = default_collate(samples)
         return self.mix(images, targets)
+
+
+class MultiHotMix:
+    """MixUp or CutMix of a batch with multi-hot targets (torchvision's take class indices):
+    each image mixed with the next one in the batch (the last with the first), its target
+    the same mix of the two targets; lambda from Beta(alpha, alpha), for CutMix the share of the
+    image left uncut."""
+
+    def __init__(self, mixup_alpha: float, cutmix_alpha: float):
+        self.alphas = [("mixup", mixup_alpha)] * (mixup_alpha > 0) + [("cutmix", cutmix_alpha)] * (cutmix_alpha > 0)
+
+    def __call__(self, images: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        kind, alpha = self.alphas[int(torch.randint(len(self.alphas), ()))]
+        lam = float(torch.distributions.Beta(alpha, alpha).sample())
+        other = images.roll(1, 0)
+        if kind == "mixup":
+            images = images * lam + other * (1 - lam)
+        else:
+            height, width = images.shape[-2:]
+            cut_h, cut_w = round(height * (1 - lam) ** 0.5), round(width * (1 - lam) ** 0.5)
+            y, x = int(torch.randint(height, ())), int(torch.randint(width, ()))
+            top, bottom = max(y - cut_h // 2, 0), min(y + cut_h // 2, height)
+            left, right = max(x - cut_w // 2, 0), min(x + cut_w // 2, width)
+            images = images.clone()
+            images[..., top:bottom, left:right] = other[..., top:bottom, left:right]
+            lam = 1 - (bottom - top) * (right - left) / (height * width)
+        return images, targets * lam + targets.roll(1, 0) * (1 - lam)
 
 
 def eval_transform(pre: Preprocessing) -> v2.Compose:

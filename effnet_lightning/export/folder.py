@@ -28,12 +28,13 @@ def export_model(
     evaluation: dict[str, str] | None = None,
     hub_repo: str | None = None,
     int8: Int8Check | None = None,
+    thresholds: list[float] | None = None,
 ) -> dict:
     """Write the chosen formats (None: the defaults) and model.json into output_dir (other files
     there stay); returns the JSON's content. The variant, preprocessing and build options come
     from the network's `provenance`; `evaluation` ({stage: report markdown}) and `hub_repo`
     (where it will be pushed) go into the hub format's model card; `int8` is what the onnx_int8
-    format needs. Raises ValueError, writing nothing, when a reloaded export's logits differ by
+    format needs; `thresholds` (a multi-label model's, one per class) go into model.json. Raises ValueError, writing nothing, when a reloaded export's logits differ by
     more than `tolerance`, or when a format refuses the network (hub: one timm cannot build)."""
     formats = default_formats() if formats is None else tuple(formats)
     check_formats(formats)
@@ -54,6 +55,7 @@ def export_model(
         evaluation=evaluation or {},
         hub_repo=hub_repo,
         int8=int8,
+        thresholds=tuple(thresholds) if thresholds is not None else None,
     )
     for fmt in registered().values():  # refused before anything is exported
         if fmt.name in formats and fmt.refuse:
@@ -90,6 +92,15 @@ def write_formats(job: ExportJob) -> dict:
     return info
 
 
+def _task(classes: list[str], thresholds: tuple[float, ...] | None) -> dict:
+    """model.json's task and output: softmax over the classes, or (multi-label) a sigmoid per
+    class, each called at or above its threshold."""
+    if thresholds is None:
+        return {"task": "multiclass", "output": {"name": "logits", "shape": ["batch", len(classes)]}}
+    output = {"name": "logits", "shape": ["batch", len(classes)], "note": "sigmoid per class; called at its threshold"}
+    return {"task": "multilabel", "thresholds": dict(zip(classes, thresholds)), "output": output}
+
+
 def model_json(job: ExportJob, files: dict[str, str], checks: dict[str, Checked]) -> dict:
     """What model.json says: the network, its classes and preprocessing, its input and output,
     the files written and what their checks measured."""
@@ -107,7 +118,7 @@ def model_json(job: ExportJob, files: dict[str, str], checks: dict[str, Checked]
             "dtype": "float32",
             "note": "RGB, resized, centre-cropped and normalised as in preprocessing",
         },
-        "output": {"name": "logits", "shape": ["batch", len(classes)]},
+        **_task(classes, job.thresholds),
         "files": files,
         "max_abs_logit_difference": {
             name: check.logit_difference for name, check in checks.items() if check.logit_difference is not None

@@ -54,6 +54,7 @@ class ExportJob:
     evaluation: dict[str, str] = field(default_factory=dict)  # {stage: report markdown}, for the model card
     hub_repo: str | None = None  # where the hub folder will be pushed, for the model card
     int8: Int8Check | None = None  # what the onnx_int8 format calibrates on and is measured against
+    thresholds: tuple[float, ...] | None = None  # a multi-label model's, one per class
 
 
 def compare_logits(job: ExportJob, name: str, path: Path, run: Callable[[torch.Tensor], torch.Tensor]) -> Checked:

@@ -5,6 +5,7 @@ against the fp32 file on the validation images."""
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,16 +30,18 @@ class Int8Check:
     images: torch.Tensor
     labels: torch.Tensor
     max_drop: float = 1.0
+    # (logits, multi-hot labels) -> mAP, for a multi-label model; None: top-1 accuracy.
+    score: Callable[[torch.Tensor, torch.Tensor], float] | None = None
 
 
-def int8_check(datamodule, calibration_images: int, max_drop: float) -> Int8Check:
+def int8_check(datamodule, calibration_images: int, max_drop: float, score=None) -> Int8Check:
     """`calibration_images` training images to calibrate on and the validation images (at most
-    EVAL_IMAGES) to measure on, from the data module."""
+    EVAL_IMAGES) to measure on, from the data module; `score`: see `Int8Check`."""
     if calibration_images < 1:
         raise ValueError(f"--calibration_images must be positive, got {calibration_images}")
     images, labels = datamodule.evaluation_images("val", EVAL_IMAGES)
     calibration, _ = datamodule.evaluation_images("train", calibration_images)
-    return Int8Check(calibration, images, labels, max_drop)
+    return Int8Check(calibration, images, labels, max_drop, score)
 
 
 def quantize_onnx_int8(fp32: Path, path: Path, calibration: torch.Tensor) -> None:
@@ -71,9 +74,11 @@ def quantize_onnx_int8(fp32: Path, path: Path, calibration: torch.Tensor) -> Non
 
 
 def measure_int8(fp32: Path, int8: Path, check: Int8Check) -> dict:
-    """Top-1 of both files on the validation images, printed; raises ValueError when INT8 drops
-    by more than `check.max_drop` points."""
+    """Top-1 of both files on the validation images (or `check.score`: a multi-label model's
+    mAP), printed; raises ValueError when INT8 drops by more than `check.max_drop` points."""
     full, quantized = _logits(fp32, check.images), _logits(int8, check.images)
+    if check.score is not None:
+        return _measure_score(full, quantized, check)
     quality = {
         "calibration_images": len(check.calibration),
         "images": len(check.images),
@@ -92,6 +97,28 @@ def measure_int8(fp32: Path, int8: Path, check: Int8Check) -> dict:
     if quality["drop_points"] > check.max_drop:
         raise ValueError(
             f"INT8 quantization drops top-1 by {quality['drop_points']:.2f} points on {len(check.images)} validation "
+            f"images (allowed: --int8_max_drop {check.max_drop:g}): nothing was written; export onnx (fp32) instead"
+        )
+    return quality
+
+
+def _measure_score(full: torch.Tensor, quantized: torch.Tensor, check: Int8Check) -> dict:
+    """`measure_int8` by `check.score` (a multi-label model's mAP) of both files' logits."""
+    quality = {
+        "calibration_images": len(check.calibration),
+        "images": len(check.images),
+        "fp32_map": check.score(full, check.labels),
+        "int8_map": check.score(quantized, check.labels),
+    }
+    quality["drop_points"] = 100 * (quality["fp32_map"] - quality["int8_map"])
+    print(
+        f"export: onnx_int8   {len(check.images)} validation images: mAP {quality['fp32_map']:.4f} (fp32) -> "
+        f"{quality['int8_map']:.4f} (int8), a drop of {quality['drop_points']:.2f} points",
+        flush=True,
+    )
+    if quality["drop_points"] > check.max_drop:
+        raise ValueError(
+            f"INT8 quantization drops mAP by {quality['drop_points']:.2f} points on {len(check.images)} validation "
             f"images (allowed: --int8_max_drop {check.max_drop:g}): nothing was written; export onnx (fp32) instead"
         )
     return quality

@@ -27,10 +27,13 @@ def onnx_logits(session, images: torch.Tensor) -> torch.Tensor:
     return torch.from_numpy(session.run(None, feed)[0])
 
 
-def onnx_probabilities(session, images: torch.Tensor, test_time_flip: bool = False) -> torch.Tensor:
-    """Class probabilities as the network's evaluation gives them: the softmax of the logits,
-    with `test_time_flip` of the mean of each image's and its mirror image's logits."""
+def onnx_probabilities(
+    session, images: torch.Tensor, test_time_flip: bool = False, multilabel: bool = False
+) -> torch.Tensor:
+    """Class probabilities as the network's evaluation gives them: the softmax of the logits
+    (`multilabel`: each class's sigmoid), with `test_time_flip` of the mean of each image's and
+    its mirror image's logits."""
     logits = onnx_logits(session, images)
     if test_time_flip:
         logits = (logits + onnx_logits(session, images.flip(3))) / 2
-    return logits.softmax(1)
+    return logits.sigmoid() if multilabel else logits.softmax(1)

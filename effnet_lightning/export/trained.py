@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
+
 from effnet_lightning.models.state_dicts import read_checkpoint
 
 
@@ -12,7 +14,10 @@ def load_trained(module, ckpt_path: str | None) -> None:
     """The checkpoint's weights into the module; without one, the module's own weights must
     include a trained classifier."""
     if ckpt_path:
-        module.load_state_dict(read_checkpoint(ckpt_path)["state_dict"])
+        checkpoint = read_checkpoint(ckpt_path)
+        module.load_state_dict(checkpoint["state_dict"])
+        if checkpoint.get("thresholds") is not None:  # a multi-label model's, chosen on validation
+            module.thresholds = torch.tensor(checkpoint["thresholds"])
     elif not module.model.provenance.head_loaded:
         raise ValueError("nothing trained to export: pass --ckpt_path CKPT, or --model.weights with a classifier")
 

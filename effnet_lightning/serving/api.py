@@ -26,7 +26,8 @@ from effnet_lightning.models.preprocessing import Preprocessing
 class ClassifierAPI(ls.LitAPI):
     """Requests are `{"pixels": <base64 of a 3 x crop x crop uint8 image>, "k": int}` (what
     `gate.RequestGate` passes on); answers are `{"top_k": [{"class": name, "prob": p}, ...]}`,
-    as the rows of predict's JSON.
+    as the rows of predict's JSON (a multi-label model's also `"labels"`: the classes at or
+    above their thresholds).
 
     Args:
         module: the trained `EfficientNetModule` (None with `onnx`).
@@ -34,6 +35,7 @@ class ClassifierAPI(ls.LitAPI):
         test_time_flip: with `onnx`, average each image's logits with its mirror's (as predict).
         preprocessing: the evaluation crop size and normalisation.
         class_names: the names the answers give.
+        thresholds: a multi-label model's, one per class (None: a single-label model).
         released: set by the server once the HTTP servers have drained; only then does a
             SIGTERM end the worker.
         workers_per_device: CPU workers share the cores (torch threads = cores / workers).
@@ -47,6 +49,7 @@ class ClassifierAPI(ls.LitAPI):
         test_time_flip: bool = False,
         preprocessing: Preprocessing,
         class_names: list[str],
+        thresholds: list[float] | None = None,
         released,
         workers_per_device: int = 1,
         max_batch_size: int = 1,
@@ -58,6 +61,7 @@ class ClassifierAPI(ls.LitAPI):
         self.test_time_flip = test_time_flip
         self.preprocessing = preprocessing
         self.class_names = list(class_names)
+        self.thresholds = thresholds
         self.released = released
         self.workers_per_device = workers_per_device
 
@@ -100,11 +104,15 @@ class ClassifierAPI(ls.LitAPI):
     def probabilities(self, images: torch.Tensor) -> torch.Tensor:
         """What predict gives for a batch: the module's predict_step, or the ONNX file's."""
         if self.onnx:
-            return onnx_probabilities(self.session, images, self.test_time_flip)
+            return onnx_probabilities(self.session, images, self.test_time_flip, multilabel=self.thresholds is not None)
         with torch.inference_mode():
             return self.module.predict_step((images, None), 0)["probs"].float().cpu()
 
     def encode_response(self, output) -> dict:
         probs, k = output
         values, classes = probs.topk(k)
-        return {"top_k": [{"class": self.class_names[c], "prob": p} for c, p in zip(classes.tolist(), values.tolist())]}
+        top_k = [{"class": self.class_names[c], "prob": p} for c, p in zip(classes.tolist(), values.tolist())]
+        if self.thresholds is None:
+            return {"top_k": top_k}
+        called = [name for name, p, t in zip(self.class_names, probs.tolist(), self.thresholds) if p >= t]
+        return {"labels": called, "top_k": top_k}

@@ -3,6 +3,9 @@
 Metrics are logged under `train/`, `val/`, `test/`: `loss`, `acc` (top-1) and `acc_top5`,
 micro-averaged over samples, at the data's evaluation size; `val/acc@<size>` and
 `val/loss@<size>` at each of its extra evaluation sizes. `predict` returns class probabilities per image.
+A multi-label model (`task`) has sigmoid outputs and binary cross-entropy, and logs `map`,
+`f1_micro` and `f1_macro` for val and test (`multilabel.py`), `val/map@<size>` at extra sizes;
+the per-class thresholds of its last validation go into checkpoints.
 
 Built in named phases: `__init__` checks the arguments and saves them as hyperparameters, then
 `configure_models` (the network and its forms), `configure_losses` and `configure_metrics`;
@@ -21,15 +24,22 @@ from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 from torchmetrics import MetricCollection
-from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
+from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix, MultilabelAveragePrecision
 
 from effnet_lightning.compat import attached_trainer, find_unused_parameters
-from effnet_lightning.contracts import BatchSize, ClassCounts, ImageSizes
+from effnet_lightning.contracts import BatchSize, ClassCounts, ImageSizes, LabelKind, Task
 from effnet_lightning.models.factory import create_model
 from effnet_lightning.models.inference import in_chunks
 from effnet_lightning.models.preprocessing import Preprocessing
 from effnet_lightning.training.distillation import Distill
 from effnet_lightning.training.finetuning import FineTuning
+from effnet_lightning.training.multilabel import (
+    MultilabelLoss,
+    MultilabelScores,
+    asymmetric_loss,
+    bce_loss,
+    positive_weights,
+)
 from effnet_lightning.training.network_forms import NetworkForms
 from effnet_lightning.training.optim import Optimizer, Schedule, lr_lambda, make_optimizer, param_groups, scale_lr
 
@@ -49,6 +59,9 @@ class EfficientNetModule(L.LightningModule):
         weights_only: read the weights file without running pickled code in it (torch.load's
             weights_only); false only for files you trust.
         class_names: set from the data by the CLI; saved in checkpoints.
+        task: "multiclass" (softmax, one class per image), "multilabel" (a sigmoid per class:
+            any number of classes per image) or "auto": multi-label when the data module says
+            its images have several labels (a label file), else multiclass.
         optimizer: "sgd", "adamw" or "rmsprop_tf" (the paper's).
         lr: peak learning rate, reached after warm-up; with `lr_base_batch`, the rate for a
             global batch of that many images.
@@ -89,8 +102,11 @@ class EfficientNetModule(L.LightningModule):
             whole backbone at lr x backbone_lr_ratio.
         freeze_bn: keep every BatchNorm layer on its stored statistics and its scale and shift
             fixed for the whole run (small batches, or data close to the weights' own).
+        multilabel_loss: "bce" (binary cross-entropy) or "asl" (the asymmetric loss, with
+            `asl_gamma_neg`, `asl_gamma_pos` and `asl_clip`; see `multilabel.asymmetric_loss`).
         class_weighted_loss: weight the loss by total / (classes x images of the class), so
-            rare classes count as much as common ones.
+            rare classes count as much as common ones; multi-label: weight each class's
+            positives by its negatives / positives.
         test_time_flip: whenever the network evaluates (validation during fit too, validate,
             test, predict), average the logits of each image and its mirror image.
         fold_bn: validate, test and predict run a copy of the network with each BatchNorm
@@ -108,6 +124,7 @@ class EfficientNetModule(L.LightningModule):
         weights: str | None = None,
         weights_only: bool = True,
         class_names: list[str] | None = None,
+        task: Task = "auto",
         optimizer: Optimizer = "adamw",
         lr: float = 1e-3,
         lr_base_batch: int | None = None,
@@ -132,6 +149,10 @@ class EfficientNetModule(L.LightningModule):
         backbone_lr_ratio: float = 1.0,
         layer_lr_decay: float = 1.0,
         freeze_bn: bool = False,
+        multilabel_loss: MultilabelLoss = "bce",
+        asl_gamma_neg: float = 4.0,
+        asl_gamma_pos: float = 0.0,
+        asl_clip: float = 0.05,
         class_weighted_loss: bool = False,
         test_time_flip: bool = False,
         fold_bn: bool = True,
@@ -146,6 +167,11 @@ class EfficientNetModule(L.LightningModule):
             raise ValueError(
                 f"need 0 < backbone_lr_ratio <= 1 and 0 < layer_lr_decay <= 1, got {backbone_lr_ratio} and "
                 f"{layer_lr_decay}"
+            )
+        if not (asl_gamma_neg >= 0 and asl_gamma_pos >= 0 and 0 <= asl_clip < 1):
+            raise ValueError(
+                f"need asl_gamma_neg >= 0, asl_gamma_pos >= 0 and 0 <= asl_clip < 1, got {asl_gamma_neg}, "
+                f"{asl_gamma_pos} and {asl_clip}"
             )
         self.save_hyperparameters()
         self._trained = False  # set by training or by loading a checkpoint (load_from_checkpoint too)
@@ -191,14 +217,23 @@ class EfficientNetModule(L.LightningModule):
         `class_weighted_loss` come from the data, in `setup`."""
         self.loss_weights: torch.Tensor | None = None
 
+    @property
+    def multilabel(self) -> bool:
+        return self.hparams.task == "multilabel"
+
     def configure_metrics(self) -> None:
         """Top-1 and top-5 per split, top-1 per extra evaluation size (made in `setup`, when
-        the data names them), the confusion matrices of validation and test."""
+        the data names them), the confusion matrices of validation and test. Multi-label:
+        `MultilabelScores` for val and test, and the thresholds that validation chose."""
         num_classes = self.hparams.num_classes
         self.metrics = nn.ModuleDict({f"{split}_metrics": self._make_metrics(num_classes, split) for split in SPLITS})
-        self.extra_val_acc = nn.ModuleDict()  # size -> top-1 there (`extra_eval_sizes`)
+        self.extra_val_acc = nn.ModuleDict()  # size -> top-1 (multi-label: AP) there (`extra_eval_sizes`)
         self.val_confusion = MulticlassConfusionMatrix(num_classes)
         self.test_confusion = MulticlassConfusionMatrix(num_classes)
+        self.scores = nn.ModuleDict(
+            {"val": MultilabelScores(num_classes), "test": MultilabelScores(num_classes, choose_thresholds=False)}
+        )
+        self.thresholds = torch.full((num_classes,), 0.5)  # from the last validation; in checkpoints
 
     @staticmethod
     def _make_metrics(num_classes: int, split: str) -> MetricCollection:
@@ -244,8 +279,14 @@ class EfficientNetModule(L.LightningModule):
 
     def loss(self, logits: torch.Tensor, targets: torch.Tensor, split: str) -> torch.Tensor:
         """Cross-entropy with label smoothing; in training weighted by class (`class_weighted_loss`).
-        Targets are class indices, or class probabilities (MixUp / CutMix)."""
+        Targets are class indices, or class probabilities (MixUp / CutMix). Multi-label: binary
+        cross-entropy on multi-hot (or mixed) targets, the weights on the positives."""
         weight = self.loss_weights.to(logits.device) if self.loss_weights is not None and split == "train" else None
+        hp = self.hparams
+        if self.multilabel and hp.multilabel_loss == "asl":
+            return asymmetric_loss(logits, targets, hp.asl_gamma_neg, hp.asl_gamma_pos, hp.asl_clip, pos_weight=weight)
+        if self.multilabel:
+            return bce_loss(logits, targets, hp.label_smoothing, pos_weight=weight)
         return F.cross_entropy(logits, targets, weight=weight, label_smoothing=self.hparams.label_smoothing)
 
     def model_step(self, batch, split: str) -> dict:
@@ -264,6 +305,8 @@ class EfficientNetModule(L.LightningModule):
         else:
             logits = self(images)
             loss = self.loss(logits, targets, split)
+        if self.multilabel:
+            return self._multilabel_step(logits, targets, loss, split)
         labels = targets.argmax(1) if targets.ndim == 2 else targets
         metrics = self.metrics[f"{split}_metrics"]
         metrics(logits, labels)
@@ -288,6 +331,31 @@ class EfficientNetModule(L.LightningModule):
         )
         return {"loss": loss, "preds": logits.argmax(1)}
 
+    def _multilabel_step(self, logits: torch.Tensor, targets: torch.Tensor, loss: torch.Tensor, split: str) -> dict:
+        """Log the loss; in val and test, collect the scores that `_log_multilabel_scores` reads
+        at the end of the pass."""
+        n = len(targets)
+        on_step = split == "train"
+        self.log(
+            f"{split}/loss", loss, on_step=on_step, on_epoch=True, prog_bar=True, batch_size=n, sync_dist=not on_step
+        )
+        probs = logits.float().sigmoid()
+        if split in self.scores:
+            self.scores[split].update(probs, targets)
+        return {"loss": loss, "preds": probs >= self.thresholds.to(probs.device)}
+
+    def _log_multilabel_scores(self, split: str) -> None:
+        """`split`/map, f1_micro, f1_macro of the pass; validation chooses the thresholds (kept
+        for checkpoints and test), test is scored at them."""
+        scores = self.scores[split]
+        if not scores.choose_thresholds:
+            scores.thresholds = self.thresholds
+        values = scores.compute()
+        if scores.choose_thresholds:
+            self.thresholds = scores.thresholds.clone()
+        scores.reset()
+        self.log_dict({f"{split}/{name}": value for name, value in values.items()}, prog_bar=True, sync_dist=False)
+
     def training_step(self, batch, batch_idx):
         return self.model_step(batch, "train")
 
@@ -296,24 +364,35 @@ class EfficientNetModule(L.LightningModule):
             images, targets = batch
             size, logits = str(images.shape[-1]), self(images)
             loss = self.loss(logits, targets, "val")
-            self.extra_val_acc[size](logits, targets)
             logged = {"batch_size": len(targets), "add_dataloader_idx": False}
-            self.log(f"val/acc@{size}", self.extra_val_acc[size], **logged)
+            if self.multilabel:
+                self.extra_val_acc[size](logits.float().sigmoid(), (targets > 0.5).int())
+                self.log(f"val/map@{size}", self.extra_val_acc[size], **logged)
+            else:
+                self.extra_val_acc[size](logits, targets)
+                self.log(f"val/acc@{size}", self.extra_val_acc[size], **logged)
             self.log(f"val/loss@{size}", loss, sync_dist=True, **logged)
             return None
         out = self.model_step(batch, "val")
-        self.val_confusion.update(out["preds"], batch[1])
+        if not self.multilabel:
+            self.val_confusion.update(out["preds"], batch[1])
         return out
 
     def test_step(self, batch, batch_idx):
         out = self.model_step(batch, "test")
-        self.test_confusion.update(out["preds"], batch[1])
+        if not self.multilabel:
+            self.test_confusion.update(out["preds"], batch[1])
         return out
 
     def predict_step(self, batch, batch_idx):
-        """Class probabilities, and the images' positions in the predict list."""
+        """Class probabilities (multi-label: each class's sigmoid, and the labels called, at or
+        above their thresholds), and the images' positions in the predict list."""
         images, indices = batch
-        return {"index": indices, "probs": self(images).float().softmax(1)}
+        logits = self(images).float()
+        if self.multilabel:
+            probs = logits.sigmoid()
+            return {"index": indices, "probs": probs, "labels": probs >= self.thresholds.to(probs.device)}
+        return {"index": indices, "probs": logits.softmax(1)}
 
     def on_train_epoch_start(self) -> None:
         message = self.finetuning.start_epoch(self.model, self.current_epoch)
@@ -327,17 +406,19 @@ class EfficientNetModule(L.LightningModule):
 
     def setup(self, stage: str) -> None:
         datamodule = self.trainer.datamodule
+        if self.hparams.task == "auto":
+            # Resolved once, from the data; checkpoints record the result.
+            multilabel = isinstance(datamodule, LabelKind) and datamodule.multilabel
+            self.hparams["task"] = "multilabel" if multilabel else "multiclass"
         if isinstance(datamodule, ImageSizes):
             # The data may crop at another size (--data.image_size): checkpoints record what it used.
             self.model.provenance = self.model.provenance.with_preprocessing(datamodule.preprocessing)
             self.hparams["preprocessing"] = datamodule.preprocessing.to_dict()
             for size in datamodule.extra_eval_sizes:
                 if str(size) not in self.extra_val_acc:
-                    self.extra_val_acc[str(size)] = MulticlassAccuracy(
-                        self.hparams.num_classes, top_k=1, average="micro"
-                    )
+                    self.extra_val_acc[str(size)] = self._size_metric()
         if stage == "fit" and self.hparams.class_weighted_loss:
-            self.loss_weights = class_weights(datamodule)
+            self.loss_weights = class_weights(datamodule, self.multilabel)
         if (
             stage == "fit"
             and self.finetuning.needs_unused_parameters
@@ -347,6 +428,13 @@ class EfficientNetModule(L.LightningModule):
             # DDPStrategy takes find_unused_parameters only at construction (which the user's config
             # owns); its kwargs are read when the model is wrapped, after this setup.
             find_unused_parameters(self.trainer.strategy)
+
+    def _size_metric(self):
+        """What an extra evaluation size reports: top-1, or for multi-label macro AP."""
+        num_classes = self.hparams.num_classes
+        if self.multilabel:
+            return MultilabelAveragePrecision(num_classes, average="macro", thresholds=None)
+        return MulticlassAccuracy(num_classes, top_k=1, average="micro")
 
     def _require_trained_classifier(self, stage: str) -> None:
         trained = self.model.provenance.head_loaded or self._trained or self.trainer.ckpt_path is not None
@@ -386,10 +474,14 @@ class EfficientNetModule(L.LightningModule):
             logger.log_hyperparams({"variant": self.hparams["variant"], "preprocessing": self.hparams["preprocessing"]})
 
     def on_validation_epoch_end(self):
+        if self.multilabel:
+            self._log_multilabel_scores("val")
         # Callbacks (the W&B report) have read the matrix by now; start the next epoch clean.
         self.val_confusion.reset()
 
     def on_test_epoch_end(self):
+        if self.multilabel:
+            self._log_multilabel_scores("test")
         self.test_confusion.reset()
 
     def configure_optimizers(self):
@@ -433,9 +525,13 @@ class EfficientNetModule(L.LightningModule):
         datamodule = self.trainer.datamodule
         if isinstance(datamodule, ImageSizes):
             checkpoint["image_sizes"] = {"train": datamodule.train_size, "eval": datamodule.preprocessing.crop_size}
+        if self.multilabel:
+            checkpoint["thresholds"] = self.thresholds.tolist()
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self._trained = True
+        if checkpoint.get("thresholds") is not None:
+            self.thresholds = torch.tensor(checkpoint["thresholds"])
         saved = checkpoint.get("hyper_parameters", {}).get("class_names")
         if saved and list(saved) != self.class_names:
             raise ValueError(
@@ -445,11 +541,15 @@ class EfficientNetModule(L.LightningModule):
             )
 
 
-def class_weights(datamodule) -> torch.Tensor:
+def class_weights(datamodule, multilabel: bool = False) -> torch.Tensor:
     """total / (classes x images of the class) per class, so rare classes count as much as
-    common ones (`class_weighted_loss`)."""
+    common ones (`class_weighted_loss`); multi-label, each class's positive weight."""
     per_class = datamodule.class_counts() if isinstance(datamodule, ClassCounts) else None
     if per_class is None:
         raise ValueError("class_weighted_loss needs a data module with class_counts()")
+    if multilabel:
+        if not isinstance(datamodule, LabelKind):
+            raise ValueError("a multi-label class_weighted_loss needs a data module with train_images()")
+        return positive_weights(per_class, datamodule.train_images())
     counts = torch.tensor(per_class, dtype=torch.float32).clamp(min=1)
     return counts.sum() / (len(counts) * counts)

@@ -13,7 +13,7 @@ ALLOWED = {
     "stop_signals": set(),
     "console": set(),
     "models": {"compat"},
-    "data": {"models", "compat", "stop_signals"},
+    "data": {"models", "compat", "contracts", "stop_signals"},
     "training": {"models", "compat", "contracts"},
     "tools": {"data", "models", "stop_signals"},
     "callbacks": {"data", "training", "compat", "contracts", "console", "stop_signals"},

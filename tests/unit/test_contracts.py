@@ -13,6 +13,7 @@ from effnet_lightning.contracts import (
     BatchSize,
     ClassCounts,
     ImageSizes,
+    LabelKind,
     ProgressiveStages,
     SkippedFiles,
     UnlabelledImages,
@@ -28,6 +29,7 @@ MEMBERS = {
     ProgressiveStages: {"stage_at": None, "train_size": 224, "hparams": {}, "next_epoch": lambda: 0},
     SkippedFiles: {"skipped": {}},
     UnlabelledImages: {"add_unlabelled_images": lambda root, share: None},
+    LabelKind: {"multilabel": False, "train_images": lambda: 3},
 }
 
 

@@ -68,6 +68,7 @@ def test_the_module_keeps_only_the_plain_networks_keys_and_a_checkpoint_round_tr
         "extra_val_acc",
         "val_confusion",
         "test_confusion",
+        "scores",
     ]
     torch.save(module.state_dict(), tmp_path / "weights.pt")
     module.forms.end_evaluation()

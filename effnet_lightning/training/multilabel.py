@@ -1,0 +1,147 @@
+"""Multi-label training: the loss on multi-hot targets, and the scores of a validation pass:
+macro average precision (`map`), and F1 at per-class thresholds chosen on the same
+predictions (each class's threshold maximises its F1), micro- and macro-averaged."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torchmetrics import Metric
+from torchmetrics.functional.classification import multilabel_average_precision
+
+DEFAULT_THRESHOLD = 0.5  # for a class with no positive image in the validation set
+MultilabelLoss = Literal["bce", "asl"]
+
+
+def bce_loss(
+    logits: torch.Tensor, targets: torch.Tensor, label_smoothing: float = 0.0, pos_weight: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Binary cross-entropy per class on sigmoid outputs, averaged over images and classes.
+    Label smoothing moves each 0 to smoothing / classes and each 1 by as much below 1 minus
+    smoothing; `pos_weight` multiplies each class's positive term (`class_weighted_loss`)."""
+    if label_smoothing:
+        off = label_smoothing / targets.shape[1]
+        targets = targets * (1 - label_smoothing) + off
+    return F.binary_cross_entropy_with_logits(logits.float(), targets.float(), pos_weight=pos_weight)
+
+
+def asymmetric_loss(
+    logits: torch.Tensor,
+    targets: torch.Tensor,
+    gamma_neg: float = 4.0,
+    gamma_pos: float = 0.0,
+    clip: float = 0.05,
+    pos_weight: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """The asymmetric loss (Ridnik et al., 2021), averaged over images and classes as the binary
+    cross-entropy is: each positive term scaled by (1 - p)^gamma_pos, each negative's
+    probability shifted down by `clip` (easy negatives, p < clip, count nothing) and scaled by
+    p^gamma_neg. gamma_neg = gamma_pos = clip = 0 is the binary cross-entropy."""
+    p = logits.float().sigmoid()
+    targets = targets.float()
+    shifted = (p - clip).clamp(min=0) if clip > 0 else p
+    log_p = F.logsigmoid(logits.float())
+    log_not_shifted = torch.log1p(-shifted.clamp(max=1 - 1e-6)) if clip > 0 else F.logsigmoid(-logits.float())
+    positive = (1 - p) ** gamma_pos * log_p
+    negative = shifted**gamma_neg * log_not_shifted
+    if pos_weight is not None:
+        positive = positive * pos_weight
+    return -(targets * positive + (1 - targets) * negative).mean()
+
+
+def positive_weights(class_counts: list[int], images: int) -> torch.Tensor:
+    """negatives / positives per class among `images` training images (at least one positive
+    counted), so each class's positives weigh as much as its negatives."""
+    positives = torch.tensor(class_counts, dtype=torch.float32).clamp(min=1)
+    return (images - positives).clamp(min=1) / positives
+
+
+def best_thresholds(probs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Per class, the threshold (an image is called positive at or above it) that gives the
+    largest F1 on these predictions (the fewest images called on ties): halfway between the
+    lowest score called and the next score below, so a score that comes out a rounding error
+    lower in another run is still called. `DEFAULT_THRESHOLD` for a class without positives."""
+    thresholds = torch.full((probs.shape[1],), DEFAULT_THRESHOLD, dtype=probs.dtype)
+    for c in range(probs.shape[1]):
+        positives = targets[:, c] > 0.5
+        if not positives.any():
+            continue
+        order = torch.argsort(probs[:, c], descending=True, stable=True)
+        scores, hits = probs[order, c], positives[order].float()
+        true_pos = hits.cumsum(0)
+        called = torch.arange(1, len(scores) + 1, dtype=probs.dtype)
+        # Calling the top k positive is only possible at a score boundary: the last of equal scores.
+        last_of_equal = torch.ones_like(hits, dtype=torch.bool)
+        last_of_equal[:-1] = scores[:-1] != scores[1:]
+        f1 = 2 * true_pos / (called + positives.sum())
+        f1[~last_of_equal] = -1
+        k = int(torch.argmax(f1))  # the first (highest-score) maximum
+        below = scores[k + 1] if k + 1 < len(scores) else scores.new_tensor(0.0)
+        thresholds[c] = (scores[k] + below) / 2
+    return thresholds
+
+
+def f1_scores(probs: torch.Tensor, targets: torch.Tensor, thresholds: torch.Tensor) -> dict[str, torch.Tensor]:
+    """F1 at `thresholds`: micro (over every image-class pair) and macro (the mean over
+    classes with a positive image)."""
+    called = probs >= thresholds
+    truth = targets > 0.5
+    true_pos = (called & truth).sum(0).float()
+    false_pos = (called & ~truth).sum(0).float()
+    false_neg = (~called & truth).sum(0).float()
+    per_class = 2 * true_pos / (2 * true_pos + false_pos + false_neg).clamp(min=1)
+    present = truth.any(0)
+    micro = 2 * true_pos.sum() / (2 * true_pos.sum() + false_pos.sum() + false_neg.sum()).clamp(min=1)
+    return {"f1_micro": micro, "f1_macro": per_class[present].mean() if present.any() else micro.new_tensor(0.0)}
+
+
+def macro_average_precision(probs: torch.Tensor, targets: torch.Tensor) -> float:
+    """The mean over classes with a positive image of each class's average precision (AP is
+    undefined for a class without positives)."""
+    present = (targets > 0.5).any(0)
+    ap = multilabel_average_precision(
+        probs[:, present], (targets[:, present] > 0.5).int(), int(present.sum()), average="none"
+    )
+    return float(ap.mean())
+
+
+def logits_map(logits: torch.Tensor, targets: torch.Tensor) -> float:
+    """`macro_average_precision` of logits' sigmoid scores."""
+    return macro_average_precision(logits.float().sigmoid(), targets)
+
+
+class MultilabelScores(Metric):
+    """Collects a pass's sigmoid scores and multi-hot targets (gathered from every process
+    under DDP); `compute` gives `map`, `f1_micro` and `f1_macro`. With `choose_thresholds`
+    (validation), F1 is at the thresholds that maximise it on these scores, left in
+    `thresholds`; without (test), at the `thresholds` set beforehand (validation's)."""
+
+    full_state_update = False
+
+    def __init__(self, num_classes: int, choose_thresholds: bool = True):
+        super().__init__()
+        self.num_classes = num_classes
+        self.choose_thresholds = choose_thresholds
+        self.add_state("probs", default=[], dist_reduce_fx="cat")
+        self.add_state("targets", default=[], dist_reduce_fx="cat")
+        self.thresholds = torch.full((num_classes,), DEFAULT_THRESHOLD)
+
+    def update(self, probs: torch.Tensor, targets: torch.Tensor) -> None:
+        self.probs.append(probs.detach().float())
+        self.targets.append(targets.detach().float())
+
+    def compute(self) -> dict[str, torch.Tensor]:
+        probs = _joined(self.probs).cpu()
+        targets = _joined(self.targets).cpu()
+        if self.choose_thresholds:
+            self.thresholds = best_thresholds(probs, targets)
+        return {
+            "map": torch.tensor(macro_average_precision(probs, targets)),
+            **f1_scores(probs, targets, self.thresholds),
+        }
+
+
+def _joined(parts) -> torch.Tensor:
+    return torch.cat(parts) if isinstance(parts, list) else parts

@@ -1,0 +1,107 @@
+"""Multi-label scores and loss (`training/multilabel.py`) against scikit-learn and brute force,
+and the mixing of multi-hot targets (`data/transforms.MultiHotMix`)."""
+
+import pytest
+import torch
+from sklearn.metrics import average_precision_score, f1_score
+
+from effnet_lightning.data.transforms import MixCollate
+from effnet_lightning.training.multilabel import (
+    MultilabelScores,
+    asymmetric_loss,
+    bce_loss,
+    best_thresholds,
+    f1_scores,
+    positive_weights,
+)
+
+
+def predictions(seed: int = 0, images: int = 60, classes: int = 5):
+    generator = torch.Generator().manual_seed(seed)
+    targets = (torch.rand(images, classes, generator=generator) < 0.35).float()
+    targets[0] = 1.0  # every class has a positive
+    noise = torch.rand(images, classes, generator=generator)
+    probs = (0.55 * targets + 0.6 * noise).clamp(0, 1).round(decimals=2)  # rounded: ties between scores
+    return probs, targets
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_each_threshold_maximises_its_classes_f1_by_brute_force(seed):
+    probs, targets = predictions(seed)
+    chosen = best_thresholds(probs, targets)
+    for c in range(probs.shape[1]):
+        truth = targets[:, c].numpy()
+        best = max(f1_score(truth, (probs[:, c] >= t).numpy(), zero_division=0) for t in probs[:, c].unique())
+        assert f1_score(truth, (probs[:, c] >= chosen[c]).numpy(), zero_division=0) == pytest.approx(best, abs=1e-12)
+        called, uncalled = probs[probs[:, c] >= chosen[c], c], probs[probs[:, c] < chosen[c], c]
+        gap_below = called.min() - (uncalled.max() if len(uncalled) else 0)
+        assert float(called.min() - chosen[c]) == pytest.approx(float(gap_below) / 2, abs=1e-6)  # halfway below
+
+
+def test_the_scores_equal_scikit_learns():
+    probs, targets = predictions(3)
+    scores = MultilabelScores(5)
+    scores.update(probs[:30], targets[:30])
+    scores.update(probs[30:], targets[30:])
+    values = scores.compute()
+    assert float(values["map"]) == pytest.approx(average_precision_score(targets, probs, average="macro"), abs=1e-6)
+    called = (probs >= scores.thresholds).numpy()
+    assert float(values["f1_micro"]) == pytest.approx(f1_score(targets, called, average="micro"), abs=1e-6)
+    assert float(values["f1_macro"]) == pytest.approx(f1_score(targets, called, average="macro"), abs=1e-6)
+
+
+def test_test_scores_use_the_thresholds_given_and_a_class_without_positives_keeps_the_default():
+    probs, targets = predictions(4)
+    targets[:, 2] = 0
+    assert best_thresholds(probs, targets)[2] == 0.5
+    fixed = torch.full((5,), 0.7)
+    scores = MultilabelScores(5, choose_thresholds=False)
+    scores.thresholds = fixed
+    scores.update(probs, targets)
+    values = scores.compute()
+    assert torch.equal(scores.thresholds, fixed)
+    assert float(values["f1_micro"]) == pytest.approx(float(f1_scores(probs, targets, fixed)["f1_micro"]))
+
+
+def test_the_loss_is_binary_cross_entropy_with_smoothing_and_positive_weights():
+    logits = torch.tensor([[2.0, -1.0, 0.5]])
+    targets = torch.tensor([[1.0, 0.0, 1.0]])
+    p = logits.sigmoid()
+    plain = -(targets * p.log() + (1 - targets) * (1 - p).log()).mean()
+    assert float(bce_loss(logits, targets)) == pytest.approx(float(plain), rel=1e-6)
+    smooth = targets * 0.9 + 0.1 / 3
+    expected = -(smooth * p.log() + (1 - smooth) * (1 - p).log()).mean()
+    assert float(bce_loss(logits, targets, 0.1)) == pytest.approx(float(expected), rel=1e-6)
+    weights = positive_weights([2, 0, 5], images=10)
+    assert weights.tolist() == pytest.approx([4.0, 9.0, 1.0])
+    weighted = -(weights * targets * p.log() + (1 - targets) * (1 - p).log()).mean()
+    assert float(bce_loss(logits, targets, pos_weight=weights)) == pytest.approx(float(weighted), rel=1e-6)
+
+
+@pytest.mark.parametrize("mixup, cutmix", [(0.8, 0.0), (0.0, 1.0)])
+def test_mixing_multi_hot_targets_mixes_them_as_the_images_are_mixed(mixup, cutmix):
+    images = torch.stack([torch.full((3, 8, 8), float(i)) for i in range(4)])
+    targets = torch.eye(4)[:, :3] + torch.tensor([0.0, 0.0, 1.0])  # multi-hot rows
+    samples = [(images[i], targets[i], 123) for i in range(4)]
+    mixed, soft = MixCollate(3, mixup, cutmix, multilabel=True)(samples)
+    # Image i is lam x image i + (1 - lam) x image i-1 (in value or in area): recover lam from it.
+    share = (mixed[1] - images[0]).mean() / (images[1] - images[0]).mean()
+    assert torch.allclose(soft, targets * share + targets.roll(1, 0) * (1 - share), atol=1e-6)
+    again, _ = MixCollate(3, mixup, cutmix, multilabel=True)(samples)
+    assert torch.equal(mixed, again)  # seeded by the first sample's seed
+
+
+def test_the_asymmetric_loss_by_hand_and_as_cross_entropy_without_its_settings():
+    logits = torch.tensor([[1.5, -0.5, 0.2, -3.0]])
+    targets = torch.tensor([[1.0, 0.0, 0.3, 0.0]])  # 0.3: a mixed target
+    assert float(asymmetric_loss(logits, targets, 0.0, 0.0, 0.0)) == pytest.approx(float(bce_loss(logits, targets)))
+    p = logits.sigmoid()[0]
+    shifted = (p - 0.05).clamp(min=0)
+    terms = [
+        (1 - p[0]) * p[0].log(),  # a positive, gamma_pos 1
+        shifted[1] ** 4 * (1 - shifted[1]).log(),  # a negative, shifted and focused
+        0.3 * (1 - p[2]) * p[2].log() + 0.7 * shifted[2] ** 4 * (1 - shifted[2]).log(),
+        0.0,  # p < clip: an easy negative counts nothing
+    ]
+    expected = -sum(float(t) for t in terms) / 4
+    assert float(asymmetric_loss(logits, targets, 4.0, 1.0, 0.05)) == pytest.approx(expected, rel=1e-5)
