@@ -16,8 +16,8 @@ with a split column), from data that installed packages ship; no source image is
 
 Per set and seed: `fit --data.label_file` with `configs/finetune.yaml --model.variant lite0
 --model.weights imagenet` (8 epochs) and with `configs/scratch.yaml --model.variant b0` (15
-epochs), crops of 80-100% of the canvas, each with `--model.multilabel_loss bce` and `asl` (the asymmetric loss's settings as
-the module's defaults). Writes <out>/results.json after every run (a stopped benchmark resumes
+epochs), crops of 80-100% of the canvas, each with `--model.multilabel_loss bce` and `asl`
+(the asymmetric loss's settings as the module's defaults). Writes <out>/results.json after every run (a stopped benchmark resumes
 from it) and prints the table: best val/map per run (median over seeds, worst, spread), the
 label-prior baseline (every image scored by each class's training frequency: its mAP is the
 mean share of val images holding each class), and the checks: the default loss within the

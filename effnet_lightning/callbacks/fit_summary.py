@@ -11,9 +11,9 @@ from effnet_lightning.console import format_duration, say
 
 
 class FitSummary(L.Callback):
-    """Prints one line at the end of fit (best score of the checkpoint monitor, val/acc or val/map; its checkpoint, wall time, training
-    img/s and the share of training time spent waiting for data) and records the run's
-    checkpoints in <default_root_dir>/latest_fit.json."""
+    """Prints one line at the end of fit (the best score of the checkpoint's monitor, val/acc or
+    val/map, and its checkpoint, wall time, training img/s and the share of training time spent
+    waiting for data) and records the run's checkpoints in <default_root_dir>/latest_fit.json."""
 
     def __init__(self, enabled: bool = True):
         self.enabled = enabled

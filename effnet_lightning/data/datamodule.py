@@ -333,7 +333,7 @@ class ImageFolderDataModule(L.LightningDataModule):
             )
         for split in ("train", "val"):
             if not self.splits[split]:
-                raise FileNotFoundError(f"no readable images for {split} under {self.root}")
+                raise FileNotFoundError(f"no readable images for {split} in {self.label_file or self.root}")
 
     def _label_file_splits(self) -> dict[str, list]:
         """The label file's train, val and test samples: by its `split` column, or split as a

@@ -218,7 +218,7 @@ class ImageFileDataset(Dataset):
     that fails to load (e.g. a truncated JPEG, which only decoding finds) is replaced by the next
     sample and named in the log once, so one bad file cannot end a long run; with `strict` it
     raises `BadImageError` instead. With `multi_hot` (the number of classes), a label is a tuple
-    of classes and the target a float vector with 1 at each.
+    of classes (or one class) and the target a float vector with 1 at each.
     """
 
     def __init__(
@@ -257,7 +257,7 @@ class ImageFileDataset(Dataset):
         if self.multi_hot is None:
             return label
         target = torch.zeros(self.multi_hot)
-        target[list(label)] = 1.0
+        target[[label] if isinstance(label, int) else list(label)] = 1.0  # (class folders: one class)
         return target
 
     def _load(self, index: int):

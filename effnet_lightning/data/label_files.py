@@ -35,7 +35,7 @@ class BadRow:
 
 
 @dataclass
-class Image:
+class LabelledImage:
     """One image of the file: its labels (class names), split (None: not given) and first line."""
 
     line: int
@@ -45,11 +45,11 @@ class Image:
 
 @dataclass
 class LabelTable:
-    """What a label file says: the classes, the usable images (path -> `Image`) and the rows
+    """What a label file says: the classes, the usable images (path -> `LabelledImage`) and the rows
     left out."""
 
     class_names: list[str]
-    images: dict[str, Image]
+    images: dict[str, LabelledImage]
     bad_rows: list[BadRow]
     has_splits: bool
 
@@ -174,7 +174,7 @@ def _collect(reader: csv.DictReader, parse, folder: Path, single_label: bool, ha
     return table
 
 
-def _row_image(row: dict, parse, has_splits: bool, line: int) -> tuple[Image | None, str | None]:
+def _row_image(row: dict, parse, has_splits: bool, line: int) -> tuple[LabelledImage | None, str | None]:
     """A row's image, or why the row cannot be used."""
     if not (row.get("image") or "").strip():
         return None, "no image path"
@@ -186,7 +186,7 @@ def _row_image(row: dict, parse, has_splits: bool, line: int) -> tuple[Image | N
     split = (row.get("split") or "").strip() if has_splits else None
     if has_splits and split not in SPLITS:
         return None, f"split {split!r} is not train, val or test"
-    return Image(line, labels, split), None
+    return LabelledImage(line, labels, split), None
 
 
 def _drop_missing_files(table: LabelTable, check_files: bool) -> None:

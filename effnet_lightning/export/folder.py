@@ -34,8 +34,9 @@ def export_model(
     there stay); returns the JSON's content. The variant, preprocessing and build options come
     from the network's `provenance`; `evaluation` ({stage: report markdown}) and `hub_repo`
     (where it will be pushed) go into the hub format's model card; `int8` is what the onnx_int8
-    format needs; `thresholds` (a multi-label model's, one per class) go into model.json. Raises ValueError, writing nothing, when a reloaded export's logits differ by
-    more than `tolerance`, or when a format refuses the network (hub: one timm cannot build)."""
+    format needs; `thresholds` (a multi-label model's, one per class) go into model.json. Raises
+    ValueError, writing nothing, when a reloaded export's logits differ by more than
+    `tolerance`, or when a format refuses the network (hub: one timm cannot build)."""
     formats = default_formats() if formats is None else tuple(formats)
     check_formats(formats)
     out = Path(output_dir).expanduser()

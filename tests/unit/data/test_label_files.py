@@ -135,3 +135,12 @@ def test_the_data_module_refuses_bad_rows_under_strict_and_the_weighted_sampler_
         ["line 3", "2 labels (x y) for a single-label task"],
         ["line 6", str(tmp_path / "missing.png")],
     ]
+
+
+def test_a_multi_label_task_on_class_folders_gives_one_hot_targets(tmp_path):
+    for name in ("cat", "dog"):
+        images(tmp_path / name, [f"{i}.png" for i in range(5)])
+    data = ImageFolderDataModule(root=str(tmp_path), task="multilabel", image_size=32, num_workers=0, batch_size=4)
+    data.setup("fit")
+    _, targets = next(iter(data.train_dataloader()))
+    assert data.multilabel and targets.shape == (4, 2) and targets.sum(1).tolist() == [1.0] * 4
