@@ -64,16 +64,26 @@ def _save_split(root: Path, split: str, images: dict[str, list[Image.Image]]) ->
             image.save(folder / f"{label}_{i:04d}.png")
 
 
-def _digits(imbalanced: bool) -> dict[str, dict[str, list[Image.Image]]]:
+def digit_split():
+    """scikit-learn's digits and, per class, the indices of its training images and of its
+    validation fifth (shuffled with the class as seed)."""
     from sklearn.datasets import load_digits
 
     digits = load_digits()
-    splits = {"train": {}, "val": {}}
+    split = {}
     for c in range(10):
         idx = [i for i, t in enumerate(digits.target) if t == c]
         random.Random(c).shuffle(idx)
         n_val = round(len(idx) / 5)
-        val, train = idx[:n_val], idx[n_val:]
+        split[c] = (idx[n_val:], idx[:n_val])
+    return digits, split
+
+
+def _digits(imbalanced: bool) -> dict[str, dict[str, list[Image.Image]]]:
+    digits, indices = digit_split()
+    splits = {"train": {}, "val": {}}
+    for c in range(10):
+        train, val = indices[c]
         if imbalanced:
             train = train[: max(1, round(140 * 0.72**c))]
         for split, chosen in (("train", train), ("val", val)):

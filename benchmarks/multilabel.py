@@ -41,6 +41,9 @@ from PIL import Image
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import finetune  # the digits' split is finetune.py's
 
 SIZE = 64
 INITS = {
@@ -79,15 +82,11 @@ def _compose(objects: list[Image.Image], rng: random.Random) -> Image.Image:
 
 
 def _digit_sources() -> dict[str, dict[int, list[Image.Image]]]:
-    from sklearn.datasets import load_digits
-
-    digits = load_digits()
+    digits, indices = finetune.digit_split()  # the digits benchmark's split of the sources
     sources = {"train": {}, "val": {}}
     for c in range(10):
-        idx = [i for i, t in enumerate(digits.target) if t == c]
-        random.Random(c).shuffle(idx)
-        cut = round(len(idx) / 5)
-        for split, chosen in (("val", idx[:cut]), ("train", idx[cut:])):
+        train, val = indices[c]
+        for split, chosen in (("val", val), ("train", train)):
             sources[split][c] = [
                 Image.fromarray((255 - digits.images[i] * 255 / 16).astype(np.uint8)).convert("RGB") for i in chosen
             ]

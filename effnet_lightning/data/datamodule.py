@@ -257,10 +257,7 @@ class ImageFolderDataModule(L.LightningDataModule):
                 f"{len(lines)} rows of {self.label_file} cannot be used, e.g. {lines[0]}: mend them, or drop "
                 f"--data.strict to leave them out"
             )
-        more = f"\n  ... and {len(lines) - LISTED_BAD_FILES} more" if len(lines) > LISTED_BAD_FILES else ""
-        log.warning(
-            f"leaving out {len(lines)} rows of {self.label_file}:\n  " + "\n  ".join(lines[:LISTED_BAD_FILES]) + more
-        )
+        warn_listing(f"leaving out {len(lines)} rows of {self.label_file}", lines)
 
     def setup(self, stage: str | None = None) -> None:
         if stage == "predict":
@@ -407,12 +404,7 @@ class ImageFolderDataModule(L.LightningDataModule):
                 f"{len(bad)} of {len(samples)} files are not readable images, e.g. {lines[0]}: remove "
                 f"or replace them, or drop --data.strict to skip them"
             )
-        more = f"\n  ... and {len(lines) - LISTED_BAD_FILES} more" if len(lines) > LISTED_BAD_FILES else ""
-        log.warning(
-            f"skipping {len(bad)} of {len(samples)} files that are not readable images:\n  "
-            + "\n  ".join(lines[:LISTED_BAD_FILES])
-            + more
-        )
+        warn_listing(f"skipping {len(bad)} of {len(samples)} files that are not readable images", lines)
         self.skipped.update(bad)
         return [s for s in samples if s[0] not in bad]
 
@@ -761,6 +753,12 @@ def resolve_sizes(
         evaluation=pre.resized(eval_size) if eval_size != pre.crop_size else pre,
         extra_eval=tuple(size for size in dict.fromkeys(extra_eval_sizes or []) if size != eval_size),
     )
+
+
+def warn_listing(header: str, lines: list[str]) -> None:
+    """One warning: `header`, then the first LISTED_BAD_FILES lines, the rest counted."""
+    more = f"\n  ... and {len(lines) - LISTED_BAD_FILES} more" if len(lines) > LISTED_BAD_FILES else ""
+    log.warning(f"{header}:\n  " + "\n  ".join(lines[:LISTED_BAD_FILES]) + more)
 
 
 def predict_folder(predict_root: str | None) -> Path | None:
