@@ -11,8 +11,9 @@ with a split column), from data that installed packages ship; no source image is
 - digits-ml: 1-3 of scikit-learn's 8x8 handwritten digits (10 classes), each scaled to 20-26 px,
   on a noisy grey canvas; the digits of val images are another fifth of each class's digits.
 - objects-ml: 1-3 patches of 12 of scikit-image's photographs (a class each: astronaut, camera,
-  cat, coffee, coins, moon, page, rocket, text, brick, hubble, cells), on a noisy canvas; train
-  patches come from the left 70% of each photograph, val patches from the rest.
+  cat, coffee, coins, moon, page, rocket, text, brick, hubble, cells), on a noisy canvas; each
+  photograph is cut into a 3 x 3 grid of tiles, and val patches come from three of them (one in
+  each row and column), train patches from the other six.
 
 Per set and seed: `fit --data.label_file` with `configs/finetune.yaml --model.variant lite0
 --model.weights imagenet` (8 epochs) and with `configs/scratch.yaml --model.variant b0` (15
@@ -98,15 +99,26 @@ def _digit_object(source: Image.Image, rng: random.Random) -> Image.Image:
     return source.resize((side, side), Image.BILINEAR)
 
 
-def _photo_sources() -> dict[str, dict[int, Image.Image]]:
+# Each photograph cut into a 3 x 3 grid of tiles: one tile in each row and column gives val patches,
+# the other six train patches, so both splits see every part of the photograph and share no pixel.
+GRID = 3
+VAL_TILES = {(0, 0), (1, 2), (2, 1)}  # (row, column)
+
+
+def _photo_sources() -> dict[str, dict[int, list[Image.Image]]]:
     from skimage import data
 
     sources = {"train": {}, "val": {}}
     for c, name in enumerate(PHOTOS):
         photo = Image.fromarray(getattr(data, name)()).convert("RGB")
-        cut = int(photo.width * 0.7)
-        sources["train"][c] = photo.crop((0, 0, cut, photo.height))
-        sources["val"][c] = photo.crop((cut, 0, photo.width, photo.height))
+        w, h = photo.width // GRID, photo.height // GRID
+        for split in sources:
+            sources[split][c] = [
+                photo.crop((col * w, row * h, (col + 1) * w, (row + 1) * h))
+                for row in range(GRID)
+                for col in range(GRID)
+                if ((row, col) in VAL_TILES) == (split == "val")
+            ]
     return sources
 
 
@@ -117,7 +129,7 @@ def _photo_object(source: Image.Image, rng: random.Random) -> Image.Image:
     return source.crop((x, y, x + side, y + side)).resize((target, target), Image.BILINEAR)
 
 
-SETS = {  # name: (the sources per split and class, one object from a source, the class names)
+SETS = {  # name: (the sources per split and class (a list each), one object from a source, the class names)
     "digits-ml": (_digit_sources, _digit_object, [str(d) for d in range(10)]),
     "objects-ml": (_photo_sources, _photo_object, list(PHOTOS)),
 }
@@ -141,9 +153,8 @@ def build(name: str, data_dir: Path) -> Path:
             labels = sorted(rng.sample(range(len(names)), rng.randint(1, 3)))
             objects = []
             for c in labels:
-                source = sources[split][c]
-                source = source[rng.randrange(len(source))] if isinstance(source, list) else source
-                objects.append(make_object(source, rng))
+                choices = sources[split][c]
+                objects.append(make_object(choices[rng.randrange(len(choices))], rng))
             path = f"images/{split}-{i:04d}.png"
             _compose(objects, rng).save(folder / path)
             rows.append({"image": path, "labels": " ".join(names[c] for c in labels), "split": split})
