@@ -112,8 +112,8 @@ def _photo_sources() -> dict[str, dict[int, list[Image.Image]]]:
     for c, name in enumerate(PHOTOS):
         photo = Image.fromarray(getattr(data, name)()).convert("RGB")
         w, h = photo.width // GRID, photo.height // GRID
-        for split in sources:
-            sources[split][c] = [
+        for split, classes in sources.items():
+            classes[c] = [
                 photo.crop((col * w, row * h, (col + 1) * w, (row + 1) * h))
                 for row in range(GRID)
                 for col in range(GRID)
