@@ -6,9 +6,9 @@ by seed, beside the mAP of the label-prior baseline. Every run is the real `pyth
     python benchmarks/multilabel.py --sets digits-ml --seeds 1
     python benchmarks/multilabel.py --summary-only docs/multilabel
 
-The sets (written once into data/multilabel-sets, each a folder of 64-px images and a label file
+The sets (written once into data/multilabel-sets, each a folder of 96-px images and a label file
 with a split column), from data that installed packages ship; no source image is in two splits:
-- digits-ml: 1-3 of scikit-learn's 8x8 handwritten digits (10 classes), each scaled to 20-26 px,
+- digits-ml: 1-3 of scikit-learn's 8x8 handwritten digits (10 classes), each scaled to 30-39 px,
   on a noisy grey canvas; the digits of val images are another fifth of each class's digits.
 - objects-ml: 1-3 patches of 12 of scikit-image's photographs (a class each: astronaut, camera,
   cat, coffee, coins, moon, page, rocket, text, brick, hubble, cells), on a noisy canvas; each
@@ -46,7 +46,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import finetune  # the digits' split is finetune.py's
 
-SIZE = 64
+SIZE = 96
 INITS = {
     "lite0 fine-tuned": (
         ["--config", "configs/finetune.yaml", "--model.variant", "lite0", "--model.weights", "imagenet"],
@@ -95,7 +95,7 @@ def _digit_sources() -> dict[str, dict[int, list[Image.Image]]]:
 
 
 def _digit_object(source: Image.Image, rng: random.Random) -> Image.Image:
-    side = rng.randrange(20, 27)
+    side = rng.randrange(30, 40)
     return source.resize((side, side), Image.BILINEAR)
 
 
@@ -125,7 +125,7 @@ def _photo_sources() -> dict[str, dict[int, list[Image.Image]]]:
 def _photo_object(source: Image.Image, rng: random.Random) -> Image.Image:
     side = min(source.width, source.height, rng.randrange(60, 140))
     x, y = rng.randrange(0, source.width - side + 1), rng.randrange(0, source.height - side + 1)
-    target = rng.randrange(22, 30)
+    target = rng.randrange(33, 45)
     return source.crop((x, y, x + side, y + side)).resize((target, target), Image.BILINEAR)
 
 
