@@ -151,10 +151,17 @@ class EvaluationReport(L.Callback):
         self._report(trainer, pl_module, "test")
 
     def _report(self, trainer, pl_module, stage: str) -> None:
-        # Both contents start with a collective: every rank calls them.
-        content = multilabel_report(pl_module, stage) if pl_module.multilabel else single_label_report(pl_module, stage)
+        # What the pass gathered, from every process (a collective: every rank calls it).
+        if pl_module.multilabel:
+            probs, targets = pl_module.scores[stage].gathered()
+        else:
+            matrix = (pl_module.val_confusion if stage == "val" else pl_module.test_confusion).compute().cpu()
         if not trainer.is_global_zero:
             return
+        if pl_module.multilabel:
+            content = multilabel_report(pl_module, stage, probs, targets)
+        else:
+            content = single_label_report(pl_module, stage, matrix)
         base = evaluation_base(trainer)
         base.parent.mkdir(parents=True, exist_ok=True)
         prefix = report_prefix(base, stage)
@@ -197,10 +204,8 @@ def _cell(value) -> str:
     return str(value)
 
 
-def single_label_report(pl_module, stage: str) -> Report:
+def single_label_report(pl_module, stage: str, matrix: torch.Tensor) -> Report:
     """Per class accuracy (= recall), precision and F1, and the confusion matrix."""
-    confusion = pl_module.val_confusion if stage == "val" else pl_module.test_confusion
-    matrix = confusion.compute().cpu()  # a collective
     names = pl_module.class_names
     total = int(matrix.sum())
     overall = float(matrix.diag().sum() / max(total, 1))
@@ -209,12 +214,11 @@ def single_label_report(pl_module, stage: str) -> Report:
     return Report(per_class_rows(matrix, names), summary, figure, "confusion")
 
 
-def multilabel_report(pl_module, stage: str) -> Report:
+def multilabel_report(pl_module, stage: str, probs: torch.Tensor, targets: torch.Tensor) -> Report:
     """Per class AP, threshold, precision, recall and F1, and the precision-recall curves. The
     thresholds are the ones the pass is scored at: chosen on these images in `validate`, the
     checkpoint's in `test`."""
     scores = pl_module.scores[stage]
-    probs, targets = scores.gathered()  # a collective
     thresholds = best_thresholds(probs, targets) if scores.choose_thresholds else pl_module.thresholds.cpu()
     rows = multilabel_rows(probs, targets, thresholds, pl_module.class_names)
     aps = [r["ap"] for r in rows if r["images"]]
