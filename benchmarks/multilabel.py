@@ -112,20 +112,26 @@ GRID = 3
 VAL_TILES = {(0, 0), (1, 2), (2, 1)}  # (row, column)
 
 
+def tiles(width: int, height: int) -> dict[str, list[tuple[int, int, int, int]]]:
+    """The boxes (left, top, right, bottom) of a photograph's GRID x GRID tiles, per split."""
+    w, h = width // GRID, height // GRID
+    boxes = {"train": [], "val": []}
+    for row in range(GRID):
+        for col in range(GRID):
+            boxes["val" if (row, col) in VAL_TILES else "train"].append(
+                (col * w, row * h, (col + 1) * w, (row + 1) * h)
+            )
+    return boxes
+
+
 def _photo_sources() -> dict[str, dict[int, list[Image.Image]]]:
     from skimage import data
 
     sources = {"train": {}, "val": {}}
     for c, name in enumerate(PHOTOS):
         photo = Image.fromarray(getattr(data, name)()).convert("RGB")
-        w, h = photo.width // GRID, photo.height // GRID
-        for split, classes in sources.items():
-            classes[c] = [
-                photo.crop((col * w, row * h, (col + 1) * w, (row + 1) * h))
-                for row in range(GRID)
-                for col in range(GRID)
-                if ((row, col) in VAL_TILES) == (split == "val")
-            ]
+        for split, boxes in tiles(photo.width, photo.height).items():
+            sources[split][c] = [photo.crop(box) for box in boxes]
     return sources
 
 
