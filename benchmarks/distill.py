@@ -97,6 +97,11 @@ SWEEP = [
     ("shapes-20", 10, "alpha=1.0 T=1 extra"),
     ("shapes-20", 60, "alone"),
     ("shapes-20", 60, "alpha=0.5 T=1 extra"),
+    ("shapes-20", 120, "alone"),
+    ("shapes-20", 120, "alpha=1.0 T=1 extra"),
+    ("shapes-20", 120, "alpha=1.0 T=1 extra distill.extra_share=0.75"),
+    ("textures", 60, "alone"),
+    ("textures", 60, "alpha=1.0 T=1 extra data.mixup_alpha=0.8"),
 ]
 
 

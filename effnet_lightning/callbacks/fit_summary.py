@@ -47,7 +47,7 @@ class FitSummary(L.Callback):
         waiting = self.wait_time / self.train_time if self.train_time else 0.0
         score = record["best_score"]
         best = f"{score:.4f}" if score is not None else "n/a"
-        monitor = getattr(trainer.checkpoint_callback, "monitor", None) or "val/acc"
+        monitor = record["monitor"] or "val/acc"
         say(
             f"fit done: best {monitor} {best} at {record['best_model_path'] or 'no checkpoint'}, "
             f"wall time {format_duration(wall)}, training {rate:.1f} img/s ({waiting:.0%} waiting for data)"

@@ -1,4 +1,5 @@
-"""Sample predictions and the confusion matrix of each validation, logged to W&B."""
+"""Sample predictions and the confusion matrix (multi-label: the per-class table and the
+precision-recall curves) of each validation, logged to W&B."""
 
 from __future__ import annotations
 
@@ -6,12 +7,20 @@ import lightning as L
 import torch
 from lightning.pytorch.loggers import WandbLogger
 
-from effnet_lightning.callbacks.evaluation_report import confusion_figure
+from effnet_lightning.callbacks.evaluation_report import (
+    confusion_figure,
+    multilabel_rows,
+    precision_recall_figure,
+)
+from effnet_lightning.training.multilabel import best_thresholds
 
 
 class WandbValidationReport(L.Callback):
     """At the end of each validation: sample predictions and the confusion matrix, logged to W&B
-    (nothing happens with other loggers).
+    (nothing happens with other loggers). For a multi-label model, the samples' captions name
+    every label called and every true one, and the confusion matrix's place is taken by the
+    per-class table (AP, threshold, precision, recall, F1) and the precision-recall curves, at
+    the thresholds this validation chooses.
 
     The `num_samples` samples (at most) come from batches spread evenly over the epoch (in a split
     sorted by class the first batch holds one class), preferring classes not shown yet.
@@ -23,7 +32,8 @@ class WandbValidationReport(L.Callback):
         if num_samples < 0:
             raise ValueError(f"num_samples must be 0 or more, got {num_samples}")
         self.num_samples, self.enabled = num_samples, enabled
-        self.samples: list[tuple] = []  # (HWC uint8 image, true class, predicted class)
+        # (HWC uint8 image, true class, predicted class); multi-label: tuples of classes
+        self.samples: list[tuple] = []
 
     @staticmethod
     def _wandb_loggers(trainer) -> list:
@@ -63,32 +73,64 @@ class WandbValidationReport(L.Callback):
         self.samples = []
 
     def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
-        if (
-            trainer.sanity_checking
-            or dataloader_idx
-            or not trainer.is_global_zero
-            or not self._wandb_loggers(trainer)
-            or pl_module.multilabel  # the samples' table and the confusion matrix are single-label
-        ):
+        if trainer.sanity_checking or dataloader_idx or not trainer.is_global_zero or not self._wandb_loggers(trainer):
             return
         count = self.samples_in_batch(batch_idx, trainer.num_val_batches[dataloader_idx], self.num_samples)
         if not count:
             return
         targets = batch[1]
-        labels = (targets.argmax(1) if targets.ndim == 2 else targets).tolist()
-        picked = self.pick(labels, count, {t for _, t, _ in self.samples})
+        labels = (targets.argmax(1) if targets.ndim == 2 else targets).tolist()  # multi-label: the first
+        shown = {c for _, true, _ in self.samples for c in (true if isinstance(true, tuple) else (true,))}
+        picked = self.pick(labels, count, shown)
         pre = pl_module.hparams.preprocessing
         images = self.to_uint8(batch[0][picked].detach().cpu(), pre["mean"], pre["std"])
-        preds = outputs["preds"][picked].tolist()
-        self.samples += zip(images, [labels[i] for i in picked], preds)
+        preds = outputs["preds"][picked]
+        if pl_module.multilabel:
+            true = [self._classes(targets[i] > 0.5) for i in picked]
+            self.samples += zip(images, true, [self._classes(p) for p in preds])
+        else:
+            self.samples += zip(images, [labels[i] for i in picked], preds.tolist())
+
+    @staticmethod
+    def _classes(called: torch.Tensor) -> tuple[int, ...]:
+        return tuple(called.nonzero().flatten().tolist())
 
     def on_validation_epoch_end(self, trainer, pl_module):
         loggers = self._wandb_loggers(trainer)
-        if trainer.sanity_checking or not loggers or pl_module.multilabel:  # the same on every rank
+        if trainer.sanity_checking or not loggers:  # the same on every rank
             return
-        matrix = pl_module.val_confusion.compute().cpu()  # a collective: every rank calls it
+        # A collective first: every rank calls it.
+        log = (
+            self._multilabel_log(trainer, pl_module)
+            if pl_module.multilabel
+            else self._confusion_log(trainer, pl_module)
+        )
         if not trainer.is_global_zero:
             return
+        import wandb
+
+        names = pl_module.class_names
+        if self.samples:
+            log["val/predictions"] = [
+                wandb.Image(img, caption=f"pred {self._names(p, names)} / true {self._names(t, names)}")
+                for img, t, p in self.samples
+            ]
+        log["trainer/global_step"] = trainer.global_step
+        for lg in loggers:
+            lg.experiment.log(log)
+
+    @staticmethod
+    def _names(classes, names: list[str]) -> str:
+        if isinstance(classes, tuple):
+            return " ".join(names[c] for c in classes) or "none"
+        return names[classes]
+
+    @staticmethod
+    def _confusion_log(trainer, pl_module) -> dict:
+        """The confusion matrix as a picture and as a table of its non-zero cells."""
+        matrix = pl_module.val_confusion.compute().cpu()  # a collective
+        if not trainer.is_global_zero:
+            return {}
         import wandb
 
         names = pl_module.class_names
@@ -98,17 +140,32 @@ class WandbValidationReport(L.Callback):
         accuracy = float(matrix.diag().sum()) / max(total, 1)
         title = f"val epoch {trainer.current_epoch}: accuracy {accuracy:.4f} on {total} images"
         fig = confusion_figure(matrix, names, title)
-        import matplotlib.pyplot as plt  # (after confusion_figure has chosen the backend)
+        import matplotlib.pyplot as plt  # (after the figure has chosen the backend)
 
         log = {
             "val/confusion_matrix": wandb.Image(fig),
             "val/confusion_matrix_table": wandb.Table(columns=["true", "predicted", "count"], data=cells),
-            "trainer/global_step": trainer.global_step,
         }
         plt.close(fig)
-        if self.samples:
-            log["val/predictions"] = [
-                wandb.Image(img, caption=f"pred {names[p]} / true {names[t]}") for img, t, p in self.samples
-            ]
-        for lg in loggers:
-            lg.experiment.log(log)
+        return log
+
+    @staticmethod
+    def _multilabel_log(trainer, pl_module) -> dict:
+        """The per-class table and the precision-recall curves at the thresholds this validation
+        chooses (the ones its F1 is logged at)."""
+        probs, targets = pl_module.scores["val"].gathered()  # a collective
+        if not trainer.is_global_zero:
+            return {}
+        import wandb
+
+        rows = multilabel_rows(probs, targets, best_thresholds(probs, targets), pl_module.class_names)
+        title = f"val epoch {trainer.current_epoch}: precision and recall of {len(probs)} images"
+        fig = precision_recall_figure(probs, targets, rows, title)
+        import matplotlib.pyplot as plt  # (after the figure has chosen the backend)
+
+        log = {
+            "val/per_class": wandb.Table(columns=list(rows[0]), data=[list(r.values()) for r in rows]),
+            "val/precision_recall": wandb.Image(fig),
+        }
+        plt.close(fig)
+        return log

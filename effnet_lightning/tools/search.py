@@ -1,7 +1,8 @@
 """Compound-scaling search, the paper's method as a command: fix phi (1 by default), try a grid
 of depth / width / resolution bases (alpha, beta, gamma), keep the candidates whose measured
 FLOPs are the budget (2x the baseline by default, the paper's alpha * beta^2 * gamma^2 ~= 2)
-within a tolerance, train and validate each through the real `fit`, and report which is best.
+within a tolerance, train and validate each through the real `fit`, and report which is best
+by the fits' checkpoint monitor (val/acc; val/map for multi-label data).
 
     python cli.py scale-search --config configs/default.yaml --epochs 4
     python cli.py scale-search --config configs/b0.yaml --alpha 1.1 1.2 1.3 --beta 1.0 1.1 1.2 \\
@@ -63,12 +64,13 @@ class Candidate:
     gmacs: float
     flops_ratio: float
     within_budget: bool
-    val_acc: float | None = None
+    score: float | None = None  # the fit's best checkpoint score
     wall_s: float | None = None
     # not run, trained, cached, failed, stopped, out of budget, same network as <variant>
     status: str = "not run"
     checkpoint: str | None = None
     seed: int | None = None
+    metric: str | None = None  # what `score` is: the fits' monitor (val/map for multi-label data)
     architecture: tuple = field(default=(), repr=False, compare=False)
     extra: dict = field(default_factory=dict)
 
@@ -181,7 +183,9 @@ def load_cached(candidate: Candidate, command: list[str], run_dir: Path) -> bool
     saved = json.loads(result_file.read_text())
     if saved.get("command") != command[1:]:  # the interpreter may differ between runs
         return False
-    candidate.val_acc, candidate.wall_s, candidate.checkpoint = saved["val_acc"], saved["wall_s"], saved["checkpoint"]
+    candidate.wall_s, candidate.checkpoint = saved["wall_s"], saved["checkpoint"]
+    # Results saved before the score had a name were val/acc.
+    candidate.score, candidate.metric = saved.get("score", saved.get("val_acc")), saved.get("metric", "val/acc")
     candidate.status = "cached"
     return True
 
@@ -296,8 +300,9 @@ def train(
         candidate.status = "failed"
         candidate.extra["log"] = str(run_dir / "fit.log")
         return candidate
-    candidate.val_acc, candidate.checkpoint, candidate.status = (
+    candidate.score, candidate.metric, candidate.checkpoint, candidate.status = (
         record["best_score"],
+        record["monitor"],
         record["best_model_path"],
         "trained",
     )
@@ -305,7 +310,8 @@ def train(
         json.dumps(
             {
                 "command": command[1:],
-                "val_acc": candidate.val_acc,
+                "score": candidate.score,
+                "metric": candidate.metric,
                 "wall_s": candidate.wall_s,
                 "checkpoint": candidate.checkpoint,
             },
@@ -403,25 +409,25 @@ def plot(path: Path, baselines: list[Candidate], candidates: list[Candidate], be
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 5), dpi=110)
-    done = [c for c in candidates if c.val_acc is not None and not c.status.startswith("same network")]
-    ax.scatter([c.gmacs for c in done], [c.val_acc for c in done], color="tab:blue", label="candidates (phi = 1)")
+    done = [c for c in candidates if c.score is not None and not c.status.startswith("same network")]
+    ax.scatter([c.gmacs for c in done], [c.score for c in done], color="tab:blue", label="candidates (phi = 1)")
     for c in done:  # grid points that built this same network share its point: alphas joined
-        alphas = [t.alpha for t in candidates if t.architecture == c.architecture and t.val_acc is not None]
+        alphas = [t.alpha for t in candidates if t.architecture == c.architecture and t.score is not None]
         ax.annotate(
             f"{'/'.join(f'{a:g}' for a in alphas)}, {c.beta:g}, {c.gamma:g}",
-            (c.gmacs, c.val_acc),
+            (c.gmacs, c.score),
             textcoords="offset points",
             xytext=(4, 4),
             fontsize=8,
         )
-    trained = [b for b in baselines if b.val_acc is not None]
+    trained = [b for b in baselines if b.score is not None]
     if trained:
         label = "baseline (phi = 0)" + (f", {len(trained)} seeds" if len(trained) > 1 else "")
-        ax.scatter([b.gmacs for b in trained], [b.val_acc for b in trained], color="tab:gray", marker="s", label=label)
+        ax.scatter([b.gmacs for b in trained], [b.score for b in trained], color="tab:gray", marker="s", label=label)
     if best is not None:
-        ax.scatter([best.gmacs], [best.val_acc], s=160, facecolors="none", edgecolors="tab:red", label="best")
+        ax.scatter([best.gmacs], [best.score], s=160, facecolors="none", edgecolors="tab:red", label="best")
     ax.set_xlabel("GMACs per image (measured)")
-    ax.set_ylabel("best val/acc")
+    ax.set_ylabel(f"best {metric_of(baselines + candidates)}")
     ax.set_title("compound-scaling search: labels are (alpha, beta, gamma)")
     ax.legend(loc="best", fontsize=8)
     ax.grid(alpha=0.3)
@@ -432,17 +438,18 @@ def plot(path: Path, baselines: list[Candidate], candidates: list[Candidate], be
 
 
 def _baseline_line(settings: dict, baselines: list[Candidate]) -> tuple[str, float | None]:
-    """The report's baseline sentence and the baseline's median val/acc (None if untrained)."""
+    """The report's baseline sentence and the baseline's median score (None if untrained)."""
     line = f"Baseline: B0 at {settings['base_resolution']} px, {baselines[0].gmacs:.4f} GMACs"
-    scores = sorted(b.val_acc for b in baselines if b.val_acc is not None)
+    scores = sorted(b.score for b in baselines if b.score is not None)
     if not scores:
         return line + ".", None
     median = statistics.median(scores)
     if len(baselines) == 1:
-        return line + f", val/acc {median:.4f}.", median
-    each = ", ".join(f"{b.val_acc:.4f} (seed {b.seed})" for b in baselines if b.val_acc is not None)
+        return line + f", {metric_of(baselines)} {median:.4f}.", median
+    each = ", ".join(f"{b.score:.4f} (seed {b.seed})" for b in baselines if b.score is not None)
     return (
-        line + f", val/acc {each}: median {median:.4f}, seed spread (max - min) {scores[-1] - scores[0]:.4f}.",
+        line
+        + f", {metric_of(baselines)} {each}: median {median:.4f}, seed spread (max - min) {scores[-1] - scores[0]:.4f}.",
         median,
     )
 
@@ -461,7 +468,8 @@ RESULT_COLUMNS = (
     "within_budget",
     "status",
     "seed",
-    "val_acc",
+    "metric",
+    "score",
     "wall_s",
     "checkpoint",
 )
@@ -481,23 +489,31 @@ def write_results_csv(path: Path, candidates: list[Candidate]) -> None:
             writer.writerow([values[k] if values[k] is not None else "" for k in RESULT_COLUMNS])
 
 
+def metric_of(candidates: list[Candidate]) -> str:
+    """The scores' name: the fits' checkpoint monitor (val/acc unless the data is multi-label)."""
+    return next((c.metric for c in candidates if c.metric), "val/acc")
+
+
 def best_of(candidates: list[Candidate]) -> Candidate | None:
-    """Best accuracy; ties go to the cheaper network, then to the grid point that was trained."""
-    trained = [c for c in candidates if c.val_acc is not None]
-    return max(trained, key=lambda c: (c.val_acc, -c.gmacs)) if trained else None
+    """Best score; ties go to the cheaper network, then to the grid point that was trained."""
+    trained = [c for c in candidates if c.score is not None]
+    return max(trained, key=lambda c: (c.score, -c.gmacs)) if trained else None
 
 
 def candidate_table(candidates: list[Candidate], baseline_median: float | None) -> list[str]:
     """The report's table: one row per grid point, the best first."""
     lines = [
-        "| alpha | beta | gamma | alpha*beta^2*gamma^2 | res | params | GMACs | FLOPs ratio | val/acc | vs baseline | time |",
+        (
+            "| alpha | beta | gamma | alpha*beta^2*gamma^2 | res | params | GMACs | FLOPs ratio | "
+            f"{metric_of(candidates)} | vs baseline | time |"
+        ),
         "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    for c in sorted(candidates, key=lambda c: (c.val_acc is None, -(c.val_acc or 0), c.gmacs)):
-        acc = f"{c.val_acc:.4f}" if c.val_acc is not None else c.status
+    for c in sorted(candidates, key=lambda c: (c.score is None, -(c.score or 0), c.gmacs)):
+        acc = f"{c.score:.4f}" if c.score is not None else c.status
         if c.status.startswith("same network"):
             acc += f" ({c.status})"
-        versus = f"{c.val_acc - baseline_median:+.4f}" if c.val_acc is not None and baseline_median is not None else ""
+        versus = f"{c.score - baseline_median:+.4f}" if c.score is not None and baseline_median is not None else ""
         wall = f"{c.wall_s:.0f} s" if c.wall_s is not None else ""
         lines.append(
             f"| {c.alpha:g} | {c.beta:g} | {c.gamma:g} | {c.constraint:.3f} | {c.resolution} | {c.params:,} | "
@@ -512,16 +528,16 @@ def verdict(best: Candidate | None, baselines: list[Candidate], candidates: list
     if best is None:
         return ["No candidate finished training: see the fit.log files under candidates/."]
     best_line = (
-        f"**Best: alpha = {best.alpha:g}, beta = {best.beta:g}, gamma = {best.gamma:g}** (val/acc "
-        f"{best.val_acc:.4f} at {best.flops_ratio:.2f}x the baseline's FLOPs). Scale further with "
+        f"**Best: alpha = {best.alpha:g}, beta = {best.beta:g}, gamma = {best.gamma:g}** ({metric_of([best])} "
+        f"{best.score:.4f} at {best.flops_ratio:.2f}x the baseline's FLOPs). Scale further with "
         f"`--model.variant {phi_name(2, best.alpha, best.beta, best.gamma)}` (phi = 2) and up."
     )
     lines = [best_line]
-    scores = [b.val_acc for b in baselines if b.val_acc is not None]
+    scores = [b.score for b in baselines if b.score is not None]
     if len(scores) > 1:
         spread = max(scores) - min(scores)
-        others = [c.val_acc for c in candidates if c.val_acc is not None and c is not best]
-        gaps = sorted(best.val_acc - score for score in others if score != best.val_acc)
+        others = [c.score for c in candidates if c.score is not None and c is not best]
+        gaps = sorted(best.score - score for score in others if score != best.score)
         lead = gaps[0] if gaps else 0
         beyond = "within" if not gaps or gaps[0] <= spread else "beyond"
         lines += [
@@ -593,7 +609,7 @@ def share_results(candidates: list[Candidate], distinct: dict[tuple, Candidate])
     for c in candidates:
         first = distinct.get(c.architecture)
         if c.within_budget and first is not c:
-            c.val_acc, c.checkpoint, c.seed = first.val_acc, first.checkpoint, first.seed
+            c.score, c.metric, c.checkpoint, c.seed = first.score, first.metric, first.checkpoint, first.seed
             c.status = f"same network as {first.variant}"
 
 
@@ -602,9 +618,11 @@ def run_fits(commands: list[tuple[Candidate, list[str], Path]], fits: Iterator[C
     from tqdm import tqdm
 
     for c in tqdm(fits, total=len(commands), desc="candidates", unit="fit", file=sys.stdout):
-        acc = f"{c.val_acc:.4f}" if c.val_acc is not None else "-"
+        acc = f"{c.score:.4f}" if c.score is not None else "-"
         seed = f" (seed {c.seed})" if c.variant == "b0" and c.seed is not None else ""
-        tqdm.write(f"  {c.variant}{seed}: {c.status}, val/acc {acc}, {c.flops_ratio:.2f}x FLOPs", file=sys.stdout)
+        tqdm.write(
+            f"  {c.variant}{seed}: {c.status}, {c.metric or 'score'} {acc}, {c.flops_ratio:.2f}x FLOPs", file=sys.stdout
+        )
 
 
 def search(
@@ -643,8 +661,8 @@ def search(
     print(f"scale-search: report in {out / 'report.md'}, {out / 'results.csv'}, {out / 'accuracy_vs_flops.png'}")
     if best is not None:
         print(
-            f"scale-search: best alpha={best.alpha:g} beta={best.beta:g} gamma={best.gamma:g}, val/acc "
-            f"{best.val_acc:.4f} at {best.flops_ratio:.2f}x the baseline's FLOPs"
+            f"scale-search: best alpha={best.alpha:g} beta={best.beta:g} gamma={best.gamma:g}, {metric_of([best])} "
+            f"{best.score:.4f} at {best.flops_ratio:.2f}x the baseline's FLOPs"
         )
     return best, candidates
 

@@ -58,6 +58,19 @@ def positive_weights(class_counts: list[int], images: int) -> torch.Tensor:
     return (images - positives).clamp(min=1) / positives
 
 
+def _ranked(scores: torch.Tensor, positives: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """One class's images from the highest score down: the scores, the true positives and the
+    images called when calling down to each, and where each run of equal scores ends (only
+    there can the calls stop: equal scores are called together)."""
+    order = torch.argsort(scores, descending=True, stable=True)
+    scores = scores[order]
+    true_pos = positives[order].to(scores.dtype).cumsum(0)
+    called = torch.arange(1, len(scores) + 1, dtype=scores.dtype)
+    boundary = torch.ones_like(scores, dtype=torch.bool)
+    boundary[:-1] = scores[:-1] != scores[1:]
+    return scores, true_pos, called, boundary
+
+
 def best_thresholds(probs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Per class, the threshold (an image is called positive at or above it) that gives the
     largest F1 on these predictions (the fewest images called on ties): halfway between the
@@ -68,43 +81,69 @@ def best_thresholds(probs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         positives = targets[:, c] > 0.5
         if not positives.any():
             continue
-        order = torch.argsort(probs[:, c], descending=True, stable=True)
-        scores, hits = probs[order, c], positives[order].float()
-        true_pos = hits.cumsum(0)
-        called = torch.arange(1, len(scores) + 1, dtype=probs.dtype)
-        # Calling the top k positive is only possible at a score boundary: the last of equal scores.
-        last_of_equal = torch.ones_like(hits, dtype=torch.bool)
-        last_of_equal[:-1] = scores[:-1] != scores[1:]
+        scores, true_pos, called, boundary = _ranked(probs[:, c], positives)
         f1 = 2 * true_pos / (called + positives.sum())
-        f1[~last_of_equal] = -1
+        f1[~boundary] = -1
         k = int(torch.argmax(f1))  # the first (highest-score) maximum
         below = scores[k + 1] if k + 1 < len(scores) else scores.new_tensor(0.0)
         thresholds[c] = (scores[k] + below) / 2
     return thresholds
 
 
-def f1_scores(probs: torch.Tensor, targets: torch.Tensor, thresholds: torch.Tensor) -> dict[str, torch.Tensor]:
-    """F1 at `thresholds`: micro (over every image-class pair) and macro (the mean over
-    classes with a positive image)."""
+def _counts(probs: torch.Tensor, targets: torch.Tensor, thresholds: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Per class: true positives, false positives and false negatives at `thresholds`."""
     called = probs >= thresholds
     truth = targets > 0.5
     true_pos = (called & truth).sum(0).float()
     false_pos = (called & ~truth).sum(0).float()
     false_neg = (~called & truth).sum(0).float()
+    return true_pos, false_pos, false_neg
+
+
+def f1_scores(probs: torch.Tensor, targets: torch.Tensor, thresholds: torch.Tensor) -> dict[str, torch.Tensor]:
+    """F1 at `thresholds`: micro (over every image-class pair) and macro (the mean over
+    classes with a positive image)."""
+    true_pos, false_pos, false_neg = _counts(probs, targets, thresholds)
     per_class = 2 * true_pos / (2 * true_pos + false_pos + false_neg).clamp(min=1)
-    present = truth.any(0)
+    present = (targets > 0.5).any(0)
     micro = 2 * true_pos.sum() / (2 * true_pos.sum() + false_pos.sum() + false_neg.sum()).clamp(min=1)
     return {"f1_micro": micro, "f1_macro": per_class[present].mean() if present.any() else micro.new_tensor(0.0)}
+
+
+def per_class_scores(probs: torch.Tensor, targets: torch.Tensor, thresholds: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Per class: `images` holding it, `ap` (nan without one), and at `thresholds` its
+    `precision` (nan when no image is called), `recall` (nan without images) and `f1`."""
+    true_pos, false_pos, false_neg = _counts(probs, targets, thresholds)
+    positives = true_pos + false_neg
+    called = true_pos + false_pos
+    nan = torch.tensor(float("nan"))
+    ap = torch.full((probs.shape[1],), float("nan"))
+    present = positives > 0
+    if present.any():
+        ap[present] = multilabel_average_precision(
+            probs[:, present], (targets[:, present] > 0.5).int(), int(present.sum()), average="none"
+        ).float()
+    return {
+        "images": positives.long(),
+        "ap": ap,
+        "precision": torch.where(called > 0, true_pos / called.clamp(min=1), nan),
+        "recall": torch.where(present, true_pos / positives.clamp(min=1), nan),
+        "f1": 2 * true_pos / (2 * true_pos + false_pos + false_neg).clamp(min=1),
+    }
+
+
+def precision_recall_curve(scores: torch.Tensor, truth: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """One class's precision and recall when calling the images at or above each distinct score,
+    from the highest down (recall rising to 1)."""
+    positives = truth > 0.5
+    _, true_pos, called, boundary = _ranked(scores.double(), positives)
+    return true_pos[boundary] / called[boundary], true_pos[boundary] / positives.sum().clamp(min=1)
 
 
 def macro_average_precision(probs: torch.Tensor, targets: torch.Tensor) -> float:
     """The mean over classes with a positive image of each class's average precision (AP is
     undefined for a class without positives)."""
-    present = (targets > 0.5).any(0)
-    ap = multilabel_average_precision(
-        probs[:, present], (targets[:, present] > 0.5).int(), int(present.sum()), average="none"
-    )
-    return float(ap.mean())
+    return float(per_class_scores(probs, targets, torch.ones(probs.shape[1]))["ap"].nanmean())
 
 
 def logits_map(logits: torch.Tensor, targets: torch.Tensor) -> float:
@@ -131,6 +170,11 @@ class MultilabelScores(Metric):
     def update(self, probs: torch.Tensor, targets: torch.Tensor) -> None:
         self.probs.append(probs.detach().float())
         self.targets.append(targets.detach().float())
+
+    def gathered(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The pass's scores and targets, from every process (a collective under DDP)."""
+        with self.sync_context():
+            return _joined(self.probs).cpu(), _joined(self.targets).cpu()
 
     def compute(self) -> dict[str, torch.Tensor]:
         probs = _joined(self.probs).cpu()

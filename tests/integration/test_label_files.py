@@ -10,8 +10,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from PIL import Image
 from sklearn.metrics import average_precision_score, f1_score
 
+from tests.helpers import wandb_offline
 from tests.helpers.cli import CSV, ROOT, TINY, fit_summary, printed_metric, run_cli, train_losses
 from tests.helpers.fault_doc import expect
 from tests.helpers.label_sets import write_set
@@ -61,9 +63,7 @@ def test_a_multi_label_fit_scores_and_thresholds_match_its_predictions(tmp_path)
         "--model.weights",
         "imagenet",
     ]
-    out = run_cli(
-        ["fit", *finetune, "--data.label_file", label_file, *TINY, *CSV, "--trainer.max_epochs", "3"], tmp_path
-    )
+    out = run_cli(["fit", *finetune, "--data.label_file", label_file, *TINY, "--trainer.max_epochs", "3"], tmp_path)
     assert "4 classes (multi-label)" in out.stderr + out.stdout
     record = json.loads((tmp_path / "runs" / "latest_fit.json").read_text())
     best = record["best_model_path"]
@@ -98,12 +98,46 @@ def test_a_multi_label_fit_scores_and_thresholds_match_its_predictions(tmp_path)
     with open(tmp_path / "runs" / "predictions" / "predictions.csv", newline="") as f:
         assert [row["labels"].split() for row in csv.DictReader(f)] == [i["labels"] for i in predicted["predictions"]]
 
-    test = run_cli(["test", *CSV, "--data.num_workers", "0"], tmp_path)  # the fit's label file and checkpoint
+    # Per class: AP, the threshold, and F1 at it, as scikit-learn makes them of the predictions.
+    expected = [
+        {
+            "class": name,
+            "images": int(truth[:, c].sum()),
+            "ap": average_precision_score(truth[:, c], probs[:, c]),
+            "threshold": thresholds[c],
+            "f1": f1_score(truth[:, c], probs[:, c] >= thresholds[c]),
+        }
+        for c, name in enumerate(classes)
+    ]
+    (fit_run,) = (tmp_path / "runs" / "wandb").glob("offline-run-*/run-*.wandb")
+    epochs = [h for h in wandb_offline.history(fit_run) if "val/per_class/path" in h]
+    assert len(epochs) == 3  # one per validation (not the sanity check)
+    best_epoch = epochs[int(Path(best).name.split("epoch")[1][:2])]  # the checkpoint's validation
+    assert_per_class(table_rows(fit_run, best_epoch["val/per_class/path"]), expected)
+    assert best_epoch["val/precision_recall/_type"] == "image-file"
+    for caption in best_epoch["val/predictions/captions"]:  # every label called and every true one
+        called_names, true_names = (part.split() for part in caption.removeprefix("pred ").split(" / true "))
+        assert set(called_names) <= {*classes, "none"} and 1 <= len(true_names) and set(true_names) <= set(classes)
+
+    test = run_cli(["test", "--data.num_workers", "0"], tmp_path)  # the fit's label file and checkpoint
     assert printed_metric(test.stdout, "test/map") == pytest.approx(record["best_score"], abs=1e-4)
     called = (probs >= torch.tensor(thresholds)).numpy()
     assert printed_metric(test.stdout, "test/f1_micro") == pytest.approx(
         f1_score(truth, called, average="micro"), abs=1e-4
     )
+    # The evaluation report next to the checkpoint (and in W&B), at the checkpoint's thresholds.
+    base = str(tmp_path / Path(best).with_suffix(""))
+    with open(f"{base}.test-per-class.csv", newline="") as f:
+        reported = list(csv.DictReader(f))
+    assert list(reported[0]) == ["class", "images", "ap", "threshold", "precision", "recall", "f1"]
+    assert_per_class(reported, expected)
+    report = Path(f"{base}.test-report.md").read_text()
+    assert f"{len(val_rows)} images, mAP {record['best_score']:.4f}" in report and report.count("\n| ") == 5
+    with Image.open(f"{base}.test-precision_recall.png") as img:
+        assert img.size[0] > 300 and img.size[1] > 300
+    test_run = next(r for r in (tmp_path / "runs" / "wandb").glob("offline-run-*/run-*.wandb") if r != fit_run)
+    (logged,) = [h for h in wandb_offline.history(test_run) if "test/per_class/path" in h]
+    assert table_rows(test_run, logged["test/per_class/path"]) == reported and "test/precision_recall/path" in logged
 
     # The export carries the thresholds; its INT8 check compares mAP; predict --onnx applies them.
     export = [
@@ -179,3 +213,17 @@ def test_prepare_takes_a_label_file_and_its_shards_train_as_the_file_does(tmp_pa
             expect("label-file-bad-rows", "leaving out 3 rows of", "line 50:", "no such file", "no label")
         losses[name] = train_losses(tmp_path / name)
     assert len(losses["file"]) >= 3 and losses["file"] == losses["from-shards"]
+
+
+def table_rows(run: Path, path: str) -> list[dict]:
+    """A W&B table of an offline run as rows of strings, as csv.DictReader gives a CSV file."""
+    table = json.loads((run.parent / "files" / path).read_text())
+    return [{k: str(v) for k, v in zip(table["columns"], row)} for row in table["data"]]
+
+
+def assert_per_class(rows: list[dict], expected: list[dict]) -> None:
+    assert [r["class"] for r in rows] == [e["class"] for e in expected]
+    for row, want in zip(rows, expected):
+        assert int(row["images"]) == want["images"], row
+        for key in ("ap", "threshold", "f1"):
+            assert float(row[key]) == pytest.approx(want[key], abs=1e-4), (key, row)

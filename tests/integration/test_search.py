@@ -14,6 +14,7 @@ from effnet_lightning.models.efficientnet import count_gmacs
 from effnet_lightning.tools.search import scaled_resolution
 from tests.helpers.cli import ROOT, run_cli
 from tests.helpers.fault_doc import expect
+from tests.helpers.label_sets import write_set
 
 
 @pytest.mark.slow
@@ -64,36 +65,33 @@ def test_search_trains_each_distinct_network_once_reports_the_best_against_the_s
         assert float(row["flops_ratio"]) == pytest.approx(ratio, abs=1e-3)
         assert (row["within_budget"] == "True") == (abs(ratio - 2) <= 0.3), name
         if row["status"] == "trained":
-            assert row["seed"] == "1" and 0 <= float(row["val_acc"]) <= 1
+            assert row["seed"] == "1" and 0 <= float(row["score"]) <= 1
             checkpoint = torch.load(tmp_path / row["checkpoint"], weights_only=True)
             hp = checkpoint["hyper_parameters"]  # trained through fit, at the candidate's size
             assert hp["variant"] == name and hp["preprocessing"]["crop_size"] == 64
             trained.append(row)
         elif row["within_budget"] == "False":
-            assert row["status"] == "out of budget" and row["val_acc"] == ""
+            assert row["status"] == "out of budget" and row["score"] == ""
     # alpha 1.1 and 1.2 round B0's repeats to the same counts: one network, trained once
     twin = rows["phi1_a1.2_b1.2_g1"]
     assert twin["status"] == "same network as phi1_a1.1_b1.2_g1" and twin["wall_s"] == ""
-    assert (
-        twin["val_acc"] == rows["phi1_a1.1_b1.2_g1"]["val_acc"]
-        and twin["params"] == rows["phi1_a1.1_b1.2_g1"]["params"]
-    )
-    print({name: (round(float(r["flops_ratio"]), 2), r["status"], r["val_acc"]) for name, r in rows.items()})
+    assert twin["score"] == rows["phi1_a1.1_b1.2_g1"]["score"] and twin["params"] == rows["phi1_a1.1_b1.2_g1"]["params"]
+    print({name: (round(float(r["flops_ratio"]), 2), r["status"], r["score"]) for name, r in rows.items()})
     assert len(trained) == 3  # (1.1, 1.1, 1) and (1.2, 1.1, 1) are out of budget: 1.69x
-    best = max(trained, key=lambda r: (float(r["val_acc"]), -float(r["gmacs"])))
+    best = max(trained, key=lambda r: (float(r["score"]), -float(r["gmacs"])))
     report = (tmp_path / "search" / "report.md").read_text()
     assert f"**Best: alpha = {float(best['alpha']):g}, beta = {float(best['beta']):g}, gamma = 1**" in report
-    scores = sorted(float(r["val_acc"]) for r in baselines)
+    scores = sorted(float(r["score"]) for r in baselines)
     assert f"median {sum(scores) / 2:.4f}, seed spread (max - min) {scores[1] - scores[0]:.4f}" in report
-    assert f"{float(best['val_acc']) - sum(scores) / 2:+.4f}" in report  # the best against the baseline's median
-    assert f"val/acc {float(best['val_acc']):.4f}" in out.stdout
+    assert f"{float(best['score']) - sum(scores) / 2:+.4f}" in report  # the best against the baseline's median
+    assert f"val/acc {float(best['score']):.4f}" in out.stdout
     assert out.stdout.count(": trained, val/acc") == 5  # 2 baseline seeds + 3 distinct networks
 
     again = run_cli(args, tmp_path)  # one at a time now; finished candidates are not trained again
     assert again.stdout.count(": cached, val/acc") == 5 and ": trained" not in again.stdout
     with open(tmp_path / "search" / "results.csv", newline="") as f:
-        again_rows = {r["variant"]: r["val_acc"] for r in csv.DictReader(f) if r["variant"] != "b0"}
-    assert again_rows == {n: r["val_acc"] for n, r in rows.items()}
+        again_rows = {r["variant"]: r["score"] for r in csv.DictReader(f) if r["variant"] != "b0"}
+    assert again_rows == {n: r["score"] for n, r in rows.items()}
 
 
 @pytest.mark.slow
@@ -161,14 +159,14 @@ def test_the_slurm_launcher_trains_each_candidate_as_a_submitit_job_into_the_sam
     with open(tmp_path / "search" / "results.csv", newline="") as f:
         rows = {r["variant"]: r for r in csv.DictReader(f)}
     assert set(rows) == {"b0", "phi1_a1.3_b1.1_g1"}
-    assert all(r["status"] == "trained" and 0 <= float(r["val_acc"]) <= 1 for r in rows.values())
+    assert all(r["status"] == "trained" and 0 <= float(r["score"]) <= 1 for r in rows.values())
     candidate = rows["phi1_a1.3_b1.1_g1"]
     hp = torch.load(tmp_path / candidate["checkpoint"], weights_only=True)["hyper_parameters"]
     assert hp["variant"] == "phi1_a1.3_b1.1_g1" and hp["preprocessing"]["crop_size"] == 64
     job_logs = sorted((tmp_path / "search" / "jobs").glob("*_result.pkl"))
     assert len(job_logs) == 2  # submitit's own record of each job
     report = (tmp_path / "search" / "report.md").read_text()
-    assert f"{float(candidate['val_acc']):.4f}" in report
+    assert f"{float(candidate['score']):.4f}" in report
 
     again = run_cli([*args, *fit], tmp_path)  # the local pool finds the jobs' results in the cache
     assert again.stdout.count(": cached, val/acc") == 2 and ": trained" not in again.stdout
@@ -179,3 +177,20 @@ def test_the_slurm_launcher_trains_each_candidate_as_a_submitit_job_into_the_sam
     assert refused.returncode == 2 and refused.stderr.strip().splitlines()[-1] == (
         "error: --launcher slurm: no sbatch here; run scale-search on a SLURM login node, or use --launcher local"
     )
+
+
+@pytest.mark.slow
+def test_a_search_on_multi_label_data_scores_the_candidates_by_val_map(tmp_path):
+    label_file = write_set(tmp_path / "set", 48, seed=3, splits=True)
+    args = ["scale-search", "--config", ROOT / "configs" / "debug.yaml", "--alpha", "1.3", "--beta", "1.1"]
+    args += ["--gamma", "1.0", "--base-resolution", "32", "--epochs", "1", "--output-dir", "search", "--"]
+    out = run_cli([*args, "--data.label_file", label_file, "--trainer.limit_train_batches", "2"], tmp_path)
+    with open(tmp_path / "search" / "results.csv", newline="") as f:
+        rows = {r["variant"]: r for r in csv.DictReader(f)}
+    assert set(rows) == {"b0", "phi1_a1.3_b1.1_g1"}
+    for row in rows.values():  # each score is its fit's best val/map, as the checkpoint's name gives it
+        assert row["status"] == "trained" and row["metric"] == "val/map"
+        assert f"map{float(row['score']):.4f}.ckpt" in row["checkpoint"]
+    report = (tmp_path / "search" / "report.md").read_text()
+    assert "| FLOPs ratio | val/map | vs baseline |" in report and "val/acc" not in report
+    assert out.stdout.count(": trained, val/map") == 2 and "best alpha=1.3 beta=1.1 gamma=1, val/map" in out.stdout

@@ -31,6 +31,19 @@ def test_a_set_has_its_classes_one_to_three_labels_an_image_and_the_prior_baseli
     assert math.isclose(bench.prior_map(label_file), macro_average_precision(constant, targets), rel_tol=1e-6)
 
 
+def test_the_photographs_val_tiles_touch_no_train_tile_and_sit_one_in_each_row_and_column():
+    bench = _benchmark()
+    boxes = bench.tiles(512, 384)
+    assert len(boxes["val"]) == 3 and len(boxes["train"]) == 6
+    for left, top, right, bottom in boxes["val"]:
+        for other in boxes["train"]:
+            overlap = min(right, other[2]) - max(left, other[0]), min(bottom, other[3]) - max(top, other[1])
+            assert min(overlap) <= 0  # no pixel in both
+    assert sorted(box[0] for box in boxes["val"]) == [0, 170, 340]  # one in each column
+    assert sorted(box[1] for box in boxes["val"]) == [0, 128, 256]  # and in each row
+    assert sum((r - l) * (b - t) for split in boxes.values() for l, t, r, b in split) == 510 * 384
+
+
 def test_the_summary_holds_the_default_loss_to_the_seed_spread_and_lite0_to_0_9():
     bench = _benchmark()
     results = {

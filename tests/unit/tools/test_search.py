@@ -1,5 +1,7 @@
 """The scaling search's parts: the base resolution, the report and the plot."""
 
+import pytest
+
 from effnet_lightning.data import demo
 from effnet_lightning.tools.search import Candidate, base_resolution_of, plot, write_report
 
@@ -13,10 +15,11 @@ def test_the_base_resolution_follows_the_data_the_fits_train_on(tmp_path):
     assert base_resolution_of([str(config)]) == 96
 
 
-def test_the_report_and_plot_show_one_point_per_network_and_the_baseline_spread(tmp_path):
+@pytest.mark.parametrize("metric", ["val/acc", "val/map"])
+def test_the_report_and_plot_show_one_point_per_network_and_the_baseline_spread(tmp_path, metric):
     def candidate(alpha, beta, acc, gmacs, network, status="trained", seed=1):
         c = Candidate(f"a{alpha}_b{beta}", alpha, beta, 1.0, 1.0, 64, 1, gmacs, gmacs / 0.05, True, acc, 10.0, status)
-        c.seed, c.architecture = seed, (network,)
+        c.seed, c.architecture, c.metric = seed, (network,), metric
         return c
 
     baselines = [candidate(1.0, 1.0, acc, 0.05, "b0", seed=s) for s, acc in [(1, 0.40), (2, 0.30), (3, 0.60)]]
@@ -30,15 +33,17 @@ def test_the_report_and_plot_show_one_point_per_network_and_the_baseline_spread(
     assert best is one
     report = (tmp_path / "report.md").read_text()
     assert (
-        "val/acc 0.4000 (seed 1), 0.3000 (seed 2), 0.6000 (seed 3): median 0.4000, seed spread (max - min) 0.3000"
+        f"{metric} 0.4000 (seed 1), 0.3000 (seed 2), 0.6000 (seed 3): median 0.4000, seed spread (max - min) 0.3000"
         in report
     )
     assert "| 0.4500 | +0.0500 |" in report and "| 0.3500 | -0.0500 |" in report
     assert "0.4500 (same network as a1.1_b1.2) | +0.0500 |" in report
     assert "leads the next-best distinct score by 0.1000, within that spread" in report
+    assert f"| FLOPs ratio | {metric} | vs baseline |" in report and f"({metric} 0.4500 at" in report
 
     fig = plot(tmp_path / "plot.png", baselines, [one, twin, two], best)
     (ax,) = fig.axes
+    assert ax.get_ylabel() == f"best {metric}"
     points = {c.get_label(): c.get_offsets().tolist() for c in ax.collections}
     assert points["candidates (phi = 1)"] == [[0.11, 0.45], [0.09, 0.35]]  # the twin shares its network's point
     assert points["baseline (phi = 0), 3 seeds"] == [[0.05, 0.4], [0.05, 0.3], [0.05, 0.6]]

@@ -3,7 +3,8 @@ and the mixing of multi-hot targets (`data/transforms.MultiHotMix`)."""
 
 import pytest
 import torch
-from sklearn.metrics import average_precision_score, f1_score
+from sklearn.metrics import average_precision_score, f1_score, precision_score, recall_score
+from sklearn.metrics import precision_recall_curve as sklearn_curve
 
 from effnet_lightning.data.transforms import MixCollate
 from effnet_lightning.training.multilabel import (
@@ -12,7 +13,9 @@ from effnet_lightning.training.multilabel import (
     bce_loss,
     best_thresholds,
     f1_scores,
+    per_class_scores,
     positive_weights,
+    precision_recall_curve,
 )
 
 
@@ -105,3 +108,31 @@ def test_the_asymmetric_loss_by_hand_and_as_cross_entropy_without_its_settings()
     ]
     expected = -sum(float(t) for t in terms) / 4
     assert float(asymmetric_loss(logits, targets, 4.0, 1.0, 0.05)) == pytest.approx(expected, rel=1e-5)
+
+
+def test_per_class_scores_are_scikit_learns_and_a_class_without_images_has_none():
+    probs, targets = predictions(3)
+    targets[:, 4] = 0  # no image of the last class
+    thresholds = torch.tensor([0.5, 0.3, 0.7, 1.5, 0.5])  # nothing scores 1.5: none called
+    scores = per_class_scores(probs, targets, thresholds)
+    for c in range(4):
+        truth, called = targets[:, c].numpy(), (probs[:, c] >= thresholds[c]).numpy()
+        assert int(scores["images"][c]) == int(truth.sum())
+        assert float(scores["ap"][c]) == pytest.approx(average_precision_score(truth, probs[:, c].numpy()), abs=1e-6)
+        assert float(scores["recall"][c]) == pytest.approx(recall_score(truth, called))
+        assert float(scores["f1"][c]) == pytest.approx(f1_score(truth, called, zero_division=0))
+        if called.any():
+            assert float(scores["precision"][c]) == pytest.approx(precision_score(truth, called))
+    assert scores["precision"][3].isnan() and scores["f1"][3] == 0
+    assert int(scores["images"][4]) == 0 and scores["ap"][4].isnan() and scores["recall"][4].isnan()
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_the_precision_recall_curve_is_scikit_learns(seed):
+    probs, targets = predictions(seed)
+    for c in range(probs.shape[1]):
+        precision, recall = precision_recall_curve(probs[:, c], targets[:, c])
+        expected_p, expected_r, _ = sklearn_curve(targets[:, c].numpy(), probs[:, c].numpy())
+        # scikit-learn runs from the lowest score up and ends at (recall 0, precision 1).
+        assert precision.tolist() == pytest.approx(expected_p[::-1][1:].tolist())
+        assert recall.tolist() == pytest.approx(expected_r[::-1][1:].tolist())
