@@ -29,7 +29,8 @@ def read_run_record(root_dir: str | os.PathLike) -> dict | None:
 
 def record_fit(trainer, finished: bool) -> dict:
     """Write <default_root_dir>/latest_fit.json (rank 0): the run's checkpoint folder, best and
-    last checkpoints, and the monitor the best is chosen by. `--ckpt_path last|best` and test / predict / export read it."""
+    last checkpoints, and the monitor the best is chosen by. `--ckpt_path last|best` and
+    test / predict / export read it."""
     ckpt = trainer.checkpoint_callback if isinstance(trainer.checkpoint_callback, ModelCheckpoint) else None
     score = ckpt.best_model_score if ckpt else None
     record = {

@@ -32,7 +32,8 @@ class WandbValidationReport(L.Callback):
         if num_samples < 0:
             raise ValueError(f"num_samples must be 0 or more, got {num_samples}")
         self.num_samples, self.enabled = num_samples, enabled
-        # (HWC uint8 image, true class, predicted class); multi-label: tuples of classes
+        # (HWC uint8 image, true class, predicted class); multi-label: (image, true classes, the
+        # classes' scores), the scores turned into the classes called once the epoch's thresholds are chosen
         self.samples: list[tuple] = []
 
     @staticmethod
@@ -84,12 +85,11 @@ class WandbValidationReport(L.Callback):
         picked = self.pick(labels, count, shown)
         pre = pl_module.hparams.preprocessing
         images = self.to_uint8(batch[0][picked].detach().cpu(), pre["mean"], pre["std"])
-        preds = outputs["preds"][picked]
         if pl_module.multilabel:
             true = [self._classes(targets[i] > 0.5) for i in picked]
-            self.samples += zip(images, true, [self._classes(p) for p in preds])
+            self.samples += zip(images, true, outputs["probs"][picked].cpu())
         else:
-            self.samples += zip(images, [labels[i] for i in picked], preds.tolist())
+            self.samples += zip(images, [labels[i] for i in picked], outputs["preds"][picked].tolist())
 
     @staticmethod
     def _classes(called: torch.Tensor) -> tuple[int, ...]:
@@ -149,16 +149,17 @@ class WandbValidationReport(L.Callback):
         plt.close(fig)
         return log
 
-    @staticmethod
-    def _multilabel_log(trainer, pl_module) -> dict:
+    def _multilabel_log(self, trainer, pl_module) -> dict:
         """The per-class table and the precision-recall curves at the thresholds this validation
-        chooses (the ones its F1 is logged at)."""
+        chooses (the ones its F1 is logged at); the samples' labels called at them."""
         probs, targets = pl_module.scores["val"].gathered()  # a collective
         if not trainer.is_global_zero:
             return {}
         import wandb
 
-        rows = multilabel_rows(probs, targets, best_thresholds(probs, targets), pl_module.class_names)
+        thresholds = best_thresholds(probs, targets)
+        self.samples = [(img, true, self._classes(scores >= thresholds)) for img, true, scores in self.samples]
+        rows = multilabel_rows(probs, targets, thresholds, pl_module.class_names)
         title = f"val epoch {trainer.current_epoch}: precision and recall of {len(probs)} images"
         fig = precision_recall_figure(probs, targets, rows, title)
         import matplotlib.pyplot as plt  # (after the figure has chosen the backend)

@@ -342,7 +342,7 @@ class EfficientNetModule(L.LightningModule):
         probs = logits.float().sigmoid()
         if split in self.scores:
             self.scores[split].update(probs, targets)
-        return {"loss": loss, "preds": probs >= self.thresholds.to(probs.device)}
+        return {"loss": loss, "preds": probs >= self.thresholds.to(probs.device), "probs": probs.detach()}
 
     def _log_multilabel_scores(self, split: str) -> None:
         """`split`/map, f1_micro, f1_macro of the pass; validation chooses the thresholds (kept
