@@ -150,20 +150,58 @@ def unlabelled_images(name: str, folder: Path) -> Path:
     return folder
 
 
-def sweep(out: Path) -> None:
-    """Fit every SWEEP entry not yet in <out>/sweep.json (each saved as it finishes), then print them."""
+# B0 from scratch where its teacher is far ahead: the best settings of the sweep (function
+# matching over a long schedule, unlabelled images making up most of each batch), run for every
+# seed by `--recipe`. Per set: epochs and settings.
+RECIPES = {
+    "shapes-20": (120, "alpha=1.0 T=1 extra distill.extra_share=0.75"),
+    "textures": (60, "alpha=1.0 T=1 extra data.mixup_alpha=0.8"),
+}
+
+
+def sweep_run(out: Path, name: str, epochs: int, settings: str, seed: int = 1) -> float:
+    """B0 from scratch on `name` under one sweep setting: its last val/acc, from <out>/sweep.json
+    or fitted now and saved there (the key names seeds other than 1)."""
     path = out / "sweep.json"
     done = json.loads(path.read_text()) if path.exists() else {}
-    results = json.loads((out / "results.json").read_text())
+    key = f"{name} {epochs} epochs: {settings}" + (f" seed {seed}" if seed != 1 else "")
+    if key not in done:
+        teacher = json.loads((out / "results.json").read_text())[name]["teacher"]["best"]
+        root = finetune.build(name, ROOT / "data" / "finetune-sets")
+        extra = unlabelled_images(name, ROOT / "data" / "finetune-sets" / f"{name}-unlabelled")
+        flags = [*STUDENTS["b0"], *sweep_flags(settings, teacher, extra)]
+        work = ROOT / "data" / "distill-runs" / f"sweep-{name}-{seed}"
+        acc = fit(root, flags, seed, epochs, work)["acc"]
+        done = json.loads(path.read_text()) if path.exists() else {}  # another set's runs may have saved meanwhile
+        done[key] = acc
+        path.write_text(json.dumps(done, indent=1))
+    return done[key]
+
+
+def sweep(out: Path) -> None:
+    """Fit every SWEEP entry not yet in <out>/sweep.json (each saved as it finishes), then print them."""
     for name, epochs, settings in SWEEP:
-        key = f"{name} {epochs} epochs: {settings}"
-        if key not in done:
-            root = finetune.build(name, ROOT / "data" / "finetune-sets")
-            extra = unlabelled_images(name, ROOT / "data" / "finetune-sets" / f"{name}-unlabelled")
-            flags = [*STUDENTS["b0"], *sweep_flags(settings, results[name]["teacher"]["best"], extra)]
-            done[key] = fit(root, flags, 1, epochs, ROOT / "data" / "distill-runs" / "sweep")["acc"]
-            path.write_text(json.dumps(done, indent=1))
-        print(f"{key}: {done[key]:.3f}", flush=True)
+        print(f"{name} {epochs} epochs: {settings}: {sweep_run(out, name, epochs, settings):.3f}", flush=True)
+
+
+def recipe(out: Path, sets: list[str], seeds: list[int]) -> dict:
+    """B0 from scratch alone and under its set's RECIPES entry, seed by seed (runs shared with the
+    sweep's), summarised as the main table's rows."""
+    teachers = json.loads((out / "results.json").read_text())
+    results = {}
+    for name in (name for name in sets if name in RECIPES):
+        epochs, settings = RECIPES[name]
+        runs = {mode: {} for mode in ("alone", "distilled")}
+        for seed in seeds:
+            runs["alone"][str(seed)] = {"acc": sweep_run(out, name, epochs, "alone", seed)}
+            runs["distilled"][str(seed)] = {"acc": sweep_run(out, name, epochs, settings, seed)}
+            print(
+                f"{name} seed {seed}: alone {runs['alone'][str(seed)]['acc']:.3f}, "
+                f"distilled {runs['distilled'][str(seed)]['acc']:.3f}",
+                flush=True,
+            )
+        results[name] = {"teacher": teachers[name]["teacher"], "students": {"b0": runs}}
+    return summarise(results)
 
 
 def export_int8(ckpt: str, out: Path) -> dict:
@@ -218,7 +256,8 @@ def summarise(results: dict) -> dict:
             spread = max(max(a) - min(a), max(d) - min(d))
             gap = teacher["acc"] - statistics.median(a)
             closed = (statistics.median(d) - statistics.median(a)) / gap if gap > 0 else float("nan")
-            cost = statistics.median(alone[s]["img_s"] / distilled[s]["img_s"] for s in seeds)
+            timed = [s for s in seeds if "img_s" in alone[s] and "img_s" in distilled[s]]
+            cost = statistics.median(alone[s]["img_s"] / distilled[s]["img_s"] for s in timed) if timed else None
             rows[student] = {
                 "seeds": seeds,
                 "alone": statistics.median(a),
@@ -248,10 +287,11 @@ def table(summary: dict, macs: dict | None = None) -> str:
             else:
                 checks.append("gap under 3 spreads")
             gap = s["gap"]
+            cost = f"{s['step_cost']:.2f}x" if s["step_cost"] is not None else "-"
             closed = f"{s['closed']:.0%} of {gap:.3f}" if gap >= 0.0005 else f"no gap (teacher {gap:+.3f})"
             lines.append(
                 f"| {name} | {row['teacher']:.3f} | {student} | {s['alone']:.3f} | {s['distilled']:.3f} | "
-                f"{closed} | {s['spread']:.3f} | {s['step_cost']:.2f}x | {'; '.join(checks)} |"
+                f"{closed} | {s['spread']:.3f} | {cost} | {'; '.join(checks)} |"
             )
     int8 = [(name, row["int8"]) for name, row in summary.items() if row.get("int8")]
     if int8:
@@ -274,9 +314,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "distill")
     parser.add_argument("--summary-only", type=Path, help="print the table of this folder's results.json")
     parser.add_argument("--sweep", action="store_true", help="the settings tried for B0 from scratch (seed 1)")
+    parser.add_argument("--recipe", action="store_true", help="B0 from scratch under its RECIPES entry, every seed")
     args = parser.parse_args(argv)
     if args.sweep:
         sweep(args.out)
+        return
+    if args.recipe:
+        print(table(recipe(args.out, args.sets, args.seeds)))
         return
     macs = {v: gmacs(v) for v in ("lite2", "lite0", "b0")}
     if args.summary_only:
