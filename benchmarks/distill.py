@@ -204,6 +204,40 @@ def recipe(out: Path, sets: list[str], seeds: list[int]) -> dict:
     return summarise(results)
 
 
+COST_TEACHERS = ("lite2", "b2", "lite3")  # 1.5x, 1.7x and 2.2x B0's multiply-adds at 64 px
+
+
+def step_cost(out: Path, name: str = "textures", epochs: int = 4, repeats: int = 2) -> dict:
+    """The teacher's cost per training step on a quiet machine: B0 from scratch alone and with
+    each COST_TEACHERS teacher (the default settings, no unlabelled images: the same batches),
+    `repeats` times each; training img/s and the ratios, into <out>/step_cost.json. The Lite2
+    teacher is the benchmark's; the others, whose accuracy does not change their cost, are fitted
+    from scratch for one epoch."""
+    root = finetune.build(name, ROOT / "data" / "finetune-sets")
+    work = ROOT / "data" / "distill-runs" / "step-cost"
+    teachers = {"lite2": json.loads((out / "results.json").read_text())[name]["teacher"]["best"]}
+    for variant in COST_TEACHERS[1:]:
+        flags = ["--config", "configs/scratch.yaml", "--model.variant", variant]
+        teachers[variant] = fit(root, flags, 1, 1, work / f"teacher-{variant}")["best"]
+    rates = {arm: [] for arm in ("alone", *COST_TEACHERS)}
+    for _ in range(repeats):
+        for arm, measured in rates.items():
+            distill = ["--distill.teacher", teachers[arm]] if arm in teachers else []
+            measured.append(fit(root, [*STUDENTS["b0"], *distill], 1, epochs, work / "student")["img_s"])
+    student = gmacs("b0")
+    result = {
+        variant: {
+            "macs_ratio": gmacs(variant) / student,
+            "step_cost": statistics.median(a / d for a, d in zip(rates["alone"], rates[variant])),
+            "img_s": rates[variant],
+        }
+        for variant in COST_TEACHERS
+    }
+    result["alone"] = {"img_s": rates["alone"]}
+    (out / "step_cost.json").write_text(json.dumps(result, indent=1))
+    return result
+
+
 def export_int8(ckpt: str, out: Path) -> dict:
     """The checkpoint as ONNX fp32 and INT8: the INT8 file's accuracy on the validation images
     (export's own check) and onnxruntime's img/s over them, one image at a time."""
@@ -314,10 +348,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "distill")
     parser.add_argument("--summary-only", type=Path, help="print the table of this folder's results.json")
     parser.add_argument("--sweep", action="store_true", help="the settings tried for B0 from scratch (seed 1)")
+    parser.add_argument("--step-cost", action="store_true", help="the teacher's cost per step, three teachers")
     parser.add_argument("--recipe", action="store_true", help="B0 from scratch under its RECIPES entry, every seed")
     args = parser.parse_args(argv)
     if args.sweep:
         sweep(args.out)
+        return
+    if args.step_cost:
+        for variant, row in step_cost(args.out).items():
+            print(variant, row, flush=True)
         return
     if args.recipe:
         print(table(recipe(args.out, args.sets, args.seeds)))
