@@ -6,6 +6,8 @@ by seed; then the distilled Lite0 exported to INT8. Every run is the real `pytho
     python benchmarks/distill.py --sets digits --seeds 1 --epochs 3 --scratch-epochs 5
     python benchmarks/distill.py --summary-only docs/distill    # the table again, from results.json
     python benchmarks/distill.py --sweep                        # the settings tried for B0 from scratch
+    python benchmarks/distill.py --recipe                       # B0 from scratch under RECIPES, seeds 1 2 3
+    python benchmarks/distill.py --step-cost                    # the teacher's cost per step, 3 teacher sizes
 
 The sets are benchmarks/finetune.py's (digits, shapes-20, textures: built into
 data/finetune-sets on first use from data that installed packages ship). Per set:
@@ -21,7 +23,11 @@ and onnxruntime's img/s on them (one image at a time, one thread).
 `--sweep` fits B0 from scratch (seed 1) alone and with the teacher under other settings (alpha,
 temperature, MixUp on every batch, longer schedules, unlabelled images generated from the sets'
 training sources: other patches of the textures' training regions, other drawings of the
-shapes) into <out>/sweep.json, resumed from it, and prints them.
+shapes) into <out>/sweep.json, resumed from it, and prints them. `--recipe` runs the best of
+them (RECIPES: per set, the epochs and settings) and B0 alone for the same epochs, every seed,
+and prints their rows of the table. `--step-cost` times B0's training steps alone and with
+teachers of 1.5x, 1.7x and 2.2x its multiply-adds on the same batches (run it on a quiet
+machine), into <out>/step_cost.json.
 
 Writes <out>/results.json after every run (a stopped benchmark resumes from it) and prints the
 table: the teacher, each student alone and distilled (median of the seeds, and the spread), the

@@ -1,6 +1,7 @@
 """benchmarks/distill.py without its fits: its summary and its checks."""
 
 import importlib.util
+import json
 import math
 
 from tests.helpers.cli import ROOT
@@ -45,3 +46,23 @@ def test_the_summary_measures_the_gap_closed_against_the_seed_spread_and_the_tea
     # a distilled student below its solo self by more than the spread fails the check
     results["digits"]["students"]["b0"]["distilled"] = runs([0.55, 0.55, 0.56], 60.0)
     assert not bench.summarise(results)["digits"]["students"]["b0"]["never_worse"]
+
+
+def test_the_recipe_rows_come_from_the_sweeps_runs_seed_by_seed(tmp_path):
+    """`--recipe` reads B0's runs alone and under its set's settings from sweep.json (seed 1 under
+    the sweep's own key) and summarises them as the main table does; nothing is fitted again."""
+    bench = _distill_benchmark()
+    epochs, settings = bench.RECIPES["shapes-20"]
+    (tmp_path / "results.json").write_text(json.dumps({"shapes-20": {"teacher": {"acc": 0.98, "best": "t.ckpt"}}}))
+    done = {}
+    for seed, alone, distilled in [(1, 0.24, 0.98), (2, 0.22, 0.95), (3, 0.25, 0.90)]:
+        suffix = f" seed {seed}" if seed != 1 else ""
+        done[f"shapes-20 {epochs} epochs: alone{suffix}"] = alone
+        done[f"shapes-20 {epochs} epochs: {settings}{suffix}"] = distilled
+    (tmp_path / "sweep.json").write_text(json.dumps(done))
+    row = bench.recipe(tmp_path, ["digits", "shapes-20"], [1, 2, 3])
+    assert list(row) == ["shapes-20"]  # digits has no recipe
+    b0 = row["shapes-20"]["students"]["b0"]
+    assert math.isclose(b0["alone"], 0.24) and math.isclose(b0["distilled"], 0.95) and math.isclose(b0["spread"], 0.08)
+    assert math.isclose(b0["closed"], (0.95 - 0.24) / (0.98 - 0.24)) and b0["closes_half"] and b0["step_cost"] is None
+    assert "| shapes-20 | 0.980 | b0 | 0.240 | 0.950 | 96% of 0.740 | 0.080 | - |" in bench.table(row)
