@@ -165,12 +165,17 @@ RECIPES = {
 }
 
 
+def sweep_key(name: str, epochs: int, settings: str, seed: int = 1) -> str:
+    """A run's key in sweep.json (seed 1 unnamed: the sweep's own runs)."""
+    return f"{name} {epochs} epochs: {settings}" + (f" seed {seed}" if seed != 1 else "")
+
+
 def sweep_run(out: Path, name: str, epochs: int, settings: str, seed: int = 1) -> float:
     """B0 from scratch on `name` under one sweep setting: its last val/acc, from <out>/sweep.json
-    or fitted now and saved there (the key names seeds other than 1)."""
+    or fitted now and saved there."""
     path = out / "sweep.json"
     done = json.loads(path.read_text()) if path.exists() else {}
-    key = f"{name} {epochs} epochs: {settings}" + (f" seed {seed}" if seed != 1 else "")
+    key = sweep_key(name, epochs, settings, seed)
     if key not in done:
         teacher = json.loads((out / "results.json").read_text())[name]["teacher"]["best"]
         root = finetune.build(name, ROOT / "data" / "finetune-sets")
@@ -190,24 +195,38 @@ def sweep(out: Path) -> None:
         print(f"{name} {epochs} epochs: {settings}: {sweep_run(out, name, epochs, settings):.3f}", flush=True)
 
 
-def recipe(out: Path, sets: list[str], seeds: list[int]) -> dict:
+def recipe(out: Path, sets: list[str], seeds: list[int], fit_missing: bool = True) -> dict:
     """B0 from scratch alone and under its set's RECIPES entry, seed by seed (runs shared with the
-    sweep's), summarised as the main table's rows."""
-    teachers = json.loads((out / "results.json").read_text())
-    results = {}
+    sweep's), as results.json's runs: {set: {"b0": {"alone", "distilled", "schedule"}}}. Without
+    `fit_missing`, only the sets whose every run is in sweep.json."""
+    path = out / "sweep.json"
+    done = json.loads(path.read_text()) if path.exists() else {}
+    runs = {}
     for name in (name for name in sets if name in RECIPES):
         epochs, settings = RECIPES[name]
-        runs = {mode: {} for mode in ("alone", "distilled")}
-        for seed in seeds:
-            runs["alone"][str(seed)] = {"acc": sweep_run(out, name, epochs, "alone", seed)}
-            runs["distilled"][str(seed)] = {"acc": sweep_run(out, name, epochs, settings, seed)}
-            print(
-                f"{name} seed {seed}: alone {runs['alone'][str(seed)]['acc']:.3f}, "
-                f"distilled {runs['distilled'][str(seed)]['acc']:.3f}",
-                flush=True,
-            )
-        results[name] = {"teacher": teachers[name]["teacher"], "students": {"b0": runs}}
-    return summarise(results)
+        keys = {
+            mode: [(seed, sweep_key(name, epochs, mode_settings, seed)) for seed in seeds]
+            for mode, mode_settings in (("alone", "alone"), ("distilled", settings))
+        }
+        if not fit_missing and any(key not in done for pairs in keys.values() for _, key in pairs):
+            continue
+        runs[name] = {"b0": {"schedule": f"{epochs} epochs; {described(settings)}"}}
+        for mode, mode_settings in (("alone", "alone"), ("distilled", settings)):
+            runs[name]["b0"][mode] = {
+                str(seed): {"acc": sweep_run(out, name, epochs, mode_settings, seed)} for seed in seeds
+            }
+    return runs
+
+
+def described(settings: str) -> str:
+    """A RECIPES entry's settings in words: "alpha 1, T 1, unlabelled images (share 0.75)"."""
+    values = dict(part.split("=") for part in settings.split() if "=" in part)
+    share = float(values.pop("distill.extra_share", 0.5))  # --distill.extra_share's default
+    words = {"alpha": "alpha", "T": "T", "data.mixup_alpha": "MixUp"}
+    parts = [f"{words.get(key, key)} {float(value):g}" for key, value in values.items()]
+    if "extra" in settings.split():
+        parts.append(f"unlabelled images (share {share:g})")
+    return ", ".join(parts)
 
 
 COST_TEACHERS = ("lite2", "b2", "lite3")  # 1.5x, 1.7x and 2.2x B0's multiply-adds at 64 px
@@ -299,6 +318,7 @@ def summarise(results: dict) -> dict:
             timed = [s for s in seeds if "img_s" in alone[s] and "img_s" in distilled[s]]
             cost = statistics.median(alone[s]["img_s"] / distilled[s]["img_s"] for s in timed) if timed else None
             rows[student] = {
+                "schedule": runs.get("schedule", ""),
                 "seeds": seeds,
                 "alone": statistics.median(a),
                 "distilled": statistics.median(d),
@@ -315,9 +335,14 @@ def summarise(results: dict) -> dict:
 
 
 def table(summary: dict, macs: dict | None = None) -> str:
+    """One row per set and student: the medians, the gap closed, the spread, the step cost, the
+    distilled Lite0's INT8 file, and the checks."""
     lines = [
-        "| data | teacher (Lite2) | student | alone | distilled | gap closed | seed spread | step cost | checks |",
-        "|---|---|---|---|---|---|---|---|---|",
+        (
+            "| data | teacher (Lite2) | student | epochs, settings | alone | distilled | gap closed | seed spread "
+            "| step cost | INT8: accuracy, img/s | checks |"
+        ),
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, row in summary.items():
         for student, s in row["students"].items():
@@ -329,20 +354,27 @@ def table(summary: dict, macs: dict | None = None) -> str:
             gap = s["gap"]
             cost = f"{s['step_cost']:.2f}x" if s["step_cost"] is not None else "-"
             closed = f"{s['closed']:.0%} of {gap:.3f}" if gap >= 0.0005 else f"no gap (teacher {gap:+.3f})"
+            i = row.get("int8") if student == "lite0" else None
+            int8 = f"{i['int8_accuracy']:.3f}, {i['int8_img_s']:.0f}" if i else "-"
             lines.append(
-                f"| {name} | {row['teacher']:.3f} | {student} | {s['alone']:.3f} | {s['distilled']:.3f} | "
-                f"{closed} | {s['spread']:.3f} | {cost} | {'; '.join(checks)} |"
+                f"| {name} | {row['teacher']:.3f} | {student} | {s['schedule'] or '-'} | {s['alone']:.3f} | "
+                f"{s['distilled']:.3f} | {closed} | {s['spread']:.3f} | {cost} | {int8} | {'; '.join(checks)} |"
             )
-    int8 = [(name, row["int8"]) for name, row in summary.items() if row.get("int8")]
-    if int8:
-        lines += ["", "| data | distilled Lite0: fp32 | INT8 | INT8 img/s (1 thread) |", "|---|---|---|---|"]
-        lines += [
-            f"| {name} | {i['fp32_accuracy']:.3f} | {i['int8_accuracy']:.3f} | {i['int8_img_s']:.0f} |"
-            for name, i in int8
-        ]
     if macs:
         lines += ["", "Multiply-adds at 64 px: " + ", ".join(f"{v} {g * 1000:.1f} M" for v, g in macs.items())]
     return "\n".join(lines)
+
+
+def with_schedules(results: dict, out: Path, epochs: int, scratch_epochs: int, seeds: list[int]) -> dict:
+    """results.json's runs with each student's schedule, and B0's recipe runs (from sweep.json,
+    where every seed has run) as rows of their own."""
+    merged = json.loads(json.dumps(results))
+    for name, result in merged.items():
+        for student, runs in result.get("students", {}).items():
+            runs["schedule"] = f"{scratch_epochs if student == 'b0' else epochs} epochs; the defaults"
+    for name, runs in recipe(out, list(merged), seeds, fit_missing=False).items():
+        merged[name].setdefault("students", {})["b0, recipe"] = runs["b0"]
+    return merged
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -365,11 +397,17 @@ def main(argv: list[str] | None = None) -> None:
             print(variant, row, flush=True)
         return
     if args.recipe:
-        print(table(recipe(args.out, args.sets, args.seeds)))
+        runs = recipe(args.out, args.sets, args.seeds)
+        teachers = json.loads((args.out / "results.json").read_text())
+        print(
+            table(summarise({name: {"teacher": teachers[name]["teacher"], "students": r} for name, r in runs.items()}))
+        )
         return
     macs = {v: gmacs(v) for v in ("lite2", "lite0", "b0")}
     if args.summary_only:
-        print(table(summarise(json.loads((args.summary_only / "results.json").read_text())), macs))
+        results = json.loads((args.summary_only / "results.json").read_text())
+        merged = with_schedules(results, args.summary_only, args.epochs, args.scratch_epochs, args.seeds)
+        print(table(summarise(merged), macs))
         return
     path = args.out / "results.json"
     results = json.loads(path.read_text()) if path.exists() else {}
@@ -401,7 +439,7 @@ def main(argv: list[str] | None = None) -> None:
                     if student == "lite0" and mode == "distilled" and "int8" not in result:
                         result["int8"] = export_int8(done[str(seed)]["best"], work / name / "export")
                     save()
-    print(table(summarise(results), macs))
+    print(table(summarise(with_schedules(results, args.out, args.epochs, args.scratch_epochs, args.seeds)), macs))
 
 
 if __name__ == "__main__":
