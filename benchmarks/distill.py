@@ -25,15 +25,15 @@ temperature, MixUp on every batch, longer schedules, unlabelled images generated
 training sources: other patches of the textures' training regions, other drawings of the
 shapes) into <out>/sweep.json, resumed from it, and prints them. `--recipe` runs the best of
 them (RECIPES: per set, the epochs and settings) and B0 alone for the same epochs, every seed,
-and prints their rows of the table. `--step-cost` times B0's training steps alone and with
-teachers of 1.5x, 1.7x and 2.2x its multiply-adds on the same batches (run it on a quiet
-machine), into <out>/step_cost.json.
+and prints their rows of the table. `--step-cost` times the students' training steps alone and
+with a teacher on the same batches (Lite0 with Lite2; B0 with Lite2, B2 and Lite3: 1.5x, 1.7x
+and 2.2x its multiply-adds), alternating, on a quiet machine, into <out>/step_cost.json.
 
 Writes <out>/results.json after every run (a stopped benchmark resumes from it) and prints the
 table: the teacher, each student alone and distilled (median of the seeds, and the spread), the
-share of the teacher-student gap the teacher closes, and the cost of the teacher per training
-step (the students' training img/s, alone over distilled), with the multiply-adds of teacher and
-student at 64 px.
+share of the teacher-student gap the teacher closes, the cost of the Lite2 teacher per training
+step (from step_cost.json) and the distilled Lite0's INT8 file, with the multiply-adds of
+teacher and student at 64 px. B0's recipe runs (`--recipe`) join it as rows of their own.
 """
 
 from __future__ import annotations
@@ -229,38 +229,57 @@ def described(settings: str) -> str:
     return ", ".join(parts)
 
 
-COST_TEACHERS = ("lite2", "b2", "lite3")  # 1.5x, 1.7x and 2.2x B0's multiply-adds at 64 px
+# (student, teacher) pairs timed by `--step-cost`: the benchmark's Lite2 teacher with both
+# students, and teachers of 1.7x and 2.2x B0's multiply-adds at 64 px.
+COST_PAIRS = (("lite0", "lite2"), ("b0", "lite2"), ("b0", "b2"), ("b0", "lite3"))
 
 
-def step_cost(out: Path, name: str = "textures", epochs: int = 4, repeats: int = 2) -> dict:
-    """The teacher's cost per training step on a quiet machine: B0 from scratch alone and with
-    each COST_TEACHERS teacher (the default settings, no unlabelled images: the same batches),
-    `repeats` times each; training img/s and the ratios, into <out>/step_cost.json. The Lite2
-    teacher is the benchmark's; the others, whose accuracy does not change their cost, are fitted
-    from scratch for one epoch."""
+def step_cost(out: Path, name: str = "textures", epochs: int = 3, repeats: int = 2) -> dict:
+    """The teacher's cost per training step on a quiet machine: each COST_PAIRS student alone and
+    with its teacher (the default settings, no unlabelled images: the same batches), `repeats`
+    times, alternating; {student: {teacher: {macs_ratio, step_cost (median of alone img/s over
+    distilled img/s), img_s}, "alone": {img_s}}} into <out>/step_cost.json. The Lite2 teacher
+    is the benchmark's; the others, whose accuracy does not change their cost, are fitted from
+    scratch for one epoch."""
     root = finetune.build(name, ROOT / "data" / "finetune-sets")
     work = ROOT / "data" / "distill-runs" / "step-cost"
     teachers = {"lite2": json.loads((out / "results.json").read_text())[name]["teacher"]["best"]}
-    for variant in COST_TEACHERS[1:]:
+    for variant in sorted({teacher for _, teacher in COST_PAIRS} - {"lite2"}):
         flags = ["--config", "configs/scratch.yaml", "--model.variant", variant]
         teachers[variant] = fit(root, flags, 1, 1, work / f"teacher-{variant}")["best"]
-    rates = {arm: [] for arm in ("alone", *COST_TEACHERS)}
+    arms = [(student, None) for student in dict(COST_PAIRS)] + list(COST_PAIRS)
+    rates = {arm: [] for arm in arms}
     for _ in range(repeats):
-        for arm, measured in rates.items():
-            distill = ["--distill.teacher", teachers[arm]] if arm in teachers else []
-            measured.append(fit(root, [*STUDENTS["b0"], *distill], 1, epochs, work / "student")["img_s"])
-    student = gmacs("b0")
-    result = {
-        variant: {
-            "macs_ratio": gmacs(variant) / student,
-            "step_cost": statistics.median(a / d for a, d in zip(rates["alone"], rates[variant])),
-            "img_s": rates[variant],
+        for (student, teacher), measured in rates.items():
+            distill = ["--distill.teacher", teachers[teacher]] if teacher else []
+            measured.append(fit(root, [*STUDENTS[student], *distill], 1, epochs, work / "student")["img_s"])
+    result = {student: {"alone": {"img_s": rates[student, None]}} for student in dict(COST_PAIRS)}
+    for student, teacher in COST_PAIRS:
+        alone, distilled = rates[student, None], rates[student, teacher]
+        result[student][teacher] = {
+            "macs_ratio": gmacs(teacher) / gmacs(student),
+            "step_cost": statistics.median(a / d for a, d in zip(alone, distilled)),
+            "img_s": distilled,
         }
-        for variant in COST_TEACHERS
-    }
-    result["alone"] = {"img_s": rates["alone"]}
     (out / "step_cost.json").write_text(json.dumps(result, indent=1))
     return result
+
+
+def step_costs(out: Path) -> dict | None:
+    """<out>/step_cost.json, if `--step-cost` has run."""
+    path = out / "step_cost.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def cost_table(costs: dict) -> str:
+    """The step-cost measurement: per pair, the multiply-adds ratio and the step cost."""
+    lines = ["| student | teacher | teacher / student multiply-adds | step cost (img/s alone / distilled) |"]
+    lines.append("|---|---|---|---|")
+    for student, arms in costs.items():
+        for teacher, arm in arms.items():
+            if teacher != "alone":
+                lines.append(f"| {student} | {teacher} | {arm['macs_ratio']:.2f}x | {arm['step_cost']:.2f}x |")
+    return "\n".join(lines)
 
 
 def export_int8(ckpt: str, out: Path) -> dict:
@@ -299,7 +318,7 @@ def gmacs(variant: str) -> float:
 
 def summarise(results: dict) -> dict:
     """Per set and student: the medians alone and distilled, the seed spread (the larger of the
-    two), the gap to the teacher and the share of it closed, the step-cost ratio; and the checks:
+    two), the gap to the teacher and the share of it closed; and the checks:
     half the gap closed where the gap is at least three spreads, never worse beyond the spread."""
     summary = {}
     for name, result in results.items():
@@ -315,8 +334,6 @@ def summarise(results: dict) -> dict:
             spread = max(max(a) - min(a), max(d) - min(d))
             gap = teacher["acc"] - statistics.median(a)
             closed = (statistics.median(d) - statistics.median(a)) / gap if gap > 0 else float("nan")
-            timed = [s for s in seeds if "img_s" in alone[s] and "img_s" in distilled[s]]
-            cost = statistics.median(alone[s]["img_s"] / distilled[s]["img_s"] for s in timed) if timed else None
             rows[student] = {
                 "schedule": runs.get("schedule", ""),
                 "seeds": seeds,
@@ -325,7 +342,6 @@ def summarise(results: dict) -> dict:
                 "spread": spread,
                 "gap": gap,
                 "closed": closed,
-                "step_cost": cost,
                 "gap_counts": gap >= 3 * spread,
                 "closes_half": closed >= 0.5 if gap >= 3 * spread else None,
                 "never_worse": statistics.median(d) >= statistics.median(a) - spread,
@@ -334,9 +350,10 @@ def summarise(results: dict) -> dict:
     return summary
 
 
-def table(summary: dict, macs: dict | None = None) -> str:
-    """One row per set and student: the medians, the gap closed, the spread, the step cost, the
-    distilled Lite0's INT8 file, and the checks."""
+def table(summary: dict, macs: dict | None = None, costs: dict | None = None) -> str:
+    """One row per set and student: the medians, the gap closed, the spread, the step cost of
+    the Lite2 teacher (from `--step-cost`'s `costs`, where measured), the distilled Lite0's INT8
+    file, and the checks."""
     lines = [
         (
             "| data | teacher (Lite2) | student | epochs, settings | alone | distilled | gap closed | seed spread "
@@ -352,7 +369,8 @@ def table(summary: dict, macs: dict | None = None) -> str:
             else:
                 checks.append("gap under 3 spreads")
             gap = s["gap"]
-            cost = f"{s['step_cost']:.2f}x" if s["step_cost"] is not None else "-"
+            cost = (costs or {}).get(student, {}).get("lite2", {}).get("step_cost")
+            cost = f"{cost:.2f}x" if cost is not None else "-"
             closed = f"{s['closed']:.0%} of {gap:.3f}" if gap >= 0.0005 else f"no gap (teacher {gap:+.3f})"
             i = row.get("int8") if student == "lite0" else None
             int8 = f"{i['int8_accuracy']:.3f}, {i['int8_img_s']:.0f}" if i else "-"
@@ -393,8 +411,7 @@ def main(argv: list[str] | None = None) -> None:
         sweep(args.out)
         return
     if args.step_cost:
-        for variant, row in step_cost(args.out).items():
-            print(variant, row, flush=True)
+        print(cost_table(step_cost(args.out)))
         return
     if args.recipe:
         runs = recipe(args.out, args.sets, args.seeds)
@@ -407,7 +424,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.summary_only:
         results = json.loads((args.summary_only / "results.json").read_text())
         merged = with_schedules(results, args.summary_only, args.epochs, args.scratch_epochs, args.seeds)
-        print(table(summarise(merged), macs))
+        print(table(summarise(merged), macs, step_costs(args.summary_only)))
         return
     path = args.out / "results.json"
     results = json.loads(path.read_text()) if path.exists() else {}
@@ -439,7 +456,8 @@ def main(argv: list[str] | None = None) -> None:
                     if student == "lite0" and mode == "distilled" and "int8" not in result:
                         result["int8"] = export_int8(done[str(seed)]["best"], work / name / "export")
                     save()
-    print(table(summarise(with_schedules(results, args.out, args.epochs, args.scratch_epochs, args.seeds)), macs))
+    merged = with_schedules(results, args.out, args.epochs, args.scratch_epochs, args.seeds)
+    print(table(summarise(merged), macs, step_costs(args.out)))
 
 
 if __name__ == "__main__":
