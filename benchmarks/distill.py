@@ -5,6 +5,7 @@ by seed; then the distilled Lite0 exported to INT8. Every run is the real `pytho
     python benchmarks/distill.py                                # every set, seeds 1 2 3
     python benchmarks/distill.py --sets digits --seeds 1 --epochs 3 --scratch-epochs 5
     python benchmarks/distill.py --summary-only docs/distill    # the table again, from results.json
+    python benchmarks/distill.py --alpha 0.5 --out /tmp/alpha0.5  # the students distilled at another alpha
     python benchmarks/distill.py --sweep                        # the settings tried for B0 from scratch
     python benchmarks/distill.py --recipe                       # B0 from scratch under RECIPES, seeds 1 2 3
     python benchmarks/distill.py --step-cost                    # the teacher's cost per step, 3 teacher sizes
@@ -401,6 +402,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3])
     parser.add_argument("--epochs", type=int, default=5, help="teacher and fine-tuned students")
     parser.add_argument("--scratch-epochs", type=int, default=10, help="students from scratch")
+    parser.add_argument("--alpha", type=float, help="--distill.alpha of the distilled students (unset: the default)")
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "distill")
     parser.add_argument("--summary-only", type=Path, help="print the table of this folder's results.json")
     parser.add_argument("--sweep", action="store_true", help="the settings tried for B0 from scratch (seed 1)")
@@ -442,6 +444,7 @@ def main(argv: list[str] | None = None) -> None:
             print(f"{name} teacher: {result['teacher']['acc']:.4f}", flush=True)
             save()
         distill = ["--distill.teacher", result["teacher"]["best"]]
+        distill += ["--distill.alpha", str(args.alpha)] if args.alpha is not None else []
         for seed in args.seeds:
             for student, flags in STUDENTS.items():
                 epochs = args.scratch_epochs if student == "b0" else args.epochs
