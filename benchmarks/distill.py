@@ -384,13 +384,17 @@ def table(summary: dict, macs: dict | None = None, costs: dict | None = None) ->
     return "\n".join(lines)
 
 
-def with_schedules(results: dict, out: Path, epochs: int, scratch_epochs: int, seeds: list[int]) -> dict:
-    """results.json's runs with each student's schedule, and B0's recipe runs (from sweep.json,
-    where every seed has run) as rows of their own."""
+def with_schedules(
+    results: dict, out: Path, epochs: int, scratch_epochs: int, seeds: list[int], alpha: float | None = None
+) -> dict:
+    """results.json's runs with each student's schedule (and `alpha`, where the distilled
+    students had one of their own), and B0's recipe runs (from sweep.json, where every seed has
+    run) as rows of their own."""
     merged = json.loads(json.dumps(results))
+    settings = f"alpha {alpha:g}" if alpha is not None else "the defaults"
     for name, result in merged.items():
         for student, runs in result.get("students", {}).items():
-            runs["schedule"] = f"{scratch_epochs if student == 'b0' else epochs} epochs; the defaults"
+            runs["schedule"] = f"{scratch_epochs if student == 'b0' else epochs} epochs; {settings}"
     for name, runs in recipe(out, list(merged), seeds, fit_missing=False).items():
         merged[name].setdefault("students", {})["b0, recipe"] = runs["b0"]
     return merged
@@ -425,7 +429,7 @@ def main(argv: list[str] | None = None) -> None:
     macs = {v: gmacs(v) for v in ("lite2", "lite0", "b0")}
     if args.summary_only:
         results = json.loads((args.summary_only / "results.json").read_text())
-        merged = with_schedules(results, args.summary_only, args.epochs, args.scratch_epochs, args.seeds)
+        merged = with_schedules(results, args.summary_only, args.epochs, args.scratch_epochs, args.seeds, args.alpha)
         print(table(summarise(merged), macs, step_costs(args.summary_only)))
         return
     path = args.out / "results.json"
@@ -461,7 +465,7 @@ def main(argv: list[str] | None = None) -> None:
         if "int8" not in result and str(args.seeds[0]) in distilled:  # (img/s: time it on a quiet machine)
             result["int8"] = export_int8(distilled[str(args.seeds[0])]["best"], work / name / "export")
             save()
-    merged = with_schedules(results, args.out, args.epochs, args.scratch_epochs, args.seeds)
+    merged = with_schedules(results, args.out, args.epochs, args.scratch_epochs, args.seeds, args.alpha)
     print(table(summarise(merged), macs, step_costs(args.out)))
 
 
