@@ -283,10 +283,11 @@ def cost_table(costs: dict) -> str:
     return "\n".join(lines)
 
 
-def export_int8(ckpt: str, out: Path) -> dict:
-    """The checkpoint as ONNX fp32 and INT8: the INT8 file's accuracy on the validation images
-    (export's own check) and onnxruntime's img/s over them, one image at a time."""
+def export_int8(ckpt: str, root: Path, out: Path) -> dict:
+    """The checkpoint as ONNX fp32 and INT8: the INT8 file's accuracy on the validation images of
+    `root` (export's own check) and onnxruntime's img/s over them, one image at a time."""
     args = [sys.executable, str(ROOT / "cli.py"), "export", "--ckpt_path", ckpt, "--formats", "[onnx, onnx_int8]"]
+    args += ["--data.root", str(root)]
     # The drop is what is measured here, whatever it is: export refuses above 1 point by default.
     args += ["--int8_max_drop", "100", "--output_dir", str(out)]
     subprocess.run(args, check=True, cwd=ROOT, capture_output=True, text=True)
@@ -463,7 +464,7 @@ def main(argv: list[str] | None = None) -> None:
                     save()
         distilled = result["students"]["lite0"]["distilled"]
         if "int8" not in result and str(args.seeds[0]) in distilled:  # (img/s: time it on a quiet machine)
-            result["int8"] = export_int8(distilled[str(args.seeds[0])]["best"], work / name / "export")
+            result["int8"] = export_int8(distilled[str(args.seeds[0])]["best"], root, work / name / "export")
             save()
     merged = with_schedules(results, args.out, args.epochs, args.scratch_epochs, args.seeds, args.alpha)
     print(table(summarise(merged), macs, step_costs(args.out)))
