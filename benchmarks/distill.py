@@ -205,17 +205,13 @@ def recipe(out: Path, sets: list[str], seeds: list[int], fit_missing: bool = Tru
     runs = {}
     for name in (name for name in sets if name in RECIPES):
         epochs, settings = RECIPES[name]
-        keys = {
-            mode: [(seed, sweep_key(name, epochs, mode_settings, seed)) for seed in seeds]
-            for mode, mode_settings in (("alone", "alone"), ("distilled", settings))
-        }
-        if not fit_missing and any(key not in done for pairs in keys.values() for _, key in pairs):
+        modes = {"alone": "alone", "distilled": settings}
+        keys = [sweep_key(name, epochs, each, seed) for each in modes.values() for seed in seeds]
+        if not fit_missing and any(key not in done for key in keys):
             continue
         runs[name] = {"b0": {"schedule": f"{epochs} epochs; {described(settings)}"}}
-        for mode, mode_settings in (("alone", "alone"), ("distilled", settings)):
-            runs[name]["b0"][mode] = {
-                str(seed): {"acc": sweep_run(out, name, epochs, mode_settings, seed)} for seed in seeds
-            }
+        for mode, each in modes.items():
+            runs[name]["b0"][mode] = {str(seed): {"acc": sweep_run(out, name, epochs, each, seed)} for seed in seeds}
     return runs
 
 
