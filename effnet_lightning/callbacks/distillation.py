@@ -44,7 +44,7 @@ class Distillation(L.Callback):
         self,
         teacher: str | None = None,
         teacher_variant: str | None = None,
-        alpha: float = 0.5,
+        alpha: float = 0.25,
         temperature: float = 1.0,
         extra_root: str | None = None,
         extra_share: float = 0.5,

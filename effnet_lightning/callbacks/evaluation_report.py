@@ -14,7 +14,7 @@ from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.trainer.states import TrainerFn
 
 from effnet_lightning.callbacks.atomic import write_atomically
-from effnet_lightning.training.multilabel import best_thresholds, per_class_scores, precision_recall_curve
+from effnet_lightning.training.multilabel import ScoredPass, per_class_scores, precision_recall_curve
 
 HEADERS = {"ap": "AP", "f1": "F1"}  # the markdown table's names of the per-class columns
 
@@ -153,13 +153,13 @@ class EvaluationReport(L.Callback):
     def _report(self, trainer, pl_module, stage: str) -> None:
         # What the pass gathered, from every process (a collective: every rank calls it).
         if pl_module.multilabel:
-            probs, targets = pl_module.scores[stage].gathered()
+            scored = pl_module.scores[stage].scored_pass()
         else:
             matrix = (pl_module.val_confusion if stage == "val" else pl_module.test_confusion).compute().cpu()
         if not trainer.is_global_zero:
             return
         if pl_module.multilabel:
-            content = multilabel_report(pl_module, stage, probs, targets)
+            content = multilabel_report(pl_module, stage, scored)
         else:
             content = single_label_report(pl_module, stage, matrix)
         base = evaluation_base(trainer)
@@ -214,16 +214,15 @@ def single_label_report(pl_module, stage: str, matrix: torch.Tensor) -> Report:
     return Report(per_class_rows(matrix, names), summary, figure, "confusion")
 
 
-def multilabel_report(pl_module, stage: str, probs: torch.Tensor, targets: torch.Tensor) -> Report:
+def multilabel_report(pl_module, stage: str, scored: ScoredPass) -> Report:
     """Per class AP, threshold, precision, recall and F1, and the precision-recall curves. The
     thresholds are the ones the pass is scored at: chosen on these images in `validate`, the
     checkpoint's in `test`."""
-    scores = pl_module.scores[stage]
-    thresholds = best_thresholds(probs, targets) if scores.choose_thresholds else pl_module.thresholds.cpu()
-    rows = multilabel_rows(probs, targets, thresholds, pl_module.class_names)
+    probs, targets = scored.probs, scored.targets
+    rows = multilabel_rows(probs, targets, scored.thresholds, pl_module.class_names)
     aps = [r["ap"] for r in rows if r["images"]]
     mean_ap = sum(aps) / max(len(aps), 1)
-    where = "chosen on these images" if scores.choose_thresholds else "the checkpoint's"
+    where = "chosen on these images" if pl_module.scores[stage].choose_thresholds else "the checkpoint's"
     summary = (
         f"{len(probs)} images, mAP {mean_ap:.4f}. Each class is called at its threshold ({where}); "
         "precision, recall and F1 are of those calls."

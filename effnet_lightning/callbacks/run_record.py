@@ -38,6 +38,7 @@ def record_fit(trainer, finished: bool) -> dict:
         "checkpoint_dir": str(ckpt.dirpath) if ckpt and ckpt.dirpath else None,
         "best_model_path": ckpt.best_model_path if ckpt else "",
         "monitor": ckpt.monitor if ckpt else None,  # what best_score is of
+        "mode": ckpt.mode if ckpt else None,  # max: higher is better; min: lower
         "best_score": float(score) if score is not None else None,
         "last_model_path": ckpt.last_model_path if ckpt else "",
     }

@@ -12,7 +12,6 @@ from effnet_lightning.callbacks.evaluation_report import (
     multilabel_rows,
     precision_recall_figure,
 )
-from effnet_lightning.training.multilabel import best_thresholds
 
 
 class WandbValidationReport(L.Callback):
@@ -152,12 +151,12 @@ class WandbValidationReport(L.Callback):
     def _multilabel_log(self, trainer, pl_module) -> dict:
         """The per-class table and the precision-recall curves at the thresholds this validation
         chooses (the ones its F1 is logged at); the samples' labels called at them."""
-        probs, targets = pl_module.scores["val"].gathered()  # a collective
+        scored = pl_module.scores["val"].scored_pass()  # a collective
         if not trainer.is_global_zero:
             return {}
         import wandb
 
-        thresholds = best_thresholds(probs, targets)
+        probs, targets, thresholds = scored.probs, scored.targets, scored.thresholds
         self.samples = [(img, true, self._classes(scores >= thresholds)) for img, true, scores in self.samples]
         rows = multilabel_rows(probs, targets, thresholds, pl_module.class_names)
         title = f"val epoch {trainer.current_epoch}: precision and recall of {len(probs)} images"

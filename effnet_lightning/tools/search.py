@@ -71,6 +71,7 @@ class Candidate:
     checkpoint: str | None = None
     seed: int | None = None
     metric: str | None = None  # what `score` is: the fits' monitor (val/map for multi-label data)
+    mode: str = "max"  # the monitor's: max, higher is better; min (a loss), lower
     architecture: tuple = field(default=(), repr=False, compare=False)
     extra: dict = field(default_factory=dict)
 
@@ -186,6 +187,7 @@ def load_cached(candidate: Candidate, command: list[str], run_dir: Path) -> bool
     candidate.wall_s, candidate.checkpoint = saved["wall_s"], saved["checkpoint"]
     # Results saved before the score had a name were val/acc.
     candidate.score, candidate.metric = saved.get("score", saved.get("val_acc")), saved.get("metric", "val/acc")
+    candidate.mode = saved.get("mode", "max")
     candidate.status = "cached"
     return True
 
@@ -306,12 +308,14 @@ def train(
         record["best_model_path"],
         "trained",
     )
+    candidate.mode = record.get("mode") or "max"
     result_file.write_text(
         json.dumps(
             {
                 "command": command[1:],
                 "score": candidate.score,
                 "metric": candidate.metric,
+                "mode": candidate.mode,
                 "wall_s": candidate.wall_s,
                 "checkpoint": candidate.checkpoint,
             },
@@ -469,6 +473,7 @@ RESULT_COLUMNS = (
     "status",
     "seed",
     "metric",
+    "mode",
     "score",
     "wall_s",
     "checkpoint",
@@ -494,10 +499,15 @@ def metric_of(candidates: list[Candidate]) -> str:
     return next((c.metric for c in candidates if c.metric), "val/acc")
 
 
+def merit(c: Candidate) -> float:
+    """The score, higher always better: a monitor with mode min (a loss) counts negated."""
+    return -c.score if c.mode == "min" else c.score
+
+
 def best_of(candidates: list[Candidate]) -> Candidate | None:
     """Best score; ties go to the cheaper network, then to the grid point that was trained."""
     trained = [c for c in candidates if c.score is not None]
-    return max(trained, key=lambda c: (c.score, -c.gmacs)) if trained else None
+    return max(trained, key=lambda c: (merit(c), -c.gmacs)) if trained else None
 
 
 def candidate_table(candidates: list[Candidate], baseline_median: float | None) -> list[str]:
@@ -509,7 +519,7 @@ def candidate_table(candidates: list[Candidate], baseline_median: float | None) 
         ),
         "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    for c in sorted(candidates, key=lambda c: (c.score is None, -(c.score or 0), c.gmacs)):
+    for c in sorted(candidates, key=lambda c: (c.score is None, -merit(c) if c.score is not None else 0, c.gmacs)):
         acc = f"{c.score:.4f}" if c.score is not None else c.status
         if c.status.startswith("same network"):
             acc += f" ({c.status})"
@@ -537,7 +547,7 @@ def verdict(best: Candidate | None, baselines: list[Candidate], candidates: list
     if len(scores) > 1:
         spread = max(scores) - min(scores)
         others = [c.score for c in candidates if c.score is not None and c is not best]
-        gaps = sorted(best.score - score for score in others if score != best.score)
+        gaps = sorted(abs(best.score - score) for score in others if score != best.score)  # best leads them all
         lead = gaps[0] if gaps else 0
         beyond = "within" if not gaps or gaps[0] <= spread else "beyond"
         lines += [
@@ -609,7 +619,8 @@ def share_results(candidates: list[Candidate], distinct: dict[tuple, Candidate])
     for c in candidates:
         first = distinct.get(c.architecture)
         if c.within_budget and first is not c:
-            c.score, c.metric, c.checkpoint, c.seed = first.score, first.metric, first.checkpoint, first.seed
+            c.score, c.metric, c.mode, c.checkpoint = first.score, first.metric, first.mode, first.checkpoint
+            c.seed = first.seed
             c.status = f"same network as {first.variant}"
 
 

@@ -1,7 +1,7 @@
 """Knowledge distillation: a frozen teacher's outputs as targets for the student.
 
     teacher = Teacher.load("runs/teacher/checkpoints/best.ckpt")   # what --model.weights or --ckpt_path take
-    distill = Distill(teacher, alpha=0.5, temperature=1.0)
+    distill = Distill(teacher, alpha=0.25, temperature=1.0)
     loss, parts = distill.loss(images, logits, label_loss, student_preprocessing)
 
 The teacher sees the student's own augmented batch (the same crop, flip, RandAugment, MixUp /

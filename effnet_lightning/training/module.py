@@ -342,15 +342,16 @@ class EfficientNetModule(L.LightningModule):
         probs = logits.float().sigmoid()
         if split in self.scores:
             self.scores[split].update(probs, targets)
-        return {"loss": loss, "preds": probs >= self.thresholds.to(probs.device), "probs": probs.detach()}
+        out = {"loss": loss, "preds": probs >= self.thresholds.to(probs.device)}
+        if split == "val":  # the W&B samples are called at the thresholds the validation chooses
+            out["probs"] = probs.detach()
+        return out
 
     def _log_multilabel_scores(self, split: str) -> None:
         """`split`/map, f1_micro, f1_macro of the pass; validation chooses the thresholds (kept
         for checkpoints and test), test is scored at them."""
         scores = self.scores[split]
-        if not scores.choose_thresholds:
-            scores.thresholds = self.thresholds
-        values = scores.compute()
+        values = scores.compute()  # (the pass's scores, as the reports read them before this hook)
         if scores.choose_thresholds:
             self.thresholds = scores.thresholds.clone()
         scores.reset()
@@ -478,6 +479,9 @@ class EfficientNetModule(L.LightningModule):
             self._log_multilabel_scores("val")
         # Callbacks (the W&B report) have read the matrix by now; start the next epoch clean.
         self.val_confusion.reset()
+
+    def on_test_epoch_start(self):
+        self.scores["test"].thresholds = self.thresholds  # test is scored at validation's
 
     def on_test_epoch_end(self):
         if self.multilabel:

@@ -4,6 +4,7 @@ predictions (each class's threshold maximises its F1), micro- and macro-averaged
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
@@ -110,6 +111,17 @@ def f1_scores(probs: torch.Tensor, targets: torch.Tensor, thresholds: torch.Tens
     return {"f1_micro": micro, "f1_macro": per_class[present].mean() if present.any() else micro.new_tensor(0.0)}
 
 
+def average_precisions(probs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Each class's average precision; nan for a class without positives (AP is undefined)."""
+    present = (targets > 0.5).any(0)
+    ap = torch.full((probs.shape[1],), float("nan"))
+    if present.any():
+        ap[present] = multilabel_average_precision(
+            probs[:, present], (targets[:, present] > 0.5).int(), int(present.sum()), average="none"
+        ).float()
+    return ap
+
+
 def per_class_scores(probs: torch.Tensor, targets: torch.Tensor, thresholds: torch.Tensor) -> dict[str, torch.Tensor]:
     """Per class: `images` holding it, `ap` (nan without one), and at `thresholds` its
     `precision` (nan when no image is called), `recall` (nan without images) and `f1`."""
@@ -117,15 +129,10 @@ def per_class_scores(probs: torch.Tensor, targets: torch.Tensor, thresholds: tor
     positives = true_pos + false_neg
     called = true_pos + false_pos
     nan = torch.tensor(float("nan"))
-    ap = torch.full((probs.shape[1],), float("nan"))
     present = positives > 0
-    if present.any():
-        ap[present] = multilabel_average_precision(
-            probs[:, present], (targets[:, present] > 0.5).int(), int(present.sum()), average="none"
-        ).float()
     return {
         "images": positives.long(),
-        "ap": ap,
+        "ap": average_precisions(probs, targets),
         "precision": torch.where(called > 0, true_pos / called.clamp(min=1), nan),
         "recall": torch.where(present, true_pos / positives.clamp(min=1), nan),
         "f1": 2 * true_pos / (2 * true_pos + false_pos + false_neg).clamp(min=1),
@@ -143,7 +150,7 @@ def precision_recall_curve(scores: torch.Tensor, truth: torch.Tensor) -> tuple[t
 def macro_average_precision(probs: torch.Tensor, targets: torch.Tensor) -> float:
     """The mean over classes with a positive image of each class's average precision (AP is
     undefined for a class without positives)."""
-    return float(per_class_scores(probs, targets, torch.ones(probs.shape[1]))["ap"].nanmean())
+    return float(average_precisions(probs, targets).nanmean())
 
 
 def logits_map(logits: torch.Tensor, targets: torch.Tensor) -> float:
@@ -151,11 +158,25 @@ def logits_map(logits: torch.Tensor, targets: torch.Tensor) -> float:
     return macro_average_precision(logits.float().sigmoid(), targets)
 
 
+@dataclass(frozen=True)
+class ScoredPass:
+    """A pass's sigmoid scores and multi-hot targets, from every process, and the thresholds it
+    is scored at."""
+
+    probs: torch.Tensor
+    targets: torch.Tensor
+    thresholds: torch.Tensor
+
+
 class MultilabelScores(Metric):
     """Collects a pass's sigmoid scores and multi-hot targets (gathered from every process
     under DDP); `compute` gives `map`, `f1_micro` and `f1_macro`. With `choose_thresholds`
     (validation), F1 is at the thresholds that maximise it on these scores, left in
-    `thresholds`; without (test), at the `thresholds` set beforehand (validation's)."""
+    `thresholds`; without (test), at the `thresholds` set before the pass (validation's).
+
+    A pass is gathered and scored once, by whoever asks first (`scored_pass` or `compute`:
+    torchmetrics keeps the result until the next update), so the reports that read it at the
+    end of a pass and the module's logging share one all-gather."""
 
     full_state_update = False
 
@@ -166,21 +187,24 @@ class MultilabelScores(Metric):
         self.add_state("probs", default=[], dist_reduce_fx="cat")
         self.add_state("targets", default=[], dist_reduce_fx="cat")
         self.thresholds = torch.full((num_classes,), DEFAULT_THRESHOLD)
+        self._scored: ScoredPass | None = None
 
     def update(self, probs: torch.Tensor, targets: torch.Tensor) -> None:
         self.probs.append(probs.detach().float())
         self.targets.append(targets.detach().float())
 
-    def gathered(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """The pass's scores and targets, from every process (a collective under DDP)."""
-        with self.sync_context():
-            return _joined(self.probs).cpu(), _joined(self.targets).cpu()
+    def scored_pass(self) -> ScoredPass:
+        """The pass's gathered scores, targets and thresholds (a collective under DDP the first
+        time a pass is asked for: every process calls it)."""
+        self.compute()
+        return self._scored
 
     def compute(self) -> dict[str, torch.Tensor]:
         probs = _joined(self.probs).cpu()
         targets = _joined(self.targets).cpu()
         if self.choose_thresholds:
             self.thresholds = best_thresholds(probs, targets)
+        self._scored = ScoredPass(probs, targets, self.thresholds.clone())
         return {
             "map": torch.tensor(macro_average_precision(probs, targets)),
             **f1_scores(probs, targets, self.thresholds),

@@ -73,7 +73,7 @@ def test_the_teacher_sees_the_students_augmented_batch_resized_stays_frozen_and_
         [*args, "--trainer.callbacks+=tests.helpers.probes.TeacherProbe"], tmp_path, env=_env(PROBE_FILE=probe)
     )
     assert (
-        f"distilling from lite0 ({teacher_ckpt}) at 64 px: 0.5 x label loss + 0.5 x KL at temperature 1" in out.stderr
+        f"distilling from lite0 ({teacher_ckpt}) at 64 px: 0.75 x label loss + 0.25 x KL at temperature 1" in out.stderr
     )
     record = json.loads(probe.read_text())
     seen = torch.load(f"{probe}.pt", weights_only=True)
@@ -104,7 +104,7 @@ def test_the_teacher_sees_the_students_augmented_batch_resized_stays_frozen_and_
         "teacher": str(teacher_ckpt),
         "teacher_variant": None,
         "teacher_digest": record["teacher_digest"],
-        "alpha": 0.5,
+        "alpha": 0.25,
         "temperature": 1.0,
         "extra_root": str(unlabelled_root),
         "extra_share": 0.2,
@@ -114,7 +114,7 @@ def test_the_teacher_sees_the_students_augmented_batch_resized_stays_frozen_and_
     )
     assert sorted(total) == [0, 1, 2]
     for step in total:
-        assert total[step] == pytest.approx(0.5 * label[step] + 0.5 * teacher_term[step], rel=1e-5)
+        assert total[step] == pytest.approx(0.75 * label[step] + 0.25 * teacher_term[step], rel=1e-5)
         assert teacher_term[step] > 1e-3  # a teacher with opinions, not a uniform one
 
 

@@ -139,6 +139,14 @@ def test_a_multi_label_fit_scores_and_thresholds_match_its_predictions(tmp_path)
     (logged,) = [h for h in wandb_offline.history(test_run) if "test/per_class/path" in h]
     assert table_rows(test_run, logged["test/per_class/path"]) == reported and "test/precision_recall/path" in logged
 
+    # Two-process DDP: the report and the logged scores share one gathering of both processes'
+    # scores, and every image counts once (the fit's best validation again).
+    ddp = ["--trainer.accelerator", "cpu", "--trainer.strategy", "ddp", "--trainer.devices", "2"]
+    validated = run_cli(["validate", "--ckpt_path", "best", *ddp, *CSV, "--data.num_workers", "0"], tmp_path)
+    assert printed_metric(validated.stdout, "val/map") == pytest.approx(record["best_score"], abs=1e-4)
+    with open(f"{base}.val-per-class.csv", newline="") as f:
+        assert_per_class(list(csv.DictReader(f)), expected)
+
     # The export carries the thresholds; its INT8 check compares mAP; predict --onnx applies them.
     export = [
         "export",

@@ -189,7 +189,7 @@ def test_a_search_on_multi_label_data_scores_the_candidates_by_val_map(tmp_path)
         rows = {r["variant"]: r for r in csv.DictReader(f)}
     assert set(rows) == {"b0", "phi1_a1.3_b1.1_g1"}
     for row in rows.values():  # each score is its fit's best val/map, as the checkpoint's name gives it
-        assert row["status"] == "trained" and row["metric"] == "val/map"
+        assert row["status"] == "trained" and row["metric"] == "val/map" and row["mode"] == "max"
         assert f"map{float(row['score']):.4f}.ckpt" in row["checkpoint"]
     report = (tmp_path / "search" / "report.md").read_text()
     assert "| FLOPs ratio | val/map | vs baseline |" in report and "val/acc" not in report

@@ -49,3 +49,21 @@ def test_the_report_and_plot_show_one_point_per_network_and_the_baseline_spread(
     assert points["baseline (phi = 0), 3 seeds"] == [[0.05, 0.4], [0.05, 0.3], [0.05, 0.6]]
     assert points["best"] == [[0.11, 0.45]]
     assert [t.get_text() for t in ax.texts] == ["1.1/1.2, 1.2, 1", "1.3, 1.1, 1"]
+
+
+def test_a_monitor_to_minimise_ranks_the_lowest_score_first(tmp_path):
+    """`--checkpoint.monitor val/loss` (mode min): the lowest loss is the best candidate and heads
+    the table, and its lead over the next-best is counted as a lead."""
+
+    def candidate(name, loss, gmacs, seed=1):
+        c = Candidate(name, 1.0, 1.0, 1.0, 1.0, 64, 1, gmacs, gmacs / 0.05, True, loss, 10.0, "trained")
+        c.seed, c.architecture, c.metric, c.mode = seed, (name,), "val/loss", "min"
+        return c
+
+    baselines = [candidate("b0", loss, 0.05, seed=s) for s, loss in [(1, 0.90), (2, 0.80)]]
+    low, high = candidate("low", 0.50, 0.11), candidate("high", 0.70, 0.09)
+    settings = {"phi": 1.0, "budget": 2.0, "tolerance": 0.15, "base_resolution": 64, "fit": ["--config c.yaml"]}
+    assert write_report(tmp_path, settings, baselines, [high, low]) is low
+    report = (tmp_path / "report.md").read_text()
+    assert report.index("| 0.5000 |") < report.index("| 0.7000 |")
+    assert "leads the next-best distinct score by 0.2000, beyond that spread" in report

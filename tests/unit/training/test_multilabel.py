@@ -66,6 +66,28 @@ def test_test_scores_use_the_thresholds_given_and_a_class_without_positives_keep
     assert float(values["f1_micro"]) == pytest.approx(float(f1_scores(probs, targets, fixed)["f1_micro"]))
 
 
+def test_a_pass_is_scored_once_whoever_asks_first(monkeypatch):
+    """The reports read a pass's scores before the module logs them: one gathering and one
+    threshold choice serve both, and the next pass is scored anew."""
+    from effnet_lightning.training import multilabel
+
+    chosen = []
+    choose = multilabel.best_thresholds
+    monkeypatch.setattr(multilabel, "best_thresholds", lambda p, t: chosen.append(len(p)) or choose(p, t))
+    probs, targets = predictions(5)
+    scores = MultilabelScores(5)
+    scores.update(probs, targets)
+    scored = scores.scored_pass()
+    values = scores.compute()
+    assert chosen == [60]
+    assert torch.equal(scored.probs, probs) and torch.equal(scored.targets, targets)
+    assert torch.equal(scored.thresholds, scores.thresholds)
+    assert float(values["f1_micro"]) == pytest.approx(float(f1_scores(probs, targets, scored.thresholds)["f1_micro"]))
+    scores.reset()
+    scores.update(probs[:20], targets[:20])
+    assert len(scores.scored_pass().probs) == 20 and chosen == [60, 20]
+
+
 def test_the_loss_is_binary_cross_entropy_with_smoothing_and_positive_weights():
     logits = torch.tensor([[2.0, -1.0, 0.5]])
     targets = torch.tensor([[1.0, 0.0, 1.0]])
