@@ -5,8 +5,9 @@ with where it is used and why no public API does the job; `tests/unit/test_compa
 each still exists with the parameters relied on, and names it when it does not, so an upgrade
 fails there, in one line per member, rather than somewhere in a fit.
 
-Uses that are not overrides go through the functions below. Overrides of private methods must
-keep their names in their classes (`EffNetCLI`, `Checkpoint`); they are listed here too.
+Uses that are not overrides go through the functions below. Overrides of private methods are
+the mixins below (`CLIHooks`, `CheckpointHooks`): each hands a private step to a public-named
+method of the class that mixes it in, so no other file names a private member.
 
 Lightning is imported inside the functions: `models/` uses the torch entries and never imports
 Lightning.
@@ -38,7 +39,7 @@ class PrivateMember:
 
 
 PRIVATE: tuple[PrivateMember, ...] = (
-    # Overrides (the methods keep their names in their classes)
+    # Overrides (in the mixins below; used_in: the class that mixes them in)
     PrivateMember(
         "lightning.pytorch.cli.LightningCLI",
         "_instantiate_trainer",
@@ -226,3 +227,31 @@ def fused_conv_activation() -> Callable | None:
     if not torch.backends.mkldnn.is_available():
         return None
     return getattr(torch.ops.mkldnn, "_convolution_pointwise", None)
+
+
+class CLIHooks:
+    """Mixed into a LightningCLI subclass, before LightningCLI. Lightning's private steps call:
+    `trainer_callbacks(config, callbacks)`, the callbacks the Trainer is built with;
+    `set_subcommand_defaults(parser, subcommand)`, once each subcommand's parser is built;
+    `settle_config()`, in place of Lightning's reading of `ckpt_path` (between parsing and
+    instantiation, where the config may still be replaced)."""
+
+    def _instantiate_trainer(self, config: dict, callbacks: list):
+        return super()._instantiate_trainer(config, self.trainer_callbacks(config, callbacks))
+
+    def _prepare_subcommand_parser(self, klass, subcommand: str, **kwargs):
+        parser = super()._prepare_subcommand_parser(klass, subcommand, **kwargs)
+        self.set_subcommand_defaults(parser, subcommand)
+        return parser
+
+    def _parse_ckpt_path(self) -> None:
+        self.settle_config()
+
+
+class CheckpointHooks:
+    """Mixed into a ModelCheckpoint subclass, before ModelCheckpoint: `after_save(trainer,
+    filepath)` runs after every checkpoint file is written."""
+
+    def _save_checkpoint(self, trainer, filepath: str) -> None:
+        super()._save_checkpoint(trainer, filepath)
+        self.after_save(trainer, filepath)

@@ -11,13 +11,13 @@ from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from effnet_lightning.callbacks.run_record import record_fit
-from effnet_lightning.compat import save_last_checkpoint, saved_at_this_step
+from effnet_lightning.compat import CheckpointHooks, save_last_checkpoint, saved_at_this_step
 from effnet_lightning.console import say
 
 
 # ModelCheckpoint has no public way to save `last` on demand or to hook each save: its private
-# machinery for that is used through effnet_lightning/compat.py, which lists it.
-class Checkpoint(ModelCheckpoint):
+# machinery for that is used through effnet_lightning/compat.py (CheckpointHooks: `after_save`).
+class Checkpoint(CheckpointHooks, ModelCheckpoint):
     """Lightning's ModelCheckpoint, except that `last.ckpt` follows every epoch (Lightning
     writes it only together with a new top-k checkpoint, so after an epoch that did not
     improve the monitored metric, "last" would be an older state and a resume would lose work),
@@ -40,9 +40,7 @@ class Checkpoint(ModelCheckpoint):
             f"{self.last_model_path}; resume with `python cli.py fit ... --ckpt_path last`"
         )
 
-    # A private override (listed in effnet_lightning/compat.py): every checkpoint file is written here.
-    def _save_checkpoint(self, trainer, filepath: str) -> None:
-        super()._save_checkpoint(trainer, filepath)
+    def after_save(self, trainer, filepath: str) -> None:
         if trainer.state.fn == TrainerFn.FITTING:
             record_fit(trainer, finished=False)  # a resume finds every checkpoint as soon as it exists
 

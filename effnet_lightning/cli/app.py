@@ -68,6 +68,7 @@ from effnet_lightning.cli.checkpoints import (
 from effnet_lightning.cli.onnx_predict import read_export_info
 from effnet_lightning.cli.slurm import requeue_job
 from effnet_lightning.cli.trainer import EffNetTrainer
+from effnet_lightning.compat import CLIHooks
 from effnet_lightning.console import log_to_stderr, one_line, say
 from effnet_lightning.data.datamodule import ImageFolderDataModule
 from effnet_lightning.models.factory import preprocessing_for
@@ -86,7 +87,7 @@ def _data_preprocessing(variant: str | None, weights: str | None, preprocessing:
         return None  # the model refuses the variant or weights with the whole message, not wrapped in the link's
 
 
-class EffNetCLI(LightningCLI):
+class EffNetCLI(CLIHooks, LightningCLI):
     def add_arguments_to_parser(self, parser):
         parser.add_lightning_class_args(Checkpoint, "checkpoint")
         parser.set_defaults(
@@ -152,26 +153,23 @@ class EffNetCLI(LightningCLI):
                 if "checkpoint.filename" not in self.given:
                     callback.filename = "best-epoch{epoch:02d}-map{val/map:.4f}"
 
-    # LightningCLI has no public hook to leave out a callback it made from class arguments before
-    # the Trainer is built, and the Trainer refuses a ModelCheckpoint under enable_checkpointing=False.
-    # (Private overrides are listed in effnet_lightning/compat.py.)
-    def _instantiate_trainer(self, config: dict, callbacks: list) -> Trainer:
-        if config.get("enable_checkpointing") is False:  # what the user typed wins over the project's default
-            callbacks = [c for c in callbacks if not isinstance(c, Checkpoint)]
-        return super()._instantiate_trainer(config, callbacks)
+    def trainer_callbacks(self, config: dict, callbacks: list) -> list:
+        """The Trainer refuses a ModelCheckpoint under enable_checkpointing=False, so the one made
+        from class arguments is left out: what the user typed wins over the project's default."""
+        if config.get("enable_checkpointing") is False:
+            return [c for c in callbacks if not isinstance(c, Checkpoint)]
+        return callbacks
 
     @staticmethod
     def subcommands() -> dict[str, set[str]]:
         return {**LightningCLI.subcommands(), "export": {"model", "datamodule"}, "serve": {"model", "datamodule"}}
 
-    def _prepare_subcommand_parser(self, klass, subcommand: str, **kwargs):
-        # LightningCLI has no public hook to set per-subcommand defaults; this private one builds each parser.
-        parser = super()._prepare_subcommand_parser(klass, subcommand, **kwargs)
+    @staticmethod
+    def set_subcommand_defaults(parser, subcommand: str) -> None:
         if subcommand == "predict":
             parser.set_defaults(return_predictions=False)  # the writer keeps what it needs
         if subcommand in ("fit", "validate", "test", "predict"):
             parser.set_defaults(weights_only=True)  # a checkpoint never runs pickled code
-        return parser
 
     def parse_arguments(self, parser, args) -> None:
         super().parse_arguments(parser, args)
@@ -180,9 +178,7 @@ class EffNetCLI(LightningCLI):
         self.given_data_settings = given_data_settings(argv)
         self.given = given_settings(argv)[1]
 
-    # LightningCLI has no public hook between parsing and instantiation that may replace the
-    # config with a checkpoint's settings; this private one is where it does so itself.
-    def _parse_ckpt_path(self) -> None:
+    def settle_config(self) -> None:
         """Choose what the subcommand runs (`choose_what_to_run`), then take the model's
         settings and classes from the checkpoint, under the settings the user gave."""
         subcommand = self.config.get("subcommand")
